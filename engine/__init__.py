@@ -1,0 +1,18 @@
+"""The engine: raw frames from many small telescopes to calibrated, science-ready light curves.
+
+This module is the public API; it only re-exports. `python -m engine` is the command line.
+"""
+
+from engine.cext import circle_overlap_grid, disk_rectangle_area
+from engine.errors import EngineError, EngineFileError, EngineValueError, MissingToolError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EngineError",
+    "EngineFileError",
+    "EngineValueError",
+    "MissingToolError",
+    "circle_overlap_grid",
+    "disk_rectangle_area",
+]

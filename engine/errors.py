@@ -1,0 +1,25 @@
+"""The engine's exceptions: which to raise, and what a caller catches.
+
+Every engine error derives from EngineError and also from the builtin a caller would catch
+anyway, so `except ValueError` keeps working around engine calls:
+
+- EngineValueError(ValueError): an argument or an input's content is wrong (bad shape, radius <= 0).
+- EngineFileError(OSError): a file cannot be read or is not what it claims; names the file.
+- MissingToolError(ImportError): an optional tool (a benchmark anchor) is not installed.
+"""
+
+
+class EngineError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class EngineValueError(EngineError, ValueError):
+    """An argument or input value the engine cannot use."""
+
+
+class EngineFileError(EngineError, OSError):
+    """A file that cannot be read, or whose content is not what it claims."""
+
+
+class MissingToolError(EngineError, ImportError):
+    """An optional dependency (for example a benchmark anchor) is not installed."""
