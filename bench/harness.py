@@ -305,13 +305,19 @@ def _row(cells: Sequence[str]) -> str:
                      for k, (cell, (_, width)) in enumerate(zip(cells, _COLUMNS)))
 
 
+def _speedup(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}x" if value < 10 else f"{value:.1f}x"
+
+
 def _format(record: dict) -> str:
     def seconds(value):
         return "-" if value is None else f"{value:.4g}"
 
     cells = [record["name"], record["size"] or "-", str(record["threads"]),
              seconds(record["engine_s"]), record["anchor"], seconds(record["anchor_s"]),
-             "-" if record["speedup"] is None else f"{record['speedup']:.1f}x"]
+             _speedup(record["speedup"])]
     line = _row(cells)
     if record["skipped"]:
         line += f"  skipped: {record['skipped']}"
