@@ -4,6 +4,7 @@ This module is the public API; it only re-exports. `python -m engine` is the com
 """
 
 from engine.cext import circle_overlap_grid, disk_rectangle_area
+from engine.photometry import aperture_photometry, aperture_photometry_frames
 from engine.errors import EngineError, EngineFileError, EngineValueError, MissingToolError
 
 __version__ = "0.1.0"
@@ -13,6 +14,8 @@ __all__ = [
     "EngineFileError",
     "EngineValueError",
     "MissingToolError",
+    "aperture_photometry",
+    "aperture_photometry_frames",
     "circle_overlap_grid",
     "disk_rectangle_area",
 ]

@@ -5,6 +5,11 @@ anyway, so `except ValueError` keeps working around engine calls:
 
 - EngineValueError(ValueError): an argument or an input's content is wrong (bad shape, radius <= 0).
 - EngineFileError(OSError): a file cannot be read or is not what it claims; names the file.
+  - InputNotFoundError(EngineFileError, FileNotFoundError): a path given as input does not
+    exist, or a folder given as input holds no FITS file. Stops the run.
+- HeaderError(EngineValueError): a FITS header lacks or garbles something the engine needs
+  (exposure start, exposure time, a section); names the file and the keyword. Ingest turns it
+  into a skipped frame with the message as the reason; it stops nothing by itself.
 - MissingToolError(ImportError): an optional tool (a benchmark anchor) is not installed.
 """
 
@@ -19,6 +24,14 @@ class EngineValueError(EngineError, ValueError):
 
 class EngineFileError(EngineError, OSError):
     """A file that cannot be read, or whose content is not what it claims."""
+
+
+class InputNotFoundError(EngineFileError, FileNotFoundError):
+    """An input path that does not exist, or an input folder with no FITS file in it."""
+
+
+class HeaderError(EngineValueError):
+    """A FITS header keyword that is missing or cannot be understood (names file and keyword)."""
 
 
 class MissingToolError(EngineError, ImportError):

@@ -55,3 +55,92 @@ def circle_overlap_grid(x: float, y: float, r: float, shape: tuple[int, int]) ->
         for i in range(nx):
             out[j, i] = disk_rectangle_area(i - 0.5 - x, i + 0.5 - x, j - 0.5 - y, j + 0.5 - y, r)
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Windowed centroids (engine/kernels/centroid.py)
+# ------------------------------------------------------------------------------------------------
+
+def windowed_centroid(image, x, y, sigma, background, max_shift, max_iter, tolerance):
+    """SExtractor's windowed centroid of each star, one star and one step at a time.
+
+    Every step takes the pixels whose centres lie within 4 sigma of the current position, weights
+    them by the Gaussian exp(-r^2 / (2 sigma^2)) times (value - background), and moves by twice
+    the weighted mean offset. Returns (x, y, status) with the status bits of the kernel module:
+    1 off image, 2 window truncated by the edge, 4 no flux, 8 moved too far, 16 not converged;
+    on a failure the starting position is returned.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    ny, nx = image.shape
+    n = len(x)
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (n,))
+    background = np.broadcast_to(np.asarray(background, dtype=np.float64), (n,))
+    rows, cols = np.mgrid[0:ny, 0:nx]
+    out_x, out_y = np.array(x, dtype=np.float64), np.array(y, dtype=np.float64)
+    status = np.zeros(n, dtype=np.uint8)
+    for k in range(n):
+        x0, y0, s = float(x[k]), float(y[k]), float(sigma[k])
+        if not (-0.5 <= x0 < nx - 0.5 and -0.5 <= y0 < ny - 0.5):
+            status[k] = 1
+            continue
+        cx, cy = x0, y0
+        for _ in range(max_iter):
+            r2 = (cols - cx) ** 2 + (rows - cy) ** 2
+            inside = (r2 <= (4.0 * s) ** 2) & np.isfinite(image)
+            if not inside.any():
+                status[k] = 1
+                break
+            w = np.exp(-r2[inside] / (2.0 * s * s)) * (image[inside] - background[k])
+            if not w.sum() > 0.0:
+                status[k] = 4
+                break
+            step_x = 2.0 * np.sum(w * (cols[inside] - cx)) / w.sum()
+            step_y = 2.0 * np.sum(w * (rows[inside] - cy)) / w.sum()
+            cx, cy = cx + step_x, cy + step_y
+            if np.hypot(cx - x0, cy - y0) > max_shift:
+                status[k] = 8
+                break
+            if np.hypot(step_x, step_y) < tolerance:
+                r = 4.0 * s
+                if cx - r < 0 or cy - r < 0 or cx + r > nx - 1 or cy + r > ny - 1:
+                    status[k] = 2
+                out_x[k], out_y[k] = cx, cy
+                break
+        else:
+            status[k] = 16
+    return out_x, out_y, status
+
+
+# ---------------------------------------------------------------------------------------------
+# Aperture photometry
+# ---------------------------------------------------------------------------------------------
+
+def aperture_sum(image: np.ndarray, x: float, y: float, r: float) -> tuple[float, float]:
+    """(sum of overlap * value, sum of overlap) over the image, pixel by pixel."""
+    ny, nx = image.shape
+    weights = circle_overlap_grid(x, y, r, (ny, nx)) if max(ny, nx) <= 40 else None
+    if weights is None:  # only the box around the circle, for larger images
+        weights = np.zeros((ny, nx))
+        j0, j1 = max(0, int(np.floor(y - r - 1))), min(ny, int(np.ceil(y + r + 2)))
+        i0, i1 = max(0, int(np.floor(x - r - 1))), min(nx, int(np.ceil(x + r + 2)))
+        weights[j0:j1, i0:i1] = circle_overlap_grid(x - i0, y - j0, r, (j1 - j0, i1 - i0))
+    return float(np.sum(weights * image)), float(np.sum(weights))
+
+
+def annulus_background(image: np.ndarray, x: float, y: float, inner: float, outer: float,
+                       others=(), mask_radius: float = 0.0, sigma: float = 3.0,
+                       iterations: int = 5) -> tuple[float, float, int]:
+    """(median, std, count) of annulus pixels (centre within [inner, outer)) by astropy."""
+    from astropy.stats import sigma_clip
+
+    jj, ii = np.indices(image.shape)
+    d2 = (ii - x) ** 2 + (jj - y) ** 2
+    keep = (d2 >= inner ** 2) & (d2 < outer ** 2) & np.isfinite(image)
+    for ox, oy in others:
+        keep &= (ii - ox) ** 2 + (jj - oy) ** 2 >= mask_radius ** 2
+    values = image[keep].astype(np.float64)
+    if values.size == 0:
+        return float("nan"), float("nan"), 0
+    clipped = sigma_clip(values, sigma=sigma, maxiters=iterations, cenfunc="median", stdfunc="std")
+    kept = clipped.compressed()
+    return float(np.median(kept)), float(np.std(kept)), int(kept.size)

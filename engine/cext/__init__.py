@@ -12,6 +12,7 @@ and is safe to call from several threads on different outputs.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from engine.errors import EngineValueError
 
 from . import _core
 
-__all__ = ["circle_overlap_grid", "disk_rectangle_area"]
+__all__ = ["aperture_sums", "circle_overlap_grid", "disk_rectangle_area", "sigma_clipped_median"]
 
 
 def _finite(name: str, value: float) -> float:
@@ -82,3 +83,94 @@ def disk_rectangle_area(x0: float, x1: float, y0: float, y1: float, r: float) ->
     if r <= 0.0:
         raise EngineValueError(f"radius must be > 0, got {r!r}")
     return _core.disk_rectangle_area(*values, r)
+
+
+def sigma_clipped_median(values, sigma: float = 3.0, iterations: int = 5) -> tuple[float, float, int]:
+    """(median, std, kept) after astropy-style sigma clipping about the median.
+
+    Equals ``astropy.stats.sigma_clipped_stats(values, sigma=sigma, maxiters=iterations)``'s
+    median and std (cenfunc='median', stdfunc='std'); NaN values must be removed by the caller.
+    """
+    values = np.ascontiguousarray(values, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(values)):
+        raise EngineValueError("values must be finite")
+    sigma = _finite("sigma", sigma)
+    if sigma <= 0 or int(iterations) < 0:
+        raise EngineValueError("sigma must be > 0 and iterations >= 0")
+    return _core.sigma_clipped_median(values, sigma, int(iterations))
+
+
+def default_threads(threads: int | None) -> int:
+    """The thread count for a compiled call: `threads`, or every core this process may use."""
+    if threads is None:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = int(threads)
+    if threads < 1:
+        raise EngineValueError(f"threads must be >= 1, got {threads}")
+    return threads
+
+
+def aperture_sums(frames: np.ndarray, x: np.ndarray, y: np.ndarray, radii, *,
+                  annulus: tuple[float, float] | None = None, pixel_flags: np.ndarray | None = None,
+                  clip_sigma: float = 3.0, clip_iterations: int = 5, mask_radius: float = 0.0,
+                  blend_radius: float = 0.0, min_background_pixels: int = 5,
+                  threads: int | None = None) -> dict[str, np.ndarray]:
+    """Exact multi-radius aperture sums for every star on every frame of a block.
+
+    frames: (n_frames, ny, nx) float32 or float64 (other dtypes are converted to float64);
+    x, y: (n_frames, n_stars) centres (0-based, pixel centres on integers; NaN allowed, giving
+    OFF_FRAME results); radii: aperture radii > 0; annulus: (inner, outer) background annulus;
+    pixel_flags: uint8 `engine.flags.PixelFlag` bits of frames' shape.
+
+    Returns a dict of arrays: sum, area, flags (n_frames, n_stars, n_radii) and background,
+    background_std, background_pixels (n_frames, n_stars). Sums are raw (no background removed),
+    in the frames' units; unusable pixels are left out of sum and area and flagged.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 3:
+        raise EngineValueError(f"frames must be 3-d (frame, y, x), got shape {frames.shape}")
+    if frames.dtype not in (np.float32, np.float64):
+        frames = frames.astype(np.float64)
+    frames = np.ascontiguousarray(frames)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] != frames.shape[0] or y.shape != x.shape:
+        raise EngineValueError(
+            f"x and y must both have shape (n_frames, n_stars) = ({frames.shape[0]}, n), "
+            f"got {x.shape} and {y.shape}")
+    radii = np.ascontiguousarray(np.atleast_1d(radii), dtype=np.float64)
+    if radii.ndim != 1 or radii.size == 0 or not np.all(np.isfinite(radii)) or np.any(radii <= 0):
+        raise EngineValueError(f"radii must be finite and > 0, got {radii!r}")
+    inner, outer = 0.0, 0.0
+    if annulus is not None:
+        try:
+            inner, outer = (float(a) for a in annulus)
+        except (TypeError, ValueError):
+            raise EngineValueError(f"annulus must be (inner, outer), got {annulus!r}") from None
+        if not (math.isfinite(inner) and math.isfinite(outer) and 0.0 <= inner < outer):
+            raise EngineValueError(f"annulus must satisfy 0 <= inner < outer, got {annulus!r}")
+    for name, value in (("mask_radius", mask_radius), ("blend_radius", blend_radius)):
+        if _finite(name, value) < 0:
+            raise EngineValueError(f"{name} must be >= 0, got {value!r}")
+    if _finite("clip_sigma", clip_sigma) <= 0 or int(clip_iterations) < 0:
+        raise EngineValueError("clip_sigma must be > 0 and clip_iterations >= 0")
+    if pixel_flags is not None:
+        pixel_flags = np.asarray(pixel_flags)
+        if pixel_flags.shape != frames.shape:
+            raise EngineValueError(
+                f"pixel_flags must have the frames' shape {frames.shape}, got {pixel_flags.shape}")
+        pixel_flags = np.ascontiguousarray(pixel_flags, dtype=np.uint8)
+    n_frames, n_stars, n_radii = frames.shape[0], x.shape[1], radii.size
+    out = dict(
+        sum=np.empty((n_frames, n_stars, n_radii)),
+        area=np.empty((n_frames, n_stars, n_radii)),
+        flags=np.empty((n_frames, n_stars, n_radii), dtype=np.uint32),
+        background=np.empty((n_frames, n_stars)),
+        background_std=np.empty((n_frames, n_stars)),
+        background_pixels=np.empty((n_frames, n_stars), dtype=np.int64),
+    )
+    _core.aperture_photometry(
+        frames, pixel_flags, x, y, radii, inner, outer, float(clip_sigma), int(clip_iterations),
+        float(mask_radius), float(blend_radius), int(min_background_pixels),
+        default_threads(threads), **out)
+    return out

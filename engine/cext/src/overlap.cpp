@@ -66,26 +66,11 @@ double disk_rectangle_area(double x0, double x1, double y0, double y1, double r)
 
 void circle_overlap_grid(double xc, double yc, double r, std::int64_t ny, std::int64_t nx,
                          double* out) noexcept {
-    const double r2 = r * r;
     for (std::int64_t j = 0; j < ny; ++j) {
-        const double y0 = static_cast<double>(j) - 0.5 - yc;
-        const double y1 = y0 + 1.0;
-        // Squared distance from the centre to the nearest and farthest points in y of this row.
-        const double dy_near = y0 > 0.0 ? y0 : (y1 < 0.0 ? -y1 : 0.0);
-        const double dy_far = std::max(std::abs(y0), std::abs(y1));
+        const double dy = static_cast<double>(j) - yc;
         double* row = out + j * nx;
         for (std::int64_t i = 0; i < nx; ++i) {
-            const double x0 = static_cast<double>(i) - 0.5 - xc;
-            const double x1 = x0 + 1.0;
-            const double dx_near = x0 > 0.0 ? x0 : (x1 < 0.0 ? -x1 : 0.0);
-            const double dx_far = std::max(std::abs(x0), std::abs(x1));
-            if (dx_near * dx_near + dy_near * dy_near >= r2) {
-                row[i] = 0.0;  // the pixel's nearest point is outside the disk
-            } else if (dx_far * dx_far + dy_far * dy_far <= r2) {
-                row[i] = 1.0;  // all four corners are inside
-            } else {
-                row[i] = disk_rectangle_area(x0, x1, y0, y1, r);
-            }
+            row[i] = pixel_overlap(static_cast<double>(i) - xc, dy, r);
         }
     }
 }

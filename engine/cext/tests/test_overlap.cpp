@@ -62,4 +62,4 @@ TEST(empty_grid_writes_nothing) {
     engine::circle_overlap_grid(0.0, 0.0, 1.0, 5, 0, nullptr);
 }
 
-int main() { return engine_test::run_all(); }
+
