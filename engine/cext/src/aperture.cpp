@@ -43,6 +43,9 @@ double population_std(const double* values, std::int64_t n) noexcept {
 // Per-thread scratch space, sized before the threads start so workers never allocate.
 struct Scratch {
     std::vector<double> annulus;
+    std::vector<double> row_sum;
+    std::vector<std::int32_t> row_bad;
+    std::vector<std::int32_t> row_saturated;
     std::vector<double> neighbour_x;
     std::vector<double> neighbour_y;
 };
@@ -63,6 +66,8 @@ class Measurer {
                                         ? config.annulus_outer + config.mask_radius
                                         : 0.0);
     }
+
+    std::size_t row_capacity() const { return static_cast<std::size_t>(2.0 * r_max_ + 5.0); }
 
     std::size_t annulus_capacity() const {
         if (!has_annulus_) return 0;
@@ -116,47 +121,11 @@ class Measurer {
             }
         }
 
-        const auto i0 = std::max<std::int64_t>(0, static_cast<std::int64_t>(std::floor(xc - reach_)));
-        const auto i1 = std::min<std::int64_t>(nx_ - 1, static_cast<std::int64_t>(std::ceil(xc + reach_)));
-        const auto j0 = std::max<std::int64_t>(0, static_cast<std::int64_t>(std::floor(yc - reach_)));
-        const auto j1 = std::min<std::int64_t>(ny_ - 1, static_cast<std::int64_t>(std::ceil(yc + reach_)));
         const T* image = frames_ + frame * ny_ * nx_;
         const std::uint8_t* pflags = pixel_flags_ ? pixel_flags_ + frame * ny_ * nx_ : nullptr;
-        const double inner2 = config_.annulus_inner * config_.annulus_inner;
-        const double outer2 = config_.annulus_outer * config_.annulus_outer;
-        const double mask2 = config_.mask_radius * config_.mask_radius;
-        const double aperture_reach = r_max_ + 0.7072;  // half-diagonal of a pixel, rounded up
-        std::int64_t n_annulus = 0;
-
-        for (std::int64_t j = j0; j <= j1; ++j) {
-            const double dy = static_cast<double>(j) - yc;
-            for (std::int64_t i = i0; i <= i1; ++i) {
-                const double dx = static_cast<double>(i) - xc;
-                const double d2 = dx * dx + dy * dy;
-                const double value = static_cast<double>(image[j * nx_ + i]);
-                const std::uint8_t pf = pflags ? pflags[j * nx_ + i] : std::uint8_t{0};
-                const bool usable = std::isfinite(value) && (pf & kUnusable) == 0;
-                if (d2 < aperture_reach * aperture_reach) {
-                    for (std::int64_t k = 0; k < nr; ++k) {
-                        const double w = pixel_overlap(dx, dy, config_.radii[k]);
-                        if (w <= 0.0) continue;
-                        if (usable) {
-                            sum[k] += w * value;
-                            area[k] += w;
-                            if (pf & flags::kPixelSaturated) flag[k] |= flags::kSaturated;
-                        } else {
-                            flag[k] |= flags::kBadPixel;
-                        }
-                    }
-                }
-                if (has_annulus_ && d2 >= inner2 && d2 < outer2 && usable &&
-                    (pf & flags::kPixelSaturated) == 0 &&
-                    !masked_by_neighbour(static_cast<double>(i), static_cast<double>(j),
-                                         n_neighbours, mask2, scratch)) {
-                    scratch.annulus[static_cast<std::size_t>(n_annulus++)] = value;
-                }
-            }
-        }
+        measure_apertures(image, pflags, xc, yc, sum, area, flag, scratch);
+        const std::int64_t n_annulus =
+            has_annulus_ ? gather_annulus(image, pflags, xc, yc, n_neighbours, scratch) : 0;
         for (std::int64_t k = 0; k < nr; ++k) {
             if (area[k] <= 0.0) {
                 sum[k] = kNaN;
@@ -179,6 +148,133 @@ class Measurer {
     }
 
    private:
+    // Adds every aperture's pixels to sum / area / flag, row by row: pixels wholly inside an
+    // aperture come from running sums along the row, and only rim pixels pay for exact geometry.
+    void measure_apertures(const T* image, const std::uint8_t* pflags, double xc, double yc,
+                           double* sum, double* area, std::uint32_t* flag, Scratch& scratch) const {
+        const std::int64_t nr = config_.n_radii;
+        const auto ia = std::max<std::int64_t>(0, static_cast<std::int64_t>(std::floor(xc - r_max_ - 0.5)));
+        const auto ib = std::min<std::int64_t>(nx_ - 1, static_cast<std::int64_t>(std::ceil(xc + r_max_ + 0.5)));
+        const auto ja = std::max<std::int64_t>(0, static_cast<std::int64_t>(std::floor(yc - r_max_ - 0.5)));
+        const auto jb = std::min<std::int64_t>(ny_ - 1, static_cast<std::int64_t>(std::ceil(yc + r_max_ + 0.5)));
+        if (ia > ib || ja > jb) return;
+        double* values = scratch.row_sum.data();           // running sums of usable values
+        std::int32_t* unusable = scratch.row_bad.data();   // running counts of unusable pixels
+        std::int32_t* saturated = scratch.row_saturated.data();
+        for (std::int64_t j = ja; j <= jb; ++j) {
+            const T* row = image + j * nx_;
+            const std::uint8_t* row_flags = pflags ? pflags + j * nx_ : nullptr;
+            values[0] = 0.0;
+            unusable[0] = 0;
+            saturated[0] = 0;
+            for (std::int64_t i = ia; i <= ib; ++i) {
+                const auto t = static_cast<std::size_t>(i - ia);
+                const double v = static_cast<double>(row[i]);
+                const std::uint8_t pf = row_flags ? row_flags[i] : std::uint8_t{0};
+                const bool usable = std::isfinite(v) && (pf & kUnusable) == 0;
+                values[t + 1] = values[t] + (usable ? v : 0.0);
+                unusable[t + 1] = unusable[t] + (usable ? 0 : 1);
+                saturated[t + 1] = saturated[t] + ((usable && (pf & flags::kPixelSaturated)) ? 1 : 0);
+            }
+            const double y0 = static_cast<double>(j) - 0.5 - yc;
+            for (std::int64_t k = 0; k < nr; ++k) {
+                const RowOverlap overlap(config_.radii[k], y0, y0 + 1.0);
+                if (overlap.empty()) continue;
+                const double near = overlap.near_half_width();
+                const std::int64_t na = std::max(ia, static_cast<std::int64_t>(std::floor(xc - 0.5 - near)) + 1);
+                const std::int64_t nb = std::min(ib, static_cast<std::int64_t>(std::ceil(xc + 0.5 + near)) - 1);
+                if (na > nb) continue;
+                std::int64_t fa = nb + 1;  // wholly inside: [fa, fb]
+                std::int64_t fb = nb;
+                const double full = overlap.full_half_width();
+                if (full >= 0.5) {
+                    fa = std::max(na, static_cast<std::int64_t>(std::ceil(xc + 0.5 - full)));
+                    fb = std::min(nb, static_cast<std::int64_t>(std::floor(xc - 0.5 + full)));
+                    if (fa > fb) fa = nb + 1, fb = nb;
+                }
+                if (fa <= fb) {
+                    const auto a = static_cast<std::size_t>(fa - ia);
+                    const auto b = static_cast<std::size_t>(fb - ia + 1);
+                    const std::int32_t bad = unusable[b] - unusable[a];
+                    sum[k] += values[b] - values[a];
+                    area[k] += static_cast<double>((fb - fa + 1) - bad);
+                    if (bad > 0) flag[k] |= flags::kBadPixel;
+                    if (saturated[b] > saturated[a]) flag[k] |= flags::kSaturated;
+                }
+                // Rim pixels: [na, fa) and (fb, nb], each the difference of its edges' areas.
+                auto rim = [&](std::int64_t from, std::int64_t to) {
+                    if (from > to) return;
+                    double left = overlap.cumulative(static_cast<double>(from) - 0.5 - xc);
+                    for (std::int64_t i = from; i <= to; ++i) {
+                        const double right = overlap.cumulative(static_cast<double>(i) + 0.5 - xc);
+                        const double w = std::min(1.0, right - left);
+                        left = right;
+                        if (w <= 0.0) continue;
+                        const auto t = static_cast<std::size_t>(i - ia);
+                        if (unusable[t + 1] == unusable[t]) {
+                            sum[k] += w * (values[t + 1] - values[t]);
+                            area[k] += w;
+                            if (saturated[t + 1] != saturated[t]) flag[k] |= flags::kSaturated;
+                        } else {
+                            flag[k] |= flags::kBadPixel;
+                        }
+                    }
+                };
+                rim(na, std::min(nb, fa - 1));
+                rim(std::max(na, fb + 1), nb);
+            }
+        }
+    }
+
+    // Copies the usable, unsaturated annulus pixels (centre within [inner, outer)) not masked by
+    // a neighbouring star into scratch.annulus; returns how many.
+    std::int64_t gather_annulus(const T* image, const std::uint8_t* pflags, double xc, double yc,
+                                std::int64_t n_neighbours, Scratch& scratch) const {
+        const double inner2 = config_.annulus_inner * config_.annulus_inner;
+        const double outer2 = config_.annulus_outer * config_.annulus_outer;
+        const double mask2 = config_.mask_radius * config_.mask_radius;
+        const double outer = config_.annulus_outer;
+        const auto ja = std::max<std::int64_t>(0, static_cast<std::int64_t>(std::ceil(yc - outer)));
+        const auto jb = std::min<std::int64_t>(ny_ - 1, static_cast<std::int64_t>(std::floor(yc + outer)));
+        std::int64_t n = 0;
+        auto take = [&](std::int64_t j, std::int64_t from, std::int64_t to, double dy2) {
+            from = std::max<std::int64_t>(from, 0);
+            to = std::min<std::int64_t>(to, nx_ - 1);
+            const T* row = image + j * nx_;
+            const std::uint8_t* row_flags = pflags ? pflags + j * nx_ : nullptr;
+            for (std::int64_t i = from; i <= to; ++i) {
+                const double dx = static_cast<double>(i) - xc;
+                const double d2 = dx * dx + dy2;
+                if (d2 < inner2 || d2 >= outer2) continue;  // the row's ends and hole, exactly
+                const double v = static_cast<double>(row[i]);
+                const std::uint8_t pf = row_flags ? row_flags[i] : std::uint8_t{0};
+                if (!std::isfinite(v) || (pf & (kUnusable | flags::kPixelSaturated)) != 0) continue;
+                if (n_neighbours > 0 && masked_by_neighbour(static_cast<double>(i),
+                                                            static_cast<double>(j), n_neighbours,
+                                                            mask2, scratch))
+                    continue;
+                scratch.annulus[static_cast<std::size_t>(n++)] = v;
+            }
+        };
+        for (std::int64_t j = ja; j <= jb; ++j) {
+            const double dy = static_cast<double>(j) - yc;
+            const double dy2 = dy * dy;
+            const double half_outer = std::sqrt(std::max(0.0, outer2 - dy2));
+            const auto lo = static_cast<std::int64_t>(std::floor(xc - half_outer));
+            const auto hi = static_cast<std::int64_t>(std::ceil(xc + half_outer));
+            if (inner2 > dy2) {  // the row crosses the hole: take its two sides
+                const double half_inner = std::sqrt(inner2 - dy2);
+                const auto left_end = static_cast<std::int64_t>(std::ceil(xc - half_inner));
+                take(j, lo, left_end, dy2);
+                take(j, std::max(left_end + 1, static_cast<std::int64_t>(std::floor(xc + half_inner))),
+                     hi, dy2);
+            } else {
+                take(j, lo, hi, dy2);
+            }
+        }
+        return n;
+    }
+
     // Collects the other stars of this frame within neighbour_reach_ of (xc, yc).
     std::int64_t find_neighbours(std::int64_t frame, std::int64_t star, double xc, double yc,
                                  Scratch& scratch) const {
@@ -241,31 +337,26 @@ class Measurer {
 
 std::int64_t sigma_clipped_median(double* values, std::int64_t n, double sigma, int iterations,
                                   double* median, double* std_dev) noexcept {
-    if (n <= 0) {
-        *median = kNaN;
-        *std_dev = kNaN;
-        return 0;
-    }
+    *median = kNaN;
+    *std_dev = kNaN;
+    if (n <= 0) return 0;
+    double centre = median_in_place(values, n);
+    double spread = population_std(values, n);
     for (int pass = 0; pass < iterations; ++pass) {
-        const double centre = median_in_place(values, n);
-        const double spread = population_std(values, n);
         const double lo = centre - sigma * spread;
         const double hi = centre + sigma * spread;
         std::int64_t kept = 0;
         for (std::int64_t k = 0; k < n; ++k) {
             if (values[k] >= lo && values[k] <= hi) values[kept++] = values[k];
         }
-        const bool changed = kept != n;
+        if (kept == n) break;  // converged: the statistics in hand describe the values kept
         n = kept;
-        if (!changed || n == 0) break;
+        if (n == 0) return 0;
+        centre = median_in_place(values, n);
+        spread = population_std(values, n);
     }
-    if (n == 0) {
-        *median = kNaN;
-        *std_dev = kNaN;
-        return 0;
-    }
-    *median = median_in_place(values, n);
-    *std_dev = population_std(values, n);
+    *median = centre;
+    *std_dev = spread;
     return n;
 }
 
@@ -295,6 +386,9 @@ void aperture_photometry(const T* frames, const std::uint8_t* pixel_flags, std::
     const std::size_t max_neighbours = static_cast<std::size_t>(std::min<std::int64_t>(n_stars, 4096));
     for (auto& s : scratch) {
         s.annulus.resize(measurer.annulus_capacity());
+        s.row_sum.resize(measurer.row_capacity());
+        s.row_bad.resize(measurer.row_capacity());
+        s.row_saturated.resize(measurer.row_capacity());
         s.neighbour_x.resize(max_neighbours);
         s.neighbour_y.resize(max_neighbours);
     }

@@ -64,6 +64,73 @@ double disk_rectangle_area(double x0, double x1, double y0, double y1, double r)
     return band_area(x0, x1, 0.0, y1, r) + band_area(x0, x1, 0.0, -y0, r);
 }
 
+RowOverlap::RowOverlap(double r, double y0, double y1) noexcept : r_(r) {
+    // Fold the band onto y >= 0: a band across the centre becomes two bands starting at 0.
+    double pieces[2][2];
+    int n = 0;
+    if (y0 >= 0.0) {
+        pieces[n][0] = y0, pieces[n][1] = y1, ++n;
+    } else if (y1 <= 0.0) {
+        pieces[n][0] = -y1, pieces[n][1] = -y0, ++n;
+    } else {
+        pieces[n][0] = 0.0, pieces[n][1] = y1, ++n;
+        pieces[n][0] = 0.0, pieces[n][1] = -y0, ++n;
+    }
+    double nearest = r;
+    double farthest = 0.0;
+    for (int k = 0; k < n; ++k) {
+        const double h0 = pieces[k][0];
+        const double h1 = pieces[k][1];
+        farthest = std::max(farthest, h1);
+        if (h0 >= r || h1 <= h0) continue;
+        nearest = std::min(nearest, h0);
+        Band band;
+        band.h0 = h0;
+        band.h1 = h1;
+        band.c0 = half_chord(h0, r);
+        band.c1 = h1 < r ? half_chord(h1, r) : 0.0;
+        band.s_c1 = primitive(band.c1);
+        band.total = band_area_to(band, band.c0, primitive(band.c0));
+        bands_[n_bands_++] = band;
+    }
+    if (n_bands_ > 0) near_half_width_ = half_chord(nearest, r);
+    full_half_width_ = farthest < r ? half_chord(farthest, r) : -1.0;
+}
+
+double RowOverlap::primitive(double a) const noexcept {
+    const double s = half_chord(a, r_);
+    return 0.5 * (a * s + r_ * r_ * std::asin(std::min(1.0, a / r_)));
+}
+
+// Area of the band between abscissae 0 and a, for 0 <= a <= c0, given s_a = primitive(a).
+double RowOverlap::band_area_to(const Band& band, double a, double s_a) const noexcept {
+    const double flat = band.h1 - band.h0;
+    if (a <= band.c1) return flat * a;  // under the cap, the disk fills the band's height
+    return flat * band.c1 + (s_a - band.s_c1) - band.h0 * (a - band.c1);
+}
+
+double RowOverlap::cumulative(double x) const noexcept {
+    const double a = std::abs(x);
+    double s_a = 0.0;
+    bool have_s_a = false;
+    double area = 0.0;
+    for (int k = 0; k < n_bands_; ++k) {
+        const Band& band = bands_[k];
+        if (a >= band.c0) {
+            area += band.total;
+        } else if (a <= band.c1) {
+            area += (band.h1 - band.h0) * a;
+        } else {
+            if (!have_s_a) {
+                s_a = primitive(a);
+                have_s_a = true;
+            }
+            area += band_area_to(band, a, s_a);
+        }
+    }
+    return x < 0.0 ? -area : area;
+}
+
 void circle_overlap_grid(double xc, double yc, double r, std::int64_t ny, std::int64_t nx,
                          double* out) noexcept {
     for (std::int64_t j = 0; j < ny; ++j) {

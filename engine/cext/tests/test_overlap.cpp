@@ -63,3 +63,29 @@ TEST(empty_grid_writes_nothing) {
 }
 
 
+
+TEST(row_overlap_equals_rectangle_areas) {
+    // Pseudo-random centres and radii (a fixed linear congruential sequence, no <random> state).
+    unsigned long long seed = 12345;
+    auto uniform = [&seed](double lo, double hi) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        return lo + (hi - lo) * static_cast<double>(seed >> 11) / 9007199254740992.0;
+    };
+    double worst = 0.0;
+    for (int trial = 0; trial < 300; ++trial) {
+        const double r = trial % 3 == 0 ? uniform(0.05, 1.0) : uniform(1.0, 25.0);
+        const double y0 = uniform(-r - 1.0, r);
+        const engine::RowOverlap row(r, y0, y0 + 1.0);
+        for (double x0 = -r - 1.3; x0 < r + 1.0; x0 += 0.37) {
+            const double want = engine::disk_rectangle_area(x0, x0 + 1.0, y0, y0 + 1.0, r);
+            const double got = row.empty() ? 0.0 : row.cumulative(x0 + 1.0) - row.cumulative(x0);
+            worst = std::max(worst, std::fabs(got - want) / std::max(1.0, r * r));
+            if (!row.empty() && row.full_half_width() >= 0.0 && x0 >= -row.full_half_width() &&
+                x0 + 1.0 <= row.full_half_width())
+                CHECK_CLOSE(want, 1.0, 1e-12);
+            if (row.empty() || x0 >= row.near_half_width() || x0 + 1.0 <= -row.near_half_width())
+                CHECK_CLOSE(want, 0.0, 1e-13);
+        }
+    }
+    CHECK(worst < 1e-14);
+}

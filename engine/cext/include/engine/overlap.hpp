@@ -44,4 +44,39 @@ inline double pixel_overlap(double dx, double dy, double r) noexcept {
 void circle_overlap_grid(double xc, double yc, double r, std::int64_t ny, std::int64_t nx,
                          double* out) noexcept;
 
+// Exact overlap of a disk with the pixels of one row, for loops that walk rows.
+//
+// For the disk of radius r centred at the origin and the horizontal band [y0, y1] (a pixel row,
+// relative to the centre), G(x) = signed area of disk & band between abscissae 0 and x is odd
+// in x, so the area inside the pixel [x0, x1] of that row is G(x1) - G(x0). Each evaluation
+// costs one sqrt and one asin, and adjacent pixels share their edge. Pixels within
+// +-full_half_width are wholly inside the disk (weight 1: no evaluation needed); pixels outside
+// +-near_half_width are wholly outside. Absolute error: a few ulps of r * r.
+class RowOverlap {
+   public:
+    RowOverlap(double r, double y0, double y1) noexcept;
+
+    bool empty() const noexcept { return n_bands_ == 0; }
+    double near_half_width() const noexcept { return near_half_width_; }
+    // Negative when no pixel of the row is wholly inside the disk.
+    double full_half_width() const noexcept { return full_half_width_; }
+    double cumulative(double x) const noexcept;
+
+   private:
+    struct Band {
+        double h0, h1;   // 0 <= h0 < h1: the band, folded onto the upper half of the disk
+        double c0, c1;   // half chords at h0 and h1 (c1 = 0 when the band reaches over the top)
+        double s_c1;     // primitive of the chord at c1
+        double total;    // G at the band's right end (x >= c0)
+    };
+    double primitive(double a) const noexcept;  // integral of sqrt(r^2 - t^2) over [0, a]
+    double band_area_to(const Band& band, double a, double s_a) const noexcept;
+
+    double r_;
+    Band bands_[2];
+    int n_bands_ = 0;
+    double near_half_width_ = 0.0;
+    double full_half_width_ = -1.0;
+};
+
 }  // namespace engine
