@@ -46,6 +46,7 @@ struct Scratch {
     std::vector<double> row_sum;
     std::vector<std::int32_t> row_bad;
     std::vector<std::int32_t> row_saturated;
+    std::vector<RowOverlap::Chord> edge_chords;  // per radius, the current row's lower edge
     std::vector<double> neighbour_x;
     std::vector<double> neighbour_y;
 };
@@ -178,7 +179,13 @@ class Measurer {
             }
             const double y0 = static_cast<double>(j) - 0.5 - yc;
             for (std::int64_t k = 0; k < nr; ++k) {
-                const RowOverlap overlap(config_.radii[k], y0, y0 + 1.0);
+                // The row's lower edge is the previous row's upper edge: reuse its chord.
+                RowOverlap::Chord* chords = scratch.edge_chords.data() + k;
+                const double r = config_.radii[k];
+                if (j == ja) chords[0] = RowOverlap::chord(r, y0);
+                const RowOverlap::Chord lower = chords[0];
+                chords[0] = RowOverlap::chord(r, y0 + 1.0);
+                const RowOverlap overlap(r, y0, y0 + 1.0, lower, chords[0]);
                 if (overlap.empty()) continue;
                 const double near = overlap.near_half_width();
                 const std::int64_t na = std::max(ia, static_cast<std::int64_t>(std::floor(xc - 0.5 - near)) + 1);
@@ -389,6 +396,7 @@ void aperture_photometry(const T* frames, const std::uint8_t* pixel_flags, std::
         s.row_sum.resize(measurer.row_capacity());
         s.row_bad.resize(measurer.row_capacity());
         s.row_saturated.resize(measurer.row_capacity());
+        s.edge_chords.resize(static_cast<std::size_t>(config.n_radii));
         s.neighbour_x.resize(max_neighbours);
         s.neighbour_y.resize(max_neighbours);
     }

@@ -64,42 +64,51 @@ double disk_rectangle_area(double x0, double x1, double y0, double y1, double r)
     return band_area(x0, x1, 0.0, y1, r) + band_area(x0, x1, 0.0, -y0, r);
 }
 
-RowOverlap::RowOverlap(double r, double y0, double y1) noexcept : r_(r) {
+RowOverlap::Chord RowOverlap::chord(double r, double y) noexcept {
+    const double c = half_chord(std::min(std::abs(y), r), r);
+    return Chord{c, primitive(r, c)};
+}
+
+RowOverlap::RowOverlap(double r, double y0, double y1, Chord at_y0, Chord at_y1) noexcept : r_(r) {
     // Fold the band onto y >= 0: a band across the centre becomes two bands starting at 0.
-    double pieces[2][2];
+    struct Piece {
+        double h0, h1;
+        Chord c0, c1;
+    };
+    const Chord top{r, 0.25 * 3.14159265358979323846 * r * r};  // the chord through the centre
+    Piece pieces[2];
     int n = 0;
     if (y0 >= 0.0) {
-        pieces[n][0] = y0, pieces[n][1] = y1, ++n;
+        pieces[n++] = Piece{y0, y1, at_y0, at_y1};
     } else if (y1 <= 0.0) {
-        pieces[n][0] = -y1, pieces[n][1] = -y0, ++n;
+        pieces[n++] = Piece{-y1, -y0, at_y1, at_y0};
     } else {
-        pieces[n][0] = 0.0, pieces[n][1] = y1, ++n;
-        pieces[n][0] = 0.0, pieces[n][1] = -y0, ++n;
+        pieces[n++] = Piece{0.0, y1, top, at_y1};
+        pieces[n++] = Piece{0.0, -y0, top, at_y0};
     }
     double nearest = r;
     double farthest = 0.0;
     for (int k = 0; k < n; ++k) {
-        const double h0 = pieces[k][0];
-        const double h1 = pieces[k][1];
-        farthest = std::max(farthest, h1);
-        if (h0 >= r || h1 <= h0) continue;
-        nearest = std::min(nearest, h0);
+        const Piece& p = pieces[k];
+        farthest = std::max(farthest, p.h1);
+        if (p.h0 >= r || p.h1 <= p.h0) continue;
+        nearest = std::min(nearest, p.h0);
         Band band;
-        band.h0 = h0;
-        band.h1 = h1;
-        band.c0 = half_chord(h0, r);
-        band.c1 = h1 < r ? half_chord(h1, r) : 0.0;
-        band.s_c1 = primitive(band.c1);
-        band.total = band_area_to(band, band.c0, primitive(band.c0));
+        band.h0 = p.h0;
+        band.h1 = p.h1;
+        band.c0 = p.c0.half_width;
+        band.c1 = p.h1 < r ? p.c1.half_width : 0.0;
+        band.s_c1 = p.h1 < r ? p.c1.primitive : 0.0;
+        band.total = band_area_to(band, band.c0, p.c0.primitive);
         bands_[n_bands_++] = band;
     }
     if (n_bands_ > 0) near_half_width_ = half_chord(nearest, r);
     full_half_width_ = farthest < r ? half_chord(farthest, r) : -1.0;
 }
 
-double RowOverlap::primitive(double a) const noexcept {
-    const double s = half_chord(a, r_);
-    return 0.5 * (a * s + r_ * r_ * std::asin(std::min(1.0, a / r_)));
+double RowOverlap::primitive(double r, double a) noexcept {
+    const double s = half_chord(a, r);
+    return 0.5 * (a * s + r * r * std::asin(std::min(1.0, a / r)));
 }
 
 // Area of the band between abscissae 0 and a, for 0 <= a <= c0, given s_a = primitive(a).
@@ -122,7 +131,7 @@ double RowOverlap::cumulative(double x) const noexcept {
             area += (band.h1 - band.h0) * a;
         } else {
             if (!have_s_a) {
-                s_a = primitive(a);
+                s_a = primitive(r_, a);
                 have_s_a = true;
             }
             area += band_area_to(band, a, s_a);

@@ -54,7 +54,17 @@ void circle_overlap_grid(double xc, double yc, double r, std::int64_t ny, std::i
 // +-near_half_width are wholly outside. Absolute error: a few ulps of r * r.
 class RowOverlap {
    public:
-    RowOverlap(double r, double y0, double y1) noexcept;
+    // The disk's half chord at height y and the integral of the chord from 0 to it: what a row
+    // needs of each of its two edges. Rows that share an edge can share its Chord.
+    struct Chord {
+        double half_width;
+        double primitive;
+    };
+    static Chord chord(double r, double y) noexcept;
+
+    RowOverlap(double r, double y0, double y1) noexcept
+        : RowOverlap(r, y0, y1, chord(r, y0), chord(r, y1)) {}
+    RowOverlap(double r, double y0, double y1, Chord at_y0, Chord at_y1) noexcept;
 
     bool empty() const noexcept { return n_bands_ == 0; }
     double near_half_width() const noexcept { return near_half_width_; }
@@ -69,7 +79,7 @@ class RowOverlap {
         double s_c1;     // primitive of the chord at c1
         double total;    // G at the band's right end (x >= c0)
     };
-    double primitive(double a) const noexcept;  // integral of sqrt(r^2 - t^2) over [0, a]
+    static double primitive(double r, double a) noexcept;  // integral of sqrt(r^2 - t^2), 0..a
     double band_area_to(const Band& band, double a, double s_a) const noexcept;
 
     double r_;
