@@ -31,13 +31,11 @@ double median_in_place(double* values, std::int64_t n) noexcept {
     return 0.5 * (lower + upper);
 }
 
-double population_std(const double* values, std::int64_t n) noexcept {
-    double mean = 0.0;
-    for (std::int64_t k = 0; k < n; ++k) mean += values[k];
-    mean /= static_cast<double>(n);
-    double var = 0.0;
-    for (std::int64_t k = 0; k < n; ++k) var += (values[k] - mean) * (values[k] - mean);
-    return std::sqrt(var / static_cast<double>(n));
+// Standard deviation (ddof = 0) from sums of (v - shift) and (v - shift)^2: exact enough when the
+// shift is near the values' centre, as the median is.
+inline double spread_from_sums(double sum, double sum2, std::int64_t n) noexcept {
+    const double mean = sum / static_cast<double>(n);
+    return std::sqrt(std::max(0.0, sum2 / static_cast<double>(n) - mean * mean));
 }
 
 // Per-thread scratch space, sized before the threads start so workers never allocate.
@@ -49,6 +47,8 @@ struct Scratch {
     std::vector<RowOverlap::Chord> edge_chords;  // per radius, the current row's lower edge
     std::vector<double> neighbour_x;
     std::vector<double> neighbour_y;
+    std::vector<double> row_neighbour_x;  // the neighbours that reach the current row
+    std::vector<double> row_neighbour_y;
 };
 
 template <typename T>
@@ -244,6 +244,7 @@ class Measurer {
         const auto ja = std::max<std::int64_t>(0, static_cast<std::int64_t>(std::ceil(yc - outer)));
         const auto jb = std::min<std::int64_t>(ny_ - 1, static_cast<std::int64_t>(std::floor(yc + outer)));
         std::int64_t n = 0;
+        std::int64_t row_neighbours = 0;
         auto take = [&](std::int64_t j, std::int64_t from, std::int64_t to, double dy2) {
             from = std::max<std::int64_t>(from, 0);
             to = std::min<std::int64_t>(to, nx_ - 1);
@@ -256,9 +257,9 @@ class Measurer {
                 const double v = static_cast<double>(row[i]);
                 const std::uint8_t pf = row_flags ? row_flags[i] : std::uint8_t{0};
                 if (!std::isfinite(v) || (pf & (kUnusable | flags::kPixelSaturated)) != 0) continue;
-                if (n_neighbours > 0 && masked_by_neighbour(static_cast<double>(i),
-                                                            static_cast<double>(j), n_neighbours,
-                                                            mask2, scratch))
+                if (row_neighbours > 0 && masked_by_neighbour(static_cast<double>(i),
+                                                              static_cast<double>(j),
+                                                              row_neighbours, mask2, scratch))
                     continue;
                 scratch.annulus[static_cast<std::size_t>(n++)] = v;
             }
@@ -266,6 +267,17 @@ class Measurer {
         for (std::int64_t j = ja; j <= jb; ++j) {
             const double dy = static_cast<double>(j) - yc;
             const double dy2 = dy * dy;
+            // Only neighbours whose masked disk reaches this row are tested on its pixels.
+            row_neighbours = 0;
+            for (std::int64_t m = 0; m < n_neighbours; ++m) {
+                const double neighbour_row = scratch.neighbour_y[static_cast<std::size_t>(m)];
+                if (std::abs(neighbour_row - static_cast<double>(j)) < config_.mask_radius) {
+                    scratch.row_neighbour_x[static_cast<std::size_t>(row_neighbours)] =
+                        scratch.neighbour_x[static_cast<std::size_t>(m)];
+                    scratch.row_neighbour_y[static_cast<std::size_t>(row_neighbours)] = neighbour_row;
+                    ++row_neighbours;
+                }
+            }
             const double half_outer = std::sqrt(std::max(0.0, outer2 - dy2));
             const auto lo = static_cast<std::int64_t>(std::floor(xc - half_outer));
             const auto hi = static_cast<std::int64_t>(std::ceil(xc + half_outer));
@@ -318,8 +330,8 @@ class Measurer {
     static bool masked_by_neighbour(double px, double py, std::int64_t n_neighbours, double mask2,
                                     const Scratch& scratch) {
         for (std::int64_t m = 0; m < n_neighbours; ++m) {
-            const double dx = px - scratch.neighbour_x[static_cast<std::size_t>(m)];
-            const double dy = py - scratch.neighbour_y[static_cast<std::size_t>(m)];
+            const double dx = px - scratch.row_neighbour_x[static_cast<std::size_t>(m)];
+            const double dy = py - scratch.row_neighbour_y[static_cast<std::size_t>(m)];
             if (dx * dx + dy * dy < mask2) return true;
         }
         return false;
@@ -348,19 +360,35 @@ std::int64_t sigma_clipped_median(double* values, std::int64_t n, double sigma, 
     *std_dev = kNaN;
     if (n <= 0) return 0;
     double centre = median_in_place(values, n);
-    double spread = population_std(values, n);
+    double sum = 0.0;
+    double sum2 = 0.0;
+    for (std::int64_t k = 0; k < n; ++k) {
+        const double d = values[k] - centre;
+        sum += d;
+        sum2 += d * d;
+    }
+    double spread = spread_from_sums(sum, sum2, n);
     for (int pass = 0; pass < iterations; ++pass) {
         const double lo = centre - sigma * spread;
         const double hi = centre + sigma * spread;
+        // One pass keeps the values within bounds and sums them about the old centre.
         std::int64_t kept = 0;
+        sum = 0.0;
+        sum2 = 0.0;
         for (std::int64_t k = 0; k < n; ++k) {
-            if (values[k] >= lo && values[k] <= hi) values[kept++] = values[k];
+            const double v = values[k];
+            if (v >= lo && v <= hi) {
+                values[kept++] = v;
+                const double d = v - centre;
+                sum += d;
+                sum2 += d * d;
+            }
         }
         if (kept == n) break;  // converged: the statistics in hand describe the values kept
         n = kept;
         if (n == 0) return 0;
+        spread = spread_from_sums(sum, sum2, n);
         centre = median_in_place(values, n);
-        spread = population_std(values, n);
     }
     *median = centre;
     *std_dev = spread;
@@ -399,6 +427,8 @@ void aperture_photometry(const T* frames, const std::uint8_t* pixel_flags, std::
         s.edge_chords.resize(static_cast<std::size_t>(config.n_radii));
         s.neighbour_x.resize(max_neighbours);
         s.neighbour_y.resize(max_neighbours);
+        s.row_neighbour_x.resize(max_neighbours);
+        s.row_neighbour_y.resize(max_neighbours);
     }
 
     const std::int64_t total = n_frames * n_stars;
