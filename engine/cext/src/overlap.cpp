@@ -19,6 +19,13 @@ inline double half_chord(double x, double r) noexcept {
     return d > 0.0 ? std::sqrt(d) : 0.0;
 }
 
+// A column index computed in floating point, clamped into [0, n - 1] before the cast (a centre far
+// off the grid must not overflow the integer conversion).
+inline std::int64_t clamped_index(double value, std::int64_t n) noexcept {
+    const double top = static_cast<double>(n - 1);
+    return static_cast<std::int64_t>(std::min(std::max(value, 0.0), std::max(top, 0.0)));
+}
+
 // Integral of s(x) over [a, b], with -r <= a <= b <= r.
 inline double chord_integral(double a, double b, double r) noexcept {
     if (b <= a) return 0.0;
@@ -107,8 +114,10 @@ RowOverlap::RowOverlap(double r, double y0, double y1, Chord at_y0, Chord at_y1)
 }
 
 double RowOverlap::primitive(double r, double a) noexcept {
+    // asin(a / r) as atan2(a, s): near the rim asin's slope would amplify the rounding of a / r,
+    // while s = sqrt((r - a)(r + a)) stays exact there.
     const double s = half_chord(a, r);
-    return 0.5 * (a * s + r * r * std::asin(std::min(1.0, a / r)));
+    return 0.5 * (a * s + r * r * std::atan2(a, s));
 }
 
 // Area of the band between abscissae 0 and a, for 0 <= a <= c0, given s_a = primitive(a).
@@ -142,12 +151,39 @@ double RowOverlap::cumulative(double x) const noexcept {
 
 void circle_overlap_grid(double xc, double yc, double r, std::int64_t ny, std::int64_t nx,
                          double* out) noexcept {
+    if (nx <= 0 || ny <= 0) return;
     for (std::int64_t j = 0; j < ny; ++j) {
-        const double dy = static_cast<double>(j) - yc;
         double* row = out + j * nx;
-        for (std::int64_t i = 0; i < nx; ++i) {
-            row[i] = pixel_overlap(static_cast<double>(i) - xc, dy, r);
+        std::fill(row, row + nx, 0.0);
+        const double y0 = static_cast<double>(j) - 0.5 - yc;
+        const RowOverlap overlap(r, y0, y0 + 1.0);
+        if (overlap.empty()) continue;
+        // Pixels [first, last] touch the disk; [full_first, full_last] lie wholly inside it.
+        const double near = overlap.near_half_width();
+        const double full = overlap.full_half_width();
+        const auto first = clamped_index(std::floor(xc - 0.5 - near) + 1.0, nx);
+        const auto last = clamped_index(std::ceil(xc + 0.5 + near) - 1.0, nx);
+        if (first > last || xc + near < -0.5 || xc - near > static_cast<double>(nx) - 0.5) continue;
+        std::int64_t full_first = last + 1;
+        std::int64_t full_last = last;
+        if (full >= 0.5) {
+            full_first = std::max(first, clamped_index(std::ceil(xc + 0.5 - full), nx));
+            full_last = std::min(last, clamped_index(std::floor(xc - 0.5 + full), nx));
+            if (full_first > full_last) full_first = last + 1, full_last = last;
         }
+        for (std::int64_t i = full_first; i <= full_last; ++i) row[i] = 1.0;
+        // Rim pixels: the difference of their edges' cumulative areas, adjacent pixels sharing one.
+        auto rim = [&](std::int64_t from, std::int64_t to) {
+            if (from > to) return;
+            double left = overlap.cumulative(static_cast<double>(from) - 0.5 - xc);
+            for (std::int64_t i = from; i <= to; ++i) {
+                const double right = overlap.cumulative(static_cast<double>(i) + 0.5 - xc);
+                row[i] = std::min(1.0, std::max(0.0, right - left));
+                left = right;
+            }
+        };
+        rim(first, std::min(last, full_first - 1));
+        rim(std::max(first, full_last + 1), last);
     }
 }
 

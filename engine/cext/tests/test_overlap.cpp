@@ -89,3 +89,12 @@ TEST(row_overlap_equals_rectangle_areas) {
     }
     CHECK(worst < 1e-14);
 }
+
+TEST(grid_with_centres_far_away) {
+    std::vector<double> out(12, -1.0);
+    engine::circle_overlap_grid(1e300, -1e300, 1e200, 3, 4, out.data());
+    engine::circle_overlap_grid(-1e18, 2.0, 5.0, 3, 4, out.data());
+    for (double v : out) CHECK(v == 0.0);
+    engine::circle_overlap_grid(1.5, 1.0, 1e6, 3, 4, out.data());  // the grid wholly inside
+    for (double v : out) CHECK(v == 1.0);
+}

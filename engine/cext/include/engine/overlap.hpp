@@ -49,7 +49,7 @@ void circle_overlap_grid(double xc, double yc, double r, std::int64_t ny, std::i
 // For the disk of radius r centred at the origin and the horizontal band [y0, y1] (a pixel row,
 // relative to the centre), G(x) = signed area of disk & band between abscissae 0 and x is odd
 // in x, so the area inside the pixel [x0, x1] of that row is G(x1) - G(x0). Each evaluation
-// costs one sqrt and one asin, and adjacent pixels share their edge. Pixels within
+// costs one sqrt and one atan2, and adjacent pixels share their edge. Pixels within
 // +-full_half_width are wholly inside the disk (weight 1: no evaluation needed); pixels outside
 // +-near_half_width are wholly outside. Absolute error: a few ulps of r * r.
 class RowOverlap {
