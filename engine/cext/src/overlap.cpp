@@ -19,11 +19,10 @@ inline double half_chord(double x, double r) noexcept {
     return d > 0.0 ? std::sqrt(d) : 0.0;
 }
 
-// A column index computed in floating point, clamped into [0, n - 1] before the cast (a centre far
-// off the grid must not overflow the integer conversion).
+// A column index computed in floating point, clamped into [-1, n] before the cast: a centre far
+// off the grid must not overflow the integer conversion, and an empty range must stay empty.
 inline std::int64_t clamped_index(double value, std::int64_t n) noexcept {
-    const double top = static_cast<double>(n - 1);
-    return static_cast<std::int64_t>(std::min(std::max(value, 0.0), std::max(top, 0.0)));
+    return static_cast<std::int64_t>(std::min(std::max(value, -1.0), static_cast<double>(n)));
 }
 
 // Integral of s(x) over [a, b], with -r <= a <= b <= r.
@@ -161,9 +160,9 @@ void circle_overlap_grid(double xc, double yc, double r, std::int64_t ny, std::i
         // Pixels [first, last] touch the disk; [full_first, full_last] lie wholly inside it.
         const double near = overlap.near_half_width();
         const double full = overlap.full_half_width();
-        const auto first = clamped_index(std::floor(xc - 0.5 - near) + 1.0, nx);
-        const auto last = clamped_index(std::ceil(xc + 0.5 + near) - 1.0, nx);
-        if (first > last || xc + near < -0.5 || xc - near > static_cast<double>(nx) - 0.5) continue;
+        const auto first = std::max<std::int64_t>(0, clamped_index(std::floor(xc - 0.5 - near) + 1.0, nx));
+        const auto last = std::min<std::int64_t>(nx - 1, clamped_index(std::ceil(xc + 0.5 + near) - 1.0, nx));
+        if (first > last) continue;
         std::int64_t full_first = last + 1;
         std::int64_t full_last = last;
         if (full >= 0.5) {
