@@ -1,0 +1,628 @@
+"""Transit light curves: a star with quadratic limb darkening occulted by an opaque planet.
+
+What this module promises
+-------------------------
+- `occulted_flux` is the analytic Mandel & Agol (2002) flux for the quadratic law
+  I(mu) = 1 - u1 (1 - mu) - u2 (1 - mu)^2, for every geometry of their Table 1 (no overlap,
+  partial overlap, planet inside the disk, the contacts z = 1 - p and z = 1 + p, z = p, z = 0) and
+  for 1 <= p <= 10 (a body larger than the star, hidden completely when z <= p - 1). It
+  equals a 30-digit integration over the disk to ~1e-16 absolute for p >= 1e-3 (the error grows
+  like 1e-16 / sqrt(p / 1e-3) below that: 1.4e-14 at p = 1e-6), and the slow disk integral
+  `tests/reference.py::transit_occulted_flux` to 1e-12 relative in the tests (seen: 9e-15).
+- `transit_light_curve` averages that flux over each exposure with an integration error below
+  1e-6 of the transit depth (hence < 1e-6 relative flux) for exposures up to 10 minutes; ~1e-8 of
+  the depth is typical. See its docstring.
+- Every kernel is a pure function of its arguments: no global state, safe to call from several
+  threads on different outputs; the thread count of the one parallel driver is an argument.
+
+How the flux is computed
+------------------------
+Write the law as I = c0 + c1 mu + c2 mu^2 with c0 = 1 - u1 - u2, c1 = u1 + 2 u2, c2 = -u2. The
+blocked flux is c0 A0 + c1 A1 + c2 A2, where An is the integral of mu^n over the overlap O of the
+two disks, and the total flux is pi (1 - u1/3 - u2/6).
+
+- A0 is the lens area and A2 = A0 - (integral of r^2 over O). Both follow from Green's theorem
+  with the boundary of O made of an arc of the unit circle (half-angle kappa1, seen from the star's
+  centre) and an arc of the planet's circle (half-angle kappa0, seen from the planet's centre):
+  (integral of r^2) = (1/2) [kappa1 + kappa0 p^2 (p^2 + 2 z^2) - D (1 + z^2 + 5 p^2) / 2], with D
+  twice the area of the triangle (star centre, planet centre, an intersection point), computed with
+  Kahan's stable formula. The angles come from atan2, never from an arccos of a rounded cosine.
+- A1 needs complete elliptic integrals. We use the forms of Agol, Luger & Foreman-Mackey (2020,
+  AJ 159, 123) for the linear term, which replace Mandel & Agol's Lambda/eta cases by one expression
+  each for k^2 < 1 and k^2 > 1 (k^2 = (1 - (z - p)^2) / (4 z p)), every integral being one call of
+  Bulirsch's general complete integral cel(kc, p, a, b), whose third-kind parameter stays > 0
+  except exactly at z = p (handled by its own closed form, as are z = 0 and z + p = 1).
+
+Kernel layout: `_cel`, `_flux`, `_separation` and `_exposure_mean` are scalar cores;
+`_occulted_flux_array`, `_separation_array`, `_light_curve_array` (parallel) and
+`_light_curve_serial` (the same loop for short inputs) are the array drivers. The drivers trust
+their inputs: call them only through the validating public functions at the bottom of this
+module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from engine.errors import EngineValueError
+from engine.kernels._jit import jit, set_threads
+
+__all__ = ["occulted_flux", "projected_separation", "transit_light_curve"]
+
+_PI = math.pi
+_TWO_PI = 2.0 * math.pi
+_HALF_PI = 0.5 * math.pi
+
+# cel converges quadratically: once two successive means agree to _CEL_TOL the result is exact to
+# rounding. _CEL_MAX_ITER is a guard that is never reached for kc in (0, 1].
+_CEL_TOL = 1e-9
+_CEL_MAX_ITER = 64
+
+# Gauss-Legendre rules with 1 .. _MAX_NODES nodes on [0, 1]: row n - 1 holds the n-node rule.
+_MAX_NODES = 64
+
+
+def _gauss_legendre_table(max_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    nodes = np.zeros((max_nodes, max_nodes))
+    weights = np.zeros((max_nodes, max_nodes))
+    for n in range(1, max_nodes + 1):
+        x, w = np.polynomial.legendre.leggauss(n)
+        nodes[n - 1, :n] = 0.5 * (x + 1.0)
+        weights[n - 1, :n] = 0.5 * w
+    return nodes, weights
+
+
+_GL_NODES, _GL_WEIGHTS = _gauss_legendre_table(_MAX_NODES)
+
+# Largest radius ratio accepted: the flux's rounding error grows like 1e-16 p^3 (2e-13 at 10).
+_MAX_RADIUS_RATIO = 10.0
+
+# Below this many exposures the light curve runs on the calling thread.
+_PARALLEL_MIN = 512
+
+
+# --------------------------------------------------------------------------------------------
+# Scalar cores. The geometry cores are compiled without fastmath: several expressions below are
+# ordered on purpose ((z - 1)(z + 1) + p^2, Kahan's triangle) and reassociation would undo that.
+# --------------------------------------------------------------------------------------------
+
+@jit(fastmath=False)
+def _cel(kc, p, a, b):
+    """Bulirsch's complete elliptic integral cel(kc, p, a, b), for 0 < kc <= 1 and p > 0.
+
+    cel = integral over [0, pi/2] of (a cos^2 t + b sin^2 t) /
+          ((cos^2 t + p sin^2 t) sqrt(cos^2 t + kc^2 sin^2 t)) dt.
+    K(k) = cel(kc, 1, 1, 1), E(k) = cel(kc, 1, 1, kc^2), (E - kc^2 K) / k^2 = cel(kc, 1, 1, 0).
+    Bulirsch (1969), Numer. Math. 13, 305: a Gauss/Landen transformation that squares the
+    error each step.
+    """
+    if kc <= 0.0:
+        kc = 1e-300  # the caller never asks for kc = 0; keep the loop finite if rounding does
+    root_p = math.sqrt(p)
+    b = b / root_p
+    e = kc
+    m = 1.0
+    for _ in range(_CEL_MAX_ITER):
+        f = a
+        a = a + b / root_p
+        g = e / root_p
+        b = 2.0 * (b + f * g)
+        root_p = root_p + g
+        g = m
+        m = m + kc
+        if abs(g - kc) <= g * _CEL_TOL:
+            break
+        kc = 2.0 * math.sqrt(e)
+        e = kc * m
+    return _HALF_PI * (a * m + b) / (m * (m + root_p))
+
+
+@jit(fastmath=False)
+def _triangle_twice_area(a, b, c):
+    """Twice the area of a triangle with sides a, b, c (0 if they do not close), Kahan's way."""
+    # Sort so that a >= b >= c; the parentheses below are essential to the stability.
+    if a < b:
+        a, b = b, a
+    if b < c:
+        b, c = c, b
+    if a < b:
+        a, b = b, a
+    q = (a + (b + c)) * (c - (a - b)) * (c + (a - b)) * (a + (b - c))
+    if q <= 0.0:
+        return 0.0
+    return 0.5 * math.sqrt(q)
+
+
+@jit(fastmath=False)
+def _linear_term(z, p):
+    """Lambda(z, p) of Agol, Luger & Foreman-Mackey (2020), for 0 < z and p - 1 < z < 1 + p.
+
+    The integral of mu over the overlap of the two disks is A1 = (2 pi [p > z] + Lambda) / 3.
+    Lambda is continuous in z; the jump of [p > z] at z = p is that of the third-kind integral.
+    Mandel & Agol's Table 1 maps onto the branches below as: cases 5, 6, 7 (z = p, below, at and
+    above p = 1/2) -> z == p; case 4 (z = 1 - p) -> z + p == 1; cases 2, 8 (partial) -> k^2 < 1;
+    cases 3, 9 (inside) -> k^2 > 1. Cases 1 (no overlap), 10 (z = 0) and 11 (star hidden) are
+    handled in `_flux`.
+    """
+    if z == p:
+        # The third-kind parameter vanishes on this line; closed forms in E and (E - kc^2 K)/k^2.
+        if p == 0.5:
+            return _PI - 4.0 / 3.0
+        m = 4.0 * p * p
+        if p < 0.5:
+            kc = math.sqrt((1.0 - 2.0 * p) * (1.0 + 2.0 * p))
+            e_k = _cel(kc, 1.0, 1.0, kc * kc)
+            d_k = _cel(kc, 1.0, 1.0, 0.0)
+            return _PI + 2.0 / 3.0 * ((2.0 * m - 3.0) * e_k - m * d_k)
+        kc = math.sqrt((2.0 * p - 1.0) * (2.0 * p + 1.0)) / (2.0 * p)
+        e_k = _cel(kc, 1.0, 1.0, kc * kc)
+        d_k = _cel(kc, 1.0, 1.0, 0.0)
+        return _PI + (-m * e_k + (2.0 * m - 3.0) * d_k) / (3.0 * p)
+
+    one_minus_dm2 = (1.0 - (z - p)) * (1.0 + (z - p))   # 1 - (z - p)^2, > 0 here
+    s_m1 = (z + p) - 1.0
+    if s_m1 == 0.0:
+        # z + p = 1 (k = 1): the elliptic integrals reduce to elementary functions.
+        lam = 2.0 * math.acos(1.0 - 2.0 * p) - 4.0 / 3.0 * (3.0 + 2.0 * p - 8.0 * p * p) * \
+            math.sqrt(p * (1.0 - p))
+        if p > 0.5:
+            lam -= _TWO_PI
+        return lam
+    if s_m1 > 0.0:
+        # Partial overlap, k^2 < 1 (modulus k^2 itself).
+        kc2 = s_m1 * ((z + p) + 1.0) / (4.0 * z * p)
+        kc = math.sqrt(kc2)
+        e_k = _cel(kc, 1.0, 1.0, kc2)
+        d_k = _cel(kc, 1.0, 1.0, 0.0)
+        zmp = z - p
+        pi_k = _cel(kc, zmp * zmp * kc2, 0.0, 3.0 * kc2 * zmp * (z + p))
+        return one_minus_dm2 * (pi_k + (-3.0 + 6.0 * p * p + 2.0 * z * p) * d_k
+                                - 4.0 * z * p * e_k) / (3.0 * math.sqrt(z * p))
+    # Planet inside the disk, k^2 > 1 (modulus 1 / k^2).
+    one_minus_sp2 = -s_m1 * (1.0 + (z + p))              # 1 - (z + p)^2, > 0 here
+    kc2 = one_minus_sp2 / one_minus_dm2
+    kc = math.sqrt(kc2)
+    ratio = (z - p) / (z + p)
+    n = ratio * ratio * kc2
+    mu = 3.0 * ratio / one_minus_dm2
+    e_k = _cel(kc, 1.0, 1.0, kc2)
+    pi_k = _cel(kc, n, 1.0 + mu, n + mu)
+    return 2.0 / 3.0 * math.sqrt(one_minus_dm2) * (
+        one_minus_sp2 * pi_k - (4.0 - 7.0 * p * p - z * z) * e_k)
+
+
+@jit(fastmath=False)
+def _flux(z, p, u1, u2):
+    """Relative flux for separation z >= 0 (may be inf) and radius ratio p > 0. Scalar core."""
+    if not z < 1.0 + p:
+        return 1.0                      # no overlap (also z = inf)
+    if z * z == 0.0:
+        z = 0.0                         # z < 1.5e-154: concentric to double precision
+    if z <= p - 1.0:
+        return 0.0                      # the star is hidden completely
+    c0 = 1.0 - u1 - u2
+    c1 = u1 + 2.0 * u2
+    c2 = -u2
+    total = _PI * (1.0 - u1 / 3.0 - u2 / 6.0)
+    p2 = p * p
+    if z == 0.0:
+        # Concentric, p < 1 here: rings of radius r < p are blocked.
+        area = _PI * p2
+        a1 = -_TWO_PI / 3.0 * math.expm1(1.5 * math.log1p(-p2))
+        a2 = _PI * p2 * (1.0 - 0.5 * p2)
+        return 1.0 - (c0 * area + c1 * a1 + c2 * a2) / total
+    if z <= 1.0 - p:
+        # The planet's disk lies inside the star's.
+        area = _PI * p2
+        r2_integral = 0.5 * _PI * p2 * (p2 + 2.0 * z * z)
+    else:
+        # Partial overlap: the lens bounded by two arcs.
+        twice_area = _triangle_twice_area(1.0, z, p)   # = z p sin(kappa0) = z sin(kappa1)
+        # cos(kappa0) = (z^2 + p^2 - 1) / (2 z p), cos(kappa1) = (1 + z^2 - p^2) / (2 z); the
+        # numerators are written so that they keep their relative accuracy where they are small
+        # near a contact (v - 1 is exact for v near 1).
+        v, w = (z, p) if z > p else (p, z)
+        kappa0 = math.atan2(2.0 * twice_area, (v - 1.0) * (v + 1.0) + w * w)
+        kappa1 = math.atan2(2.0 * twice_area, (1.0 - p) * (1.0 + p) + z * z)
+        area = kappa1 + p2 * kappa0 - twice_area
+        r2_integral = 0.5 * (kappa1 + kappa0 * p2 * (p2 + 2.0 * z * z)
+                             - 0.5 * twice_area * (1.0 + z * z + 5.0 * p2))
+    lam = _linear_term(z, p)
+    a1 = (lam + _TWO_PI) / 3.0 if p > z else lam / 3.0
+    a2 = area - r2_integral
+    return 1.0 - (c0 * area + c1 * a1 + c2 * a2) / total
+
+
+@jit(fastmath=False)
+def _separation(cycle, a_rs, cos_i):
+    """Projected separation at `cycle` periods after mid-transit (circular orbit); inf behind."""
+    phase = _TWO_PI * (cycle - math.floor(cycle + 0.5))   # reduced to [-pi, pi)
+    c = math.cos(phase)
+    if c < 0.0:
+        return math.inf                                   # behind the star: no secondary eclipse
+    s = math.sin(phase)
+    cc = cos_i * c
+    return a_rs * math.sqrt(s * s + cc * cc)
+
+
+@jit(fastmath=False)
+def _contact_cycle(radius, a_rs, cos_i):
+    """Cycles after mid-transit (in (0, 1/4)) at which the separation equals `radius`; -1 if never.
+
+    sin^2(phi) = ((radius / a_rs)^2 - cos^2 i) / sin^2 i; no solution when the impact parameter
+    a_rs cos i is >= radius.
+    """
+    sin_i2 = (1.0 - cos_i) * (1.0 + cos_i)
+    if sin_i2 <= 0.0:
+        return -1.0
+    s2 = ((radius / a_rs) * (radius / a_rs) - cos_i * cos_i) / sin_i2
+    if s2 <= 0.0 or s2 >= 1.0:
+        return -1.0
+    return math.asin(math.sqrt(s2)) / _TWO_PI
+
+
+@jit(fastmath=False)
+def _node_count(exptime_over_ingress):
+    """Gauss-Legendre nodes per piece, from exposure time / ingress duration (see the docstring
+    of `transit_light_curve`: the table keeps the error below 1e-6 of the transit depth)."""
+    if exptime_over_ingress <= 0.05:
+        return 5
+    if exptime_over_ingress <= 0.2:
+        return 6
+    if exptime_over_ingress <= 1.0:
+        return 8
+    if exptime_over_ingress <= 3.0:
+        return 10
+    return 12
+
+
+@jit(fastmath=False)
+def _piece_deficit(lo, hi, nodes_count, nodes, weights, a_rs, cos_i, p, u1, u2):
+    """Integral over cycles [lo, hi] of (flux - 1), for a piece with no contact inside it.
+
+    Exactly 0 for a piece out of transit. A piece may end at a contact, where the flux goes like
+    (distance to the contact)^(3/2), ^2, ^(5/2) ... The substitution u = lo + L (3 s^2 - 2 s^3)
+    turns each of those powers into a polynomial in s near the ends, so Gauss-Legendre in s
+    converges fast right up to the contacts. One node means the piece's middle.
+    """
+    length = hi - lo
+    z_mid = _separation(0.5 * (lo + hi), a_rs, cos_i)
+    if not z_mid < 1.0 + p:
+        return 0.0
+    if nodes_count == 1:
+        return length * (_flux(z_mid, p, u1, u2) - 1.0)
+    row = nodes_count - 1
+    total = 0.0
+    for k in range(nodes_count):
+        s = nodes[row, k]
+        u = lo + length * (s * s * (3.0 - 2.0 * s))
+        z = _separation(u, a_rs, cos_i)
+        total += weights[row, k] * 6.0 * s * (1.0 - s) * (_flux(z, p, u1, u2) - 1.0)
+    return length * total
+
+
+@jit(fastmath=False)
+def _exposure_mean(cycle, half_width, nodes_count, nodes, weights, a_rs, cos_i, p, u1, u2,
+                   contact_out, contact_in):
+    """Mean flux over the exposure [cycle - half_width, cycle + half_width] (in cycles).
+
+    The exposure is cut at every contact inside it (z = 1 + p at +-contact_out, z = |1 - p| at
+    +-contact_in around each mid-transit; -1 marks a contact that never happens) and each piece
+    is integrated with `nodes_count` nodes.
+    """
+    if half_width == 0.0:
+        return _flux(_separation(cycle, a_rs, cos_i), p, u1, u2)
+    if contact_out < 0.0:
+        return 1.0                                        # the planet never crosses the star
+    lo = cycle - half_width
+    hi = cycle + half_width
+    start = lo
+    deficit = 0.0
+    k = math.ceil(lo - 0.25)                              # first transit whose contacts may lie in
+    while k <= hi + 0.25:
+        for j in range(4):
+            if j == 0:
+                edge = k - contact_out
+            elif j == 1:
+                edge = k - contact_in
+            elif j == 2:
+                edge = k + contact_in
+            else:
+                edge = k + contact_out
+            if contact_in < 0.0 and (j == 1 or j == 2):
+                continue
+            if start < edge < hi:
+                deficit += _piece_deficit(start, edge, nodes_count, nodes, weights, a_rs, cos_i,
+                                          p, u1, u2)
+                start = edge
+        k += 1.0
+    deficit += _piece_deficit(start, hi, nodes_count, nodes, weights, a_rs, cos_i, p, u1, u2)
+    return 1.0 + deficit / (hi - lo)
+
+
+# --------------------------------------------------------------------------------------------
+# Array drivers. They trust their inputs: 1-D C-contiguous float64 arrays of matching lengths,
+# parameters already checked. Call them only through the public functions below.
+# --------------------------------------------------------------------------------------------
+
+@jit
+def _occulted_flux_array(z, p, u1, u2, out):
+    for i in range(z.shape[0]):
+        out[i] = _flux(abs(z[i]), p, u1, u2)
+
+
+@jit
+def _separation_array(time, t0, period, a_rs, cos_i, out):
+    for i in range(time.shape[0]):
+        out[i] = _separation((time[i] - t0) / period, a_rs, cos_i)
+
+
+@jit
+def _light_curve_setup(period, a_rs, cos_i, p):
+    """Contact phases (cycles; -1 if never) and the ingress duration in days (half the transit
+    for a grazing one; sets the automatic node count)."""
+    contact_out = _contact_cycle(1.0 + p, a_rs, cos_i)
+    contact_in = _contact_cycle(abs(1.0 - p), a_rs, cos_i)
+    ingress = (contact_out - max(contact_in, 0.0)) * period
+    return contact_out, contact_in, ingress
+
+
+@jit
+def _light_curve_one(time, exptime, t0, period, a_rs, cos_i, p, u1, u2, supersample, nodes,
+                     weights, contact_out, contact_in, ingress):
+    n = supersample
+    if n == 0:
+        n = _node_count(exptime / ingress) if ingress > 0.0 else 1
+    return _exposure_mean((time - t0) / period, 0.5 * exptime / period, n, nodes, weights, a_rs,
+                          cos_i, p, u1, u2, contact_out, contact_in)
+
+
+@jit(parallel=True)
+def _light_curve_array(time, exptime, t0, period, a_rs, cos_i, p, u1, u2, supersample,
+                       nodes, weights, out):
+    """exptime has length 1 (shared) or len(time); supersample 0 means choose per exposure."""
+    contact_out, contact_in, ingress = _light_curve_setup(period, a_rs, cos_i, p)
+    shared = exptime.shape[0] == 1
+    for i in prange(time.shape[0]):
+        out[i] = _light_curve_one(time[i], exptime[0] if shared else exptime[i], t0, period, a_rs,
+                                  cos_i, p, u1, u2, supersample, nodes, weights, contact_out,
+                                  contact_in, ingress)
+
+
+@jit
+def _light_curve_serial(time, exptime, t0, period, a_rs, cos_i, p, u1, u2, supersample,
+                        nodes, weights, out):
+    """The same loop on the calling thread: for short inputs, where waking threads costs more
+    than the work (same numbers as the parallel driver, bit for bit)."""
+    contact_out, contact_in, ingress = _light_curve_setup(period, a_rs, cos_i, p)
+    shared = exptime.shape[0] == 1
+    for i in range(time.shape[0]):
+        out[i] = _light_curve_one(time[i], exptime[0] if shared else exptime[i], t0, period, a_rs,
+                                  cos_i, p, u1, u2, supersample, nodes, weights, contact_out,
+                                  contact_in, ingress)
+
+
+# --------------------------------------------------------------------------------------------
+# Public functions: validate and coerce, then call a driver.
+# --------------------------------------------------------------------------------------------
+
+def _scalar(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise EngineValueError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise EngineValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+def _real_array(name: str, value, allow_inf: bool = False) -> np.ndarray:
+    """A C-contiguous float64 copy-or-view of `value`, checked for NaN (and inf unless allowed)."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise EngineValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    array = np.asarray(array, dtype=np.float64, order="C")   # keeps 0-d arrays 0-d
+    bad = np.isnan(array) if allow_inf else ~np.isfinite(array)
+    if bad.any():
+        what = "NaN" if allow_inf else "non-finite values"
+        raise EngineValueError(f"{name} must not contain {what}")
+    return array
+
+
+def _output(out, shape: tuple) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype=np.float64)
+    if (not isinstance(out, np.ndarray) or out.dtype != np.float64 or out.shape != shape
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        raise EngineValueError(
+            f"out must be a writable C-contiguous float64 array of shape {shape}")
+    return out
+
+
+def _radius_ratio(name: str, p) -> float:
+    p = _scalar(name, p)
+    if not 0.0 < p <= _MAX_RADIUS_RATIO:
+        raise EngineValueError(
+            f"{name} must be in (0, {_MAX_RADIUS_RATIO:g}], got {p!r} (beyond that the analytic "
+            "terms cancel to worse than 1e-13)")
+    return p
+
+
+def _limb_darkening(u1, u2) -> tuple[float, float]:
+    u1 = _scalar("u1", u1)
+    u2 = _scalar("u2", u2)
+    if not 1.0 - u1 / 3.0 - u2 / 6.0 > 0.0:
+        raise EngineValueError(
+            f"limb darkening (u1={u1}, u2={u2}) leaves no flux: need 1 - u1/3 - u2/6 > 0")
+    return u1, u2
+
+
+def _orbit(t0, period, a_rs, inc_deg) -> tuple[float, float, float, float]:
+    t0 = _scalar("t0", t0)
+    period = _scalar("period", period)
+    a_rs = _scalar("a_rs", a_rs)
+    inc_deg = _scalar("inc_deg", inc_deg)
+    if period <= 0.0:
+        raise EngineValueError(f"period must be > 0 days, got {period!r}")
+    if a_rs <= 1.0:
+        raise EngineValueError(f"a_rs (semi-major axis / stellar radius) must be > 1, got {a_rs!r}")
+    if not 0.0 <= inc_deg <= 90.0:
+        raise EngineValueError(f"inc_deg must be in [0, 90] degrees, got {inc_deg!r}")
+    cos_i = 0.0 if inc_deg == 90.0 else math.cos(math.radians(inc_deg))
+    return t0, period, a_rs, cos_i
+
+
+def occulted_flux(z, p, u1, u2, out=None) -> np.ndarray:
+    """Relative flux of a limb-darkened star occulted by an opaque disk (Mandel & Agol 2002).
+
+    The star has the quadratic law I(mu) = 1 - u1 (1 - mu) - u2 (1 - mu)^2 and unit radius; the
+    occulting disk has radius `p` and its centre lies at projected distance |z| from the star's
+    centre. The result is the visible flux over the unocculted flux: 1.0 exactly when
+    |z| >= 1 + p, 0.0 when the star is hidden (p >= 1 and |z| <= p - 1).
+
+    Parameters
+    ----------
+    z : array_like of float
+        Projected separations in stellar radii (any shape). +-inf means far away (flux 1); NaN is
+        refused.
+    p : float
+        Radius ratio, 0 < p <= 10. Values >= 1 (a body larger than the star) are supported; the
+        limit keeps the rounding error (about 1e-16 p^3 for p > 1) below 2e-13.
+    u1, u2 : float
+        Quadratic limb-darkening coefficients; any finite pair with 1 - u1/3 - u2/6 > 0 (the
+        star's total flux) is accepted, physical or not.
+    out : ndarray, optional
+        Writable C-contiguous float64 array of z's shape to fill and return.
+
+    Returns
+    -------
+    ndarray of float64, z's shape. Accurate to about 1e-15 absolute (tests: <= 1e-12 against a
+    direct disk integral, and 1e-15 against a 30-digit one) at every contact and special case.
+    """
+    z = _real_array("z", z, allow_inf=True)
+    p = _radius_ratio("p", p)
+    u1, u2 = _limb_darkening(u1, u2)
+    result = _output(out, z.shape)
+    _occulted_flux_array(z.reshape(-1), p, u1, u2, result.reshape(-1))
+    return result
+
+
+def projected_separation(time, t0, period, a_rs, inc_deg, out=None) -> np.ndarray:
+    """Sky-projected star-planet distance in stellar radii for a circular orbit.
+
+    z = a_rs sqrt(sin^2(phi) + cos^2(i) cos^2(phi)) with phi = 2 pi (time - t0) / period, t0 the
+    time of mid-transit. When the planet is behind the star (cos(phi) < 0) the result is +inf:
+    no secondary eclipse or phase curve is modelled, and `occulted_flux` gives 1 there.
+
+    Parameters
+    ----------
+    time : array_like of float
+        Times in days (any shape, finite).
+    t0 : float
+        Mid-transit time in days, same time scale as `time`.
+    period : float
+        Orbital period in days, > 0.
+    a_rs : float
+        Semi-major axis in stellar radii, > 1.
+    inc_deg : float
+        Orbital inclination in degrees, 0 <= inc_deg <= 90 (90 is edge-on).
+    out : ndarray, optional
+        Writable C-contiguous float64 array of time's shape to fill and return.
+    """
+    time = _real_array("time", time)
+    t0, period, a_rs, cos_i = _orbit(t0, period, a_rs, inc_deg)
+    result = _output(out, time.shape)
+    _separation_array(time.reshape(-1), t0, period, a_rs, cos_i, result.reshape(-1))
+    return result
+
+
+def transit_light_curve(time, t0, period, rp_rs, a_rs, inc_deg, u1, u2, exptime=0.0,
+                        supersample=None, out=None, threads=None) -> np.ndarray:
+    """Relative flux of a transited star, averaged over each exposure.
+
+    The planet is on a circular orbit (see `projected_separation`; nothing happens while it is
+    behind the star) and occults a star with quadratic limb darkening (see `occulted_flux`).
+    Each value is the mean of the flux over [t - exptime/2, t + exptime/2] for the mid-exposure
+    time t; exptime = 0 gives the instantaneous flux.
+
+    Exposure integration. Each exposure is cut at the contact times that fall inside it (where
+    z = 1 + p and z = |1 - p|, found analytically for the circular orbit), so that every piece is
+    smooth inside; each piece is integrated by n-node Gauss-Legendre after the substitution
+    t = a + (b - a)(3 s^2 - 2 s^3), which makes the (t - t_contact)^(3/2) behaviour of the flux at
+    a contact polynomial. Pieces out of transit cost nothing and give exactly 1. Unless
+    `supersample` is given, n is chosen from the ratio of exptime to the ingress duration tau
+    (tau = time from first to second contact; half the transit for a grazing one):
+    n = 5, 6, 8, 10, 12 for exptime / tau up to 0.05, 0.2, 1, 3 and above.
+
+    Bound: with the automatic n the integration error is below 1e-6 of the transit depth, hence
+    below 1e-6 relative flux for any planet, for exposures up to 10 minutes (verified against
+    dense brute-force averaging on hot Jupiters with b = 0 to grazing, small planets with
+    ingress 4 times shorter than the exposure, an ultra-short-period and a p = 0.3 case: worst
+    about 5e-7 of the depth, i.e. < 1e-7 relative flux; in practice it stays at that level up to
+    exposures of 40 minutes).
+
+    Parameters
+    ----------
+    time : array_like of float
+        Mid-exposure times in days (any shape, finite).
+    t0, period : float
+        Mid-transit time and period in days (period > 0).
+    rp_rs : float
+        Planet radius / stellar radius, 0 < rp_rs <= 10 (>= 1 allowed, see `occulted_flux`).
+    a_rs : float
+        Semi-major axis / stellar radius; must exceed 1 + rp_rs so that the planet clears the
+        stellar disk at quadrature, where this model switches to "behind the star".
+    inc_deg : float
+        Inclination in degrees, 0 <= inc_deg <= 90.
+    u1, u2 : float
+        Quadratic limb-darkening coefficients (see `occulted_flux`).
+    exptime : float or array_like
+        Exposure time in days, >= 0 and <= period; one value, or one per time.
+    supersample : int, optional
+        Gauss-Legendre nodes per piece of each exposure, 1 to 64 (1 = the middle of each piece);
+        overrides the automatic choice.
+    out : ndarray, optional
+        Writable C-contiguous float64 array of time's shape to fill and return.
+    threads : int, optional
+        Threads for the parallel loop over exposures (default: all of Numba's). Fewer than 512
+        exposures run on the calling thread; the numbers are the same either way.
+
+    Returns
+    -------
+    ndarray of float64, time's shape.
+    """
+    time = _real_array("time", time)
+    t0, period, a_rs, cos_i = _orbit(t0, period, a_rs, inc_deg)
+    p = _radius_ratio("rp_rs", rp_rs)
+    if a_rs <= 1.0 + p:
+        raise EngineValueError(
+            f"a_rs must exceed 1 + rp_rs = {1.0 + p!r} (planet clear of the star at quadrature), "
+            f"got {a_rs!r}")
+    u1, u2 = _limb_darkening(u1, u2)
+    exptime = _real_array("exptime", exptime)
+    if exptime.ndim == 0:
+        exptime = exptime.reshape(1)
+    elif exptime.shape == time.shape:
+        exptime = exptime.reshape(-1)
+    else:
+        raise EngineValueError(
+            f"exptime must be a scalar or have time's shape {time.shape}, got {exptime.shape}")
+    if exptime.size and (exptime.min() < 0.0 or exptime.max() > period):
+        raise EngineValueError(f"exptime must lie in [0, period = {period}] days")
+    if supersample is None:
+        nodes_count = 0
+    else:
+        if isinstance(supersample, bool) or not isinstance(supersample, (int, np.integer)):
+            raise EngineValueError(f"supersample must be an integer, got {supersample!r}")
+        nodes_count = int(supersample)
+        if not 1 <= nodes_count <= _MAX_NODES:
+            raise EngineValueError(f"supersample must be in [1, {_MAX_NODES}], got {nodes_count}")
+    result = _output(out, time.shape)
+    driver = _light_curve_array if set_threads(threads) > 1 and time.size >= _PARALLEL_MIN else \
+        _light_curve_serial
+    driver(time.reshape(-1), exptime, t0, period, a_rs, cos_i, p, u1, u2, nodes_count, _GL_NODES,
+           _GL_WEIGHTS, result.reshape(-1))
+    return result
