@@ -71,6 +71,36 @@ def _run_bench(args) -> int:
     return 0
 
 
+def _add_ingest(sub) -> None:
+    p = sub.add_parser("ingest", help="FITS files into run cubes and frames.parquet (reduce's "
+                                      "first stage)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="FITS files or folders (searched recursively)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    p.add_argument("--target-ra", metavar="HH:MM:SS", help="target right ascension (hours, or "
+                                                          "degrees as a plain number)")
+    p.add_argument("--target-dec", metavar="\u00b1DD:MM:SS", help="target declination")
+    p.add_argument("--workers", type=int, default=None, help="reading threads (default: all cores)")
+    p.set_defaults(func=_run_ingest)
+
+
+def _run_ingest(args) -> int:
+    import logging
+
+    from engine.errors import EngineValueError
+    from engine.ingest import ingest
+
+    if (args.target_ra is None) != (args.target_dec is None):
+        raise EngineValueError("give both --target-ra and --target-dec, or neither")
+    target = None if args.target_ra is None else (args.target_ra, args.target_dec)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    result = ingest(args.paths, args.out, target=target, workers=args.workers)
+    print(result.summary())
+    print(f"frames table: {result.frames_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="engine", description="Photometry engine: raw frames to calibrated light curves.")
@@ -78,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_simulate(sub)
     _add_bench(sub)
+    _add_ingest(sub)
     return parser
 
 

@@ -1,0 +1,418 @@
+"""Exposure times from headers: every time stamp a header offers, the best one, and mid-exposure.
+
+Keywords read (each becomes a `TimeStamp` with the moment it marks and how precisely):
+- DATE-OBS, alone when it holds a time, else with TIME-OBS, UT, UTSTART, UT-START, TIME-BEG,
+  UT-OBS, UTC-OBS (date-only DATE-OBS plus a time of day, as observatory CCD software writes);
+  the old 'DD/MM/YY' form is read as 19YY.
+- DATE-BEG, DATE-AVG (mid), DATE-END; JD, JD-OBS, JD_OBS (start), JD-MID, MID-JD (mid), JD-END;
+  MJD-OBS, MJD_OBS, MJD-BEG (start), MJD-AVG, MJD-MID (mid), MJD-END.
+- DATE-LOC (N.I.N.A.'s local time) only when the site's UTC offset is configured.
+
+Conventions: a keyword whose name or comment says start, mid or end is *stated*; DATE-OBS, JD and
+MJD-OBS that do not say are *assumed* to mark the start (the FITS and MaxIm DL convention), or
+what the site's configured `time_reference` says. A time with an offset suffix ('-0700',
+'+02:00') is local time and is converted; one whose comment or TIMESYS says local needs the site's
+UTC offset. TIMESYS = TT, TAI or GPS is converted to UTC. Precision is read from how many digits the
+value was written with (a JD with 4 decimals is good to 8.6 s; MJD-OBS = 56486.0, a date written
+as a number, to a day).
+
+Choosing: the most precise stamps (within a factor of two of the best) win, then the order above.
+Stamps that disagree are reported: by a whole number of quarter hours, the ISO one is taken to be
+local time and the JD/MJD one is used; otherwise beyond their precision, with the difference.
+
+Nothing here knows about files: functions take an astropy Header.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import erfa
+import numpy as np
+from astropy.time import Time
+
+from engine.errors import HeaderError
+
+__all__ = ["MidExposure", "TimeStamp", "exposure_mid", "header_timestamps"]
+
+_DAY = 86400.0
+_ISO = re.compile(
+    r"^\s*(\d{4})-(\d{1,2})-(\d{1,2})"
+    r"(?:[T ](\d{1,2}):(\d{1,2})(?::(\d{1,2})(\.\d*)?)?)?"
+    r"\s*(Z|UTC|UT|[+\-]\d{2}(?::?\d{2})?)?\s*$", re.IGNORECASE)
+_OLD_DATE = re.compile(r"^\s*(\d{1,2})/(\d{1,2})/(\d{2})\s*$")
+_CLOCK = re.compile(
+    r"^\s*(\d{1,2}):(\d{1,2})(?::(\d{1,2})(\.\d*)?)?\s*(Z|UTC|UT|[+\-]\d{2}(?::?\d{2})?)?\s*$",
+    re.IGNORECASE)
+_NUMBER = re.compile(r"^\s*[+\-]?(\d+)(?:\.(\d*))?(?:[EeDd]([+\-]?\d+))?\s*$")
+
+_TIME_OF_DAY_KEYS = ("TIME-OBS", "UT", "UTSTART", "UT-START", "TIME-BEG", "UT-OBS", "UTC-OBS",
+                     "UTC")
+# (keyword, reference, stated)
+_ISO_KEYS = (("DATE-AVG", "mid", True), ("DATE-BEG", "start", True), ("DATE-OBS", "start", False),
+             ("DATE-END", "end", True))
+_JD_KEYS = (("JD-MID", "mid", True), ("MID-JD", "mid", True), ("JD_MID", "mid", True),
+            ("JD-OBS", "start", False), ("JD_OBS", "start", False), ("JD", "start", False),
+            ("JD-START", "start", True), ("JD-END", "end", True))
+_MJD_KEYS = (("MJD-AVG", "mid", True), ("MJD-MID", "mid", True), ("MJD-BEG", "start", True),
+             ("MJD-OBS", "start", False), ("MJD_OBS", "start", False), ("MJD-END", "end", True))
+_SCALES = {"UTC": "utc", "UT": "utc", "Z": "utc", "": "utc", "TT": "tt", "TAI": "tai",
+           "TDT": "tt", "GPS": "tai"}  # GPS = TAI - 19 s, handled below
+
+
+@dataclass(frozen=True)
+class TimeStamp:
+    """One moment a header gives: `jd` (UTC Julian date as a two-float pair, for precision)
+    marks the exposure's `reference` (start, mid, end); `stated` says whether the header says
+    which; `precision_s` is the resolution it was written with; `local` that it was a local-time
+    stamp converted to UTC."""
+
+    keyword: str
+    jd: tuple[float, float]
+    reference: str
+    stated: bool
+    precision_s: float
+    kind: str  # 'iso' or 'jd'
+    local: bool = False
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class MidExposure:
+    """Mid-exposure UTC of a frame and how it was found.
+
+    jd: mid-exposure UTC Julian date (two floats) after the clock correction.
+    keyword: the stamp used. reference: what that stamp marks. basis: how that is known
+    ('stated' by the header, 'configured' for the site, or 'assumed').
+    precision_s: the stamp's resolution. clock_offset_s: the correction subtracted.
+    local: the stamp was local time. notes: disagreements and assumptions to log.
+    """
+
+    jd: tuple[float, float]
+    keyword: str
+    reference: str
+    basis: str
+    precision_s: float
+    clock_offset_s: float
+    local: bool
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def time(self) -> Time:
+        """The mid-exposure moment as an astropy Time (UTC)."""
+        return Time(self.jd[0], self.jd[1], format="jd", scale="utc")
+
+    @property
+    def jd_utc(self) -> float:
+        return self.jd[0] + self.jd[1]
+
+    @property
+    def provenance(self) -> str:
+        how = self.basis
+        shift = {"start": " + EXPTIME/2", "mid": "", "end": " - EXPTIME/2"}[self.reference]
+        text = (f"{self.keyword} ({self.reference}, {how}; resolution {self.precision_s:.3g} s)"
+                f"{shift}")
+        if self.local:
+            text += ", local time converted to UTC"
+        if self.clock_offset_s:
+            text += f", clock offset {self.clock_offset_s:+.3f} s removed"
+        return text
+
+
+def _comment(header, key: str) -> str:
+    try:
+        return str(header.comments[key] or "").lower()
+    except (KeyError, AttributeError, IndexError):
+        return ""
+
+
+def _stated_reference(comment: str) -> str | None:
+    if re.search(r"\bmid|middle|cent(er|re)|average", comment):
+        return "mid"
+    if re.search(r"\bend\b|\bstop", comment):
+        return "end"
+    if re.search(r"\bstart|\bbegin|beginning|\bopen", comment):
+        return "start"
+    return None
+
+
+def _offset_hours(suffix: str | None) -> float | None:
+    """Hours to add to a local stamp to get UTC; None for a UTC or absent suffix."""
+    if not suffix or suffix.upper() in ("Z", "UTC", "UT"):
+        return None
+    sign = -1.0 if suffix[0] == "-" else 1.0
+    digits = suffix[1:].replace(":", "")
+    hours = int(digits[:2]) + (int(digits[2:4]) / 60.0 if len(digits) >= 4 else 0.0)
+    return -sign * hours
+
+
+def _fraction_precision(fraction: str | None, seconds: str | None, minutes: str | None) -> float:
+    if minutes is None:
+        return _DAY
+    if seconds is None:
+        return 60.0
+    digits = len(fraction) - 1 if fraction else 0
+    return 10.0 ** (-digits)
+
+
+def _add_seconds(jd: tuple[float, float], seconds: float) -> tuple[float, float]:
+    # UTC days are 86400 s except across a leap second; an exposure's half-length never spans one
+    # that matters here.
+    return jd[0], jd[1] + seconds / _DAY
+
+
+def _to_utc(jd: tuple[float, float], scale: str) -> tuple[float, float]:
+    if scale == "utc":
+        return jd
+    if scale == "tt":
+        jd = erfa.tttai(*jd)
+    elif scale == "gps":
+        jd = (jd[0], jd[1] + 19.0 / _DAY)
+    utc = erfa.taiutc(*jd)
+    return float(utc[0]), float(utc[1])
+
+
+def _time_from_parts(date: tuple[int, int, int],
+                     clock: tuple[str, str, str | None, str | None] | None,
+                     scale: str) -> tuple[float, float]:
+    """(jd1, jd2) UTC of a calendar date and clock time written in `scale`."""
+    year, month, day = date
+    hour, minute, seconds = 0, 0, 0.0
+    if clock is not None:
+        hour, minute = int(clock[0]), int(clock[1])
+        seconds = float((clock[2] or "0") + (clock[3] or ""))
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour <= 23 and minute <= 59 and seconds < 61):
+        raise ValueError(
+            f"{year:04d}-{month:02d}-{day:02d} {hour}:{minute}:{seconds} is not a date")
+    try:
+        with np.errstate(all="ignore"):
+            jd1, jd2 = erfa.dtf2d(scale.upper(), year, month, day, hour, minute, seconds)
+    except erfa.ErfaError as exc:
+        raise ValueError(f"{year:04d}-{month:02d}-{day:02d}: {exc}") from None
+    return _to_utc((float(jd1), float(jd2)), scale)
+
+
+def _date_part(text: str):
+    """(date, clock or None, suffix) of an ISO or old-form date, or None."""
+    match = _ISO.match(text)
+    if match:
+        year, month, day, hour, minute, second, fraction, suffix = match.groups()
+        clock = (hour, minute, second, fraction) if hour is not None else None
+        return (int(year), int(month), int(day)), clock, suffix
+    match = _OLD_DATE.match(text)
+    if match:
+        day, month, year = (int(g) for g in match.groups())
+        return (1900 + year, month, day), None, None
+    return None
+
+
+def _literal(header, key: str) -> str:
+    """The value of a card as written (so that its digits tell its precision)."""
+    try:
+        image = header.cards[key].image
+    except (KeyError, AttributeError, IndexError):
+        return str(header.get(key, ""))
+    value = image.split("=", 1)[1] if "=" in image[:10] else image[8:]
+    value = value.strip()
+    if value.startswith("'"):
+        return value[1:].split("'", 1)[0].strip()
+    return value.split("/", 1)[0].strip()
+
+
+def _scale(header) -> str:
+    timesys = str(header.get("TIMESYS", "")).strip().upper()
+    if timesys in ("LOCAL", "LT"):
+        return "local"
+    return "gps" if timesys == "GPS" else _SCALES.get(timesys, "utc")
+
+
+def header_timestamps(header, *, utc_offset_hours: float | None = None
+                      ) -> tuple[list[TimeStamp], list[str]]:
+    """Every usable time stamp in a header, and notes on those that were not usable."""
+    stamps: list[TimeStamp] = []
+    problems: list[str] = []
+    scale = _scale(header)
+
+    def local_note(key, comment, suffix_hours):
+        """UTC-offset hours to apply (or None = UTC), or raise ValueError when unknown."""
+        if suffix_hours is not None:
+            return suffix_hours
+        if scale == "local" or re.search(r"\blocal\b", comment):
+            if utc_offset_hours is None:
+                raise ValueError(f"{key} is local time and the site's UTC offset is not configured")
+            return -utc_offset_hours
+        return None
+
+    for key, reference, stated in _ISO_KEYS:
+        if key not in header:
+            continue
+        text = str(header.get(key, "")).strip()
+        if not text:
+            continue
+        parsed = _date_part(text)
+        if parsed is None:
+            problems.append(f"{key} = {text!r} is not a date")
+            continue
+        date, clock, suffix = parsed
+        label, comment = key, _comment(header, key)
+        precision = _fraction_precision(clock[3], clock[2], clock[1]) if clock else _DAY
+        if clock is None and key == "DATE-OBS":
+            for time_key in _TIME_OF_DAY_KEYS:
+                value = str(header.get(time_key, "")).strip() if time_key in header else ""
+                match = _CLOCK.match(value) if value else None
+                if match:
+                    hour, minute, second, fraction, suffix = match.groups()
+                    clock = (hour, minute, second, fraction)
+                    precision = _fraction_precision(fraction, second, minute)
+                    label = f"DATE-OBS+{time_key}"
+                    comment = comment + " " + _comment(header, time_key)
+                    break
+        if clock is None:
+            problems.append(f"{key} = {text!r} has no time of day")
+            continue
+        said = _stated_reference(comment)
+        if said is not None:
+            reference, stated = said, True
+        try:
+            shift_hours = local_note(label, comment, _offset_hours(suffix))
+            time_scale = "utc" if scale == "local" else scale
+            moment = _time_from_parts(date, clock, time_scale)
+        except ValueError as exc:
+            problems.append(f"{label}: {exc}")
+            continue
+        local = shift_hours is not None
+        if local:
+            moment = _add_seconds(moment, shift_hours * 3600.0)
+        note = ""
+        if local:
+            note = f"{label} is local time (UTC{-shift_hours:+g} h), converted to UTC"
+        stamps.append(TimeStamp(label, moment, reference, stated, precision, "iso", local, note))
+
+    for keys, fmt in ((_JD_KEYS, "jd"), (_MJD_KEYS, "mjd")):
+        for key, reference, stated in keys:
+            if key not in header:
+                continue
+            literal = _literal(header, key)
+            match = _NUMBER.match(literal)
+            if not match:
+                problems.append(f"{key} = {literal!r} is not a number")
+                continue
+            whole, fraction, exponent = match.groups()
+            if exponent:
+                value = float(literal.replace("D", "E").replace("d", "e"))
+                digits = max(0, len(fraction or "") - int(exponent))
+                whole_part, frac_part = math.floor(value), value - math.floor(value)
+            else:
+                digits = len(fraction or "")
+                whole_part = int(whole) * (-1 if literal.strip().startswith("-") else 1)
+                frac_part = float("0." + (fraction or "0"))
+            if fmt == "jd" and not 2.0e6 < whole_part < 3.0e6:
+                problems.append(f"{key} = {literal} is not a Julian date of this era")
+                continue
+            if fmt == "mjd" and not 3.0e4 < whole_part < 1.0e5:
+                problems.append(f"{key} = {literal} is not a modified Julian date of this era")
+                continue
+            said = _stated_reference(_comment(header, key))
+            if said is not None:
+                reference, stated = said, True
+            time_scale = "utc" if scale == "local" else scale
+            jd = (float(whole_part) + (2400000.5 if fmt == "mjd" else 0.0), frac_part)
+            moment = _to_utc(jd, time_scale)
+            precision = _DAY * 10.0 ** (-digits)
+            if fraction is not None and set(fraction) <= {"0"}:
+                precision = _DAY  # 56486.0: a date written as a float, not a time
+            stamps.append(TimeStamp(key, moment, reference, stated, precision, "jd"))
+
+    if "DATE-LOC" in header and not any(s.kind == "iso" for s in stamps):
+        text = str(header.get("DATE-LOC", "")).strip()
+        parsed = _date_part(text)
+        if parsed and parsed[1] is not None:
+            date, clock, suffix = parsed
+            shift = _offset_hours(suffix)
+            if shift is None and utc_offset_hours is not None:
+                shift = -utc_offset_hours
+            if shift is None:
+                problems.append(
+                    "DATE-LOC is local time and the site's UTC offset is not configured")
+            else:
+                moment = _add_seconds(_time_from_parts(date, clock, "utc"), shift * 3600.0)
+                precision = _fraction_precision(clock[3], clock[2], clock[1])
+                stamps.append(TimeStamp("DATE-LOC", moment, "start", False, precision, "iso", True,
+                                        f"DATE-LOC is local time (UTC{-shift:+g} h), converted"))
+    return stamps, problems
+
+
+def _mid(stamp: TimeStamp, reference: str, exptime: float) -> tuple[float, float]:
+    shift = {"start": 0.5, "mid": 0.0, "end": -0.5}[reference] * exptime
+    return _add_seconds(stamp.jd, shift)
+
+
+def _difference_s(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return ((a[0] - b[0]) + (a[1] - b[1])) * _DAY
+
+
+def exposure_mid(header, exptime: float, *, clock_offset_s: float = 0.0,
+                 utc_offset_hours: float | None = None, time_reference: str | None = None,
+                 path=None) -> MidExposure:
+    """Mid-exposure UTC of a frame from its header's best time stamp.
+
+    exptime: the exposure time in seconds (>= 0). clock_offset_s: how far the site's clock runs
+    ahead of UTC (subtracted). utc_offset_hours: the site's local time minus UTC, for local stamps
+    that do not carry an offset. time_reference: what unstated stamps mark ('start', 'mid',
+    'end'; default start). Raises HeaderError naming the file when no stamp is usable.
+    """
+    stamps, problems = header_timestamps(header, utc_offset_hours=utc_offset_hours)
+    where = f"{path}: " if path is not None else ""
+    if not stamps:
+        detail = "; ".join(problems) if problems else (
+            "none of DATE-OBS, DATE-BEG, DATE-AVG, JD, MJD-OBS is present")
+        raise HeaderError(f"{where}no usable exposure time stamp ({detail})")
+    notes = [s.note for s in stamps if s.note]
+
+    def reference_of(stamp: TimeStamp) -> str:
+        return stamp.reference if stamp.stated or time_reference is None else time_reference
+
+    mids = {s.keyword: _mid(s, reference_of(s), exptime) for s in stamps}
+    order = {s.keyword: k for k, s in enumerate(stamps)}
+    usable = list(stamps)
+
+    # A whole number of quarter hours between an ISO stamp and a JD/MJD one: the ISO one is
+    # local time written without its offset (JD is UTC by definition).
+    jd_stamps = [s for s in stamps if s.kind == "jd"]
+    if jd_stamps and min(s.precision_s for s in jd_stamps) <= 60.0:
+        best_jd = min(jd_stamps, key=lambda s: s.precision_s)
+        isos = [s for s in stamps if s.kind == "iso" and not s.local and s.precision_s <= 60.0]
+        for stamp in isos:
+            delta = _difference_s(mids[stamp.keyword], mids[best_jd.keyword])
+            slack = stamp.precision_s + best_jd.precision_s + 1.0
+            quarters = round(delta / 900.0)
+            if quarters != 0 and abs(delta - quarters * 900.0) <= slack and abs(delta) < 15 * 3600:
+                usable.remove(stamp)
+                notes.append(f"{stamp.keyword} differs from {best_jd.keyword} by "
+                             f"{delta / 3600.0:+.2f} h: a local-time stamp; used "
+                             f"{best_jd.keyword}")
+    best_precision = min(s.precision_s for s in usable)
+    good = [s for s in usable if s.precision_s <= 2.0 * best_precision]
+    chosen = min(good, key=lambda s: order[s.keyword])
+    first = min(usable, key=lambda s: order[s.keyword])
+    if chosen is not first and first.precision_s >= 0.1:
+        notes.append(f"{first.keyword} is written to {first.precision_s:.3g} s only; used "
+                     f"{chosen.keyword} ({chosen.precision_s:.3g} s)")
+    for stamp in usable:
+        if stamp is chosen or stamp.precision_s >= 3600.0:  # a date, not a time: no comparison
+            continue
+        delta = _difference_s(mids[stamp.keyword], mids[chosen.keyword])
+        if abs(delta) > stamp.precision_s + chosen.precision_s + 0.5:
+            notes.append(f"{stamp.keyword} and {chosen.keyword} disagree by {delta:+.3f} s; "
+                         f"used {chosen.keyword}")
+    if chosen.precision_s > 1.0:
+        notes.append(f"the best time stamp ({chosen.keyword}) is written to "
+                     f"{chosen.precision_s:.3g} s only")
+    mid = _add_seconds(mids[chosen.keyword], -float(clock_offset_s))
+    basis = "stated" if chosen.stated else ("configured" if time_reference else "assumed")
+    return MidExposure(jd=mid, keyword=chosen.keyword, reference=reference_of(chosen),
+                       basis=basis, precision_s=chosen.precision_s,
+                       clock_offset_s=float(clock_offset_s), local=chosen.local,
+                       notes=tuple(notes))
