@@ -4,9 +4,14 @@ This module is the public API; it only re-exports. `python -m engine` is the com
 """
 
 from engine.cext import circle_overlap_grid, disk_rectangle_area
-from engine.photometry import aperture_photometry, aperture_photometry_frames
-from engine.errors import EngineError, EngineFileError, EngineValueError, MissingToolError
+from engine.detection import detect_stars
+from engine.errors import (EngineError, EngineFileError, EngineValueError, MissingToolError,
+                           RegistrationError)
 from engine.ingest import IngestResult, ingest
+from engine.photometry import aperture_photometry, aperture_photometry_frames
+from engine.registration import (Registration, Transform, identify_target, match_catalogue,
+                                 match_transform, recentre, register_frames, register_images,
+                                 registrations_table, sky_to_pixels, stack_reference)
 
 __version__ = "0.1.0"
 
@@ -16,9 +21,22 @@ __all__ = [
     "EngineValueError",
     "IngestResult",
     "MissingToolError",
+    "Registration",
+    "RegistrationError",
+    "Transform",
     "aperture_photometry",
     "aperture_photometry_frames",
     "circle_overlap_grid",
+    "detect_stars",
     "disk_rectangle_area",
+    "identify_target",
     "ingest",
+    "match_catalogue",
+    "match_transform",
+    "recentre",
+    "register_frames",
+    "register_images",
+    "registrations_table",
+    "sky_to_pixels",
+    "stack_reference",
 ]

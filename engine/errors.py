@@ -10,6 +10,8 @@ anyway, so `except ValueError` keeps working around engine calls:
 - HeaderError(EngineValueError): a FITS header lacks or garbles something the engine needs
   (exposure start, exposure time, a section); names the file and the keyword. Ingest turns it
   into a skipped frame with the message as the reason; it stops nothing by itself.
+- RegistrationError(EngineValueError): two star lists cannot be matched (match_transform);
+  register_frames flags such frames instead of raising.
 - MissingToolError(ImportError): an optional tool (a benchmark anchor) is not installed.
 """
 
@@ -32,6 +34,11 @@ class InputNotFoundError(EngineFileError, FileNotFoundError):
 
 class HeaderError(EngineValueError):
     """A FITS header keyword that is missing or cannot be understood (names file and keyword)."""
+
+
+class RegistrationError(EngineValueError):
+    """Two star lists could not be matched (raised by `match_transform`; `register_frames` flags
+    such frames instead)."""
 
 
 class MissingToolError(EngineError, ImportError):
