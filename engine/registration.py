@@ -53,8 +53,8 @@ from engine.kernels import centroid as _centroid
 
 __all__ = [
     "Registration",
-    "RegistrationError",
     "Transform",
+    "fit_transform",
     "identify_target",
     "match_catalogue",
     "match_transform",
@@ -717,6 +717,26 @@ def match_transform(ref_xy, xy, *, ref_flux=None, flux=None, guess: Transform | 
 
 
 match_transform.__doc__ = match_transform.__doc__.format(options=_OPTION_DOC)
+
+
+def fit_transform(ref_xy, xy, *, parity: int = 1) -> tuple[Transform, float]:
+    """Least-squares similarity from matched star pairs: ref_xy[i] maps to xy[i].
+
+    For stars already paired (e.g. re-centred at their predicted positions). Returns the
+    transform and the rms residual in pixels; at least 2 pairs are needed (3 for a residual).
+    """
+    p = np.asarray(ref_xy, dtype=np.float64)
+    q = np.asarray(xy, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 2 or q.shape != p.shape:
+        raise EngineValueError(f"need two (n, 2) arrays of matched positions, got {p.shape} "
+                               f"and {q.shape}")
+    if len(p) < 2:
+        raise RegistrationError(f"{len(p)} matched stars: at least 2 are needed")
+    a, b, tx, ty = _fit_similarity(p, q, parity)
+    transform = Transform(float(a), float(b), float(tx), float(ty), parity)
+    residual = transform.apply(p) - q
+    rms = float(np.sqrt(np.mean(np.sum(residual ** 2, axis=1)))) if len(p) > 2 else 0.0
+    return transform, rms
 
 
 def register_frames(reference, frames, *, reference_flux=None, use_previous: bool = True,
