@@ -5,6 +5,8 @@ This module is the public API; it only re-exports. `python -m engine` is the com
 
 from engine.cext import circle_overlap_grid, disk_rectangle_area
 from engine.detection import detect_stars
+from engine.ensemble import (EnsembleConfig, RunLightCurve, build_run_lightcurve, merge_runs,
+                             read_reference_catalogue, write_lightcurves, write_report)
 from engine.errors import (EngineError, EngineFileError, EngineValueError, MissingToolError,
                            RegistrationError)
 from engine.ingest import IngestResult, ingest
@@ -19,13 +21,16 @@ __all__ = [
     "EngineError",
     "EngineFileError",
     "EngineValueError",
+    "EnsembleConfig",
     "IngestResult",
     "MissingToolError",
     "Registration",
     "RegistrationError",
+    "RunLightCurve",
     "Transform",
     "aperture_photometry",
     "aperture_photometry_frames",
+    "build_run_lightcurve",
     "circle_overlap_grid",
     "detect_stars",
     "disk_rectangle_area",
@@ -33,10 +38,14 @@ __all__ = [
     "ingest",
     "match_catalogue",
     "match_transform",
+    "merge_runs",
+    "read_reference_catalogue",
     "recentre",
     "register_frames",
     "register_images",
     "registrations_table",
     "sky_to_pixels",
     "stack_reference",
+    "write_lightcurves",
+    "write_report",
 ]

@@ -30,10 +30,16 @@ class MeasurementFlag(enum.IntFlag):
     OFF_FRAME = 1 << 3          # centre off the image, or no aperture pixel on it
     BLENDED = 1 << 4            # another star's centre lies within the blend radius
     BACKGROUND_FAILED = 1 << 5  # too few usable annulus pixels for a background
+    FIT_FAILED = 1 << 6         # PSF fit without a solution (singular, too few usable pixels)
+    FIT_NOT_CONVERGED = 1 << 7  # PSF fit stopped at its iteration limit (values kept)
     NOT_REGISTERED = 1 << 8     # the frame could not be registered to the reference
-    CENTROID_FAILED = 1 << 9    # re-centring failed or moved beyond its bound
+    CENTROID_FAILED = 1 << 9    # re-centring (or a PSF position fit) failed or reached its bound
     CLOUD = 1 << 16             # transparency or ensemble scatter beyond the noise model
     NOISE_MODEL_EXCEEDED = 1 << 17  # scatter far beyond the predicted noise
+    # Set by the ensemble stage (engine/ensemble) on light-curve rows:
+    NO_ENSEMBLE = 1 << 18       # too few comparison stars on the frame for a zero point
+    NO_FLUX = 1 << 19           # the star's flux is missing or non-finite on this frame
+    ENSEMBLE_OUTLIER = 1 << 20  # comparison measurement left out of the zero point (clipped)
 
 
 def describe(flags: int, family: type[enum.IntFlag] = MeasurementFlag) -> list[str]:

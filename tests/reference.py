@@ -369,7 +369,7 @@ def weighted_ensemble(mag, var, valid=None, clip=5.0, min_stars=2, max_iter=50, 
                       unclipped_iterations=2):
     """The iteration of `engine.kernels.ensemble.weighted_ensemble`, one number at a time.
 
-    Each iteration: (1) every frame's zero point is the weighted mean, over the stars it uses,
+    Starts from each star's mean magnitude and no excess. Each iteration: (1) every frame's zero point is the weighted mean, over the stars it uses,
     of mag - star_mag with weights 1 / (var + excess); (2) every star's mean is the weighted
     mean of mag - zero_point; its leave-one-out residuals r (against the other stars' zero
     point) give one moment step of its excess variance e:
@@ -389,7 +389,7 @@ def weighted_ensemble(mag, var, valid=None, clip=5.0, min_stars=2, max_iter=50, 
     star_mag = np.zeros(n_stars)
     for i in range(n_stars):
         values = [mag[k, i] for k in range(n_frames) if ok[k, i]]
-        star_mag[i] = float(np.median(values)) if values else 0.0
+        star_mag[i] = float(np.sum(values) / len(values)) if values else 0.0
     excess = np.zeros(n_stars)
 
     def zero_points():

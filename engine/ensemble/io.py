@@ -1,0 +1,108 @@
+"""Writing the ensemble's products, and reading a reference catalogue.
+
+- `write_lightcurves(table, path)`: `lightcurves.parquet`, atomically (temporary name, then
+  rename; engine.io.tables.write_parquet), after checking the columns DESIGN.md promises.
+- `write_report(report, path)`: `report.json`, atomically; NaN and inf become null, NumPy
+  values plain numbers (`jsonable`).
+- `read_reference_catalogue(path)`: a CSV or Parquet catalogue as an Arrow table, for
+  `merge_runs(reference_catalogue=...)`. The file is only read, never evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from engine.ensemble.schema import LIGHTCURVES_SCHEMA
+from engine.errors import EngineFileError, EngineValueError, InputNotFoundError
+
+__all__ = ["jsonable", "read_reference_catalogue", "write_lightcurves", "write_report"]
+
+#: Columns lightcurves.parquet must have (../shared/DESIGN.md).
+REQUIRED_COLUMNS = ("run_id", "time_bjd_tdb", "star_id", "role", "rel_flux", "rel_flux_err",
+                    "airmass", "flags", "site", "telescope", "filter")
+
+
+def jsonable(value):
+    """A copy of value made of dicts, lists, str, int, float (finite), bool and None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [jsonable(v) for v in value.tolist()]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+def write_lightcurves(table: pa.Table, path, metadata: dict | None = None) -> Path:
+    """Write light curves to `path` (Parquet) atomically; returns the path."""
+    from engine.io.tables import write_parquet
+
+    if not isinstance(table, pa.Table):
+        raise EngineValueError(f"expected a pyarrow.Table, got {type(table).__name__}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise EngineValueError(f"light curves lack column(s) {missing}")
+    for name in REQUIRED_COLUMNS:
+        want = LIGHTCURVES_SCHEMA.field(name).type
+        if table.schema.field(name).type != want:
+            table = table.set_column(table.column_names.index(name),
+                                     LIGHTCURVES_SCHEMA.field(name),
+                                     table.column(name).cast(want))
+    return write_parquet(table, path, metadata=metadata)
+
+
+def write_report(report: dict, path) -> Path:
+    """Write a report dict as JSON to `path` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(jsonable(report), indent=1, allow_nan=False)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_reference_catalogue(path) -> pa.Table:
+    """Read a reference catalogue (CSV, or Parquet by its suffix or magic bytes).
+
+    The table needs a magnitude (G) and a colour (BP-RP) column and either ra/dec (degrees) or
+    a star_id / source_id; `merge_runs` says which names it accepts.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"{path}: reference catalogue not found")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        if magic == b"PAR1" or path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path)
+        from pyarrow import csv
+
+        return csv.read_csv(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise EngineFileError(f"{path}: cannot read the reference catalogue: {exc}") from None

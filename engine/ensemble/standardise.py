@@ -1,0 +1,468 @@
+"""Runs of different telescopes and filters on one magnitude system: `merge_runs`.
+
+Each run's light curves are on its own ensemble system: a star's magnitude there is its
+instrumental magnitude at the run's mean zero point. Over the stars the runs share, the
+run-mean magnitudes obey (Honeycutt 1992's inhomogeneous ensemble, with colour terms)
+
+    m[r, g] = S[g] + O[r] + sum_d K[r, d] P_d(c[g]) + noise,     P_d(c) = ((c - c0) / cs)^d
+
+with S the stars' standard magnitudes, O each run's offset, K its colour terms (d = 1..D_r,
+D_r = colour_degree, lowered for runs with few stars of known colour) and c the BP-RP colour.
+With a reference catalogue (G and BP-RP), rows S[g] = G[g] +- catalogue_error_mag tie the
+system to the catalogue's G; without one, the run with most stars is the reference (its O and
+K are 0). All unknowns are fitted jointly by sparse weighted least squares (normal equations,
+scipy.sparse; every observation is one row with 2 + D_r non-zeros); stars whose run means
+disagree beyond their errors (variables) get an extra variance estimated from their scatter,
+and observations beyond merge_clip_sigma are left out, until nothing changes.
+
+Every light-curve row then gets mag_std = mag - O[r] - sum_d K[r, d] P_d(c) and an error that
+includes the transformation's covariance. Stars of unknown colour are transformed at the median
+colour c0 (noted in the report). Runs share stars through a global star id: the star tables'
+star_id when every run has one, else positions (ra, dec) matched within match_radius_arcsec.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from engine.ensemble.config import EnsembleConfig
+from engine.ensemble.io import jsonable
+from engine.ensemble.lightcurve import RunLightCurve
+from engine.ensemble.schema import LIGHTCURVES_SCHEMA
+from engine.errors import EngineValueError
+
+__all__ = ["merge_runs"]
+
+_MAG_COLUMNS = ("G", "g", "phot_g_mean_mag", "Gmag", "mag")
+_COLOUR_COLUMNS = ("BP_RP", "bp_rp", "BP-RP", "bp-rp", "colour", "color")
+_RA_COLUMNS = ("ra", "RA", "ra_deg", "RA_ICRS")
+_DEC_COLUMNS = ("dec", "DEC", "dec_deg", "DE_ICRS")
+_ID_COLUMNS = ("source_id", "star_id", "id", "Source")
+
+
+def _pick(table: pa.Table, names, what, required=True):
+    for name in names:
+        if name in table.column_names:
+            return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if required:
+        raise EngineValueError(f"reference catalogue lacks a {what} column (one of {list(names)})")
+    return None
+
+
+def _unit_vectors(ra, dec):
+    ra, dec = np.radians(ra), np.radians(dec)
+    return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
+
+
+def _greedy_match(tree_points, query_points, radius_rad):
+    """One-to-one nearest matches within radius: (query index, tree index) pairs."""
+    from scipy.spatial import cKDTree
+
+    if len(tree_points) == 0 or len(query_points) == 0:
+        return []
+    chord = 2.0 * np.sin(radius_rad / 2.0)
+    tree = cKDTree(tree_points)
+    pairs = []
+    for q, found in enumerate(tree.query_ball_point(query_points, chord)):
+        for t in found:
+            pairs.append((float(np.sum((query_points[q] - tree_points[t]) ** 2)), q, t))
+    pairs.sort()
+    used_q, used_t, out = set(), set(), []
+    for _, q, t in pairs:
+        if q not in used_q and t not in used_t:
+            used_q.add(q)
+            used_t.add(t)
+            out.append((q, t))
+    return out
+
+
+class _Stars:
+    """Every run's star summary in one place, with global star numbers."""
+
+    def __init__(self, runs, catalogue, config):
+        tables = [run.stars for run in runs]
+        self.run = np.concatenate([np.full(t.num_rows, r) for r, t in enumerate(tables)])
+        col = lambda name: np.concatenate(  # noqa: E731
+            [np.asarray(t.column(name).to_numpy(zero_copy_only=False)) for t in tables])
+        self.star = col("star").astype(np.int64)
+        self.star_id = col("star_id").astype(np.int64)
+        self.role = np.concatenate([np.asarray(t.column("role").to_pylist(), dtype=object)
+                                    for t in tables])
+        self.ra, self.dec = col("ra").astype(float), col("dec").astype(float)
+        self.colour = col("colour").astype(float)
+        self.mag, self.mag_err = col("mag").astype(float), col("mag_err").astype(float)
+        self.frames = col("frames").astype(np.int64)
+        self.excess = col("excess").astype(float)
+        self.expected = col("expected").astype(float)
+        self.notes = []
+        self._identify(runs, catalogue, config)
+
+    def _identify(self, runs, catalogue, config):
+        by_id = all(run.diagnostics.get("star_id_source") == "star table" for run in runs)
+        radius = np.radians(config.match_radius_arcsec / 3600.0)
+        n = self.star.size
+        self.global_index = np.full(n, -1, dtype=np.int64)
+        if by_id:
+            self.how = "star_id of the star tables"
+            ids, self.global_index = np.unique(self.star_id, return_inverse=True)
+            self.global_id = ids.astype(np.int64)
+            positions = None
+        else:
+            if not (np.all(np.isfinite(self.ra)) and np.all(np.isfinite(self.dec))):
+                if len(runs) == 1:
+                    ids, self.global_index = np.unique(self.star_id, return_inverse=True)
+                    self.global_id = ids.astype(np.int64)
+                    self.how = "one run: its star numbers"
+                    positions = None
+                else:
+                    raise EngineValueError(
+                        "merge_runs needs a global star_id in every run's star table, or ra and "
+                        "dec for every star, to tell which stars the runs share")
+            else:
+                self.how = f"positions matched within {config.match_radius_arcsec:g} arcsec"
+                points = _unit_vectors(self.ra, self.dec)
+                positions = []
+                for r in np.unique(self.run):
+                    rows = np.flatnonzero(self.run == r)
+                    known = np.array(positions) if positions else np.zeros((0, 3))
+                    taken = set()
+                    for q, t in _greedy_match(known, points[rows], radius):
+                        self.global_index[rows[q]] = t
+                        taken.add(q)
+                    for q in range(rows.size):
+                        if q not in taken:
+                            self.global_index[rows[q]] = len(positions)
+                            positions.append(points[rows[q]])
+                self.global_id = np.arange(len(positions), dtype=np.int64)
+        n_global = self.global_id.size
+        self.catalogue_mag = np.full(n_global, np.nan)
+        self.catalogue_colour = np.full(n_global, np.nan)
+        self.catalogue_matches = 0
+        if catalogue is not None:
+            g = _pick(catalogue, _MAG_COLUMNS, "magnitude (G)")
+            c = _pick(catalogue, _COLOUR_COLUMNS, "colour (BP-RP)")
+            cat_ids = _pick(catalogue, _ID_COLUMNS, "id", required=False)
+            cat_ra = _pick(catalogue, _RA_COLUMNS, "ra", required=False)
+            cat_dec = _pick(catalogue, _DEC_COLUMNS, "dec", required=False)
+            pairs = []
+            if by_id and cat_ids is not None and "star_id" in catalogue.column_names:
+                lookup = {int(v): k for k, v in enumerate(cat_ids)}
+                pairs = [(gi, lookup[int(i)]) for gi, i in enumerate(self.global_id)
+                         if int(i) in lookup]
+            elif cat_ra is not None and cat_dec is not None:
+                if positions is None:
+                    ra = np.full(n_global, np.nan)
+                    dec = np.full(n_global, np.nan)
+                    ra[self.global_index] = self.ra
+                    dec[self.global_index] = self.dec
+                    have = np.flatnonzero(np.isfinite(ra) & np.isfinite(dec))
+                    query = _unit_vectors(ra[have], dec[have])
+                    pairs = [(int(have[q]), t) for q, t in
+                             _greedy_match(_unit_vectors(cat_ra, cat_dec), query, radius)]
+                else:
+                    pairs = _greedy_match(_unit_vectors(cat_ra, cat_dec), np.array(positions),
+                                          radius)
+            else:
+                raise EngineValueError("the reference catalogue needs ra and dec (or a star_id "
+                                       "column matching the star tables' star_id)")
+            for gi, t in pairs:
+                self.catalogue_mag[gi] = g[t]
+                self.catalogue_colour[gi] = c[t]
+            self.catalogue_matches = len(pairs)
+            if positions is not None and cat_ids is not None:
+                # Catalogue stars keep the catalogue's id; the others get ids above them all.
+                new_ids = np.full(n_global, -1, dtype=np.int64)
+                for gi, t in pairs:
+                    new_ids[gi] = int(cat_ids[t])
+                top = int(np.nanmax(cat_ids)) + 1 if cat_ids.size else 0
+                free = np.flatnonzero(new_ids < 0)
+                new_ids[free] = top + np.arange(free.size)
+                self.global_id = new_ids
+        # One colour per global star: the catalogue's, else the mean of the runs'.
+        colour = self.catalogue_colour.copy()
+        sums = np.zeros(n_global)
+        counts = np.zeros(n_global)
+        finite = np.isfinite(self.colour)
+        np.add.at(sums, self.global_index[finite], self.colour[finite])
+        np.add.at(counts, self.global_index[finite], 1)
+        with np.errstate(all="ignore"):
+            fallback = sums / counts
+        self.global_colour = np.where(np.isfinite(colour), colour, fallback)
+
+
+def _basis(colour, degree, c0, cs):
+    """(n, degree) matrix of P_d(c) = ((c - c0) / cs)^d, d = 1..degree."""
+    x = (np.asarray(colour, dtype=np.float64) - c0) / cs
+    return np.column_stack([x ** d for d in range(1, degree + 1)]) if degree else \
+        np.zeros((x.shape[0], 0))
+
+
+def merge_runs(runs, reference_catalogue: pa.Table | None = None,
+               config: EnsembleConfig | None = None) -> tuple[pa.Table, dict]:
+    """Put the light curves of several runs on one magnitude system (see the module docstring).
+
+    Parameters
+    ----------
+    runs : sequence of RunLightCurve (build_run_lightcurve's results).
+    reference_catalogue : optional pyarrow.Table with a G magnitude (G, phot_g_mean_mag, ...),
+        a BP-RP colour (BP_RP, bp_rp, ...) and ra / dec in degrees (or a star_id matching the
+        star tables'); `engine.ensemble.read_reference_catalogue` reads one from CSV / Parquet.
+    config : EnsembleConfig (match_radius_arcsec, colour_degree, merge_floor_mag,
+        catalogue_error_mag, merge_clip_sigma).
+
+    Returns
+    -------
+    (table, diagnostics): every run's rows in LIGHTCURVES_SCHEMA with star_id made global and
+    mag_std / mag_std_err filled; diagnostics for report.json (per-run offsets and colour terms,
+    how stars were matched, the agreement of constant stars across runs).
+    """
+    config = EnsembleConfig() if config is None else config
+    runs = list(runs)
+    if not runs:
+        raise EngineValueError("merge_runs needs at least one run")
+    for run in runs:
+        if not isinstance(run, RunLightCurve):
+            raise EngineValueError(f"merge_runs takes RunLightCurve results, got "
+                                   f"{type(run).__name__}")
+    ids = [run.run_id for run in runs]
+    if len(set(ids)) != len(ids):
+        raise EngineValueError(f"run ids must be unique, got {ids}")
+    if reference_catalogue is not None and not isinstance(reference_catalogue, pa.Table):
+        raise EngineValueError("reference_catalogue must be a pyarrow.Table "
+                               "(read_reference_catalogue reads a file)")
+    stars = _Stars(runs, reference_catalogue, config)
+    solution = _solve(stars, len(runs), reference_catalogue is not None, config)
+    table = _standardised_table(runs, stars, solution)
+    diagnostics = _merge_diagnostics(runs, stars, solution, reference_catalogue is not None)
+    return table, jsonable(diagnostics)
+
+
+def _solve(stars: _Stars, n_runs: int, with_catalogue: bool, config: EnsembleConfig) -> dict:
+    from scipy import sparse
+    from scipy.sparse.linalg import splu
+
+    colour = stars.global_colour
+    known = np.isfinite(colour)
+    c0 = float(np.median(colour[known])) if known.any() else 0.0
+    cs = float(np.std(colour[known])) if known.sum() > 1 else 1.0
+    cs = cs if cs > 0 else 1.0
+
+    obs = np.flatnonzero((stars.role != "target") & np.isfinite(stars.mag)
+                         & np.isfinite(stars.mag_err) & (stars.frames >= 3))
+    g_obs = stars.global_index[obs]
+    r_obs = stars.run[obs]
+    degree = np.zeros(n_runs, dtype=np.int64)
+    for r in range(n_runs):
+        mine = g_obs[r_obs == r]
+        coloured = np.isfinite(colour[mine])
+        n_col = int(coloured.sum())
+        spread = float(np.std(colour[mine][coloured])) if n_col > 1 else 0.0
+        degree[r] = min(config.colour_degree, n_col // 8) if spread >= 0.1 else 0
+    # Runs' parameter columns; without a catalogue the reference run has none (gauge).
+    counts = np.bincount(r_obs, minlength=n_runs)
+    reference = None if with_catalogue else int(np.argmax(counts))
+    run_columns = []
+    column = 0
+    for r in range(n_runs):
+        if r == reference:
+            run_columns.append(np.zeros(0, dtype=np.int64))
+        else:
+            run_columns.append(np.arange(column, column + 1 + degree[r]))
+            column += 1 + degree[r]
+    n_run_params = column
+    used_stars, star_column = np.unique(g_obs, return_inverse=True)
+    n_unknowns = n_run_params + used_stars.size
+
+    cat_rows = np.flatnonzero(np.isfinite(stars.catalogue_mag[used_stars])) if with_catalogue \
+        else np.zeros(0, dtype=np.int64)
+    # Observations whose star has no usable colour cannot take colour terms: they fit offsets.
+    obs_colour = colour[g_obs]
+    rows, cols, vals = [], [], []
+    for n_row, (r, sc, c) in enumerate(zip(r_obs, star_column, obs_colour)):
+        rows.append(n_row)
+        cols.append(n_run_params + sc)
+        vals.append(1.0)
+        if run_columns[r].size:
+            rows.append(n_row)
+            cols.append(run_columns[r][0])
+            vals.append(1.0)
+            if degree[r] and np.isfinite(c):
+                basis = _basis([c], degree[r], c0, cs)[0]
+                for d in range(degree[r]):
+                    rows.append(n_row)
+                    cols.append(run_columns[r][1 + d])
+                    vals.append(basis[d])
+    n_obs = obs.size
+    for k, sc in enumerate(cat_rows):
+        rows.append(n_obs + k)
+        cols.append(n_run_params + sc)
+        vals.append(1.0)
+    design = sparse.csr_matrix((vals, (rows, cols)), shape=(n_obs + cat_rows.size, n_unknowns))
+    y = np.concatenate([stars.mag[obs], stars.catalogue_mag[used_stars][cat_rows]])
+    sigma2 = np.concatenate([stars.mag_err[obs] ** 2 + config.merge_floor_mag ** 2,
+                             np.full(cat_rows.size, config.catalogue_error_mag ** 2)])
+    keep = np.ones(y.size, dtype=bool)
+    extra = np.zeros(used_stars.size)          # per-star variance beyond the errors
+    solution = np.zeros(n_unknowns)
+    factor = None
+    ok = True
+    for _ in range(15):
+        star_extra = np.concatenate([extra[star_column], np.zeros(cat_rows.size)])
+        w = np.where(keep, 1.0 / (sigma2 + star_extra), 0.0)
+        normal = (design.T @ sparse.diags(w) @ design).tocsc()
+        normal = normal + sparse.identity(n_unknowns, format="csc") * 1e-12
+        try:
+            factor = splu(normal)
+        except RuntimeError:
+            ok = False
+            break
+        solution = factor.solve(design.T @ (w * y))
+        residual = y - design @ solution
+        # Per-star extra variance (moment step) from observations in several runs.
+        res_obs = residual[:n_obs]
+        s2 = sigma2[:n_obs]
+        u = np.where(keep[:n_obs], 1.0 / (s2 + extra[star_column]) ** 2, 0.0)
+        num = np.bincount(star_column, u * (res_obs ** 2 - s2), minlength=used_stars.size)
+        den = np.bincount(star_column, u, minlength=used_stars.size)
+        runs_per_star = np.bincount(star_column, keep[:n_obs], minlength=used_stars.size)
+        with np.errstate(all="ignore"):
+            new_extra = np.where((runs_per_star >= 2) & (den > 0), np.maximum(num / den, 0.0),
+                                 0.0)
+        total = sigma2 + np.concatenate([new_extra[star_column], np.zeros(cat_rows.size)])
+        new_keep = residual ** 2 <= config.merge_clip_sigma ** 2 * total
+        changed = not np.array_equal(new_keep, keep) or np.max(np.abs(new_extra - extra)) > 1e-10
+        keep, extra = new_keep, new_extra
+        if not changed:
+            break
+
+    covariance = []
+    for r in range(n_runs):
+        idx = run_columns[r]
+        if idx.size == 0 or factor is None:
+            covariance.append(np.zeros((idx.size, idx.size)))
+            continue
+        unit = np.zeros((n_unknowns, idx.size))
+        unit[idx, np.arange(idx.size)] = 1.0
+        inverse = factor.solve(unit)
+        covariance.append(inverse[idx])
+    residual = y - design @ solution
+    return {"solution": solution, "sigma2": sigma2[:n_obs] + extra[star_column],
+            "run_columns": run_columns, "degree": degree, "c0": c0, "cs": cs,
+            "covariance": covariance, "reference": reference, "ok": ok, "obs": obs,
+            "g_obs": g_obs, "r_obs": r_obs, "keep": keep[:n_obs], "residual": residual[:n_obs],
+            "used_stars": used_stars, "extra": extra, "n_run_params": n_run_params,
+            "cat_rows": cat_rows, "cat_keep": keep[n_obs:], "cat_residual": residual[n_obs:]}
+
+
+def _transform(solution: dict, r: int, colour):
+    """(offset + colour terms, its variance) of run r at each colour (NaN -> c0)."""
+    colour = np.asarray(colour, dtype=np.float64)
+    colour = np.where(np.isfinite(colour), colour, solution["c0"])
+    idx = solution["run_columns"][r]
+    if idx.size == 0:
+        return np.zeros(colour.shape), np.zeros(colour.shape)
+    degree = solution["degree"][r]
+    g = np.column_stack([np.ones(colour.shape[0]),
+                         _basis(colour, degree, solution["c0"], solution["cs"])])
+    params = solution["solution"][idx]
+    cov = solution["covariance"][r]
+    return g @ params, np.einsum("ij,jk,ik->i", g, cov, g)
+
+
+def _standardised_table(runs, stars: _Stars, solution: dict) -> pa.Table:
+    tables = []
+    for r, run in enumerate(runs):
+        t = run.table
+        mine = np.flatnonzero(stars.run == r)
+        lookup = {int(s): int(stars.global_index[i]) for s, i in zip(stars.star[mine], mine)}
+        local = np.asarray(t.column("star").to_numpy(), dtype=np.int64)
+        gidx = np.array([lookup.get(int(s), -1) for s in local], dtype=np.int64)
+        if np.any(gidx < 0):
+            raise EngineValueError(f"run {run.run_id!r}: light-curve stars missing from its "
+                                   "star summary")
+        colour = stars.global_colour[gidx]
+        offset, variance = _transform(solution, r, colour)
+        mag = np.asarray(t.column("mag").to_numpy(zero_copy_only=False), dtype=np.float64)
+        err = np.asarray(t.column("mag_err").to_numpy(zero_copy_only=False), dtype=np.float64)
+        if not solution["ok"]:
+            offset = np.full(offset.shape, np.nan)
+        t = t.set_column(t.column_names.index("star_id"), LIGHTCURVES_SCHEMA.field("star_id"),
+                         pa.array(stars.global_id[gidx], pa.int64()))
+        t = t.set_column(t.column_names.index("mag_std"), LIGHTCURVES_SCHEMA.field("mag_std"),
+                         pa.array(mag - offset, pa.float64()))
+        t = t.set_column(t.column_names.index("mag_std_err"),
+                         LIGHTCURVES_SCHEMA.field("mag_std_err"),
+                         pa.array(np.sqrt(err ** 2 + variance), pa.float64()))
+        tables.append(t)
+    return pa.concat_tables(tables)
+
+
+def _rms(values):
+    return float(np.sqrt(np.mean(values ** 2))) if values.size else None
+
+
+def _merge_diagnostics(runs, stars: _Stars, solution: dict, with_catalogue: bool) -> dict:
+    per_run = []
+    std_mean = np.full(stars.mag.size, np.nan)
+    for r, run in enumerate(runs):
+        mine = np.flatnonzero(stars.run == r)
+        offset, variance = _transform(solution, r, stars.global_colour[stars.global_index[mine]])
+        std_mean[mine] = stars.mag[mine] - offset
+        idx = solution["run_columns"][r]
+        params = solution["solution"][idx] if idx.size else np.zeros(0)
+        errors = np.sqrt(np.diag(solution["covariance"][r])) if idx.size else np.zeros(0)
+        in_fit = solution["r_obs"] == r
+        used = in_fit & solution["keep"]
+        precise = stars.mag_err[solution["obs"]] < 0.005
+        per_run.append({
+            "run_id": run.run_id, "filter": run.diagnostics.get("filter"),
+            "site": run.diagnostics.get("site"),
+            "reference": solution["reference"] == r,
+            "offset_mag": float(params[0]) if params.size else 0.0,
+            "offset_err_mag": float(errors[0]) if errors.size else 0.0,
+            "colour_degree": int(solution["degree"][r]),
+            "colour_terms_mag": [float(p) for p in params[1:]],
+            "colour_terms_err_mag": [float(e) for e in errors[1:]],
+            "stars_fitted": int(used.sum()),
+            "stars_clipped": int((in_fit & ~solution["keep"]).sum()),
+            "residual_rms_mag": _rms(solution["residual"][used & precise]),
+            "residual_chi2_per_star": (float(np.mean(solution["residual"][used] ** 2
+                                                     / solution["sigma2"][used]))
+                                       if used.any() else None),
+        })
+    # Agreement: run means of the same constant star, standardised, across runs.
+    # Stars constant within every run (excess scatter at most twice the expected error) are
+    # the judges; stars whose run means disagree beyond their errors are listed apart.
+    spreads = []
+    variables = [int(stars.global_id[g]) for g, e in zip(solution["used_stars"],
+                                                         solution["extra"]) if e > 0.0]
+    within = (stars.excess <= 2.0 * stars.expected) | ~np.isfinite(stars.excess)
+    for gi in np.unique(stars.global_index):
+        rows = np.flatnonzero((stars.global_index == gi) & np.isfinite(std_mean)
+                              & (stars.role != "target") & (stars.mag_err < 0.002))
+        if np.unique(stars.run[rows]).size < 2 or not within[rows].all():
+            continue
+        spreads.append(float(np.ptp(std_mean[rows])))
+    spreads = np.array(spreads)
+    agreement = {"stars": int(spreads.size),
+                 "median_spread_mag": float(np.median(spreads)) if spreads.size else None,
+                 "p95_spread_mag": float(np.quantile(spreads, 0.95)) if spreads.size else None,
+                 "max_spread_mag": float(spreads.max()) if spreads.size else None,
+                 "basis": "max - min of the standardised run means of stars seen by >= 2 runs, "
+                          "mean error < 2 mmag, excess scatter within each run at most twice "
+                          "the expected error"}
+    unknown_colour = int(np.sum(~np.isfinite(stars.global_colour)))
+    return {
+        "system": ("reference catalogue (G)" if with_catalogue else
+                   f"run {runs[solution['reference']].run_id} (reference)"),
+        "star_matching": stars.how, "stars": int(stars.global_id.size),
+        "catalogue_matches": int(stars.catalogue_matches),
+        "catalogue_rows_clipped": int((~solution["cat_keep"]).sum()),
+        "colour_basis": {"c0": solution["c0"], "scale": solution["cs"],
+                         "form": "P_d(c) = ((BP-RP - c0) / scale)^d"},
+        "solved": bool(solution["ok"]),
+        "runs": per_run, "agreement": agreement,
+        "stars_inconsistent_across_runs": variables[:100],
+        "stars_without_colour": unknown_colour,
+    }
