@@ -1,7 +1,7 @@
 """The command line: `python -m engine VERB ...` (also installed as the `engine` script).
 
 The CLI is a thin layer: it parses arguments, calls the public API and prints; no stage logic
-lives here. Verbs that exist today: demo, simulate, bench.
+lives here. Verbs: demo, reduce, fit-transit, simulate, ingest, bench.
 """
 
 from __future__ import annotations
@@ -31,21 +31,88 @@ def _run_simulate(args) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="simulate the demo network night and summarise it")
+    p = sub.add_parser("demo", help="simulate a multi-site transit night, reduce it, fit it")
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args) -> int:
-    from engine.simulation import simulate
+    from engine.demo import run_demo
 
-    result = simulate(args.out / "raw", preset="demo", seed=args.seed)
+    _quiet_logging()
+    run_demo(args.out, seed=args.seed)
+    return 0
+
+
+def _quiet_logging() -> None:
+    import logging
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _add_reduce(sub) -> None:
+    p = sub.add_parser("reduce", help="raw frames to light curves: ingest, calibrate, "
+                                      "photometry, ensemble")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="FITS files or folders (searched recursively), lights and calibrations")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created; a rerun resumes)")
+    p.add_argument("--target-ra", metavar="HH:MM:SS", help="target right ascension")
+    p.add_argument("--target-dec", metavar="\u00b1DD:MM:SS", help="target declination")
+    p.add_argument("--target-xy", nargs=2, type=float, metavar=("X", "Y"),
+                   help="target position in each run's first light frame (0-based column, row)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, help="measure runs on a local Dask cluster of N workers")
+    group.add_argument("--scheduler", metavar="ADDRESS", help="measure runs on this Dask cluster")
+    p.add_argument("--threads", type=int, default=None, help="threads per process (default: all)")
+    p.set_defaults(func=_run_reduce)
+
+
+def _run_reduce(args) -> int:
+    from engine.errors import EngineValueError
+    from engine.pipeline import reduce
+
+    if (args.target_ra is None) != (args.target_dec is None):
+        raise EngineValueError("give both --target-ra and --target-dec, or neither")
+    target = None if args.target_ra is None else (args.target_ra, args.target_dec)
+    _quiet_logging()
+    result = reduce(args.paths, args.out, target=target,
+                    target_xy=tuple(args.target_xy) if args.target_xy else None,
+                    workers=args.workers, scheduler=args.scheduler, threads=args.threads)
     print(result.summary())
-    print()
-    print("Not done yet: this engine cannot yet ingest, calibrate, register, measure or fit these")
-    print("frames, so the demo stops at the simulated night and its truth. The reduction stages")
-    print("(ingest, calibrate, photometry, ensemble, transit fit) are the next pieces of work.")
+    return 0
+
+
+def _add_fit_transit(sub) -> None:
+    p = sub.add_parser("fit-transit", help="joint transit fit over every run of a light-curve table")
+    p.add_argument("lightcurves", type=Path, metavar="LIGHTCURVES", help="lightcurves.parquet")
+    p.add_argument("--period", type=float, required=True, help="orbital period, days")
+    p.add_argument("--t0", type=float, required=True, help="predicted mid-transit, BJD_TDB")
+    p.add_argument("--rp-rs", type=float, default=0.1, help="starting Rp/Rs (default 0.1)")
+    p.add_argument("--a-rs", type=float, default=10.0, help="starting a/Rs (default 10)")
+    p.add_argument("--inc", type=float, default=89.0, help="starting inclination, deg (default 89)")
+    p.add_argument("--baseline", choices=("airmass", "time", "offset"), default="airmass",
+                   help="per-run baseline (default airmass)")
+    p.add_argument("--ephemeris", nargs=2, type=float, metavar=("T0", "P"),
+                   help="published ephemeris for O-C")
+    p.add_argument("--out", required=True, type=Path, help="FIT.json to write")
+    p.set_defaults(func=_run_fit_transit)
+
+
+def _run_fit_transit(args) -> int:
+    from engine.io.tables import read_parquet
+    from engine.transit_fit import fit_transit
+
+    fit = fit_transit(read_parquet(args.lightcurves), period=args.period, t0=args.t0,
+                      rp_rs=args.rp_rs, a_rs=args.a_rs, inc=args.inc, baseline=args.baseline,
+                      ephemeris=tuple(args.ephemeris) if args.ephemeris else None)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = args.out.with_name(f".{args.out.name}.tmp")
+    temporary.write_text(json.dumps(fit.to_dict(), indent=2) + "\n")
+    temporary.replace(args.out)
+    print(f"mid-transit BJD_TDB {fit.tmid:.6f} +- {fit.tmid_err * 86400:.1f} s, Rp/Rs "
+          f"{fit.rp_rs:.4f} +- {fit.rp_rs_err:.4f}; written to {args.out}")
     return 0
 
 
@@ -85,19 +152,42 @@ def _add_ingest(sub) -> None:
 
 
 def _run_ingest(args) -> int:
-    import logging
-
     from engine.errors import EngineValueError
     from engine.ingest import ingest
 
     if (args.target_ra is None) != (args.target_dec is None):
         raise EngineValueError("give both --target-ra and --target-dec, or neither")
     target = None if args.target_ra is None else (args.target_ra, args.target_dec)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_logging()
     result = ingest(args.paths, args.out, target=target, workers=args.workers)
     print(result.summary())
     print(f"frames table: {result.frames_path}")
+    return 0
+
+
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="ingest, build the masters and calibrate the light runs "
+                                         "(masters alone without lights)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="FITS files or folders (searched recursively)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for reading and the kernels (default: all cores)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write per-pixel uncertainty cubes (RUN_ID_sigma.zarr)")
+    p.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(args) -> int:
+    from engine.calibration import calibrate
+    from engine.ingest import ingest
+
+    _quiet_logging()
+    ingested = ingest(args.paths, args.out, workers=args.threads)
+    print(ingested.summary())
+    result = calibrate(ingested, args.out, threads=args.threads, uncertainty=args.uncertainty)
+    print(result.summary())
+    print(f"report: {result.report_path}")
     return 0
 
 
@@ -106,9 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="engine", description="Photometry engine: raw frames to calibrated light curves.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     _add_demo(sub)
+    _add_reduce(sub)
+    _add_fit_transit(sub)
     _add_simulate(sub)
     _add_bench(sub)
     _add_ingest(sub)
+    _add_calibrate(sub)
     return parser
 
 

@@ -601,6 +601,10 @@ def _to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=FRAMES_SCHEMA)
 
 
+#: Folders under an output folder that hold the engine's products, never inputs.
+_PRODUCT_FOLDERS = (CUBES_FOLDER, "masters", "calibrated", "photometry")
+
+
 def ingest(paths, out_dir, target=None, config: Config | None = None, *,
            workers: int | None = None) -> IngestResult:
     """Ingest FITS files (or folders of them, searched recursively) into `out_dir`.
@@ -628,7 +632,10 @@ def ingest(paths, out_dir, target=None, config: Config | None = None, *,
     if out_dir.exists() and not out_dir.is_dir():
         raise EngineFileError(f"output folder {str(out_dir)!r} is a file")
     files = find_fits_files(paths if not isinstance(paths, (str, os.PathLike)) else [paths])
-    files = [f for f in files if out_dir not in f.parents]
+    # The engine's own products (masters are FITS) are never inputs; raw frames kept inside the
+    # output folder (as the demo keeps them in raw/) are.
+    products = [out_dir / name for name in _PRODUCT_FOLDERS]
+    files = [f for f in files if not any(folder in f.parents for folder in products)]
     cubes_dir = out_dir / CUBES_FOLDER
     frames_path = out_dir / FRAMES_FILE
     try:

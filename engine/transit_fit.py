@@ -59,17 +59,27 @@ class TransitFit:
     o_minus_c_err: float | None = None
 
     def to_dict(self) -> dict:
-        return {
+        """JSON-ready: NaN (an error undefined at a bound) becomes null."""
+        return _json_ready({
             "tmid": self.tmid, "tmid_err": self.tmid_err, "rp_rs": self.rp_rs,
             "rp_rs_err": self.rp_rs_err, "a_rs": self.a_rs, "a_rs_err": self.a_rs_err,
             "inc": self.inc, "inc_err": self.inc_err, "depth": self.depth, "period": self.period,
             "chi2_reduced": self.chi2_reduced, "n_points": self.n_points,
             "o_minus_c_days": self.o_minus_c, "o_minus_c_err_days": self.o_minus_c_err,
             "runs": self.runs,
-        }
+        })
 
 
-def _limb_darkening(filter_name: str, given: dict | None) -> tuple[float, float]:
+def _json_ready(value):
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def limb_darkening_for(filter_name: str, given: dict | None) -> tuple[float, float]:
+    """(u1, u2) for a filter: the caller's value, else DEFAULT_LIMB_DARKENING, else a fallback."""
     if given and filter_name in given:
         return tuple(given[filter_name])  # type: ignore[return-value]
     key = (filter_name or "").strip()
@@ -137,7 +147,7 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
         raise EngineValueError("too few good target measurements to fit a transit")
     run_index = np.array([runs.index(r) for r in data["run_id"]])
     n_runs = len(runs)
-    ld = np.array([_limb_darkening(str(f), limb_darkening) for f in data["filter"]])
+    ld = np.array([limb_darkening_for(str(f), limb_darkening) for f in data["filter"]])
     time = data["time_bjd_tdb"]
     flux = data["rel_flux"]
     sigma = data["rel_flux_err"]
@@ -187,7 +197,7 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
     params = solution.x
     dof = max(1, len(flux) - len(params))
     chi2_reduced = float(np.sum(solution.fun ** 2) / dof)
-    errors = _parameter_errors(solution.jac, chi2_reduced)
+    errors = _parameter_errors(solution.jac, chi2_reduced, at_bound=solution.active_mask != 0)
 
     run_report = {}
     for k, run in enumerate(runs):
@@ -216,14 +226,20 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
                       o_minus_c_err=o_minus_c_err)
 
 
-def _parameter_errors(jacobian: np.ndarray, chi2_reduced: float) -> np.ndarray:
-    """Standard errors from (J^T J)^-1 (J of the normalised residuals), widened by chi2 > 1."""
-    jtj = jacobian.T @ jacobian
+def _parameter_errors(jacobian: np.ndarray, chi2_reduced: float, at_bound=None) -> np.ndarray:
+    """Standard errors from (J^T J)^-1 (J of the normalised residuals), widened by chi2 > 1.
+
+    A parameter that ended on a bound (e.g. an inclination of exactly 90 degrees) has no
+    symmetric error: it gets NaN and the others are computed with it held fixed."""
+    free = np.ones(jacobian.shape[1], dtype=bool) if at_bound is None else ~np.asarray(at_bound)
+    errors = np.full(jacobian.shape[1], np.nan)
+    jtj = jacobian[:, free].T @ jacobian[:, free]
     try:
         covariance = np.linalg.inv(jtj)
     except np.linalg.LinAlgError:
         covariance = np.linalg.pinv(jtj)
-    return np.sqrt(np.clip(np.diag(covariance), 0.0, None) * max(1.0, chi2_reduced))
+    errors[free] = np.sqrt(np.clip(np.diag(covariance), 0.0, None) * max(1.0, chi2_reduced))
+    return errors
 
 
 def _run_timing(t0, params, k, mine, time, flux, sigma, exptime, ld, regressor, period, n_runs,
@@ -243,7 +259,8 @@ def _run_timing(t0, params, k, mine, time, flux, sigma, exptime, ld, regressor, 
     fit = least_squares(residuals, start, x_scale="jac",
                         bounds=([-window, 0.0, -np.inf], [window, np.inf, np.inf]))
     dof = max(1, len(f) - 3)
-    errors = _parameter_errors(fit.jac, float(np.sum(fit.fun ** 2) / dof))
+    errors = _parameter_errors(fit.jac, float(np.sum(fit.fun ** 2) / dof),
+                               at_bound=fit.active_mask != 0)
     in_transit = np.any(transit_light_curve(t, tmid, period, p, a, inc, u1, u2) < 1.0)
     return {"tmid": float(tmid + fit.x[0]), "tmid_err": float(errors[0]),
             "timing_residual_s": float(fit.x[0] * 86400.0),

@@ -1,0 +1,150 @@
+"""Calibrating a run cube chunk by chunk of frames into calibrated Zarr cubes.
+
+Peak memory is one chunk of raw frames and its outputs (float32 data, uint8 PixelFlag mask,
+optional float32 uncertainty), whatever the run's length; the cubes are written through
+engine.io.cube (temporary name, then renamed), so a killed run leaves nothing a rerun trusts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.calibration.masters import _BUDGET, DarkModel, Master, _note
+from engine.errors import EngineValueError
+from engine.kernels.calibrate import calibrate_frames
+
+__all__ = ["CalibratedRun", "calibrate_cube"]
+
+log = logging.getLogger("engine.calibration")
+
+@dataclass
+class CalibratedRun:
+    """What `calibrate_cube` produced: paths of the Zarr cubes (data float32, mask uint8 of
+    PixelFlag bits, uncertainty float32 when asked), or the arrays themselves when no path was
+    given; and the notes."""
+
+    data: object
+    mask: object
+    uncertainty: object = None
+    notes: list[str] = field(default_factory=list)
+    frames: int = 0
+
+
+def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
+                   dark: DarkModel | None = None, flat: Master | np.ndarray | None = None,
+                   bad_pixels: Master | np.ndarray | None = None, saturation: float | None = None,
+                   trim=None, overscan=None, overscan_method: str = "median", nonlinearity=None,
+                   gain: float | None = None, read_noise: float | None = None,
+                   uncertainty: bool = False, out: str | os.PathLike | None = None,
+                   attributes: dict | None = None, chunk_bytes: int = _BUDGET,
+                   threads: int | None = None) -> CalibratedRun:
+    """Calibrate a run cube (frames, rows, columns) chunk by chunk of frames.
+
+    exptimes: each frame's exposure time, s. The masters may each be None (then skipped, and
+    said in the notes). out: the calibrated cube's path (NAME.zarr); the mask goes beside it as
+    NAME_mask.zarr (and the uncertainty as NAME_sigma.zarr), written through engine.io.cube
+    (temporary name, then renamed). Without `out` the results are returned as arrays (small
+    cubes only). Peak memory: about `chunk_bytes` of raw frames plus their outputs (float32 and
+    uint8), whatever the run's length.
+    """
+    from engine.io.cube import CubeWriter
+
+    notes: list[str] = []
+    if cube.ndim != 3 or 0 in cube.shape:
+        raise EngineValueError(f"a run cube must be (frames, rows, columns), got {cube.shape}")
+    nframes, ny, nx = cube.shape
+    times = np.asarray(exptimes, dtype=np.float64).ravel()
+    if times.shape != (nframes,) or not np.all(np.isfinite(times)):
+        raise EngineValueError(f"need {nframes} finite exposure times, got {times.size}")
+    trim_box = (0, ny, 0, nx) if trim is None else tuple(int(v) for v in trim)
+    shape = (trim_box[1] - trim_box[0], trim_box[3] - trim_box[2])
+    bias_data = bias.data if isinstance(bias, Master) else bias
+    if bias_data is None and dark is not None and dark.intercept is not None:
+        bias_data = dark.intercept
+        _note(notes, "no bias: the dark fit's intercept stands in for it")
+    if dark is not None and dark.offset is not None and bias_data is not None:
+        bias_data = bias_data + dark.offset
+    flat_data = flat.data if isinstance(flat, Master) else flat
+    bad_data = bad_pixels.data if isinstance(bad_pixels, Master) else bad_pixels
+    for label, present in (("bias", bias_data is not None or (dark is not None
+                                                                and dark.includes_bias)),
+                           ("dark", dark is not None), ("flat", flat_data is not None)):
+        if not present:
+            _note(notes, f"no {label}: calibrated without it")
+    # The dark for each distinct exposure time (a rate needs one array for all).
+    darks: dict[float, tuple[np.ndarray, float]] = {}
+    if dark is not None:
+        for t in sorted(set(np.round(times, 3))):
+            array, scale, text = dark.for_exposure(float(t))
+            darks[float(t)] = (array, scale)
+            if text:
+                _note(notes, text)
+    item = np.dtype(cube.dtype).itemsize + 4 + 1 + (4 if uncertainty else 0)
+    per_chunk = max(1, min(nframes, chunk_bytes // max(1, ny * nx * item)))
+
+    writers = []
+    if out is not None:
+        out = Path(out)
+        base = out.name[:-5] if out.name.endswith(".zarr") else out.name
+        attrs = dict(attributes or {})
+        attrs["calibration_notes"] = list(notes)
+        writers.append(CubeWriter(out, shape, np.float32, nframes, attrs))
+        writers.append(CubeWriter(out.with_name(base + "_mask.zarr"), shape, np.uint8, nframes,
+                                  {"flags": "engine.flags.PixelFlag"}))
+        if uncertainty:
+            writers.append(CubeWriter(out.with_name(base + "_sigma.zarr"), shape, np.float32,
+                                      nframes, {"unit": "adu, 1 sigma"}))
+        arrays = None
+    else:
+        arrays = [np.empty((nframes,) + shape, np.float32), np.empty((nframes,) + shape, np.uint8)]
+        if uncertainty:
+            arrays.append(np.empty((nframes,) + shape, np.float32))
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            pending = []
+            for f0 in range(0, nframes, per_chunk):
+                f1 = min(nframes, f0 + per_chunk)
+                raw = np.asarray(cube[f0:f1])
+                chunk_t = np.round(times[f0:f1], 3)
+                results = [np.empty((f1 - f0,) + shape, np.float32),
+                           np.empty((f1 - f0,) + shape, np.uint8)]
+                if uncertainty:
+                    results.append(np.empty((f1 - f0,) + shape, np.float32))
+                # Frames of one exposure time share a dark and its scale.
+                edges = [0] + [i for i in range(1, f1 - f0) if chunk_t[i] != chunk_t[i - 1]]
+                for a, b in zip(edges, edges[1:] + [f1 - f0]):
+                    dark_array, scale = darks.get(float(chunk_t[a]), (None, None))
+                    calibrate_frames(
+                        raw[a:b], bias=bias_data, dark=dark_array, dark_scale=scale,
+                        flat=flat_data, bad_pixels=bad_data, saturation=saturation, trim=trim,
+                        overscan=overscan, overscan_method=overscan_method,
+                        nonlinearity=nonlinearity, gain=gain, read_noise=read_noise,
+                        out=results[0][a:b], mask=results[1][a:b],
+                        uncertainty=results[2][a:b] if uncertainty else False, threads=threads)
+                if arrays is not None:
+                    for target, result in zip(arrays, results):
+                        target[f0:f1] = result
+                    continue
+                for writer, result in zip(writers, results):
+                    for i in range(f1 - f0):
+                        pending.append(pool.submit(writer.write, writer.reserve(), result[i]))
+                # Bound the memory: wait for this chunk's writes before reading the next one.
+                for future in pending:
+                    future.result()
+                pending = []
+        if writers:
+            paths = [writer.commit() for writer in writers]
+            return CalibratedRun(paths[0], paths[1], paths[2] if uncertainty else None, notes,
+                                 nframes)
+        return CalibratedRun(arrays[0], arrays[1], arrays[2] if uncertainty else None, notes,
+                             nframes)
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise

@@ -1,0 +1,444 @@
+"""The calibrate stage over an ingest's output: masters per camera, then the light runs.
+
+`calibrate(ingested, out_dir)` reads the frames table and cubes an ingest wrote and:
+1. groups frames by camera (site, telescope, instrument, binning, frame shape); calibration sets
+   (bias, dark, flat per filter: ingest's run ids) serve the light runs of their camera, the set
+   of the same night first, else of the nearest night;
+2. checks every calibration frame against its set (shape, binning, sensor temperature within
+   `temperature_tolerance` of the set's median; `check_frames`) and every set against the light
+   run (its median set point); rejected frames and sets are listed with their reasons;
+3. builds the masters (bias; dark rate or matched darks, decided by measurement; flat per filter;
+   bad-pixel mask) with the lights' trim and overscan sections (ingest's TRIMSEC / BIASSEC; a
+   row-wise overscan strip is not used, and said) and writes them under `out_dir/masters/`;
+4. calibrates each light run chunk by chunk into `out_dir/calibrated/RUN_ID.zarr` (float32) and
+   `RUN_ID_mask.zarr` (uint8 PixelFlag bits), skipping a run whose calibrated cube is already
+   there with the same fingerprint (its input cube, masters' inputs and settings);
+5. writes `out_dir/calibration.json` (atomically): per run, the masters used, the dark decision
+   and its evidence, the notes and the rejections.
+Without light runs it builds (and writes) the masters alone. A missing calibration type is
+skipped and said, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from engine.calibration.files import write_master
+from engine.calibration.masters import (DarkModel, Master, bad_pixel_mask, check_frames,
+                                        master_bias, master_dark, master_flat)
+from engine.calibration.runs import calibrate_cube
+from engine.errors import EngineFileError, EngineValueError
+
+__all__ = ["CalibrationResult", "calibrate"]
+
+log = logging.getLogger("engine.calibration")
+
+MASTERS_FOLDER = "masters"
+CALIBRATED_FOLDER = "calibrated"
+REPORT_FILE = "calibration.json"
+_FORMAT = "calibrate-1"
+
+
+@dataclass
+class CalibrationResult:
+    """What the stage produced.
+
+    masters: file name -> path of every master written. runs: light run id -> path of its
+    calibrated cube (the mask beside it as RUN_ID_mask.zarr). skipped_runs: runs whose
+    calibrated cube was already up to date. notes: run or set id -> what a user should know.
+    rejected: (path or set, reason) of the calibration frames and sets left out.
+    report_path: calibration.json.
+    """
+
+    masters: dict[str, Path] = field(default_factory=dict)
+    runs: dict[str, Path] = field(default_factory=dict)
+    skipped_runs: list[str] = field(default_factory=list)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    report_path: Path | None = None
+
+    def summary(self) -> str:
+        lines = [f"{len(self.masters)} masters in {MASTERS_FOLDER}/, {len(self.runs)} calibrated "
+                 f"runs in {CALIBRATED_FOLDER}/ ({len(self.skipped_runs)} already up to date)"]
+        for name in sorted(self.masters):
+            lines.append(f"  master {name}")
+        for run_id in sorted(self.runs):
+            lines.append(f"  run {run_id}")
+        for key in sorted(self.notes):
+            for text in self.notes[key]:
+                lines.append(f"  {key}: {text}")
+        for what, reason in self.rejected:
+            lines.append(f"  rejected {what}: {reason}")
+        return "\n".join(lines)
+
+
+def _frames_table(ingested):
+    from engine.io.tables import read_parquet
+
+    if hasattr(ingested, "frames") and hasattr(ingested, "cubes"):
+        return ingested.frames.to_pylist(), {k: Path(v) for k, v in ingested.cubes.items()}, \
+            Path(ingested.out_dir)
+    folder = Path(ingested)
+    table_path = folder / "frames.parquet"
+    if not table_path.is_file():
+        raise EngineFileError(f"{folder}: no frames.parquet (run ingest first)")
+    rows = read_parquet(table_path).to_pylist()
+    cubes = {}
+    for row in rows:
+        if row.get("status") == "ok" and row.get("run_id"):
+            path = folder / "cubes" / f"{row['run_id']}.zarr"
+            if path.is_dir():
+                cubes[row["run_id"]] = path
+    return rows, cubes, folder
+
+
+def _camera(row) -> tuple:
+    return (row.get("site"), row.get("telescope"), row.get("instrument"),
+            int(row.get("binning_x") or 1), int(row.get("binning_y") or 1),
+            tuple(row.get("shape") or ()))
+
+
+def _night_distance(a: str | None, b: str | None) -> float:
+    try:
+        return abs((date.fromisoformat(a) - date.fromisoformat(b)).days)
+    except (TypeError, ValueError):
+        return math.inf if a != b else 0.0
+
+
+def _median(values) -> float | None:
+    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.median(values)) if values else None
+
+
+def _reference(rows) -> dict:
+    return {"shape": rows[0].get("shape"), "binning_x": rows[0].get("binning_x"),
+            "binning_y": rows[0].get("binning_y"),
+            "set_temperature": _median(r.get("set_temperature") for r in rows),
+            "temperature": _median(r.get("temperature") for r in rows)}
+
+
+def _geometry(rows, notes: list[str]) -> dict:
+    """Trim and overscan (columns) from the frames' sections, as the kernels take them."""
+    row = rows[0]
+    shape = tuple(row.get("shape") or ())
+    trim = tuple(row["trim_section"]) if row.get("trim_section") else None
+    overscan = None
+    section = row.get("overscan_section")
+    if section and shape:
+        r0, r1, c0, c1 = section
+        if r1 - r0 >= 0.9 * shape[0]:
+            overscan = (c0, c1)
+            if trim is None and c0 == 0:
+                trim = (0, shape[0], c1, shape[1])  # BIASSEC without TRIMSEC: the rest
+            elif trim is None and c1 == shape[1]:
+                trim = (0, shape[0], 0, c0)
+            if trim is None or (c0 < trim[3] and trim[2] < c1):
+                notes.append("the overscan columns overlap the data: overscan not used")
+                overscan = None
+        else:
+            notes.append(f"overscan section {list(section)} is a row strip: not used (only "
+                         f"column strips are subtracted row by row)")
+    return {"trim": trim, "overscan": overscan}
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _write_json(path: Path, payload) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(payload, stream, indent=2, default=_jsonable)
+            stream.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def _jsonable(value):
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+class _Sets:
+    """The calibration sets of one camera and the masters made from them (built once each)."""
+
+    def __init__(self, sets, cubes, result: CalibrationResult, out: Path, threads,
+                 temperature_tolerance):
+        self.sets = sets  # set id -> rows (ok, sorted by cube index)
+        self.cubes = cubes
+        self.result = result
+        self.out = out
+        self.threads = threads
+        self.tolerance = temperature_tolerance
+        self.built: dict[tuple, object] = {}
+
+    def nearest(self, frame_type, night, filter_name=None):
+        candidates = [(sid, rows) for sid, rows in self.sets.items()
+                      if rows[0]["frame_type"] == frame_type
+                      and (filter_name is None or rows[0].get("filter") == filter_name)]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda c: (_night_distance(c[1][0].get("night"), night),
+                                              c[0]))[0]
+
+    def _accepted(self, set_id):
+        rows = self.sets[set_id]
+        accepted, rejected = check_frames(rows, _reference(rows),
+                                          temperature_tolerance=self.tolerance)
+        for path, reason in rejected:
+            self.result.rejected.append((path, reason))
+            log.warning("calibration frame %s rejected: %s", path, reason)
+        return [rows[i] for i in accepted]
+
+    def _notes(self, key, master_notes):
+        if master_notes:
+            self.result.notes.setdefault(key, [])
+            for text in master_notes:
+                if text not in self.result.notes[key]:
+                    self.result.notes[key].append(text)
+
+    def _write(self, master: Master, prefix: str) -> str:
+        path = write_master(master, self.out / MASTERS_FOLDER, prefix=prefix)
+        self.result.masters[path.name] = path
+        return path.name
+
+    def bias(self, set_id, geometry):
+        key = ("bias", set_id, json.dumps(geometry))
+        if key not in self.built:
+            rows = self._accepted(set_id)
+            master = None
+            if rows:
+                master = master_bias(
+                    _cube(self.cubes, set_id), frames=[r["cube_index"] for r in rows],
+                    names=[r["path"] for r in rows], binning=_binning(rows),
+                    temperatures=[r.get("temperature") for r in rows],
+                    camera=rows[0].get("instrument"), threads=self.threads, **geometry)
+                self._notes(set_id, master.notes)
+                self._write(master, set_id)
+            self.built[key] = master
+        return self.built[key]
+
+    def dark(self, set_id, bias, geometry):
+        key = ("dark", set_id, id(bias), json.dumps(geometry))
+        if key not in self.built:
+            rows = self._accepted(set_id)
+            model = None
+            if rows:
+                model = master_dark(
+                    _cube(self.cubes, set_id), [r["exptime"] for r in rows],
+                    frames=[r["cube_index"] for r in rows], names=[r["path"] for r in rows],
+                    bias=bias, gain=_median(r.get("gain") for r in rows),
+                    binning=_binning(rows), temperatures=[r.get("temperature") for r in rows],
+                    camera=rows[0].get("instrument"), threads=self.threads, **geometry)
+                self._notes(set_id, model.notes)
+                for master in model.masters():
+                    self._write(master, set_id)
+            self.built[key] = model
+        return self.built[key]
+
+    def flat(self, set_id, bias, dark, geometry, saturation):
+        key = ("flat", set_id, id(bias), id(dark), json.dumps(geometry))
+        if key not in self.built:
+            rows = self._accepted(set_id)
+            master = None
+            if rows:
+                try:
+                    master = master_flat(
+                        _cube(self.cubes, set_id), frames=[r["cube_index"] for r in rows],
+                        names=[r["path"] for r in rows], filter=rows[0].get("filter"),
+                        exptimes=[r["exptime"] for r in rows], bias=bias, dark=dark,
+                        saturation=saturation, binning=_binning(rows),
+                        temperatures=[r.get("temperature") for r in rows],
+                        camera=rows[0].get("instrument"), threads=self.threads, **geometry)
+                except EngineValueError as exc:
+                    self.result.rejected.append((set_id, str(exc)))
+                    master = None
+                if master is not None:
+                    self._notes(set_id, master.notes)
+                    self._write(master, set_id)
+            self.built[key] = master
+        return self.built[key]
+
+
+def _cube(cubes, set_id):
+    from engine.io.cube import open_cube
+
+    return open_cube(cubes[set_id])
+
+
+def _binning(rows) -> tuple[int, int]:
+    return (int(rows[0].get("binning_x") or 1), int(rows[0].get("binning_y") or 1))
+
+
+def _dark_report(model: DarkModel | None):
+    if model is None:
+        return None
+    return {"mode": model.mode, "evidence": model.evidence}
+
+
+def calibrate(ingested, out_dir=None, *, threads: int | None = None,
+              temperature_tolerance: float = 2.0, uncertainty: bool = False,
+              chunk_bytes: int | None = None) -> CalibrationResult:
+    """Build the masters and calibrate the light runs of an ingest (see the module docstring).
+
+    ingested: an engine.ingest.IngestResult, or the folder an ingest wrote. out_dir: where the
+    masters, calibrated cubes and report go (default: the ingest's folder). uncertainty: also
+    write RUN_ID_sigma.zarr (needs the gain; the read noise from the headers, else 0).
+    """
+    rows, cubes, ingest_dir = _frames_table(ingested)
+    out = Path(out_dir) if out_dir is not None else ingest_dir
+    (out / MASTERS_FOLDER).mkdir(parents=True, exist_ok=True)
+    (out / CALIBRATED_FOLDER).mkdir(parents=True, exist_ok=True)
+    result = CalibrationResult()
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("run_id") in cubes]
+    by_run: dict[str, list[dict]] = {}
+    for row in ok:
+        by_run.setdefault(row["run_id"], []).append(row)
+    for run_rows in by_run.values():
+        run_rows.sort(key=lambda r: r["cube_index"])
+    cameras: dict[tuple, dict[str, list[dict]]] = {}
+    for run_id, run_rows in by_run.items():
+        cameras.setdefault(_camera(run_rows[0]), {})[run_id] = run_rows
+    report: dict[str, object] = {"format": _FORMAT, "runs": {}, "masters_only": {}}
+    from engine.io.cube import cube_attributes
+
+    # Calibration sets of the same telescope but another frame shape or binning cannot serve a
+    # light run: say why they are left out.
+    for camera, runs in cameras.items():
+        for run_id, light_rows in runs.items():
+            if light_rows[0]["frame_type"] != "light":
+                continue
+            for other, other_runs in cameras.items():
+                if other == camera or other[:3] != camera[:3]:
+                    continue
+                for set_id, set_rows in other_runs.items():
+                    if set_rows[0]["frame_type"] == "light":
+                        continue
+                    _, rejected = check_frames([_reference(set_rows)], _reference(light_rows))
+                    if rejected:
+                        result.rejected.append((set_id, f"not used for {run_id}: "
+                                                        f"{rejected[0][1]}"))
+
+    for camera, runs in sorted(cameras.items(), key=lambda c: str(c[0])):
+        sets = {k: v for k, v in runs.items() if v[0]["frame_type"] != "light"}
+        lights = {k: v for k, v in runs.items() if v[0]["frame_type"] == "light"}
+        library = _Sets(sets, cubes, result, out, threads, temperature_tolerance)
+        if not lights:
+            _masters_only(library, sets, result, report)
+            continue
+        for run_id, light_rows in sorted(lights.items()):
+            notes: list[str] = []
+            geometry = _geometry(light_rows, notes)
+            night = light_rows[0].get("night")
+            reference = _reference(light_rows)
+            used: dict[str, str | None] = {}
+
+            def choose(frame_type, filter_name=None):
+                set_id = library.nearest(frame_type, night, filter_name)
+                if set_id is None:
+                    what = frame_type if filter_name is None else f"{frame_type} ({filter_name})"
+                    notes.append(f"no {what} frames for this camera: calibrated without")
+                    return None
+                _, rejected = check_frames([_reference(sets[set_id])], reference,
+                                           temperature_tolerance=temperature_tolerance)
+                if rejected:
+                    result.rejected.append((set_id, f"not used for {run_id}: {rejected[0][1]}"))
+                    notes.append(f"{frame_type} set {set_id} left out: {rejected[0][1]}")
+                    return None
+                if sets[set_id][0].get("night") != night:
+                    notes.append(f"{frame_type} from {sets[set_id][0].get('night')} (none of "
+                                 f"this night)")
+                return set_id
+
+            bias_id = choose("bias")
+            bias = library.bias(bias_id, geometry) if bias_id else None
+            dark_id = choose("dark")
+            dark = library.dark(dark_id, bias, geometry) if dark_id else None
+            flat_id = choose("flat", light_rows[0].get("filter"))
+            saturation = _median(r.get("saturation") for r in light_rows)
+            flat = library.flat(flat_id, bias, dark, geometry, saturation) if flat_id else None
+            bad = None
+            if dark is not None or flat is not None:
+                bad = bad_pixel_mask(dark=dark, flat=flat)
+                used["bad_pixels"] = library._write(bad, run_id)
+            used.update(bias=bias_id, dark=dark_id, flat=flat_id)
+
+            exptimes = [float(r["exptime"]) for r in light_rows]
+            attributes = cube_attributes(cubes[run_id]) or {}
+            fingerprint = _fingerprint(
+                _FORMAT, attributes.get("fingerprint"),
+                [cube_attributes(cubes[s]).get("fingerprint") if s else None
+                 for s in (bias_id, dark_id, flat_id)], geometry, saturation, uncertainty,
+                temperature_tolerance)
+            target = out / CALIBRATED_FOLDER / f"{run_id}.zarr"
+            previous = cube_attributes(target)
+            if previous and previous.get("fingerprint") == fingerprint:
+                result.skipped_runs.append(run_id)
+                result.runs[run_id] = target
+            else:
+                gain = _median(r.get("gain") for r in light_rows)
+                run = calibrate_cube(
+                    _cube(cubes, run_id), exptimes, bias=bias, dark=dark, flat=flat,
+                    bad_pixels=bad, saturation=saturation, gain=gain,
+                    read_noise=_median(r.get("read_noise") for r in light_rows),
+                    uncertainty=uncertainty and gain is not None, out=target,
+                    attributes={"run_id": run_id, "fingerprint": fingerprint,
+                                "masters": used, "format": _FORMAT},
+                    chunk_bytes=chunk_bytes or 256 * 1024 * 1024, threads=threads,
+                    **geometry)
+                notes.extend(n for n in run.notes if n not in notes)
+                result.runs[run_id] = target
+            result.notes.setdefault(run_id, []).extend(notes)
+            report["runs"][run_id] = {
+                "cube": str(target), "frames": len(light_rows), "masters": used,
+                "geometry": geometry, "dark": _dark_report(dark), "notes": notes,
+                "up_to_date": run_id in result.skipped_runs}
+    report["masters"] = sorted(result.masters)
+    report["rejected"] = [list(item) for item in result.rejected]
+    result.report_path = out / REPORT_FILE
+    _write_json(result.report_path, report)
+    return result
+
+
+def _masters_only(library: _Sets, sets, result, report) -> None:
+    """No lights for this camera: every set's masters, each with its own geometry."""
+    for set_id, rows in sorted(sets.items()):
+        frame_type = rows[0]["frame_type"]
+        notes: list[str] = []
+        geometry = _geometry(rows, notes)
+        night = rows[0].get("night")
+        bias_id = library.nearest("bias", night)
+        bias = library.bias(bias_id, geometry) if bias_id else None
+        entry = {"frame_type": frame_type}
+        if frame_type == "dark":
+            entry["dark"] = _dark_report(library.dark(set_id, bias, geometry))
+        elif frame_type == "flat":
+            dark_id = library.nearest("dark", night)
+            dark = library.dark(dark_id, bias, geometry) if dark_id else None
+            saturation = _median(r.get("saturation") for r in rows)
+            flat = library.flat(set_id, bias, dark, geometry, saturation)
+            if bias is None:
+                notes.append("no bias frames: the flat keeps the bias level")
+            if flat is not None:
+                bad = bad_pixel_mask(dark=dark, flat=flat)
+                entry["bad_pixels"] = library._write(bad, set_id)
+        if notes:
+            result.notes.setdefault(set_id, []).extend(notes)
+        report["masters_only"][set_id] = entry

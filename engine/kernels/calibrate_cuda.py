@@ -1,0 +1,162 @@
+"""Calibration apply on an NVIDIA GPU (numba.cuda): the same numbers as engine.kernels.calibrate.
+
+What it promises: `calibrate_frames_cuda` takes the arguments of `calibrate_frames` (it runs the
+same validation) and returns the same Calibrated(data, mask, uncertainty), computed by the same
+formulas (the calibrate module's docstring) in float64 on the device and stored in the output's
+dtype: equal to the CPU kernel and the reference to rounding (~1e-12 in float64). One GPU thread
+per output pixel; the overscan levels first, one thread per frame row. Inputs are copied to the
+device and results back into host arrays (the caller's `out`, `mask`, `uncertainty` when given).
+
+Limits: a median overscan strip holds at most 128 columns per row (a mean has no limit).
+
+Import this module only where a GPU is wanted: importing numba.cuda is slow and the CPU path never
+does. Tested under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1, set before numba.cuda is first
+imported) on small frames. Kernels keep no state; concurrent calls on separate outputs are safe.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, float64
+
+from engine.errors import EngineValueError
+from engine.flags import PixelFlag
+from engine.kernels.calibrate import Calibrated, _prepare
+
+__all__ = ["calibrate_frames_cuda"]
+
+_MAX_MEDIAN_OVERSCAN = 128
+_THREADS_PER_BLOCK = 256
+_SATURATED = int(PixelFlag.SATURATED)
+_NONFINITE = int(PixelFlag.NONFINITE)
+
+
+@cuda.jit
+def _overscan_levels(raw, x0, x1, use_median, levels):
+    """levels[f, y] = mean or median of the finite raw[f, y, x0:x1] (NaN if none); one thread
+    per (frame, row). A median needs x1 - x0 <= _MAX_MEDIAN_OVERSCAN (checked by the driver)."""
+    i = cuda.grid(1)
+    nframes, ny = levels.shape
+    if i >= nframes * ny:
+        return
+    f = i // ny
+    y = i - f * ny
+    values = cuda.local.array(_MAX_MEDIAN_OVERSCAN, float64)
+    n = 0
+    total = 0.0
+    for x in range(x0, x1):
+        v = float64(raw[f, y, x])
+        if math.isfinite(v):
+            total += v
+            if use_median:
+                # Insertion into the sorted prefix values[:n].
+                j = n
+                while j > 0 and values[j - 1] > v:
+                    values[j] = values[j - 1]
+                    j -= 1
+                values[j] = v
+            n += 1
+    if n == 0:
+        levels[f, y] = math.nan
+    elif not use_median:
+        levels[f, y] = total / n
+    elif n % 2 == 1:
+        levels[f, y] = values[n // 2]
+    else:
+        levels[f, y] = 0.5 * (values[n // 2 - 1] + values[n // 2])
+
+
+@cuda.jit
+def _calibrate_pixels(raw, ty, tx, levels, bias, dark, dark_scale, flat, bad, poly, saturation,
+                      check_saturation, gain, read_noise, out, mask, want_mask, error,
+                      want_error):
+    """One thread per output pixel (f, y, x) of out (nframes, ny, nx). Absent masters are
+    (1, nx) neutral rows; absent outputs (1, 1, nx) placeholders that are never written."""
+    i = cuda.grid(1)
+    nframes, ny, nx = out.shape
+    if i >= nframes * ny * nx:
+        return
+    f = i // (ny * nx)
+    rest = i - f * ny * nx
+    y = rest // nx
+    x = rest - y * nx
+    yb = y if bias.shape[0] > 1 else 0
+    yd = y if dark.shape[0] > 1 else 0
+    yf = y if flat.shape[0] > 1 else 0
+    raw_value = raw[f, ty + y, tx + x]
+    v = float64(raw_value) - levels[f, ty + y] - float64(bias[yb, x])
+    degree = poly.shape[0] - 1
+    if degree >= 0:
+        acc = poly[degree]
+        for k in range(degree - 1, -1, -1):
+            acc = acc * v + poly[k]
+        v = acc
+    variance = 0.0
+    if want_error:
+        variance = max(v, 0.0) / gain + (read_noise / gain) ** 2
+    v = v - float64(dark[yd, x]) * dark_scale[f]
+    flat_value = float64(flat[yf, x])
+    if flat_value > 0:
+        v = v / flat_value
+        sigma = math.sqrt(variance) / flat_value
+    else:
+        v = math.nan
+        sigma = math.nan
+    out[f, y, x] = v
+    if want_error:
+        error[f, y, x] = sigma
+    if want_mask:
+        flags = bad[y if bad.shape[0] > 1 else 0, x]
+        if check_saturation and float64(raw_value) >= saturation:
+            flags |= _SATURATED
+        if not math.isfinite(out[f, y, x]):
+            flags |= _NONFINITE
+        mask[f, y, x] = flags
+
+
+def calibrate_frames_cuda(raw, *, bias=None, dark=None, dark_scale=None, flat=None,
+                          bad_pixels=None, saturation=None, overscan=None,
+                          overscan_method: str = "median", trim=None, nonlinearity=None,
+                          gain=None, read_noise=None, out=None, mask=True, uncertainty=False,
+                          dtype=np.float32) -> Calibrated:
+    """`engine.kernels.calibrate.calibrate_frames` on the GPU: same arguments (no thread count),
+    same result. Raises EngineValueError as the CPU driver does, and for a median overscan strip
+    wider than 128 columns."""
+    job = _prepare(raw, bias=bias, dark=dark, dark_scale=dark_scale, flat=flat,
+                   bad_pixels=bad_pixels, saturation=saturation, overscan=overscan,
+                   overscan_method=overscan_method, trim=trim, nonlinearity=nonlinearity,
+                   gain=gain, read_noise=read_noise, out=out, mask=mask,
+                   uncertainty=uncertainty, dtype=dtype)
+    x0, x1 = job.overscan
+    if job.overscan_median and x1 - x0 > _MAX_MEDIAN_OVERSCAN:
+        raise EngineValueError(f"a median overscan on the GPU takes at most "
+                               f"{_MAX_MEDIAN_OVERSCAN} columns, got {x1 - x0}; use 'mean'")
+    nframes, raw_ny, _ = job.raw.shape
+    d_raw = cuda.to_device(job.raw)
+    d_levels = cuda.device_array((nframes, raw_ny), np.float64)
+    if x1 > x0:
+        rows = nframes * raw_ny
+        _overscan_levels[-(-rows // _THREADS_PER_BLOCK), _THREADS_PER_BLOCK](
+            d_raw, x0, x1, job.overscan_median, d_levels)
+    else:
+        d_levels = cuda.to_device(np.zeros((nframes, raw_ny)))
+    d_out = cuda.device_array(job.out.shape, job.out.dtype)
+    d_mask = cuda.device_array(job.placeholder(job.mask, job.mask_dtype).shape, job.mask_dtype)
+    d_error = cuda.device_array(job.placeholder(job.uncertainty, job.out.dtype).shape,
+                                job.out.dtype)
+    pixels = job.out.size
+    _calibrate_pixels[-(-pixels // _THREADS_PER_BLOCK), _THREADS_PER_BLOCK](
+        d_raw, job.trim[0], job.trim[2], d_levels,
+        cuda.to_device(job.neutral(job.bias, 0)), cuda.to_device(job.neutral(job.dark, 0)),
+        cuda.to_device(job.dark_scale), cuda.to_device(job.neutral(job.flat, 1)),
+        cuda.to_device(job.neutral(job.bad, 0, job.mask_dtype)), cuda.to_device(job.poly),
+        job.saturation, job.check_saturation, job.gain, job.read_noise,
+        d_out, d_mask, job.mask is not None, d_error, job.uncertainty is not None)
+    d_out.copy_to_host(job.out)
+    if job.mask is not None:
+        d_mask.copy_to_host(job.mask)
+    if job.uncertainty is not None:
+        d_error.copy_to_host(job.uncertainty)
+    return job.result()

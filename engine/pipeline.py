@@ -1,0 +1,259 @@
+"""The main job: `reduce` runs ingest -> calibrate -> photometry -> ensemble -> merge.
+
+Every stage writes its products into `out_dir` atomically and is skipped on a rerun when its
+products are newer than its inputs, so a killed reduction resumes where it stopped. Runs
+(telescope x night x filter) are independent until the merge: their photometry runs serially,
+on a local Dask cluster (`workers`), or on an existing one (`scheduler`).
+
+Products: frames.parquet and cubes (ingest), masters/ and calibrated/ (calibrate),
+photometry/RUN.parquet plus photometry.parquet and stars.parquet (all runs), lightcurves.parquet
+and report.json (ensemble and merge).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.calibration import calibrate
+from engine.config import Config
+from engine.ensemble import (EnsembleConfig, build_run_lightcurve, merge_runs, write_lightcurves,
+                             write_report)
+from engine.errors import EngineValueError
+from engine.extraction import ExtractionConfig, extract_run
+from engine.ingest import ingest
+from engine.io.cube import open_cube
+from engine.io.tables import read_parquet, write_parquet
+
+__all__ = ["PipelineConfig", "ReduceResult", "reduce"]
+
+log = logging.getLogger("engine.pipeline")
+
+PHOTOMETRY_FOLDER = "photometry"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything `reduce` can be told; each part documents its own defaults."""
+
+    ingest: Config = field(default_factory=Config)
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+
+
+@dataclass
+class ReduceResult:
+    out_dir: Path
+    runs: list[str]
+    lightcurves: pa.Table
+    report: dict
+    timings_s: dict[str, float]
+
+    def summary(self) -> str:
+        lines = [f"reduced {len(self.runs)} run(s) into {self.out_dir}"]
+        for run in self.runs:
+            diag = self.report["runs"].get(run, {})
+            if "skipped" in diag:
+                lines.append(f"  {run}: skipped ({diag['skipped']})")
+                continue
+            ratio = diag.get("noise", {}).get("ratio")
+            ratio_text = "n/a" if ratio is None else f"{ratio:.2f}"
+            lines.append(f"  {run}: {diag.get('frames', '?')} frames, "
+                         f"{len(diag.get('flagged_frames', []))} flagged, aperture "
+                         f"{diag.get('aperture', {}).get('chosen', '?')}, "
+                         f"achieved/expected scatter {ratio_text}")
+        lines.append("  stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings_s.items()))
+        return "\n".join(lines)
+
+
+def _run_frames(frames: pa.Table, run_id: str) -> pa.Table:
+    rows = frames.filter(pc.and_(pc.equal(frames.column("run_id"), run_id),
+                                 pc.equal(frames.column("status"), "ok")))
+    return rows.sort_by("cube_index")
+
+
+def _measure_run(run_id: str, cube_path: str, frames: pa.Table, target_xy, config: ExtractionConfig,
+                 out_dir: str, threads) -> str:
+    """Photometry of one run into photometry/RUN_ID.parquet (+ stars and registration tables).
+
+    A plain function of paths and tables so that a Dask worker can run it.
+    """
+    folder = Path(out_dir) / PHOTOMETRY_FOLDER
+    data = open_cube(cube_path)
+    mask_path = Path(str(cube_path).removesuffix(".zarr") + "_mask.zarr")
+    mask = open_cube(mask_path) if mask_path.exists() else None
+    result = extract_run(data, frames, mask=mask, target_xy=target_xy, config=config,
+                         threads=threads)
+    run = pa.array([run_id] * result.photometry.num_rows)
+    write_parquet(result.stars.append_column("run_id", pa.array([run_id] * result.stars.num_rows)),
+                  folder / f"{run_id}.stars.parquet")
+    write_parquet(result.registration, folder / f"{run_id}.registration.parquet")
+    meta = {"reference_frame": result.reference_frame, "fwhm": result.fwhm,
+            "target": result.target, "notes": result.notes}
+    return str(write_parquet(result.photometry.append_column("run_id", run),
+                             folder / f"{run_id}.parquet", metadata={"engine": json.dumps(meta)}))
+
+
+def _target_from_wcs(run_frames: pa.Table):
+    """The target's (x, y) in the run's first frame from its header WCS, or None without one."""
+    if run_frames.num_rows == 0 or "wcs" not in run_frames.column_names:
+        return None
+    first = run_frames.slice(0, 1).to_pylist()[0]
+    ra, dec = first.get("target_ra_deg"), first.get("target_dec_deg")
+    if not first.get("wcs") or ra is None or dec is None:
+        return None
+    import warnings
+
+    from astropy.io.fits import Header
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(Header.fromstring(first["wcs"]))
+    x, y = wcs.celestial.world_to_pixel_values(ra, dec)
+    return (float(x), float(y))
+
+
+def _trimmed(xy, run_frames: pa.Table):
+    """A position in the stored first frame moved to the calibrated (trimmed) cube's grid."""
+    trim = run_frames.column("trim_section")[0].as_py() if "trim_section" in \
+        run_frames.column_names else None
+    x, y = (float(v) for v in xy)
+    if trim:  # (y0, y1, x0, x1), 0-based
+        return (x - trim[2], y - trim[0])
+    return (x, y)
+
+
+def _up_to_date(product: Path, source: Path) -> bool:
+    if not product.exists() or not source.exists():
+        return False
+    newest = max((p.stat().st_mtime for p in source.rglob("*")), default=source.stat().st_mtime)
+    return product.stat().st_mtime >= newest
+
+
+def reduce(paths, out_dir, *, target=None, target_xy=None, config: PipelineConfig | None = None,
+           workers: int | None = None, scheduler: str | None = None,
+           threads: int | None = None) -> ReduceResult:
+    """Reduce raw frames (files or folders, any mix of telescopes) to light curves.
+
+    target : (ra, dec) of the target (degrees or sexagesimal strings), for BJD_TDB.
+    target_xy : (x, y) of the target in each run's first light frame as stored (0-based), or a
+        dict run_id -> (x, y). Without it, a run whose first frame has a WCS finds the target
+        from its RA/Dec; other runs are reported as skipped.
+    workers / scheduler : measure runs in parallel on a local Dask cluster of `workers`
+        processes, or on the cluster at `scheduler`.
+    """
+    config = PipelineConfig() if config is None else config
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    ingested = ingest(paths, out, target=target, config=config.ingest)
+    timings["ingest"] = time.perf_counter() - start
+    start = time.perf_counter()
+    calibrated = calibrate(ingested, out, threads=threads)
+    timings["calibrate"] = time.perf_counter() - start
+    frames = ingested.frames
+    runs = sorted(calibrated.runs)
+    if not runs:
+        raise EngineValueError("no light frames to reduce (only calibration frames were found)")
+
+    start = time.perf_counter()
+    jobs = []
+    for run_id in runs:
+        product = out / PHOTOMETRY_FOLDER / f"{run_id}.parquet"
+        if _up_to_date(product, Path(calibrated.runs[run_id])):
+            continue
+        run_frames = _run_frames(frames, run_id)
+        xy = target_xy.get(run_id) if isinstance(target_xy, dict) else target_xy
+        if xy is None:
+            xy = _target_from_wcs(run_frames)
+        if xy is not None:
+            xy = _trimmed(xy, run_frames)
+        jobs.append((run_id, str(calibrated.runs[run_id]), run_frames, xy, config.extraction,
+                     str(out), threads))
+    _run_jobs(jobs, workers, scheduler)
+    timings["photometry"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    lightcurves, report = _ensemble(out, runs, frames, config.ensemble, threads)
+    timings["ensemble"] = time.perf_counter() - start
+    report["timings_s"] = timings
+    write_report(report, out / "report.json")
+    return ReduceResult(out_dir=out, runs=runs, lightcurves=lightcurves, report=report,
+                        timings_s=timings)
+
+
+def _run_jobs(jobs, workers, scheduler) -> None:
+    if not jobs:
+        return
+    if workers is None and scheduler is None:
+        for job in jobs:
+            _measure_run(*job)
+        return
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        client = Client(scheduler)
+        cluster = None
+    else:
+        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = [client.submit(_measure_run, *job, pure=False) for job in jobs]
+        client.gather(futures)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _ensemble(out: Path, runs: list[str], frames: pa.Table, config: EnsembleConfig, threads):
+    folder = out / PHOTOMETRY_FOLDER
+    results, photometry_tables, star_tables = [], [], []
+    report: dict = {"runs": {}}
+    for run_id in runs:
+        photometry = read_parquet(folder / f"{run_id}.parquet")
+        stars = read_parquet(folder / f"{run_id}.stars.parquet")
+        meta = json.loads((photometry.schema.metadata or {}).get(b"engine", b"{}"))
+        photometry_tables.append(photometry)
+        star_tables.append(stars)
+        run_frames = _run_frames(frames, run_id)
+        frame_table = pa.table({
+            "frame": pa.array(np.arange(run_frames.num_rows), pa.int64()),
+            **{name: run_frames.column(name) for name in
+               ("time_bjd_tdb", "airmass", "exptime", "run_id", "site", "telescope", "filter")
+               if name in run_frames.column_names},
+        })
+        target = meta.get("target")
+        if target is None:
+            report["runs"][run_id] = {"skipped": "the target was not identified in this run"}
+            continue
+        result = build_run_lightcurve(photometry.drop_columns(["run_id"]), frame_table,
+                                      stars.drop_columns(["run_id"]), target=int(target),
+                                      config=config, run_id=run_id, threads=threads)
+        result.diagnostics["photometry"] = meta
+        report["runs"][run_id] = result.diagnostics
+        results.append(result)
+    write_parquet(pa.concat_tables(photometry_tables, promote_options="default"),
+                  out / "photometry.parquet")
+    write_parquet(pa.concat_tables(star_tables, promote_options="default"), out / "stars.parquet")
+    if not results:
+        raise EngineValueError("the target was identified in no run: give --target-xy")
+    try:
+        lightcurves, merge = merge_runs(results, config=config)
+        report["merge"] = merge
+    except EngineValueError as exc:  # e.g. no shared stars between runs
+        lightcurves = pa.concat_tables([r.table for r in results], promote_options="default")
+        report["merge"] = {"skipped": str(exc)}
+    write_lightcurves(lightcurves, out / "lightcurves.parquet")
+    return lightcurves, report
