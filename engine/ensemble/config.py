@@ -77,7 +77,7 @@ class EnsembleConfig:
         frames (0.9).
     max_saturated_fraction: a candidate is saturated on at most this fraction of frames (0).
     isolation_radius: no star brighter than the candidate's magnitude + isolation_delta_mag
-        within this many pixels (None: twice the largest aperture radius), and the candidate is
+        within this many pixels (None: the largest aperture radius), and the candidate is
         flagged BLENDED on at most max_blended_fraction of frames (0.1).
     exclude_flags: measurement flags that keep a measurement out of the ensemble and the fits.
 

@@ -106,7 +106,7 @@ def select_stars(data: RunData, a: int, config: EnsembleConfig) -> Selection:
     radius = config.isolation_radius
     if radius is None:
         finite = [ap.radius for ap in data.apertures if np.isfinite(ap.radius)]
-        radius = 2.0 * max(finite) if finite else 10.0
+        radius = max(finite) if finite else 10.0  # beyond it: annulus masking, BLENDED flags
     neighbour = _isolation(data, magnitude, radius, config.isolation_delta_mag)
 
     excluded = set(config.exclude_stars)
