@@ -738,7 +738,7 @@ def psf_photometry(image, x, y, shapes, *, model: str, box: int, background: str
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     ny, nx = image.shape
-    valid = np.isfinite(x) & np.isfinite(y) & (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
+    valid = np.isfinite(x) & np.isfinite(y) & (x > -0.5) & (x <= nx - 0.5) & (y > -0.5) & (y <= ny - 0.5)
     keys = ("flux", "flux_err", "x", "y", "x_err", "y_err", "background", "chi2_reduced")
     out = {key: np.full(x.size, np.nan) for key in keys}
     for members in psf_groups(x, y, box, valid):

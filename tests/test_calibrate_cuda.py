@@ -8,6 +8,7 @@ thread as Python.
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -16,8 +17,10 @@ TESTS = Path(__file__).resolve().parent
 
 def run_simulated(code: str) -> str:
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(TESTS))
+    # Run outside the checkout: from its root, `-c` would import the source tree's engine/,
+    # which has no compiled core after a plain `pip install .`.
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                            capture_output=True, text=True, timeout=120)
+                            cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -98,5 +101,5 @@ def test_the_cpu_path_never_imports_numba_cuda():
         print("ok")
     """
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                            text=True, timeout=120)
+                            cwd=tempfile.gettempdir(), text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -138,6 +138,13 @@ def test_outputs_in_place_threads_agree_and_inputs_untouched():
     np.testing.assert_array_equal(raw, before)
     none = calibrate_frames(raw, bias=bias, flat=flat, mask=False)
     assert none.mask is None
+    # Big enough (2.2 M pixels) for two threads to share the work: the same numbers.
+    big = rng.integers(0, 65536, (2, 1024, 1100)).astype(np.uint16)
+    flat = rng.uniform(0.5, 1.5, (1024, 1100)).astype(np.float32)
+    one = calibrate_frames(big, flat=flat, dark=flat, dark_scale=[1.0, 2.0], threads=1)
+    two = calibrate_frames(big, flat=flat, dark=flat, dark_scale=[1.0, 2.0], threads=2)
+    np.testing.assert_array_equal(one.data, two.data)
+    np.testing.assert_array_equal(one.mask, two.mask)
 
 
 @pytest.mark.parametrize("kwargs, message", [

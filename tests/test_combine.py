@@ -115,6 +115,10 @@ def test_threads_and_out_arrays():
     assert one.data is out and one.counts is counts
     two = sigma_clip_combine(stack, threads=2)
     np.testing.assert_array_equal(out, two.data)
+    # Big enough (9 M values) for two threads to share the work: the same numbers.
+    big = np.random.default_rng(6).normal(0.0, 1.0, (9, 1000, 1000)).astype(np.float32)
+    np.testing.assert_array_equal(sigma_clip_combine(big, threads=1).data,
+                                  sigma_clip_combine(big, threads=2).data)
     # A 2-D stack (n, m) combines to (m,).
     flat = sigma_clip_combine(stack[:, 2, :])
     np.testing.assert_array_equal(flat.data, out[2])

@@ -61,6 +61,7 @@ _NONFINITE = int(PixelFlag.NONFINITE)
 # every frame of the call streams past them; 2 MB (128 rows of 2048 float32 pixels) measured
 # fastest here: longer contiguous runs per frame outweigh the larger working set.
 _BLOCK_BYTES = 2 * 1024 * 1024
+_PIXELS_PER_THREAD = 1 << 20  # calls smaller than two of these run on one thread
 
 
 class Calibrated(NamedTuple):
@@ -418,7 +419,8 @@ def calibrate_frames(raw, *, bias=None, dark=None, dark_scale=None, flat=None, b
     out: float32 or float64 output of the trimmed shape (default: new, of `dtype`).
     mask: True (default) for a new uint8 PixelFlag mask, False for none, or a uint8/uint16 array.
     uncertainty: False (default), True for a new array of the output's dtype, or an array.
-    threads: thread count (default: every core Numba has).
+    threads: the most threads to use (default: every core Numba has); a call of fewer than 2M
+        output pixels runs on one.
 
     Returns Calibrated(data, mask, uncertainty); 2-D in, 2-D out. Raises EngineValueError for
     anything inconsistent (shapes, sections, dtypes, missing gain) before any pixel is touched.
@@ -428,7 +430,8 @@ def calibrate_frames(raw, *, bias=None, dark=None, dark_scale=None, flat=None, b
                    overscan_method=overscan_method, trim=trim, nonlinearity=nonlinearity,
                    gain=gain, read_noise=read_noise, out=out, mask=mask,
                    uncertainty=uncertainty, dtype=dtype)
-    threads = set_threads(threads)
+    # Small calls run on one thread: waking a second costs more than it saves.
+    threads = set_threads(threads if job.out.size >= 2 * _PIXELS_PER_THREAD else 1)
     ny, nx = job.out.shape[1:]
     row_bytes = nx * job.out.dtype.itemsize * 2
     block_rows = max(1, min(_BLOCK_BYTES // row_bytes, -(-ny // (4 * threads))))

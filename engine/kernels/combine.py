@@ -57,6 +57,7 @@ _MAD_SCALE = 1.482602218505602  # 1 / Phi^-1(3/4), as astropy's C code writes it
 _TILE = 128  # pixels side by side: a tile of 30 frames in float32 is 15 KB and stays in L1
 _LARGEST = np.finfo(np.float64).max
 _STATE = 17  # per-pixel state arrays of a tile (see _combine_tile)
+_VALUES_PER_THREAD = 1 << 22  # stacks smaller than two of these are combined on one thread
 
 
 class Combined(NamedTuple):
@@ -633,7 +634,8 @@ def sigma_clip_combine(stack, *, method: str = "mean", sigma: float = 3.0,
     out: float32/float64 output of shape stack.shape[1:] (default: new, of `dtype`, which defaults
         to float64 for a float64 stack and float32 otherwise).
     counts: True for an int32 array of how many values each pixel kept, or such an array.
-    threads: thread count (default: every core Numba has).
+    threads: the most threads to use (default: every core Numba has); a stack of fewer than 8M
+        values is combined on one.
 
     Returns Combined(data, counts). Raises EngineValueError on bad arguments.
     """
@@ -643,7 +645,8 @@ def sigma_clip_combine(stack, *, method: str = "mean", sigma: float = 3.0,
     stack3, iterations, out2, counts2 = job.stack, job.iterations, job.out, job.counts
     sigma_lower, sigma_upper, kept = job.sigma_lower, job.sigma_upper, job.kept
     n, ny, nx = stack3.shape
-    threads = set_threads(threads)
+    # Small calls run on one thread: waking a second costs more than it saves.
+    threads = set_threads(threads if stack3.size >= 2 * _VALUES_PER_THREAD else 1)
     use_median = job.cenfunc == "median"
     use_mad_std = job.stdfunc == "mad_std"
     median_output = job.method == "median"
