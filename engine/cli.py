@@ -52,14 +52,28 @@ def _quiet_logging() -> None:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _add_target_coordinates(p) -> None:
+    p.add_argument("--target-ra", metavar="HH:MM:SS", help="target right ascension (hours, or "
+                                                          "degrees as a plain number)")
+    p.add_argument("--target-dec", metavar="\u00b1DD:MM:SS", help="target declination")
+
+
+def _target_coordinates(args):
+    """(ra, dec) strings from --target-ra / --target-dec, or None when neither is given."""
+    from engine.errors import EngineValueError
+
+    if (args.target_ra is None) != (args.target_dec is None):
+        raise EngineValueError("give both --target-ra and --target-dec, or neither")
+    return None if args.target_ra is None else (args.target_ra, args.target_dec)
+
+
 def _add_reduce(sub) -> None:
     p = sub.add_parser("reduce", help="raw frames to light curves: ingest, calibrate, "
                                       "photometry, ensemble")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                    help="FITS files or folders (searched recursively), lights and calibrations")
     p.add_argument("--out", required=True, type=Path, help="output folder (created; a rerun resumes)")
-    p.add_argument("--target-ra", metavar="HH:MM:SS", help="target right ascension")
-    p.add_argument("--target-dec", metavar="\u00b1DD:MM:SS", help="target declination")
+    _add_target_coordinates(p)
     p.add_argument("--target-xy", nargs=2, type=float, metavar=("X", "Y"),
                    help="target position in each run's first light frame (0-based column, row)")
     group = p.add_mutually_exclusive_group()
@@ -70,14 +84,10 @@ def _add_reduce(sub) -> None:
 
 
 def _run_reduce(args) -> int:
-    from engine.errors import EngineValueError
     from engine.pipeline import reduce
 
-    if (args.target_ra is None) != (args.target_dec is None):
-        raise EngineValueError("give both --target-ra and --target-dec, or neither")
-    target = None if args.target_ra is None else (args.target_ra, args.target_dec)
     _quiet_logging()
-    result = reduce(args.paths, args.out, target=target,
+    result = reduce(args.paths, args.out, target=_target_coordinates(args),
                     target_xy=tuple(args.target_xy) if args.target_xy else None,
                     workers=args.workers, scheduler=args.scheduler, threads=args.threads)
     print(result.summary())
@@ -144,22 +154,16 @@ def _add_ingest(sub) -> None:
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                    help="FITS files or folders (searched recursively)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    p.add_argument("--target-ra", metavar="HH:MM:SS", help="target right ascension (hours, or "
-                                                          "degrees as a plain number)")
-    p.add_argument("--target-dec", metavar="\u00b1DD:MM:SS", help="target declination")
+    _add_target_coordinates(p)
     p.add_argument("--workers", type=int, default=None, help="reading threads (default: all cores)")
     p.set_defaults(func=_run_ingest)
 
 
 def _run_ingest(args) -> int:
-    from engine.errors import EngineValueError
     from engine.ingest import ingest
 
-    if (args.target_ra is None) != (args.target_dec is None):
-        raise EngineValueError("give both --target-ra and --target-dec, or neither")
-    target = None if args.target_ra is None else (args.target_ra, args.target_dec)
     _quiet_logging()
-    result = ingest(args.paths, args.out, target=target, workers=args.workers)
+    result = ingest(args.paths, args.out, target=_target_coordinates(args), workers=args.workers)
     print(result.summary())
     print(f"frames table: {result.frames_path}")
     return 0

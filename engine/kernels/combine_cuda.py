@@ -22,6 +22,7 @@ import numpy as np
 from numba import cuda, float64
 
 from engine.errors import EngineValueError
+from engine.kernels import combine as _combine_cpu
 from engine.kernels.combine import Combined, _prepare
 
 __all__ = ["MAX_FRAMES", "sigma_clip_combine_cuda"]
@@ -32,33 +33,8 @@ _THREADS_PER_BLOCK = 128
 _MAD_SCALE = 1.482602218505602
 
 
-@cuda.jit(device=True)
-def _kth_smallest(a, n, k):
-    """Wirth's selection of the k-th smallest of a[:n] (reorders a[:n] as astropy's C does)."""
-    lo = 0
-    hi = n - 1
-    while lo < hi:
-        x = a[k]
-        i = lo
-        j = hi
-        while True:
-            while a[i] < x:
-                i += 1
-            while x < a[j]:
-                j -= 1
-            if i <= j:
-                tmp = a[i]
-                a[i] = a[j]
-                a[j] = tmp
-                i += 1
-                j -= 1
-            if i > j:
-                break
-        if j < k:
-            lo = i
-        if k < i:
-            hi = j
-    return a[k]
+# Wirth's selection, the very function the CPU's exact path runs, compiled for the device.
+_kth_smallest = cuda.jit(device=True)(_combine_cpu._kth_smallest.py_func)
 
 
 @cuda.jit(device=True)
