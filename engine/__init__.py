@@ -14,6 +14,8 @@ from engine.extraction import ExtractionConfig, RunPhotometry, extract_run
 from engine.ingest import IngestResult, ingest
 from engine.photometry import aperture_photometry, aperture_photometry_frames
 from engine.pipeline import PipelineConfig, ReduceResult, reduce
+from engine.psf import (PSFModel, fit_psf_model, fit_psf_models, psf_photometry,
+                        psf_photometry_frames)
 from engine.registration import (Registration, Transform, identify_target, match_catalogue,
                                  match_transform, recentre, register_frames, register_images,
                                  registrations_table, sky_to_pixels, stack_reference)
@@ -30,6 +32,7 @@ __all__ = [
     "ExtractionConfig",
     "IngestResult",
     "MissingToolError",
+    "PSFModel",
     "PipelineConfig",
     "ReduceResult",
     "Registration",
@@ -46,12 +49,16 @@ __all__ = [
     "detect_stars",
     "disk_rectangle_area",
     "extract_run",
+    "fit_psf_model",
+    "fit_psf_models",
     "fit_transit",
     "identify_target",
     "ingest",
     "match_catalogue",
     "match_transform",
     "merge_runs",
+    "psf_photometry",
+    "psf_photometry_frames",
     "read_reference_catalogue",
     "recentre",
     "reduce",

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bind_checks.hpp"
 #include "engine/aperture.hpp"
 #include "engine/flags.hpp"
 
@@ -14,22 +15,6 @@ namespace py = pybind11;
 namespace engine::bindings {
 
 namespace {
-
-template <typename A>
-void require_shape(const A& a, std::initializer_list<py::ssize_t> shape, const char* name) {
-    bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
-    py::ssize_t axis = 0;
-    for (auto n : shape) {
-        if (!ok) break;
-        ok = a.shape(axis++) == n;
-    }
-    if (!ok) throw std::invalid_argument(std::string(name) + " has the wrong shape");
-}
-
-template <typename A>
-void require_writable(const A& a, const char* name) {
-    if (!a.writeable()) throw std::invalid_argument(std::string(name) + " must be writable");
-}
 
 // Inputs : frames (n_frames, ny, nx) float32 or float64; pixel_flags None or uint8 of the same
 //          shape; x, y (n_frames, n_stars) float64; radii (n_radii,) float64, each > 0; the
@@ -66,27 +51,14 @@ void measure(py::array_t<T, py::array::c_style> frames, py::object pixel_flags,
         throw std::invalid_argument("mask and blend radii must be finite and >= 0");
     if (!(clip_sigma > 0.0) || clip_iterations < 0) throw std::invalid_argument("bad sigma-clipping settings");
     if (threads < 1) throw std::invalid_argument("threads must be >= 1");
-    require_shape(sum, {nf, ns, nr}, "sum");
-    require_shape(area, {nf, ns, nr}, "area");
-    require_shape(flags, {nf, ns, nr}, "flags");
-    require_shape(background, {nf, ns}, "background");
-    require_shape(background_std, {nf, ns}, "background_std");
-    require_shape(background_pixels, {nf, ns}, "background_pixels");
-    require_writable(sum, "sum");
-    require_writable(area, "area");
-    require_writable(flags, "flags");
-    require_writable(background, "background");
-    require_writable(background_std, "background_std");
-    require_writable(background_pixels, "background_pixels");
-    const std::uint8_t* pflags = nullptr;
-    py::array_t<std::uint8_t, py::array::c_style> pixel_flag_array;
-    if (!pixel_flags.is_none()) {
-        pixel_flag_array = py::array_t<std::uint8_t, py::array::c_style>::ensure(pixel_flags);
-        if (!pixel_flag_array || !py::isinstance<py::array_t<std::uint8_t>>(pixel_flags))
-            throw std::invalid_argument("pixel_flags must be a uint8 array");
-        require_shape(pixel_flag_array, {nf, ny, nx}, "pixel_flags");
-        pflags = pixel_flag_array.data();
-    }
+    require_output(sum, {nf, ns, nr}, "sum");
+    require_output(area, {nf, ns, nr}, "area");
+    require_output(flags, {nf, ns, nr}, "flags");
+    require_output(background, {nf, ns}, "background");
+    require_output(background_std, {nf, ns}, "background_std");
+    require_output(background_pixels, {nf, ns}, "background_pixels");
+    carray<std::uint8_t> pixel_flag_array;
+    const std::uint8_t* pflags = pixel_flag_data(pixel_flags, pixel_flag_array, nf, ny, nx);
 
     ApertureConfig config;
     config.radii = radii.data();

@@ -10,10 +10,12 @@ namespace py = pybind11;
 namespace engine::bindings {
 void register_overlap(py::module_& m);
 void register_aperture(py::module_& m);
+void register_psf(py::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "Compiled core of the engine (private: call it through engine.cext).";
     engine::bindings::register_overlap(m);
     engine::bindings::register_aperture(m);
+    engine::bindings::register_psf(m);
 }

@@ -19,5 +19,8 @@ constexpr std::uint32_t kNearEdge = 1u << 2;
 constexpr std::uint32_t kOffFrame = 1u << 3;
 constexpr std::uint32_t kBlended = 1u << 4;
 constexpr std::uint32_t kBackgroundFailed = 1u << 5;
+constexpr std::uint32_t kFitFailed = 1u << 6;         // PSF fit: no solution (singular, too few pixels)
+constexpr std::uint32_t kFitNotConverged = 1u << 7;   // PSF fit: stopped at its iteration limit
+constexpr std::uint32_t kCentroidFailed = 1u << 9;    // PSF fit: a fitted position reached its bound
 
 }  // namespace engine::flags
