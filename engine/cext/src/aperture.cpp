@@ -21,13 +21,42 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr std::uint8_t kUnusable =
     flags::kPixelBad | flags::kPixelNonfinite | flags::kPixelCosmicRay;
 
-// Median of values[0..n), n > 0; reorders the values.
+// Median of values[0..n), n > 0; reorders the values. Exact, in three cheap passes instead of a
+// branchy selection over all n: a histogram over [min, max] finds the buckets holding the middle
+// ranks (the bucket index is monotone in the value, so those ranks lie in them), the values of
+// those buckets are moved to the front, and the selection runs on them alone.
 double median_in_place(double* values, std::int64_t n) noexcept {
-    const std::int64_t mid = n / 2;
-    std::nth_element(values, values + mid, values + n);
-    const double upper = values[mid];
-    if (n % 2 == 1) return upper;
-    const double lower = *std::max_element(values, values + mid);
+    constexpr int kBuckets = 512;
+    double lo = values[0];
+    double hi = values[0];
+    for (std::int64_t k = 1; k < n; ++k) {
+        lo = std::min(lo, values[k]);
+        hi = std::max(hi, values[k]);
+    }
+    if (!(hi > lo)) return lo;  // all equal
+    const double scale = (kBuckets - 1) / (hi - lo);
+    auto bucket = [lo, scale](double v) {
+        return std::min(kBuckets - 1, static_cast<int>((v - lo) * scale));
+    };
+    std::int32_t counts[kBuckets] = {};
+    for (std::int64_t k = 0; k < n; ++k) ++counts[bucket(values[k])];
+    const std::int64_t rank_low = (n - 1) / 2;  // the middle rank(s): equal when n is odd
+    const std::int64_t rank_high = n / 2;
+    int first = 0;
+    std::int64_t below = 0;  // values in buckets before `first`
+    while (below + counts[first] <= rank_low) below += counts[first++];
+    int last = first;
+    std::int64_t through = below + counts[first];  // values in buckets up to `last`
+    while (through <= rank_high) through += counts[++last];
+    double* end = std::partition(values, values + n, [&](double v) {
+        const int b = bucket(v);
+        return b >= first && b <= last;
+    });
+    const std::int64_t k_low = rank_low - below;
+    std::nth_element(values, values + k_low, end);
+    const double lower = values[k_low];
+    if (rank_high == rank_low) return lower;
+    const double upper = *std::min_element(values + k_low + 1, end);
     return 0.5 * (lower + upper);
 }
 
@@ -439,7 +468,11 @@ void aperture_photometry(const T* frames, const std::uint8_t* pixel_flags, std::
             const std::int64_t start = next.fetch_add(kChunk);
             if (start >= total) return;
             const std::int64_t stop = std::min(total, start + kChunk);
-            for (std::int64_t w = start; w < stop; ++w) measurer.measure(w / n_stars, w % n_stars, s);
+            // Stars in y order: consecutive stars share image rows, which then stay in cache.
+            for (std::int64_t w = start; w < stop; ++w) {
+                const std::int64_t frame = w / n_stars;
+                measurer.measure(frame, order[static_cast<std::size_t>(frame * n_stars + w % n_stars)], s);
+            }
         }
     };
     std::vector<std::thread> pool;
