@@ -34,6 +34,7 @@ from engine.errors import EngineValueError, RegistrationError
 from engine.flags import MeasurementFlag
 from engine.noise import scintillation_sigma
 from engine.photometry import aperture_photometry_frames
+from engine.psf import psf_photometry_frames
 from engine.registration import Transform, fit_transform, match_transform, recentre
 
 __all__ = ["ExtractionConfig", "RunPhotometry", "extract_run"]
@@ -67,6 +68,11 @@ class ExtractionConfig:
     aperture_diameter_m: float | None = None
     #: Osborn et al. (2015) site factor C_Y for scintillation [1.5].
     scintillation_cy: float = 1.5
+    #: Also fit every star with a per-frame PSF model (positions fixed from registration); the
+    #: rows join the aperture rows with method 'psf' [False].
+    psf_photometry: bool = False
+    #: PSF model when psf_photometry is on: 'moffat' or 'gaussian' ['moffat'].
+    psf_model: str = "moffat"
 
 
 @dataclass
@@ -256,7 +262,10 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
             block, x, y, radii, annulus, gain=1.0, pixel_flags=block_mask, threads=threads)
         tables.append(_with_noise_terms(table, start, gain, read_noise, dark, exptime, sigma_scint,
                                         centroid_flags, registrations[start:stop]))
-    photometry = pa.concat_tables(tables)
+        if config.psf_photometry:
+            tables.append(_psf_rows(block, x, y, block_mask, start, gain, read_noise,
+                                    registrations[start:stop], config, threads))
+    photometry = pa.concat_tables(tables, promote_options="default")
 
     target = None
     if target_xy is not None:
@@ -316,8 +325,25 @@ def _with_noise_terms(table: pa.Table, start: int, gain, read_noise, dark, expti
         "var_background_error": pa.array(var_background_error),
         "var_scintillation": pa.array(var_scintillation), "var_read": pa.array(var_read),
         "var_dark": pa.array(var_dark),
+        "method": pa.array(["aperture"] * len(frame)),
     }
     return pa.table(columns)
+
+
+def _psf_rows(block, x, y, block_mask, start, gain, read_noise, registrations, config, threads):
+    """PSF fluxes (electrons) of the block's stars at their registered positions."""
+    frames = np.arange(start, start + block.shape[0])
+    registered = np.array([r["status"] == "ok" for r in registrations])
+    table = psf_photometry_frames(
+        block, np.where(registered[:, None], x, np.nan), np.where(registered[:, None], y, np.nan),
+        model=config.psf_model, gain=float(np.median(gain[frames])),
+        read_noise=float(np.median(read_noise[frames])), pixel_flags=block_mask, threads=threads)
+    local = table.column("frame").to_numpy()
+    flags = table.column("flags").to_numpy(zero_copy_only=False).copy()
+    flags[~registered[local]] |= np.uint32(MeasurementFlag.NOT_REGISTERED)
+    table = table.set_column(table.column_names.index("frame"), "frame",
+                             pa.array(local + start, pa.int64()))
+    return table.set_column(table.column_names.index("flags"), "flags", pa.array(flags, pa.uint32()))
 
 
 def _registration_table(registrations: list[dict]) -> pa.Table:

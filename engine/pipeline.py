@@ -238,10 +238,14 @@ def _ensemble(out: Path, runs: list[str], frames: pa.Table, config: EnsembleConf
         if target is None:
             report["runs"][run_id] = {"skipped": "the target was not identified in this run"}
             continue
+        methods = np.asarray(photometry.column("method").to_pylist())
+        apertures = photometry.filter(pa.array(methods == "aperture")).drop_columns(["run_id"])
+        psf = photometry.filter(pa.array(methods == "psf")).drop_columns(["run_id"])
         try:
-            result = build_run_lightcurve(photometry.drop_columns(["run_id"]), frame_table,
-                                          stars.drop_columns(["run_id"]), target=int(target),
-                                          config=config, run_id=run_id, threads=threads)
+            result = build_run_lightcurve(apertures, frame_table, stars.drop_columns(["run_id"]),
+                                          target=int(target), config=config,
+                                          psf=psf if psf.num_rows else None, run_id=run_id,
+                                          threads=threads)
         except EngineValueError as exc:  # one run that cannot be normalised stops no other
             log.warning("run %s: no light curve: %s", run_id, exc)
             report["runs"][run_id] = {"skipped": str(exc), "photometry": meta}

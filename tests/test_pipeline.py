@@ -134,3 +134,25 @@ def test_command_line_reduce_and_fit_transit(night, tmp_path, capsys):
     fit = json.loads((tmp_path / "FIT.json").read_text())
     assert {"tmid", "tmid_err", "rp_rs", "rp_rs_err", "depth", "runs"} <= set(fit)
     assert main(["reduce", str(raw), "--out", str(tmp_path), "--target-ra", "06:18:22"]) == 2
+
+
+def test_psf_photometry_joins_the_photometry_table(night, tmp_path):
+    from engine.extraction import ExtractionConfig
+    from engine.pipeline import PipelineConfig
+
+    raw, truth = night
+    target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
+    positions = _target_positions(truth, ingest([raw], tmp_path, target=target).frames)
+    config = PipelineConfig(extraction=ExtractionConfig(psf_photometry=True))
+    result = reduce([raw], tmp_path, target=target, target_xy=positions, config=config)
+    photometry = pq.read_table(tmp_path / "photometry.parquet")
+    methods = photometry.column("method").to_pylist()
+    assert {"aperture", "psf"} <= set(methods)
+    psf_flags = np.asarray(photometry.column("flags").to_pylist())[np.asarray(methods) == "psf"]
+    good = psf_flags == 0
+    assert good.mean() > 0.5
+    # The ensemble offers the PSF fluxes as one more aperture.
+    for run_id in result.runs:
+        diagnostics = result.report["runs"][run_id]
+        if "skipped" not in diagnostics:
+            assert "psf" in json.dumps(diagnostics["aperture"])
