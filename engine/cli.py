@@ -52,6 +52,13 @@ def _quiet_logging() -> None:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _add_inputs(p) -> None:
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="FITS files or folders (searched recursively), lights and calibrations")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder (created; a rerun resumes and skips finished work)")
+
+
 def _add_target_coordinates(p) -> None:
     p.add_argument("--target-ra", metavar="HH:MM:SS", help="target right ascension (hours, or "
                                                           "degrees as a plain number)")
@@ -70,9 +77,7 @@ def _target_coordinates(args):
 def _add_reduce(sub) -> None:
     p = sub.add_parser("reduce", help="raw frames to light curves: ingest, calibrate, "
                                       "photometry, ensemble")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                   help="FITS files or folders (searched recursively), lights and calibrations")
-    p.add_argument("--out", required=True, type=Path, help="output folder (created; a rerun resumes)")
+    _add_inputs(p)
     _add_target_coordinates(p)
     p.add_argument("--target-xy", nargs=2, type=float, metavar=("X", "Y"),
                    help="target position in each run's first light frame (0-based column, row)")
@@ -151,9 +156,7 @@ def _run_bench(args) -> int:
 def _add_ingest(sub) -> None:
     p = sub.add_parser("ingest", help="FITS files into run cubes and frames.parquet (reduce's "
                                       "first stage)")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                   help="FITS files or folders (searched recursively)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    _add_inputs(p)
     _add_target_coordinates(p)
     p.add_argument("--workers", type=int, default=None, help="reading threads (default: all cores)")
     p.set_defaults(func=_run_ingest)
@@ -172,9 +175,7 @@ def _run_ingest(args) -> int:
 def _add_calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="ingest, build the masters and calibrate the light runs "
                                          "(masters alone without lights)")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                   help="FITS files or folders (searched recursively)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    _add_inputs(p)
     p.add_argument("--threads", type=int, default=None,
                    help="threads for reading and the kernels (default: all cores)")
     p.add_argument("--uncertainty", action="store_true",
