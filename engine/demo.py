@@ -12,8 +12,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from engine.ingest import ingest
 from engine.pipeline import reduce
 from engine.plots import plot_transit_fit
