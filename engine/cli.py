@@ -1,7 +1,7 @@
 """The command line: `python -m engine VERB ...` (also installed as the `engine` script).
 
 The CLI is a thin layer: it parses arguments, calls the public API and prints; no stage logic
-lives here. Verbs: demo, reduce, fit-transit, simulate, ingest, bench.
+lives here. Verbs: demo, reduce, fit-transit, config, simulate, ingest, calibrate, bench.
 """
 
 from __future__ import annotations
@@ -85,17 +85,33 @@ def _add_reduce(sub) -> None:
     group.add_argument("--workers", type=int, help="measure runs on a local Dask cluster of N workers")
     group.add_argument("--scheduler", metavar="ADDRESS", help="measure runs on this Dask cluster")
     p.add_argument("--threads", type=int, default=None, help="threads per process (default: all)")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML settings (`python -m engine config` prints every option)")
     p.set_defaults(func=_run_reduce)
 
 
 def _run_reduce(args) -> int:
+    from engine.config_file import load_config
     from engine.pipeline import reduce
 
     _quiet_logging()
-    result = reduce(args.paths, args.out, target=_target_coordinates(args),
+    config = load_config(args.config) if args.config else None
+    result = reduce(args.paths, args.out, target=_target_coordinates(args), config=config,
                     target_xy=tuple(args.target_xy) if args.target_xy else None,
                     workers=args.workers, scheduler=args.scheduler, threads=args.threads)
     print(result.summary())
+    return 0
+
+
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="print a configuration file with every option at its default")
+    p.set_defaults(func=_run_config)
+
+
+def _run_config(args) -> int:
+    from engine.config_file import default_config_toml
+
+    print(default_config_toml())
     return 0
 
 
@@ -203,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_reduce(sub)
     _add_fit_transit(sub)
+    _add_config(sub)
     _add_simulate(sub)
     _add_bench(sub)
     _add_ingest(sub)

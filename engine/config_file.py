@@ -1,0 +1,138 @@
+"""`reduce --config FILE`: one TOML file for every setting of the main job.
+
+The file has three tables, each mapping onto one typed settings class, whose docstring is the
+documentation of every option and its default:
+
+    [ingest]       engine.config.Config (sites, frame-type overrides, Bayer mode, target)
+    [extraction]   engine.extraction.ExtractionConfig (detection, apertures, registration, PSF)
+    [ensemble]     engine.ensemble.EnsembleConfig (comparisons, weights, clouds, detrending)
+
+`python -m engine config` prints a file holding every option at its default (options whose
+default is "none" are shown commented out, as TOML has no null). Sites are an array of tables:
+
+    [[ingest.sites]]
+    name = "florida"
+    match = ["*/florida/*"]
+    clock_offset_s = 2.5
+
+and frame-type overrides a table of path glob = type: `[ingest.frame_types]` `"*/twilight/*" = "flat"`.
+An unknown option or a value of the wrong kind is an EngineValueError naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from engine.config import Config, Site
+from engine.ensemble import EnsembleConfig
+from engine.errors import EngineFileError, EngineValueError
+from engine.extraction import ExtractionConfig
+from engine.pipeline import PipelineConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["default_config_toml", "load_config", "parse_config"]
+
+_SECTIONS = {"ingest": Config, "extraction": ExtractionConfig, "ensemble": EnsembleConfig}
+
+
+def _tuples(value):
+    """TOML arrays become the tuples the frozen settings classes hold."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise EngineValueError(f"[{where}] must be a table")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise EngineValueError(f"[{where}]: unknown option(s) {', '.join(unknown)}; known: "
+                               + ", ".join(sorted(known)))
+    try:
+        return cls(**{k: _tuples(v) for k, v in values.items()})
+    except TypeError as exc:
+        raise EngineValueError(f"[{where}]: {exc}") from None
+
+
+def parse_config(text: str) -> PipelineConfig:
+    """The PipelineConfig a TOML text describes (missing options keep their defaults)."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise EngineValueError(f"configuration is not valid TOML: {exc}") from None
+    unknown = sorted(set(document) - set(_SECTIONS))
+    if unknown:
+        raise EngineValueError(f"unknown configuration table(s) {', '.join(unknown)}; known: "
+                               + ", ".join(_SECTIONS))
+    ingest = dict(document.get("ingest", {}))
+    sites = ingest.pop("sites", [])
+    if not isinstance(sites, list):
+        raise EngineValueError("[ingest] sites must be an array of tables ([[ingest.sites]])")
+    ingest["sites"] = tuple(_build(Site, site, "ingest.sites") for site in sites)
+    frame_types = ingest.pop("frame_types", {})
+    if not isinstance(frame_types, dict):
+        raise EngineValueError('[ingest.frame_types] must map path globs to types: "*/x/*" = "flat"')
+    ingest["frame_types"] = tuple(frame_types.items())
+    return PipelineConfig(
+        ingest=_build(Config, ingest, "ingest"),
+        extraction=_build(ExtractionConfig, document.get("extraction", {}), "extraction"),
+        ensemble=_build(EnsembleConfig, document.get("ensemble", {}), "ensemble"))
+
+
+def load_config(path) -> PipelineConfig:
+    """Read a TOML configuration file (see the module docstring)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise EngineFileError(f"{path}: cannot read the configuration ({exc.strerror})") from None
+    try:
+        return parse_config(text)
+    except EngineValueError as exc:
+        raise EngineValueError(f"{path}: {exc}") from None
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def default_config_toml() -> str:
+    """A configuration file holding every option at its default value."""
+    lines = ["# The engine's configuration for `python -m engine reduce --config FILE`.",
+             "# Every option is shown at its default; see the docstrings of engine.config.Config,",
+             "# engine.config.Site, engine.extraction.ExtractionConfig and",
+             "# engine.ensemble.EnsembleConfig for what each one does.", ""]
+    for section, cls in _SECTIONS.items():
+        lines.append(f"[{section}]")
+        defaults = cls()
+        for field in dataclasses.fields(cls):
+            if section == "ingest" and field.name in ("sites", "frame_types"):
+                continue
+            value = getattr(defaults, field.name)
+            if value is None:
+                lines.append(f"# {field.name} =   (none by default)")
+            else:
+                lines.append(f"{field.name} = {_toml_value(value)}")
+        if section == "ingest":
+            lines += ["", "# [ingest.frame_types]", '# "*/twilight/*" = "flat"', "",
+                      "# [[ingest.sites]]", '# name = "florida"', '# match = ["*/florida/*"]',
+                      "# longitude_deg = -81.0", "# latitude_deg = 28.5", "# height_m = 20.0",
+                      "# clock_offset_s = 0.0"]
+        lines.append("")
+    return "\n".join(lines)
