@@ -12,6 +12,7 @@ from engine.errors import (EngineError, EngineFileError, EngineValueError, Missi
                            RegistrationError)
 from engine.extraction import ExtractionConfig, RunPhotometry, extract_run
 from engine.ingest import IngestResult, ingest
+from engine.periods import PeriodSearch, find_period
 from engine.photometry import aperture_photometry, aperture_photometry_frames
 from engine.pipeline import PipelineConfig, ReduceResult, reduce
 from engine.psf import (PSFModel, fit_psf_model, fit_psf_models, psf_photometry,
@@ -33,6 +34,7 @@ __all__ = [
     "IngestResult",
     "MissingToolError",
     "PSFModel",
+    "PeriodSearch",
     "PipelineConfig",
     "ReduceResult",
     "Registration",
@@ -49,6 +51,7 @@ __all__ = [
     "detect_stars",
     "disk_rectangle_area",
     "extract_run",
+    "find_period",
     "fit_psf_model",
     "fit_psf_models",
     "fit_transit",

@@ -1,6 +1,6 @@
 """The engine's configuration: what the headers cannot say, in one typed place.
 
-A later TOML loader fills these dataclasses; until then callers build them in Python:
+`reduce --config FILE` fills them from TOML (engine/config_file.py); in Python:
 
     Config(sites=(Site("ctio", longitude_deg=-70.815, latitude_deg=-30.165, height_m=2207,
                        clock_offset_s=1.2, match=("CTIO-0.4m",)),),
