@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from engine.calibration import calibrate
 from engine.config import Config
@@ -96,7 +97,8 @@ def _measure_run(run_id: str, cube_path: str, frames: pa.Table, target_xy, confi
                   folder / f"{run_id}.stars.parquet")
     write_parquet(result.registration, folder / f"{run_id}.registration.parquet")
     meta = {"reference_frame": result.reference_frame, "fwhm": result.fwhm,
-            "target": result.target, "notes": result.notes}
+            "target": result.target, "notes": result.notes,
+            "settings": _settings(config, target_xy)}
     return str(write_parquet(result.photometry.append_column("run_id", run),
                              folder / f"{run_id}.parquet", metadata={"engine": json.dumps(meta)}))
 
@@ -131,11 +133,22 @@ def _trimmed(xy, run_frames: pa.Table):
     return (x, y)
 
 
-def _up_to_date(product: Path, source: Path) -> bool:
+def _settings(config: ExtractionConfig, target_xy) -> str:
+    """What a run's photometry depends on besides its cube: a product made otherwise is redone."""
+    return json.dumps({"extraction": asdict(config),
+                       "target_xy": None if target_xy is None else [float(v) for v in target_xy]},
+                      sort_keys=True)
+
+
+def _up_to_date(product: Path, source: Path, settings: str) -> bool:
+    """The product exists, is newer than every file of its source, and was made with `settings`."""
     if not product.exists() or not source.exists():
         return False
     newest = max((p.stat().st_mtime for p in source.rglob("*")), default=source.stat().st_mtime)
-    return product.stat().st_mtime >= newest
+    if product.stat().st_mtime < newest:
+        return False
+    metadata = pq.read_schema(product).metadata or {}
+    return json.loads(metadata.get(b"engine", b"{}")).get("settings") == settings
 
 
 def reduce(paths, out_dir, *, target=None, target_xy=None, config: PipelineConfig | None = None,
@@ -169,15 +182,15 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, config: PipelineConfi
     start = time.perf_counter()
     jobs = []
     for run_id in runs:
-        product = out / PHOTOMETRY_FOLDER / f"{run_id}.parquet"
-        if _up_to_date(product, Path(calibrated.runs[run_id])):
-            continue
         run_frames = _run_frames(frames, run_id)
         xy = target_xy.get(run_id) if isinstance(target_xy, dict) else target_xy
         if xy is None:
             xy = _target_from_wcs(run_frames)
         if xy is not None:
             xy = _trimmed(xy, run_frames)
+        product = out / PHOTOMETRY_FOLDER / f"{run_id}.parquet"
+        if _up_to_date(product, Path(calibrated.runs[run_id]), _settings(config.extraction, xy)):
+            continue
         jobs.append((run_id, str(calibrated.runs[run_id]), run_frames, xy, config.extraction,
                      str(out), threads))
     _run_jobs(jobs, workers, scheduler)

@@ -156,3 +156,19 @@ def test_psf_photometry_joins_the_photometry_table(night, tmp_path):
         diagnostics = result.report["runs"][run_id]
         if "skipped" not in diagnostics:
             assert "psf" in json.dumps(diagnostics["aperture"])
+
+
+def test_changed_settings_redo_the_photometry(reduced, night):
+    from engine.extraction import ExtractionConfig
+    from engine.pipeline import PipelineConfig
+
+    out, result, positions, target = reduced
+    raw, _ = night
+    product = out / "photometry" / f"{result.runs[0]}.parquet"
+    before = product.stat().st_mtime_ns
+    config = PipelineConfig(extraction=ExtractionConfig(aperture_fwhm=(1.0, 2.0)))
+    reduce([raw], out, target=target, target_xy=positions, config=config)
+    assert product.stat().st_mtime_ns != before
+    radii = set(pq.read_table(product).column("radius").to_pylist())
+    assert len(radii) == 2
+    reduce([raw], out, target=target, target_xy=positions)  # back to the defaults for the others
