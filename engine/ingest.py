@@ -50,6 +50,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
+from engine.cext import default_threads
 from engine.config import Config, Site
 from engine.errors import EngineFileError, EngineValueError, HeaderError
 from engine.io import bayer as _bayer
@@ -133,17 +134,6 @@ def parse_target(target) -> tuple[float, float] | None:
         return parse_ra(ra), parse_dec(dec)
     except (TypeError, ValueError) as exc:
         raise EngineValueError(f"target ({ra!r}, {dec!r}) is not a sky position: {exc}") from None
-
-
-def _workers(workers: int | None) -> int:
-    if workers is None:
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:
-            return os.cpu_count() or 1
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise EngineValueError(f"workers must be a positive integer, got {workers!r}")
-    return int(workers)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -622,7 +612,7 @@ def ingest(paths, out_dir, target=None, config: Config | None = None, *,
     if not isinstance(config, Config):
         raise EngineValueError(
             f"config must be an engine.config.Config, got {type(config).__name__}")
-    threads = _workers(workers)
+    threads = default_threads(workers, "workers")
     parsed = parse_target(target)
     target_source = "argument" if parsed is not None else None
     if parsed is None and config.target_ra_deg is not None:

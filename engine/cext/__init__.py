@@ -23,10 +23,16 @@ from . import _core
 __all__ = ["aperture_sums", "circle_overlap_grid", "disk_rectangle_area", "sigma_clipped_median"]
 
 
-def _finite(name: str, value: float) -> float:
-    value = float(value)
+def _finite(name: str, value, *, low: float | None = None, strict: bool = False) -> float:
+    """`value` as a finite float (>= low, or > low when strict), else EngineValueError."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise EngineValueError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(value):
         raise EngineValueError(f"{name} must be finite, got {value!r}")
+    if low is not None and (value <= low if strict else value < low):
+        raise EngineValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value!r}")
     return value
 
 
@@ -100,14 +106,16 @@ def sigma_clipped_median(values, sigma: float = 3.0, iterations: int = 5) -> tup
     return _core.sigma_clipped_median(values, sigma, int(iterations))
 
 
-def default_threads(threads: int | None) -> int:
+def default_threads(threads: int | None, name: str = "threads") -> int:
     """The thread count for a compiled call: `threads`, or every core this process may use."""
     if threads is None:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = int(threads)
-    if threads < 1:
-        raise EngineValueError(f"threads must be >= 1, got {threads}")
-    return threads
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # no affinity on this platform
+            return os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise EngineValueError(f"{name} must be a positive integer, got {threads!r}")
+    return int(threads)
 
 
 def aperture_sums(frames: np.ndarray, x: np.ndarray, y: np.ndarray, radii, *,

@@ -21,13 +21,12 @@ What the core promises
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from engine.errors import EngineValueError
 
-from . import _core, default_threads
+from . import _core, _finite, default_threads
 
 __all__ = [
     "BACKGROUNDS",
@@ -54,18 +53,6 @@ def _profile(profile: str) -> int:
     except (KeyError, TypeError):
         raise EngineValueError(
             f"model must be one of {sorted(PROFILES)}, got {profile!r}") from None
-
-
-def _finite(name: str, value, *, low: float | None = None, strict: bool = False) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise EngineValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise EngineValueError(f"{name} must be finite, got {value!r}")
-    if low is not None and (value <= low if strict else value < low):
-        raise EngineValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value!r}")
-    return value
 
 
 def _integer(name: str, value, low: int, high: int | None = None) -> int:
