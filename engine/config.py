@@ -55,6 +55,8 @@ class Site:
         TELESCOP, OBSERVAT, SITENAME, SITE and INSTRUME (without case and surrounding blanks; so
         'C14 f/11' works) and used as a glob on the frame's absolute path ('*/florida/*').
         Empty: frames whose TELESCOP, OBSERVAT, SITENAME, SITE or INSTRUME equals the site's name.
+    aperture_diameter_m: the telescope's aperture diameter in metres, for the scintillation
+        noise term; overrides the header's APTDIA.
     """
 
     name: str
@@ -65,13 +67,17 @@ class Site:
     utc_offset_hours: float | None = None
     time_reference: str | None = None
     match: tuple[str, ...] = ()
+    aperture_diameter_m: float | None = None
 
     def __post_init__(self):
         owner = f"site {self.name!r}"
         if not isinstance(self.name, str) or not self.name.strip():
             raise EngineValueError(f"a site needs a non-empty name, got {self.name!r}")
-        for name in ("longitude_deg", "latitude_deg", "height_m", "utc_offset_hours"):
+        for name in ("longitude_deg", "latitude_deg", "height_m", "utc_offset_hours",
+                     "aperture_diameter_m"):
             object.__setattr__(self, name, _finite_or_none(owner, name, getattr(self, name)))
+        if self.aperture_diameter_m is not None and not self.aperture_diameter_m > 0.0:
+            raise EngineValueError(f"{owner}: aperture_diameter_m must be positive")
         offset = _finite_or_none(owner, "clock_offset_s", self.clock_offset_s)
         object.__setattr__(self, "clock_offset_s", 0.0 if offset is None else offset)
         if (self.longitude_deg is None) != (self.latitude_deg is None):

@@ -64,7 +64,8 @@ class ExtractionConfig:
     tracking_max_rms: float = 0.5
     #: Frames read and measured per block [16].
     block_frames: int = 16
-    #: Telescope aperture diameter in metres, for scintillation [None: 0.3, said in the notes].
+    #: Telescope aperture diameter in metres, for scintillation, for every run [None: each
+    #: frame's `aperture_diameter_m` (site configuration or APTDIA), else 0.3, said in the notes].
     aperture_diameter_m: float | None = None
     #: Osborn et al. (2015) site factor C_Y for scintillation [1.5].
     scintillation_cy: float = 1.5
@@ -226,10 +227,13 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     airmass = _column(frames, "airmass", 1.0)
     height = _column(frames, "site_height_m", 0.0)
     dark = _column(frames, "dark_current", 0.0)
-    diameter = config.aperture_diameter_m
-    if diameter is None:
-        diameter = 0.3
-        notes.append("telescope aperture unknown: 0.3 m assumed for the scintillation term")
+    if config.aperture_diameter_m is not None:
+        diameter = np.full(n_frames, float(config.aperture_diameter_m))
+    else:
+        diameter = _column(frames, "aperture_diameter_m", np.nan)
+        if not np.all(diameter > 0.0):
+            diameter = np.where(diameter > 0.0, diameter, 0.3)
+            notes.append("telescope aperture unknown: 0.3 m assumed for the scintillation term")
     sigma_scint = scintillation_sigma(diameter, np.maximum(airmass, 1.0), np.maximum(height, 0.0),
                                       np.maximum(exptime, 1e-3), c_y=config.scintillation_cy)
 

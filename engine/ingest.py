@@ -295,6 +295,9 @@ def _scan(path: Path, config: Config) -> _Scanned:
     row["pointing_source"] = record.sources.get("pointing")
     row["wcs"] = record.wcs
     row["saturation"] = record.saturation
+    row["aperture_diameter_m"] = (site.aperture_diameter_m if site is not None and
+                                  site.aperture_diameter_m is not None
+                                  else record.aperture_diameter_m)
     row["bayer_pattern"] = record.bayer_pattern
     _site_location(row, site, record)
 

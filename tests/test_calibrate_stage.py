@@ -104,3 +104,29 @@ def test_calibration_sets_that_do_not_fit_the_lights_are_left_out_with_reasons(t
     # The light is a flat (over 4): calibrated by the flat it is nearly uniform.
     frame = np.asarray(open_cube(result.runs[run_id])[0])  # NaN where the flat is not > 0
     assert np.nanstd(frame[100:-100, 100:-100]) < 0.05 * np.nanmedian(frame)
+
+
+def test_integer_lights_without_a_saturation_keyword_flag_the_top_of_their_range(tmp_path):
+    from engine.flags import PixelFlag
+    from engine.ingest import ingest
+
+    rng = np.random.default_rng(5)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    hot = [(5, 7), (20, 31)]
+    for k, kind in enumerate(["Bias Frame"] * 3 + ["Light Frame"] * 3):
+        data = rng.normal(1000.0, 5.0, (40, 48))
+        if kind == "Light Frame":
+            for y, x in hot:
+                data[y, x] = 65535.0 if k % 2 else 63000.0  # both above 95 % of 65535
+            data[30, 10] = 61000.0  # bright but below the assumed level
+        header = fits.Header({"IMAGETYP": kind, "EXPTIME": 0.0 if "Bias" in kind else 10.0,
+                              "DATE-OBS": f"2024-05-01T03:{k:02d}:00", "TELESCOP": "T1"})
+        fits.PrimaryHDU(np.round(data).astype(np.uint16), header).writeto(raw / f"f{k}.fits")
+    result = calibrate(ingest([raw], tmp_path / "out"), tmp_path / "out", threads=1)
+    (run_id, path), = result.runs.items()
+    mask = np.asarray(open_cube(path.with_name(path.name[:-5] + "_mask.zarr")))
+    saturated = (mask & PixelFlag.SATURATED) != 0
+    assert saturated.sum() == 3 * len(hot)
+    assert all(saturated[:, y, x].all() for y, x in hot)
+    assert any("62258 ADU assumed" in n for n in result.notes[run_id]), result.notes

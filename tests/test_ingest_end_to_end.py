@@ -245,11 +245,12 @@ def simulated(tmp_path_factory):
     return base, result.truth
 
 
-def simulated_config(truth, with_offsets=True):
+def simulated_config(truth, with_offsets=True, aperture_of=()):
     sites = tuple(
         Site(name, longitude_deg=s["longitude_deg"], latitude_deg=s["latitude_deg"],
              height_m=s["elevation_m"], match=(s["telescope"],),
-             clock_offset_s=truth["clock_offsets_s"][name] if with_offsets else 0.0)
+             clock_offset_s=truth["clock_offsets_s"][name] if with_offsets else 0.0,
+             aperture_diameter_m=s["aperture_m"] if name in aperture_of else None)
         for name, s in truth["sites"].items())
     return Config(sites=sites)
 
@@ -257,8 +258,9 @@ def simulated_config(truth, with_offsets=True):
 def test_simulated_night_classified_and_timed_against_truth(simulated):
     base, truth = simulated
     target = (truth["target"]["ra_hms"], truth["target"]["dec_dms"])
-    result = ingest([base / "raw"], base / "out", target=target, config=simulated_config(truth),
-                    workers=2)
+    configured = [s for s in sorted(truth["sites"]) if s != "florida"][:1]  # MaxIm: APTDIA
+    result = ingest([base / "raw"], base / "out", target=target,
+                    config=simulated_config(truth, aperture_of=configured), workers=2)
     rows = {os.path.relpath(r["path"], base / "raw"): r for r in result.frames.to_pylist()}
     assert len(rows) == len(truth["frames"])
     assert any(offset != 0 for offset in truth["clock_offsets_s"].values())
@@ -274,7 +276,13 @@ def test_simulated_night_classified_and_timed_against_truth(simulated):
             worst = max(worst, abs(error))
             assert abs(error) < 0.01, (frame["file"], error, row["time_source"])
             assert row["airmass"] == pytest.approx(frame["airmass"], abs=0.01)
+            # Configured, or read from APTDIA where the camera software writes it.
+            if frame["site"] in configured or row["aperture_diameter_m"] is not None:
+                assert row["aperture_diameter_m"] == pytest.approx(
+                    truth["sites"][frame["site"]]["aperture_m"])
     assert worst < 0.01
+    assert any(r["aperture_diameter_m"] is not None and r["site"] not in configured
+               for r in rows.values())  # one site's header says it
     for run in truth["runs"]:
         light = [rows[f] for f in run["light_files"]]
         run_ids = {r["run_id"] for r in light}

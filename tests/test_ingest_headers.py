@@ -15,6 +15,25 @@ SHAPE = (100, 120)
 
 
 
+# --------------------------------------------------------------------------- telescope
+
+
+@pytest.mark.parametrize("value, expected", [(279.4, 0.2794), (600, 0.6), (0.4, 0.4)])
+def test_aperture_diameter_from_aptdia_in_mm_or_metres(value, expected):
+    h = fits.Header()
+    h["APTDIA"] = (value, "Aperture diameter of telescope in mm")
+    assert normalise_header(h, SHAPE).aperture_diameter_m == pytest.approx(expected)
+    assert normalise_header(fits.Header(), SHAPE).aperture_diameter_m is None
+
+
+def test_site_aperture_must_be_positive():
+    assert Site("a", aperture_diameter_m=0.35).aperture_diameter_m == 0.35
+    with pytest.raises(EngineValueError, match="aperture_diameter_m"):
+        Site("a", aperture_diameter_m=0.0)
+    with pytest.raises(EngineValueError, match="aperture_diameter_m"):
+        Site("a", aperture_diameter_m="wide")
+
+
 # --------------------------------------------------------------------------- gain
 
 

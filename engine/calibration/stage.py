@@ -47,6 +47,10 @@ MASTERS_FOLDER = "masters"
 CALIBRATED_FOLDER = "calibrated"
 REPORT_FILE = "calibration.json"
 _FORMAT = "calibrate-1"
+#: Without SATURATE or DATAMAX in the headers, stored values above this fraction of an integer
+#: format's range count as saturated: full wells and ADCs clip near the top of the range, and
+#: few cameras stay linear through its last percent.
+ASSUMED_SATURATION_FRACTION = 0.95
 
 
 @dataclass
@@ -277,6 +281,14 @@ class _Sets:
         return self.built[key]
 
 
+def _assumed_saturation(dtype) -> float | None:
+    """Saturation level of raw integer data whose headers give none (None for float data)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "ui":
+        return None
+    return ASSUMED_SATURATION_FRACTION * float(np.iinfo(dtype).max)
+
+
 def _cube(cubes, set_id):
     from engine.io.cube import open_cube
 
@@ -373,6 +385,11 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
             dark = library.dark(dark_id, bias, geometry) if dark_id else None
             flat_id = choose("flat", light_rows[0].get("filter"))
             saturation = _median(r.get("saturation") for r in light_rows)
+            if saturation is None:
+                saturation = _assumed_saturation(_cube(cubes, run_id).dtype)
+                if saturation is not None:
+                    notes.append(f"no saturation level in the headers: {saturation:.0f} ADU "
+                                 f"assumed ({ASSUMED_SATURATION_FRACTION:.0%} of the stored range)")
             flat = library.flat(flat_id, bias, dark, geometry, saturation) if flat_id else None
             bad = None
             if dark is not None or flat is not None:

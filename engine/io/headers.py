@@ -110,6 +110,7 @@ class HeaderRecord:
     bayer_pattern: str | None = None
     saturation: float | None = None
     airmass: float | None = None
+    aperture_diameter_m: float | None = None
     sources: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -543,4 +544,9 @@ def normalise_header(header, shape: tuple[int, int]) -> HeaderRecord:
     value, key = _first_number(header, _AIRMASS_KEYS, record)
     if value is not None and value >= 1.0:
         record.airmass, record.sources["airmass"] = value, key
+    value, key = _first_number(header, ("APTDIA",), record)
+    if value is not None and value > 0:
+        # MaxIm DL and ACP write APTDIA in mm; a value under 5 can only be metres.
+        record.aperture_diameter_m = value if value < 5.0 else value / 1000.0
+        record.sources["aperture_diameter"] = key
     return record

@@ -97,6 +97,8 @@ FRAMES_SCHEMA = pa.schema([
     _field("trim_section", pa.list_(pa.int32(), 4), "TRIMSEC (else DATASEC), 0-based half-open"),
     _field("wcs", pa.string(), "celestial WCS header cards when present"),
     _field("saturation", pa.float64(), "saturation level from the header (SATURATE, DATAMAX), ADU"),
+    _field("aperture_diameter_m", pa.float64(),
+           "telescope aperture diameter, m (site configuration, else APTDIA), for scintillation"),
     _field("median_adu", pa.float64(), "median pixel value of the stored frame (subsampled)"),
 ])
 
