@@ -34,6 +34,7 @@ from engine.errors import EngineValueError, RegistrationError
 from engine.flags import MeasurementFlag
 from engine.noise import scintillation_sigma
 from engine.photometry import aperture_photometry_frames
+from engine.progress import progress
 from engine.psf import psf_photometry_frames
 from engine.registration import Transform, fit_transform, match_transform, recentre
 
@@ -242,6 +243,8 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     registrations: list[dict] = [None] * n_frames  # type: ignore[list-item]
     tables = []
     max_shift = config.recentre_max_shift_fwhm * fwhm
+    run_id = frames.column("run_id")[0].as_py() if "run_id" in frames.column_names else ""
+    bar = progress(total=n_frames, desc=f"photometry {run_id}".rstrip())
     for start in range(0, n_frames, config.block_frames):
         stop = min(n_frames, start + config.block_frames)
         block = np.ascontiguousarray(np.asarray(data[start:stop]), dtype=np.float32)
@@ -269,6 +272,8 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
         if config.psf_photometry:
             tables.append(_psf_rows(block, x, y, block_mask, start, gain, read_noise,
                                     registrations[start:stop], config, threads))
+        bar.update(stop - start)
+    bar.close()
     photometry = pa.concat_tables(tables, promote_options="default")
 
     target = None

@@ -60,6 +60,7 @@ from engine.io.frame_type import classify_frame
 from engine.io.headers import identity_values, normalise_header, parse_dec, parse_ra
 from engine.io.tables import FRAMES_SCHEMA, read_parquet, write_parquet
 from engine.io.timestamps import exposure_mid
+from engine.progress import progress
 
 __all__ = ["IngestResult", "ingest", "parse_target"]
 
@@ -517,6 +518,7 @@ def _write_run(run_id: str, members: list[_Scanned], cube_path: Path, attributes
     rows = [m.row for m in members]
     writer = None
     writes = collections.deque()  # frames compressing and writing in the pool
+    bar = progress(total=len(members), desc=f"ingest {run_id}")
     try:
         pending = collections.deque()
         iterator = iter(members)
@@ -530,6 +532,7 @@ def _write_run(run_id: str, members: list[_Scanned], cube_path: Path, attributes
             if following is not None:
                 pending.append((following, pool.submit(_load, following, mode)))
             loaded = future.result()
+            bar.update(1)
             row = scanned.row
             if loaded.data is None:
                 _skip(row, loaded.code, loaded.reason)
@@ -568,6 +571,8 @@ def _write_run(run_id: str, members: list[_Scanned], cube_path: Path, attributes
         if writer is not None:
             writer.abort()
         raise
+    finally:
+        bar.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -645,7 +650,8 @@ def ingest(paths, out_dir, target=None, config: Config | None = None, *,
 
     with warnings.catch_warnings(), ThreadPoolExecutor(threads) as pool:
         _quiet_astropy()
-        scanned = list(pool.map(lambda p: _scan_safely(p, config), files))
+        scanned = list(progress(pool.map(lambda p: _scan_safely(p, config), files),
+                                total=len(files), desc="ingest: headers", unit="file"))
 
         groups: dict[tuple, list[_Scanned]] = collections.defaultdict(list)
         for item in scanned:

@@ -32,6 +32,7 @@ from engine.extraction import ExtractionConfig, extract_run
 from engine.ingest import ingest
 from engine.io.cube import open_cube
 from engine.io.tables import read_parquet, write_parquet
+from engine.progress import progress, quiet
 
 __all__ = ["PipelineConfig", "ReduceResult", "reduce"]
 
@@ -81,11 +82,15 @@ def _run_frames(frames: pa.Table, run_id: str) -> pa.Table:
 
 
 def _measure_run(run_id: str, cube_path: str, frames: pa.Table, target_xy, config: ExtractionConfig,
-                 out_dir: str, threads) -> str:
+                 out_dir: str, threads, on_worker: bool = False) -> str:
     """Photometry of one run into photometry/RUN_ID.parquet (+ stars and registration tables).
 
-    A plain function of paths and tables so that a Dask worker can run it.
+    A plain function of paths and tables so that a Dask worker can run it (without progress
+    bars there: the client shows one over the runs).
     """
+    if on_worker:
+        with quiet():
+            return _measure_run(run_id, cube_path, frames, target_xy, config, out_dir, threads)
     folder = Path(out_dir) / PHOTOMETRY_FOLDER
     data = open_cube(cube_path)
     mask_path = Path(str(cube_path).removesuffix(".zarr") + "_mask.zarr")
@@ -222,8 +227,12 @@ def _run_jobs(jobs, workers, scheduler) -> None:
                                dashboard_address=None)
         client = Client(cluster)
     try:
-        futures = [client.submit(_measure_run, *job, pure=False) for job in jobs]
-        client.gather(futures)
+        from dask.distributed import as_completed
+
+        futures = [client.submit(_measure_run, *job, on_worker=True, pure=False) for job in jobs]
+        for future in progress(as_completed(futures), total=len(futures),
+                               desc="photometry (runs)", unit="run"):
+            future.result()  # raises a worker's error here
     finally:
         client.close()
         if cluster is not None:

@@ -18,6 +18,7 @@ import numpy as np
 from engine.calibration.masters import _BUDGET, DarkModel, Master, _note
 from engine.errors import EngineValueError
 from engine.kernels.calibrate import calibrate_frames
+from engine.progress import progress
 
 __all__ = ["CalibratedRun", "calibrate_cube"]
 
@@ -105,8 +106,9 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
         arrays = [np.empty((nframes,) + shape, np.float32), np.empty((nframes,) + shape, np.uint8)]
         if uncertainty:
             arrays.append(np.empty((nframes,) + shape, np.float32))
+    label = f"calibrate {(attributes or {}).get('run_id', '')}".rstrip()
     try:
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with ThreadPoolExecutor(max_workers=2) as pool, progress(total=nframes, desc=label) as bar:
             pending = []
             for f0 in range(0, nframes, per_chunk):
                 f1 = min(nframes, f0 + per_chunk)
@@ -127,6 +129,7 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
                         nonlinearity=nonlinearity, gain=gain, read_noise=read_noise,
                         out=results[0][a:b], mask=results[1][a:b],
                         uncertainty=results[2][a:b] if uncertainty else False, threads=threads)
+                bar.update(f1 - f0)
                 if arrays is not None:
                     for target, result in zip(arrays, results):
                         target[f0:f1] = result
