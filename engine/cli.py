@@ -1,7 +1,8 @@
 """The command line: `python -m engine VERB ...` (also installed as the `engine` script).
 
 The CLI is a thin layer: it parses arguments, calls the public API and prints; no stage logic
-lives here. Verbs: demo, reduce, fit-transit, config, simulate, ingest, calibrate, bench.
+lives here. Verbs: demo, reduce, fit-transit, export, config, simulate, ingest, calibrate,
+bench.
 """
 
 from __future__ import annotations
@@ -147,6 +148,70 @@ def _run_fit_transit(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="a light-curve table as an AAVSO Extended File Format "
+                                      "report or as CSV")
+    p.add_argument("lightcurves", type=Path, metavar="LIGHTCURVES", help="lightcurves.parquet")
+    p.add_argument("--aavso", type=Path, metavar="FILE", help="write the target's AAVSO report")
+    p.add_argument("--observer", metavar="CODE", help="AAVSO observer code (with --aavso)")
+    p.add_argument("--star-name", help="AAVSO name or AUID of the target (default: the OBJECT)")
+    p.add_argument("--chart", default="na", help="AAVSO chart id of the sequence (default: na)")
+    p.add_argument("--date", choices=("HJD", "JD"), default="HJD", help="date type (default HJD)")
+    p.add_argument("--all-frames", action="store_true",
+                   help="also write flagged frames, their flags named in NOTES")
+    _add_target_coordinates(p)
+    p.add_argument("--csv", type=Path, metavar="FILE", help="write every row as CSV")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from engine.errors import EngineValueError
+    from engine.ingest import parse_target
+    from engine.io.exports import write_aavso_extended, write_csv
+    from engine.io.tables import read_parquet
+
+    if args.aavso is None and args.csv is None:
+        raise EngineValueError("say what to write: --aavso FILE and/or --csv FILE")
+    lightcurves = read_parquet(args.lightcurves)
+    if args.csv is not None:
+        print(f"CSV written to {write_csv(lightcurves, args.csv)}")
+    if args.aavso is not None:
+        if not args.observer:
+            raise EngineValueError("--aavso needs --observer CODE (your AAVSO observer code)")
+        frames = _light_frames(args.lightcurves.with_name("frames.parquet"))
+        target = parse_target(_target_coordinates(args))
+        if target is None:
+            target = next(((r["target_ra_deg"], r["target_dec_deg"]) for r in frames
+                           if r["target_ra_deg"] is not None and r["target_dec_deg"] is not None),
+                          None)
+        if target is None:
+            raise EngineValueError("no target coordinates in the reduction's frames.parquet: "
+                                   "give --target-ra and --target-dec")
+        names = {r["object"] for r in frames if r["object"]}
+        star_name = args.star_name or (names.pop() if len(names) == 1 else None)
+        if star_name is None:
+            raise EngineValueError("give --star-name (the frames name "
+                                   f"{len(names)} objects: {sorted(names)[:3]})" if names else
+                                   "give --star-name: the frames name no object")
+        path = write_aavso_extended(lightcurves, args.aavso, observer_code=args.observer,
+                                    target=target, star_name=star_name, chart=args.chart,
+                                    date=args.date, good_only=not args.all_frames)
+        print(f"AAVSO report written to {path}")
+    return 0
+
+
+def _light_frames(frames_path: Path) -> list[dict]:
+    """Target coordinates and OBJECT of the light frames of the reduction beside the light
+    curves (none when there is no frames table)."""
+    from engine.io.tables import read_parquet
+
+    if not frames_path.is_file():
+        return []
+    table = read_parquet(frames_path).select(["frame_type", "object", "target_ra_deg",
+                                              "target_dec_deg"])
+    return [row for row in table.to_pylist() if row["frame_type"] == "light"]
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks against the anchor tools, measured in one run")
     p.add_argument("--quick", action="store_true", help="small sizes and few rounds")
@@ -219,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_reduce(sub)
     _add_fit_transit(sub)
+    _add_export(sub)
     _add_config(sub)
     _add_simulate(sub)
     _add_bench(sub)

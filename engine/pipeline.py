@@ -7,7 +7,8 @@ on a local Dask cluster (`workers`), or on an existing one (`scheduler`).
 
 Products: frames.parquet and cubes (ingest), masters/ and calibrated/ (calibrate),
 photometry/RUN.parquet plus photometry.parquet and stars.parquet (all runs), lightcurves.parquet
-and report.json (ensemble and merge).
+and report.json (ensemble and merge), lightcurves.csv and the plots weights.png,
+transparency.png and noise_budget.png.
 """
 
 from __future__ import annotations
@@ -204,10 +205,34 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, config: PipelineConfi
     start = time.perf_counter()
     lightcurves, report = _ensemble(out, runs, frames, config.ensemble, threads)
     timings["ensemble"] = time.perf_counter() - start
+    start = time.perf_counter()
+    report["products"] = _write_views(out, lightcurves, report)
+    timings["plots"] = time.perf_counter() - start
     report["timings_s"] = timings
     write_report(report, out / "report.json")
     return ReduceResult(out_dir=out, runs=runs, lightcurves=lightcurves, report=report,
                         timings_s=timings)
+
+
+def _write_views(out: Path, lightcurves: pa.Table, report: dict) -> list[str]:
+    """The light curves as CSV and the diagnostic plots; returns the files written. A plot the
+    data cannot support (e.g. no comparison star in any run) is logged and left out."""
+    from engine.io.exports import write_csv
+    from engine.plots import plot_comparison_weights, plot_noise_budget, plot_transparency
+
+    written = [write_csv(lightcurves, out / "lightcurves.csv")]
+    plots = {
+        "weights.png": lambda path: plot_comparison_weights(report, path),
+        "transparency.png": lambda path: plot_transparency(lightcurves, path),
+        "noise_budget.png": lambda path: plot_noise_budget(
+            read_parquet(out / "photometry.parquet"), path, lightcurves=lightcurves),
+    }
+    for name, draw in plots.items():
+        try:
+            written.append(draw(out / name))
+        except EngineValueError as exc:
+            log.warning("%s not drawn: %s", name, exc)
+    return [Path(path).name for path in written]
 
 
 def _run_jobs(jobs, workers, scheduler) -> None:

@@ -46,8 +46,11 @@ def reduced(night, tmp_path_factory):
 def test_products_are_written(reduced):
     out, result, _, _ = reduced
     for name in ("frames.parquet", "photometry.parquet", "stars.parquet", "lightcurves.parquet",
-                 "report.json"):
+                 "report.json", "lightcurves.csv", "weights.png", "transparency.png",
+                 "noise_budget.png"):
         assert (out / name).is_file(), name
+    for name in ("weights.png", "transparency.png", "noise_budget.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     lightcurves = pq.read_table(out / "lightcurves.parquet")
     for column in ("run_id", "time_bjd_tdb", "star_id", "role", "rel_flux", "rel_flux_err",
                    "airmass", "flags", "site", "telescope", "filter"):
@@ -134,6 +137,19 @@ def test_command_line_reduce_and_fit_transit(night, tmp_path, capsys):
     fit = json.loads((tmp_path / "FIT.json").read_text())
     assert {"tmid", "tmid_err", "rp_rs", "rp_rs_err", "depth", "runs"} <= set(fit)
     assert main(["reduce", str(raw), "--out", str(tmp_path), "--target-ra", "06:18:22"]) == 2
+
+    # The AAVSO report: coordinates and OBJECT from the reduction's frames table.
+    report = tmp_path / "SIM-1.aavso.txt"
+    assert main(["export", str(tmp_path / "lightcurves.parquet"), "--aavso", str(report),
+                 "--observer", "XYZ"]) == 0
+    lines = report.read_text().splitlines()
+    rows = [line.split(",") for line in lines if not line.startswith("#")]
+    assert "#OBSCODE=XYZ" in lines and "#DATE=HJD" in lines
+    good_target = [r for r in pq.read_table(tmp_path / "lightcurves.parquet").to_pylist()
+                   if r["role"] == "target" and r["flags"] == 0 and math.isfinite(r["mag"])]
+    assert len(rows) == len(good_target) > 0
+    assert {r[0] for r in rows} == {target["name"]}
+    assert main(["export", str(tmp_path / "lightcurves.parquet"), "--aavso", str(report)]) == 2
 
 
 def test_psf_photometry_joins_the_photometry_table(night, tmp_path):
