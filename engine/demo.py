@@ -72,7 +72,9 @@ def run_demo(out_dir: Path, seed: int = 0, preset: str = "demo", workers: int | 
     for run_id, run in fit.runs.items():
         echo(f"  {run_id}: residual rms {run['residual_rms'] * 1e3:.2f} ppt, own mid-time "
              f"{run['timing_residual_s']:+.0f} +- {run['timing_residual_err_s']:.0f} s")
+    views = ", ".join(result.report.get("products", []))
     echo(f"products in {out_dir}: frames.parquet, photometry.parquet, stars.parquet, "
-         f"lightcurves.parquet, report.json, FIT.json, {plot_path.name}, masters/, calibrated/")
+         f"lightcurves.parquet, report.json, FIT.json, {plot_path.name}, {views}, masters/, "
+         "calibrated/")
     echo(f"demo finished in {time.perf_counter() - started:.1f} s")
     return {"fit": fit.to_dict(), "truth_tmid": planet["t0_bjd_tdb"], "error_s": error_s}
