@@ -575,13 +575,14 @@ def _frame_levels(stack, frames, *, trim, overscan, overscan_method, nonlinearit
                   exptimes, threads, step: int = 8) -> np.ndarray:
     """Median of each calibrated frame over every `step`-th row and column (for normalising)."""
     ty0, ty1, tx0, tx1 = trim
-    rows = list(range(ty0, ty1, step))
     levels = []
     for i, k in enumerate(frames):
-        raw = np.stack([np.asarray(stack[k, y]) for y in rows])[None]
+        # One read per frame: a Zarr cube stores a frame per chunk, so reading row by row would
+        # decode the whole frame once per row.
+        raw = np.asarray(stack[k])[ty0:ty1:step][None]
         sub = lambda a: None if a is None else a[::step]  # noqa: E731
         calibrated = calibrate_frames(
-            raw, trim=(0, len(rows), tx0, tx1), overscan=overscan, overscan_method=overscan_method,
+            raw, trim=(0, raw.shape[1], tx0, tx1), overscan=overscan, overscan_method=overscan_method,
             nonlinearity=nonlinearity, bias=sub(bias), dark=sub(dark),
             dark_scale=None if dark is None else exptimes[i], mask=False, threads=threads).data
         levels.append(float(np.nanmedian(calibrated[0, :, ::step])))
