@@ -7,8 +7,9 @@ the field) is simulated with n_lights=N into WORK/N/raw (kept and reused when it
 there), then reduced by the command-line `reduce` in a child process into a fresh WORK/N/out.
 Reported per N: wall time of the reduce, frames per second, and the child's peak resident memory
 (its own maximum RSS, from wait4). Comparing the rows shows how the time scales with the length
-of the night: with fixed costs (start-up, masters, reference frame) small, ten times the frames
-should take about ten times as long.
+of the night: the time is a fixed cost (start-up, masters, reference frame) plus a constant cost
+per frame, which the printed straight-line fit separates; with the fixed part small, ten times
+the frames take about ten times as long.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 
 def _simulated(raw: Path, lights: int, seed: int) -> dict:
@@ -83,6 +86,11 @@ def main(argv=None) -> int:
         first, last = records[0], records[-1]
         print(f"{last['lights'] / first['lights']:.0f}x the frames took "
               f"{last['wall_s'] / first['wall_s']:.1f}x the time")
+        # Time = fixed cost + cost per frame: the line through the points separates them.
+        per_frame, fixed = np.polyfit([r["lights"] for r in records],
+                                      [r["wall_s"] for r in records], 1)
+        print(f"fit: {fixed:.1f} s fixed (start-up, masters, reference) + "
+              f"{per_frame * 1e3:.0f} ms per frame")
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     return 0
