@@ -128,6 +128,10 @@ def _add_fit_transit(sub) -> None:
                    help="per-run baseline (default airmass)")
     p.add_argument("--ephemeris", nargs=2, type=float, metavar=("T0", "P"),
                    help="published ephemeris for O-C")
+    p.add_argument("--prior", nargs=3, action="append", default=[],
+                   metavar=("NAME", "MEAN", "SIGMA"),
+                   help="Gaussian prior on rp_rs, a_rs or inc (deg); repeatable, e.g. "
+                        "--prior a_rs 9.0 0.3 --prior inc 87.5 0.8")
     p.add_argument("--out", required=True, type=Path, help="FIT.json to write")
     p.set_defaults(func=_run_fit_transit)
 
@@ -138,7 +142,8 @@ def _run_fit_transit(args) -> int:
 
     fit = fit_transit(read_parquet(args.lightcurves), period=args.period, t0=args.t0,
                       rp_rs=args.rp_rs, a_rs=args.a_rs, inc=args.inc, baseline=args.baseline,
-                      ephemeris=tuple(args.ephemeris) if args.ephemeris else None)
+                      ephemeris=tuple(args.ephemeris) if args.ephemeris else None,
+                      priors=_priors(args.prior))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     temporary = args.out.with_name(f".{args.out.name}.tmp")
     temporary.write_text(json.dumps(fit.to_dict(), indent=2) + "\n")
@@ -146,6 +151,20 @@ def _run_fit_transit(args) -> int:
     print(f"mid-transit BJD_TDB {fit.tmid:.6f} +- {fit.tmid_err * 86400:.1f} s, Rp/Rs "
           f"{fit.rp_rs:.4f} +- {fit.rp_rs_err:.4f}; written to {args.out}")
     return 0
+
+
+def _priors(items) -> dict:
+    """--prior NAME MEAN SIGMA triples as fit_transit's priors (it validates them)."""
+    from engine.errors import EngineValueError
+
+    priors = {}
+    for name, mean, sigma in items:
+        try:
+            priors[name] = (float(mean), float(sigma))
+        except ValueError:
+            raise EngineValueError(f"--prior {name}: MEAN and SIGMA must be numbers, got "
+                                   f"{mean!r} {sigma!r}") from None
+    return priors
 
 
 def _add_export(sub) -> None:

@@ -119,7 +119,8 @@ def _as_arrays(lightcurves: pa.Table) -> dict[str, np.ndarray]:
 def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float = 0.1,
                 a_rs: float = 10.0, inc: float = 89.0, limb_darkening: dict | None = None,
                 baseline: str = "airmass", t0_window: float | None = None,
-                ephemeris: tuple[float, float] | None = None) -> TransitFit:
+                ephemeris: tuple[float, float] | None = None,
+                priors: dict[str, tuple[float, float]] | None = None) -> TransitFit:
     """Fit one transit jointly over every run in `lightcurves`.
 
     Parameters
@@ -136,11 +137,15 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
     t0_window : the mid-time is bounded to t0 +- this (days; default a quarter of the duration
         implied by the starting values, at least 0.05 d).
     ephemeris : (T0, P) of a published ephemeris for the O-C of the fitted mid-time.
+    priors : {name: (mean, sigma)} Gaussian priors on 'rp_rs', 'a_rs' or 'inc' (degrees), e.g.
+        a published a/Rs and inclination, which partial transits alone constrain poorly. They
+        enter the fit as extra residuals, so the quoted errors include them.
     """
     if not (period > 0 and math.isfinite(period) and math.isfinite(t0)):
         raise EngineValueError("period must be > 0 and t0 finite")
     if baseline not in ("airmass", "time", "offset"):
         raise EngineValueError(f"baseline must be 'airmass', 'time' or 'offset', got {baseline!r}")
+    prior_terms = _prior_terms(priors)
     data = _as_arrays(lightcurves)
     runs = sorted(set(data["run_id"].tolist()))
     if not runs or len(data["time_bjd_tdb"]) < 5:
@@ -184,9 +189,15 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
         return transit(params) * offsets * (1.0 + slopes * regressor)
 
     def residuals(params):
-        return (flux - model(params)) / sigma
+        data_terms = (flux - model(params)) / sigma
+        if not prior_terms:
+            return data_terms
+        return np.concatenate([data_terms, [(params[index] - mean) / width
+                                            for index, mean, width in prior_terms]])
 
     start = [0.0, rp_rs, a_rs, inc]
+    for index, mean, _ in prior_terms:
+        start[index] = mean  # a prior's mean is a better start than a default guess
     start += [float(np.median(flux[run_index == k])) for k in range(n_runs)]
     start += [0.0] * n_slopes
     lower = [-t0_window, 1e-3, 1.5, 60.0] + [0.0] * n_runs + [-np.inf] * n_slopes
@@ -196,7 +207,7 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
                              method="trf", max_nfev=2000)
     params = solution.x
     dof = max(1, len(flux) - len(params))
-    chi2_reduced = float(np.sum(solution.fun ** 2) / dof)
+    chi2_reduced = float(np.sum(solution.fun[:len(flux)] ** 2) / dof)
     errors = _parameter_errors(solution.jac, chi2_reduced, at_bound=solution.active_mask != 0)
 
     run_report = {}
@@ -224,6 +235,29 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
                       depth=depth, period=float(period), chi2_reduced=chi2_reduced,
                       n_points=int(len(flux)), runs=run_report, o_minus_c=o_minus_c,
                       o_minus_c_err=o_minus_c_err)
+
+
+#: Parameters a prior may constrain, and their place in the fit's parameter vector.
+PRIOR_PARAMETERS = {"rp_rs": 1, "a_rs": 2, "inc": 3}
+
+
+def _prior_terms(priors) -> list[tuple[int, float, float]]:
+    """(parameter index, mean, sigma) of each Gaussian prior, validated."""
+    terms = []
+    for name, value in (priors or {}).items():
+        if name not in PRIOR_PARAMETERS:
+            raise EngineValueError(f"no prior on {name!r}: priors may be on "
+                                   f"{sorted(PRIOR_PARAMETERS)}")
+        try:
+            if isinstance(value, (str, bytes)):
+                raise TypeError
+            mean, width = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise EngineValueError(f"prior on {name} must be (mean, sigma), got {value!r}") from None
+        if not (math.isfinite(mean) and math.isfinite(width) and width > 0):
+            raise EngineValueError(f"prior on {name}: mean finite and sigma > 0, got {value!r}")
+        terms.append((PRIOR_PARAMETERS[name], mean, width))
+    return terms
 
 
 def _parameter_errors(jacobian: np.ndarray, chi2_reduced: float, at_bound=None) -> np.ndarray:

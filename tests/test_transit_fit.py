@@ -90,6 +90,21 @@ def test_o_minus_c_against_an_ephemeris():
     assert fit.o_minus_c == pytest.approx(0.001, abs=3 * fit.tmid_err)
 
 
+def test_priors_pin_the_shape_of_partial_transits():
+    rng = np.random.default_rng(6)
+    table = _network_night(rng, noise=0.004)
+    free = fit_transit(table, period=PERIOD, t0=TMID, limb_darkening=LD)
+    pinned = fit_transit(table, period=PERIOD, t0=TMID, limb_darkening=LD,
+                         priors={"a_rs": (AR, 0.05), "inc": (INC, 0.1)})
+    assert pinned.a_rs == pytest.approx(AR, abs=0.2) and pinned.inc == pytest.approx(INC, abs=0.3)
+    assert pinned.a_rs_err < 0.06 and pinned.a_rs_err < free.a_rs_err
+    assert pinned.rp_rs_err < free.rp_rs_err  # the depth no longer trades against the shape
+    assert abs(pinned.rp_rs - RP) < 4 * pinned.rp_rs_err
+    for bad in ({"period": (3.0, 0.1)}, {"a_rs": (9.0, 0.0)}, {"inc": "88"}):
+        with pytest.raises(EngineValueError):
+            fit_transit(table, period=PERIOD, t0=TMID, priors=bad)
+
+
 def test_bad_inputs_raise():
     rng = np.random.default_rng(5)
     table = _network_night(rng)
