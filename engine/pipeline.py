@@ -7,12 +7,13 @@ on a local Dask cluster (`workers`), or on an existing one (`scheduler`).
 
 Products: frames.parquet and cubes (ingest), masters/ and calibrated/ (calibrate),
 photometry/RUN.parquet plus photometry.parquet and stars.parquet (all runs), lightcurves.parquet
-and report.json (ensemble and merge), lightcurves.csv and the plots weights.png,
+and report.json (ensemble and merge), reduce.log, lightcurves.csv and the plots weights.png,
 transparency.png and noise_budget.png.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -40,6 +41,7 @@ __all__ = ["PipelineConfig", "ReduceResult", "reduce"]
 log = logging.getLogger("engine.pipeline")
 
 PHOTOMETRY_FOLDER = "photometry"
+LOG_FILE = "reduce.log"
 
 
 @dataclass(frozen=True)
@@ -172,14 +174,47 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, config: PipelineConfi
     config = PipelineConfig() if config is None else config
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with _run_log(out / LOG_FILE):
+        return _reduce(paths, out, target, target_xy, config, workers, scheduler, threads)
+
+
+@contextlib.contextmanager
+def _run_log(path: Path):
+    """Every engine message of level INFO and above, appended to the reduction's log file while
+    the block runs (the runs measured on Dask workers log there, not here)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    engine_log = logging.getLogger("engine")
+    previous = engine_log.level
+    if engine_log.getEffectiveLevel() > logging.INFO:
+        engine_log.setLevel(logging.INFO)
+    engine_log.addHandler(handler)
+    try:
+        engine_log.info("reduce started")
+        yield
+        engine_log.info("reduce finished")
+    except BaseException as exc:
+        engine_log.error("reduce stopped: %s: %s", type(exc).__name__, exc)
+        raise
+    finally:
+        engine_log.removeHandler(handler)
+        engine_log.setLevel(previous)
+        handler.close()
+
+
+def _reduce(paths, out: Path, target, target_xy, config: PipelineConfig, workers, scheduler,
+            threads) -> ReduceResult:
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
     ingested = ingest(paths, out, target=target, config=config.ingest)
     timings["ingest"] = time.perf_counter() - start
+    log.info("ingest done in %.1f s:\n%s", timings["ingest"], ingested.summary())
     start = time.perf_counter()
     calibrated = calibrate(ingested, out, threads=threads)
     timings["calibrate"] = time.perf_counter() - start
+    log.info("calibrate done in %.1f s:\n%s", timings["calibrate"], calibrated.summary())
     frames = ingested.frames
     runs = sorted(calibrated.runs)
     if not runs:
@@ -201,13 +236,16 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, config: PipelineConfi
                      str(out), threads))
     _run_jobs(jobs, workers, scheduler)
     timings["photometry"] = time.perf_counter() - start
+    log.info("photometry done in %.1f s", timings["photometry"])
 
     start = time.perf_counter()
     lightcurves, report = _ensemble(out, runs, frames, config.ensemble, threads)
     timings["ensemble"] = time.perf_counter() - start
+    log.info("ensemble done in %.1f s", timings["ensemble"])
     start = time.perf_counter()
     report["products"] = _write_views(out, lightcurves, report)
     timings["plots"] = time.perf_counter() - start
+    log.info("plots done in %.1f s", timings["plots"])
     report["timings_s"] = timings
     write_report(report, out / "report.json")
     return ReduceResult(out_dir=out, runs=runs, lightcurves=lightcurves, report=report,

@@ -47,8 +47,12 @@ def test_products_are_written(reduced):
     out, result, _, _ = reduced
     for name in ("frames.parquet", "photometry.parquet", "stars.parquet", "lightcurves.parquet",
                  "report.json", "lightcurves.csv", "weights.png", "transparency.png",
-                 "noise_budget.png"):
+                 "noise_budget.png", "reduce.log"):
         assert (out / name).is_file(), name
+    log = (out / "reduce.log").read_text()
+    for line in ("reduce started", "ingest done in", "calibrate done in", "photometry done in",
+                 "ensemble done in", "reduce finished"):
+        assert line in log, line
     for name in ("weights.png", "transparency.png", "noise_budget.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     lightcurves = pq.read_table(out / "lightcurves.parquet")
