@@ -2,8 +2,10 @@
 the recovered mid-transit time with the truth.
 
 The demo plays a network coordinator: the target's coordinates are known, each observer reports
-where the target sits on their first frame (here read from the simulator's truth), and the
-ephemeris predicts the transit a few minutes off (as published ephemerides drift).
+where the target sits on their first frame and the diameter of their telescope (here read from
+the simulator's truth; clocks are not corrected, so a site's clock error stays in its timing
+residual), and the ephemeris predicts the transit a few minutes off (as published ephemerides
+drift).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import json
 import time
 from pathlib import Path
 
+from engine.config import Config, Site
 from engine.ingest import ingest
-from engine.pipeline import reduce
+from engine.pipeline import PipelineConfig, reduce
 from engine.plots import plot_transit_fit
 from engine.simulation import simulate
 from engine.transit_fit import fit_transit
@@ -38,6 +41,14 @@ def _target_positions(truth: dict, frames) -> dict[str, tuple[float, float]]:
     return positions
 
 
+def network_config(truth: dict) -> PipelineConfig:
+    """What the observers tell the coordinator: each site's telescope (matched by TELESCOP) and
+    its aperture diameter, for the scintillation term of the noise model."""
+    sites = tuple(Site(name, match=(site["telescope"],), aperture_diameter_m=site["aperture_m"])
+                  for name, site in truth["sites"].items())
+    return PipelineConfig(ingest=Config(sites=sites))
+
+
 def run_demo(out_dir: Path, seed: int = 0, preset: str = "demo", workers: int | None = None,
              echo=print) -> dict:
     out_dir = Path(out_dir)
@@ -46,8 +57,9 @@ def run_demo(out_dir: Path, seed: int = 0, preset: str = "demo", workers: int | 
     echo(simulation.summary())
     truth = simulation.truth
     target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
-    ingested = ingest([out_dir / "raw"], out_dir, target=target)
-    result = reduce([out_dir / "raw"], out_dir, target=target,
+    config = network_config(truth)
+    ingested = ingest([out_dir / "raw"], out_dir, target=target, config=config.ingest)
+    result = reduce([out_dir / "raw"], out_dir, target=target, config=config,
                     target_xy=_target_positions(truth, ingested.frames), workers=workers)
     echo("")
     echo(result.summary())

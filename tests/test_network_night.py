@@ -15,11 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.spatial import cKDTree
 
-from engine.config import Config, Site
-from engine.demo import EPHEMERIS_ERROR_DAYS, _target_positions
+from engine.demo import EPHEMERIS_ERROR_DAYS, _target_positions, network_config
 from engine.ingest import ingest
 from engine.kernels.transit import transit_light_curve
-from engine.pipeline import PipelineConfig, reduce
+from engine.pipeline import reduce
 from engine.simulation import simulate
 from engine.transit_fit import fit_transit
 
@@ -28,10 +27,7 @@ from engine.transit_fit import fit_transit
 def night(tmp_path_factory):
     base = tmp_path_factory.mktemp("noise_night")
     truth = simulate(base / "raw", preset="demo", seed=0).truth  # the demo command's night
-    # What an observer tells the engine: each site's telescope, for the scintillation term.
-    sites = tuple(Site(name, match=(site["telescope"],), aperture_diameter_m=site["aperture_m"])
-                  for name, site in truth["sites"].items())
-    config = PipelineConfig(ingest=Config(sites=sites))
+    config = network_config(truth)  # each site's telescope, as the demo configures it
     target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
     frames = ingest([base / "raw"], base / "out", target=target, config=config.ingest).frames
     positions = _target_positions(truth, frames)
