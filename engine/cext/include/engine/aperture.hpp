@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace engine {
 
@@ -48,12 +49,35 @@ void aperture_photometry(const T* frames, const std::uint8_t* pixel_flags, std::
                          std::int64_t n_stars, const ApertureConfig& config,
                          const ApertureOutputs& out, int threads);
 
-// Sigma-clipped statistics of values[0..n) (reordered in place), as astropy's
-// sigma_clipped_stats(cenfunc='median', stdfunc='std'): up to `iterations` passes, each removing
-// values outside median +- sigma * std of those left, stopping early when none is removed.
-// Writes the median and standard deviation of the values kept (NaN when n == 0) and returns
-// how many were kept.
-std::int64_t sigma_clipped_median(double* values, std::int64_t n, double sigma, int iterations,
-                                  double* median, double* std_dev) noexcept;
+// Sigma-clipped statistics as astropy's sigma_clipped_stats(cenfunc='median', stdfunc='std'): up
+// to `iterations` passes, each removing values outside median +- sigma * std of those left,
+// stopping early when none is removed. The median is exact. A reusable workspace: fill values()
+// then call run(); it allocates only when constructed or reserved.
+class SigmaClipper {
+   public:
+    explicit SigmaClipper(std::int64_t capacity = 0) { reserve(capacity); }
+    void reserve(std::int64_t capacity);  // may throw std::bad_alloc
+    double* values() noexcept { return values_.data(); }
+
+    // Statistics of values()[0..n), 0 <= n <= capacity, all finite (left unchanged): writes the
+    // median and standard deviation of the values kept (NaN when none) and returns how many.
+    std::int64_t run(std::int64_t n, double sigma, int iterations, double* median,
+                     double* std_dev) noexcept;
+
+   private:
+    double select(std::int64_t index, std::int64_t first, std::int64_t last) noexcept;
+    double median_of(std::int64_t first, std::int64_t last) noexcept;
+
+    std::vector<double> values_;
+    std::vector<double> sorted_;           // the values grouped by bucket, buckets in value order
+    std::vector<std::int32_t> bucket_;     // each value's bucket
+    std::vector<std::int64_t> edge_;       // bucket b holds sorted_[edge_[b], edge_[b + 1])
+    int n_buckets_ = 0;
+};
+
+// One-off sigma_clipped_median of values[0..n) (finite; not modified) through a SigmaClipper.
+// Allocates: may throw std::bad_alloc.
+std::int64_t sigma_clipped_median(const double* values, std::int64_t n, double sigma,
+                                  int iterations, double* median, double* std_dev);
 
 }  // namespace engine
