@@ -2,14 +2,14 @@
 
     python -m bench.night --lights 100 1000 --work /scratch/night [--json night.json]
 
-For each light-frame count N the `large` night (one La Palma CMOS, 2048² frames, 700 stars in
-the field) is simulated with n_lights=N into WORK/N/raw (kept and reused when its truth.json is
-there), then reduced by the command-line `reduce` in a child process into a fresh WORK/N/out.
-Reported per N: wall time of the reduce, frames per second, and the child's peak resident memory
-(its own maximum RSS, from wait4). Comparing the rows shows how the time scales with the length
-of the night: the time is a fixed cost (start-up, masters, reference frame) plus a constant cost
-per frame, which the printed straight-line fit separates; with the fixed part small, ten times
-the frames take about ten times as long.
+For each light-frame count N the `large` night (one La Palma CMOS, 2048² frames, over 500
+stars detected and followed) is simulated with n_lights=N into WORK/N/raw (kept and reused
+when its truth.json is there), then reduced by the command-line `reduce` in a child process
+into a fresh WORK/N/out. Reported per N: wall time of the reduce, frames per second, and the
+child's peak resident memory (its own maximum RSS, from wait4). The time is a fixed cost
+(start-up, masters, reference frame) plus a constant cost per frame, which the printed
+straight-line fit separates; with the fixed part small, ten times the frames take about ten
+times as long.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
+
+
+#: Follow every star detected (the default follows the brightest 400).
+MAX_STARS = 2000
 
 
 def _simulated(raw: Path, lights: int, seed: int) -> dict:
@@ -42,9 +47,11 @@ def _reduce(raw: Path, out: Path, truth: dict) -> dict:
     target = truth["target"]
     run = truth["runs"][0]
     xy = next(s for s in run["star_positions"] if s["id"] == target["id"])
+    settings = out.parent / "reduce.toml"
+    settings.write_text(f"[extraction]\nmax_stars = {MAX_STARS}\n")
     command = [sys.executable, "-m", "engine", "reduce", str(raw), "--out", str(out),
                "--target-ra", target["ra_hms"], "--target-dec", target["dec_dms"],
-               "--target-xy", str(xy["x"]), str(xy["y"])]
+               "--target-xy", str(xy["x"]), str(xy["y"]), "--config", str(settings)]
     environment = dict(os.environ, ENGINE_PROGRESS="0")
     started = time.perf_counter()
     child = subprocess.Popen(command, cwd=out.parent, env=environment, stdout=subprocess.PIPE,
@@ -61,7 +68,8 @@ def _reduce(raw: Path, out: Path, truth: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lights", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--work", type=Path, required=True, help="folder for raw frames and products")
+    parser.add_argument("--work", type=Path, required=True,
+                        help="folder for raw frames and products")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the records here")
     args = parser.parse_args(argv)
@@ -76,12 +84,13 @@ def main(argv=None) -> int:
         result = _reduce(base / "raw", out, truth)
         stage_line = next((line.strip() for line in result["log"].splitlines()
                            if "stage times" in line), "")
-        record = {"lights": lights, "wall_s": round(result["wall_s"], 1),
+        stars = pq.read_metadata(out / "stars.parquet").num_rows
+        record = {"lights": lights, "stars": stars, "wall_s": round(result["wall_s"], 1),
                   "frames_per_s": round(lights / result["wall_s"], 2),
                   "peak_rss_gb": round(result["peak_rss_gb"], 2), "stages": stage_line}
         records.append(record)
-        print(f"  reduce: {record['wall_s']} s, {record['frames_per_s']} frames/s, peak RSS "
-              f"{record['peak_rss_gb']} GB; {stage_line}", flush=True)
+        print(f"  reduce ({stars} stars): {record['wall_s']} s, {record['frames_per_s']} "
+              f"frames/s, peak RSS {record['peak_rss_gb']} GB; {stage_line}", flush=True)
     if len(records) > 1:
         first, last = records[0], records[-1]
         print(f"{last['lights'] / first['lights']:.0f}x the frames took "

@@ -147,8 +147,9 @@ def _large() -> SimulationConfig:
                 Cirrus(centre_h=2.2, fwhm_min=25.0, depth=0.12)))
     return SimulationConfig(
         name="large", reference_utc=_REFERENCE_UTC, planet=PLANET, sites=(site,),
-        field=dataclasses.replace(FIELD, n_stars=700),
-        description="1000 frames of 2048 x 2048 from one site (benchmarks)")
+        # A rich field: over 500 stars on the frame above the default detection threshold.
+        field=dataclasses.replace(FIELD, n_stars=1600, mag_faint=16.5),
+        description="1000 frames of 2048 x 2048 from one site, 500+ stars (benchmarks)")
 
 
 def _variable() -> SimulationConfig:
