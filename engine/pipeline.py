@@ -259,11 +259,15 @@ def _write_views(out: Path, lightcurves: pa.Table, report: dict) -> list[str]:
     from engine.plots import plot_comparison_weights, plot_noise_budget, plot_transparency
 
     written = [write_csv(lightcurves, out / "lightcurves.csv")]
+    # The noise budget is drawn for each run's target: read only those stars' rows.
+    roles = np.asarray(lightcurves.column("role").to_pylist())
+    targets = sorted(set(lightcurves.column("star").to_numpy()[roles == "target"].tolist()))
     plots = {
         "weights.png": lambda path: plot_comparison_weights(report, path),
         "transparency.png": lambda path: plot_transparency(lightcurves, path),
         "noise_budget.png": lambda path: plot_noise_budget(
-            read_parquet(out / "photometry.parquet"), path, lightcurves=lightcurves),
+            pq.read_table(out / "photometry.parquet", filters=[("star", "in", targets)]), path,
+            lightcurves=lightcurves),
     }
     for name, draw in plots.items():
         try:
