@@ -148,7 +148,7 @@ def _large() -> SimulationConfig:
     return SimulationConfig(
         name="large", reference_utc=_REFERENCE_UTC, planet=PLANET, sites=(site,),
         # A rich field: over 500 stars on the frame above the default detection threshold.
-        field=dataclasses.replace(FIELD, n_stars=1600, mag_faint=16.5),
+        field=dataclasses.replace(FIELD, n_stars=2000, mag_faint=16.5),
         description="1000 frames of 2048 x 2048 from one site, 500+ stars (benchmarks)")
 
 
