@@ -12,9 +12,12 @@ from engine.errors import (EngineError, EngineFileError, EngineValueError, Missi
                            RegistrationError)
 from engine.extraction import ExtractionConfig, RunPhotometry, extract_run
 from engine.ingest import IngestResult, ingest
+from engine.io.exports import write_aavso_extended, write_csv
 from engine.periods import PeriodSearch, find_period
 from engine.photometry import aperture_photometry, aperture_photometry_frames
 from engine.pipeline import PipelineConfig, ReduceResult, reduce
+from engine.plots import (plot_comparison_weights, plot_noise_budget, plot_transit_fit,
+                          plot_transparency)
 from engine.psf import (PSFModel, fit_psf_model, fit_psf_models, psf_photometry,
                         psf_photometry_frames)
 from engine.registration import (Registration, Transform, identify_target, match_catalogue,
@@ -60,6 +63,10 @@ __all__ = [
     "match_catalogue",
     "match_transform",
     "merge_runs",
+    "plot_comparison_weights",
+    "plot_noise_budget",
+    "plot_transit_fit",
+    "plot_transparency",
     "psf_photometry",
     "psf_photometry_frames",
     "read_reference_catalogue",
@@ -70,6 +77,8 @@ __all__ = [
     "registrations_table",
     "sky_to_pixels",
     "stack_reference",
+    "write_aavso_extended",
+    "write_csv",
     "write_lightcurves",
     "write_report",
 ]
