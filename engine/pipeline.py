@@ -33,7 +33,7 @@ from engine.errors import EngineValueError
 from engine.extraction import ExtractionConfig, extract_run
 from engine.ingest import ingest
 from engine.io.cube import open_cube
-from engine.io.tables import read_parquet, write_parquet
+from engine.io.tables import concat_parquet, read_parquet, write_parquet
 from engine.progress import progress, quiet
 
 __all__ = ["PipelineConfig", "ReduceResult", "reduce"]
@@ -41,6 +41,8 @@ __all__ = ["PipelineConfig", "ReduceResult", "reduce"]
 log = logging.getLogger("engine.pipeline")
 
 PHOTOMETRY_FOLDER = "photometry"
+#: Photometry columns the ensemble does not read (run_id: one run per file).
+_NOT_FOR_THE_ENSEMBLE = ("run_id", "area", "background_std", "background_pixels")
 LOG_FILE = "reduce.log"
 
 
@@ -252,6 +254,43 @@ def _reduce(paths, out: Path, target, target_xy, config: PipelineConfig, workers
                         timings_s=timings)
 
 
+def _run_lightcurve(source: Path, run_id: str, stars: pa.Table, run_frames: pa.Table,
+                    config: EnsembleConfig, threads):
+    """One run's light curve from its photometry file: (RunLightCurve, its diagnostics), or
+    (None, why not). The run's photometry is read here and released on return."""
+    schema = pq.read_schema(source)
+    meta = json.loads((schema.metadata or {}).get(b"engine", b"{}"))
+    target = meta.get("target")
+    if target is None:
+        return None, {"skipped": "the target was not identified in this run"}
+    # Only what the ensemble reads: a long run's photometry is millions of rows.
+    photometry = read_parquet(source, columns=[name for name in schema.names
+                                               if name not in _NOT_FOR_THE_ENSEMBLE])
+    is_aperture = pc.equal(photometry.column("method"), "aperture")
+    if pc.all(is_aperture).as_py():
+        apertures, psf = photometry, None
+    else:
+        apertures = photometry.filter(is_aperture)
+        psf = photometry.filter(pc.equal(photometry.column("method"), "psf"))
+    del photometry
+    frame_table = pa.table({
+        "frame": pa.array(np.arange(run_frames.num_rows), pa.int64()),
+        **{name: run_frames.column(name) for name in
+           ("time_bjd_tdb", "airmass", "exptime", "run_id", "site", "telescope", "filter")
+           if name in run_frames.column_names},
+    })
+    try:
+        result = build_run_lightcurve(apertures, frame_table, stars.drop_columns(["run_id"]),
+                                      target=int(target), config=config,
+                                      psf=psf if psf is not None and psf.num_rows else None,
+                                      run_id=run_id, threads=threads)
+    except EngineValueError as exc:  # one run that cannot be normalised stops no other
+        log.warning("run %s: no light curve: %s", run_id, exc)
+        return None, {"skipped": str(exc), "photometry": meta}
+    result.diagnostics["photometry"] = meta
+    return result, result.diagnostics
+
+
 def _write_views(out: Path, lightcurves: pa.Table, report: dict) -> list[str]:
     """The light curves as CSV and the diagnostic plots; returns the files written. A plot the
     data cannot support (e.g. no comparison star in any run) is logged and left out."""
@@ -308,42 +347,17 @@ def _run_jobs(jobs, workers, scheduler) -> None:
 
 def _ensemble(out: Path, runs: list[str], frames: pa.Table, config: EnsembleConfig, threads):
     folder = out / PHOTOMETRY_FOLDER
-    results, photometry_tables, star_tables = [], [], []
+    results, star_tables = [], []
     report: dict = {"runs": {}}
     for run_id in runs:
-        photometry = read_parquet(folder / f"{run_id}.parquet")
         stars = read_parquet(folder / f"{run_id}.stars.parquet")
-        meta = json.loads((photometry.schema.metadata or {}).get(b"engine", b"{}"))
-        photometry_tables.append(photometry)
         star_tables.append(stars)
-        run_frames = _run_frames(frames, run_id)
-        frame_table = pa.table({
-            "frame": pa.array(np.arange(run_frames.num_rows), pa.int64()),
-            **{name: run_frames.column(name) for name in
-               ("time_bjd_tdb", "airmass", "exptime", "run_id", "site", "telescope", "filter")
-               if name in run_frames.column_names},
-        })
-        target = meta.get("target")
-        if target is None:
-            report["runs"][run_id] = {"skipped": "the target was not identified in this run"}
-            continue
-        methods = np.asarray(photometry.column("method").to_pylist())
-        apertures = photometry.filter(pa.array(methods == "aperture")).drop_columns(["run_id"])
-        psf = photometry.filter(pa.array(methods == "psf")).drop_columns(["run_id"])
-        try:
-            result = build_run_lightcurve(apertures, frame_table, stars.drop_columns(["run_id"]),
-                                          target=int(target), config=config,
-                                          psf=psf if psf.num_rows else None, run_id=run_id,
-                                          threads=threads)
-        except EngineValueError as exc:  # one run that cannot be normalised stops no other
-            log.warning("run %s: no light curve: %s", run_id, exc)
-            report["runs"][run_id] = {"skipped": str(exc), "photometry": meta}
-            continue
-        result.diagnostics["photometry"] = meta
-        report["runs"][run_id] = result.diagnostics
-        results.append(result)
-    write_parquet(pa.concat_tables(photometry_tables, promote_options="default"),
-                  out / "photometry.parquet")
+        result, diagnostics = _run_lightcurve(folder / f"{run_id}.parquet", run_id, stars,
+                                              _run_frames(frames, run_id), config, threads)
+        report["runs"][run_id] = diagnostics
+        if result is not None:
+            results.append(result)
+    concat_parquet([folder / f"{run_id}.parquet" for run_id in runs], out / "photometry.parquet")
     write_parquet(pa.concat_tables(star_tables, promote_options="default"), out / "stars.parquet")
     if not results:
         raise EngineValueError("the target was identified in no run: give --target-xy")

@@ -191,25 +191,32 @@ def _rows(table: pa.Table, frame: np.ndarray, star: np.ndarray, what: str):
     return fp, sp
 
 
-def _table_columns(table: pa.Table) -> dict:
-    """The numeric columns the ensemble reads, as NumPy arrays (flags as uint32)."""
-    columns = {}
-    for name in table.column_names:
-        if name in ("flux", "flux_err", "x", "y", "background") or name.startswith("var_"):
-            columns[name] = _column(table, name)
-    flags = _column(table, "flags", np.int64)
-    columns["flags"] = (np.zeros(table.num_rows, dtype=np.uint32) if flags is None
-                        else flags.astype(np.uint32))
-    return columns
+def _table_columns(table: pa.Table, row_sets) -> list[dict]:
+    """The numeric columns the ensemble reads, as NumPy arrays (flags as uint32), split into
+    one dict per set of rows. One column is converted at a time: a long run's table has
+    millions of rows, and holding all its columns twice would double the memory."""
+    names = [name for name in table.column_names
+             if name in ("flux", "flux_err", "x", "y", "background") or name.startswith("var_")]
+    parts: list[dict] = [{} for _ in row_sets]
+    for name in names + ["flags"]:
+        if name == "flags":
+            flags = _column(table, "flags", np.int64)
+            values = (np.zeros(table.num_rows, dtype=np.uint32) if flags is None
+                      else flags.astype(np.uint32))
+        else:
+            values = _column(table, name)
+        for part, rows in zip(parts, row_sets):
+            part[name] = values[rows]
+    return parts
 
 
 def _block(columns: dict, rows, fp, sp, n_frames: int, n_stars: int, what: str) -> _Block:
+    """The rows of one aperture; `columns` holds their values already (see _table_columns)."""
     f, s = fp[rows], sp[rows]
     key = f * n_stars + s
     if key.size and np.bincount(key, minlength=n_frames * n_stars).max() > 1:
         raise EngineValueError(f"{what} has more than one row for some (frame, star)")
-    return _Block(frame_pos=f, star_pos=s,
-                  columns={name: values[rows] for name, values in columns.items()})
+    return _Block(frame_pos=f, star_pos=s, columns=columns)
 
 
 def prepare_run(photometry: pa.Table, frames: pa.Table, stars: pa.Table, target=None,
@@ -299,16 +306,17 @@ def prepare_run(photometry: pa.Table, frames: pa.Table, stars: pa.Table, target=
     radius = _column(photometry, "radius")
     apertures, blocks = [], {}
     finite = np.isfinite(radius)
-    columns = _table_columns(photometry)
-    for r in np.unique(radius[finite]):
-        rows = np.flatnonzero(radius == r)
+    radii = np.unique(radius[finite])
+    row_sets = [np.flatnonzero(radius == r) for r in radii]
+    for r, rows, columns in zip(radii, row_sets, _table_columns(photometry, row_sets)):
         blocks[len(apertures)] = _block(columns, rows, fp, sp, frame.size, star.size,
                                         f"photometry at radius {r:g}")
         apertures.append(Aperture(label=f"r={r:g}", radius=float(r)))
     if psf is not None:
         pfp, psp = _rows(psf, frame, star, "psf photometry")
-        blocks[len(apertures)] = _block(_table_columns(psf), slice(None), pfp, psp, frame.size,
-                                        star.size, "psf photometry")
+        everything = slice(None)
+        blocks[len(apertures)] = _block(_table_columns(psf, [everything])[0], everything, pfp,
+                                        psp, frame.size, star.size, "psf photometry")
         apertures.append(Aperture(label="psf", radius=float("nan")))
     if not apertures:
         raise EngineValueError("the photometry has no finite radius and no psf table was given")

@@ -133,9 +133,41 @@ def write_parquet(table: pa.Table, path: str | os.PathLike, metadata: dict | Non
     return path
 
 
-def read_parquet(path: str | os.PathLike) -> pa.Table:
-    """A Parquet table; EngineFileError naming the file when it cannot be read."""
+def concat_parquet(sources, path: str | os.PathLike) -> Path:
+    """The rows of several Parquet files, in order, as one file written atomically; returns the
+    path. Streams one row group at a time, so the tables never have to fit in memory together.
+    Columns missing from some sources are null there (the schemas are unified)."""
+    sources = [Path(s) for s in sources]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return pq.read_table(path)
+        files = [pq.ParquetFile(s) for s in sources]
+        schema = pa.unify_schemas([f.schema_arrow.remove_metadata() for f in files],
+                                  promote_options="default")
+    except (OSError, pa.ArrowException) as exc:
+        raise EngineFileError(f"cannot combine {[str(s) for s in sources]}: {exc}") from None
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
+            for source in files:
+                for group in range(source.num_row_groups):
+                    part = source.read_row_group(group)
+                    columns = [part.column(f.name).cast(f.type) if f.name in part.column_names
+                               else pa.nulls(part.num_rows, f.type) for f in schema]
+                    writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    return path
+
+
+def read_parquet(path: str | os.PathLike, columns=None) -> pa.Table:
+    """A Parquet table (only `columns`, when given); EngineFileError naming the file when it
+    cannot be read."""
+    try:
+        return pq.read_table(path, columns=columns)
     except (OSError, pa.ArrowException) as exc:
         raise EngineFileError(f"{path}: not a readable Parquet table ({exc})") from None
