@@ -137,6 +137,7 @@ def _add_fit_transit(sub) -> None:
 
 
 def _run_fit_transit(args) -> int:
+    from engine.io.atomic import write_text
     from engine.io.tables import read_parquet
     from engine.transit_fit import fit_transit
 
@@ -144,10 +145,7 @@ def _run_fit_transit(args) -> int:
                       rp_rs=args.rp_rs, a_rs=args.a_rs, inc=args.inc, baseline=args.baseline,
                       ephemeris=tuple(args.ephemeris) if args.ephemeris else None,
                       priors=_priors(args.prior))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.out.with_name(f".{args.out.name}.tmp")
-    temporary.write_text(json.dumps(fit.to_dict(), indent=2) + "\n")
-    temporary.replace(args.out)
+    write_text(args.out, json.dumps(fit.to_dict(), indent=2) + "\n")
     print(f"mid-transit BJD_TDB {fit.tmid:.6f} +- {fit.tmid_err * 86400:.1f} s, Rp/Rs "
           f"{fit.rp_rs:.4f} +- {fit.rp_rs_err:.4f}; written to {args.out}")
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from engine.config import Config, Site
 from engine.ingest import ingest
+from engine.io.atomic import write_text
 from engine.pipeline import PipelineConfig, reduce
 from engine.plots import plot_transit_fit
 from engine.simulation import simulate
@@ -68,7 +69,7 @@ def run_demo(out_dir: Path, seed: int = 0, preset: str = "demo", workers: int | 
                       t0=planet["t0_bjd_tdb"] + EPHEMERIS_ERROR_DAYS,
                       limb_darkening={k: tuple(v) for k, v in planet["limb_darkening"].items()})
     fit_path = out_dir / "FIT.json"
-    fit_path.write_text(json.dumps(fit.to_dict(), indent=2) + "\n")
+    write_text(fit_path, json.dumps(fit.to_dict(), indent=2) + "\n")
     plot_path = plot_transit_fit(result.lightcurves, fit, out_dir / "transit.png",
                                  limb_darkening={k: tuple(v) for k, v in
                                                  planet["limb_darkening"].items()})

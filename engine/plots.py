@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import pyarrow as pa
 
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
+from engine.io.atomic import atomic_path
 from engine.kernels.transit import transit_light_curve
 
 __all__ = ["plot_comparison_weights", "plot_noise_budget", "plot_transit_fit",
@@ -60,16 +60,12 @@ def _save(figure, path) -> Path:
     """Write `figure` to `path` (PNG) atomically and close it; returns the path."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}.png")
     try:
-        figure.savefig(temporary, dpi=110)
-        os.replace(temporary, path)
+        with atomic_path(path, suffix=".png") as temporary:
+            figure.savefig(temporary, dpi=110)
     finally:
         plt.close(figure)
-        temporary.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def _require(table, columns, what: str) -> None:

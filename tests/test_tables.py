@@ -29,3 +29,17 @@ def test_concat_of_an_unreadable_source_raises_and_writes_nothing(tmp_path):
     with pytest.raises(EngineFileError, match="bad.parquet"):
         concat_parquet([good, bad], tmp_path / "all.parquet")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet", "good.parquet"]
+
+
+def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    from engine.io.atomic import atomic_path, write_text
+
+    product = write_text(tmp_path / "report.json", "old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_path(product) as temporary:
+            temporary.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert product.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    write_text(product, "new\n")
+    assert product.read_text() == "new\n" and len(list(tmp_path.iterdir())) == 1

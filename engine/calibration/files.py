@@ -13,13 +13,13 @@ import datetime as _dt
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from engine.calibration.masters import _IMAGETYP, Master
 from engine.errors import EngineFileError, EngineValueError
+from engine.io.atomic import atomic_path
 
 __all__ = ["load_master", "master_filename", "write_master"]
 
@@ -111,15 +111,8 @@ def write_master(master: Master, folder: str | os.PathLike, *, prefix: str | Non
     hdus = fits.HDUList([fits.PrimaryHDU(data=np.ascontiguousarray(master.data), header=header)]
                         + [fits.ImageHDU(data=np.ascontiguousarray(image), name=_safe(extname))
                            for extname, image in master.extensions])
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(handle)
-    try:
-        hdus.writeto(temporary, overwrite=True, output_verify="silentfix")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_path(path, suffix=".fits") as temporary:
+        hdus.writeto(temporary, output_verify="silentfix")
     return path
 
 

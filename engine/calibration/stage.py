@@ -25,8 +25,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -38,6 +36,7 @@ from engine.calibration.masters import (DarkModel, Master, bad_pixel_mask, check
                                         master_bias, master_dark, master_flat)
 from engine.calibration.runs import calibrate_cube
 from engine.errors import EngineFileError, EngineValueError
+from engine.io.atomic import write_text
 
 __all__ = ["CalibrationResult", "calibrate"]
 
@@ -160,16 +159,7 @@ def _fingerprint(*parts) -> str:
 
 
 def _write_json(path: Path, payload) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2, default=_jsonable)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    write_text(path, json.dumps(payload, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(value):

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ import pyarrow as pa
 
 from engine.ensemble.schema import LIGHTCURVES_SCHEMA
 from engine.errors import EngineFileError, EngineValueError, InputNotFoundError
+from engine.io.atomic import write_text
 
 __all__ = ["jsonable", "read_reference_catalogue", "write_lightcurves", "write_report"]
 
@@ -69,20 +68,7 @@ def write_lightcurves(table: pa.Table, path, metadata: dict | None = None) -> Pa
 
 def write_report(report: dict, path) -> Path:
     """Write a report dict as JSON to `path` atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(jsonable(report), indent=1, allow_nan=False)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, json.dumps(jsonable(report), indent=1, allow_nan=False))
 
 
 def read_reference_catalogue(path) -> pa.Table:

@@ -36,9 +36,7 @@ Choices made here, and why:
 from __future__ import annotations
 
 import math
-import os
 import re
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +44,7 @@ import pyarrow as pa
 
 from engine.errors import EngineValueError
 from engine.flags import describe
+from engine.io.atomic import atomic_path, write_text
 
 __all__ = ["aavso_filter", "write_aavso_extended", "write_csv"]
 
@@ -134,22 +133,6 @@ def _column(table: pa.Table, name: str, fill=np.nan) -> np.ndarray:
     if pa.types.is_integer(column.type):
         return column.cast(pa.int64()).fill_null(fill).to_numpy(zero_copy_only=False)
     return np.array(column.to_pylist(), dtype=object)
-
-
-def _write_text(path, text: str) -> Path:
-    """Write text to `path` atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(temporary, "w", encoding="ascii", errors="replace", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
 
 
 def aavso_dates(time_bjd_tdb, ra_deg: float, dec_deg: float, kind: str = "HJD") -> np.ndarray:
@@ -316,7 +299,7 @@ def write_aavso_extended(lightcurves: pa.Table, path, *, observer_code: str, tar
             _number(airmass[i], 4, 8),
             "na", chart_text, notes,
         )))
-    return _write_text(path, "\n".join(lines) + "\n")
+    return write_text(path, "\n".join(lines) + "\n", encoding="ascii", errors="replace")
 
 
 def _version() -> str:
@@ -342,14 +325,6 @@ def write_csv(lightcurves: pa.Table, path, columns=None) -> Path:
         if not columns:
             raise EngineValueError("write_csv: columns is empty")
         lightcurves = lightcurves.select(columns)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path) as temporary:
         csv.write_csv(lightcurves, temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return Path(path)

@@ -12,13 +12,13 @@ reader never sees a half-written table.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.errors import EngineFileError
+from engine.io.atomic import atomic_path
 
 __all__ = ["FRAMES_SCHEMA", "describe", "read_parquet", "write_parquet"]
 
@@ -115,22 +115,13 @@ def describe(schema: pa.Schema) -> str:
 def write_parquet(table: pa.Table, path: str | os.PathLike, metadata: dict | None = None) -> Path:
     """Write `table` to `path` atomically (temporary name, then rename); returns the path.
     `metadata` (str -> str) is added to the schema's metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if metadata:
         merged = dict(table.schema.metadata or {})
         merged.update({str(k).encode(): str(v).encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(merged)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path) as temporary:
         pq.write_table(table, temporary, compression="zstd")
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
+    return Path(path)
 
 
 def concat_parquet(sources, path: str | os.PathLike) -> Path:
@@ -138,30 +129,21 @@ def concat_parquet(sources, path: str | os.PathLike) -> Path:
     path. Streams one row group at a time, so the tables never have to fit in memory together.
     Columns missing from some sources are null there (the schemas are unified)."""
     sources = [Path(s) for s in sources]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         files = [pq.ParquetFile(s) for s in sources]
         schema = pa.unify_schemas([f.schema_arrow.remove_metadata() for f in files],
                                   promote_options="default")
     except (OSError, pa.ArrowException) as exc:
         raise EngineFileError(f"cannot combine {[str(s) for s in sources]}: {exc}") from None
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
-            for source in files:
-                for group in range(source.num_row_groups):
-                    part = source.read_row_group(group)
-                    columns = [part.column(f.name).cast(f.type) if f.name in part.column_names
-                               else pa.nulls(part.num_rows, f.type) for f in schema]
-                    writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
+    with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema,
+                                                          compression="zstd") as writer:
+        for source in files:
+            for group in range(source.num_row_groups):
+                part = source.read_row_group(group)
+                columns = [part.column(f.name).cast(f.type) if f.name in part.column_names
+                           else pa.nulls(part.num_rows, f.type) for f in schema]
+                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+    return Path(path)
 
 
 def read_parquet(path: str | os.PathLike, columns=None) -> pa.Table:
