@@ -180,18 +180,30 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, config: PipelineConfi
         return _reduce(paths, out, target, target_xy, config, workers, scheduler, threads)
 
 
+class _PassOn(logging.Handler):
+    """Hands a record to the root logger's handlers, as propagation would have."""
+
+    def emit(self, record):
+        logging.getLogger().handle(record)
+
+
 @contextlib.contextmanager
 def _run_log(path: Path):
     """Every engine message of level INFO and above, appended to the reduction's log file while
-    the block runs (the runs measured on Dask workers log there, not here)."""
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    the block runs (the runs measured on Dask workers log there, not here). Everyone else's
+    handlers keep seeing only what they saw before: the engine's logger is lowered to INFO for
+    the file, so its records go on to the root's handlers through a gate at the old level."""
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setLevel(logging.INFO)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     engine_log = logging.getLogger("engine")
-    previous = engine_log.level
-    if engine_log.getEffectiveLevel() > logging.INFO:
-        engine_log.setLevel(logging.INFO)
-    engine_log.addHandler(handler)
+    saved = (engine_log.level, engine_log.propagate)
+    pass_on = _PassOn(engine_log.getEffectiveLevel())
+    engine_log.setLevel(min(logging.INFO, engine_log.getEffectiveLevel()))
+    engine_log.propagate = False
+    engine_log.addHandler(to_file)
+    if saved[1]:
+        engine_log.addHandler(pass_on)
     try:
         engine_log.info("reduce started")
         yield
@@ -200,9 +212,11 @@ def _run_log(path: Path):
         engine_log.error("reduce stopped: %s: %s", type(exc).__name__, exc)
         raise
     finally:
-        engine_log.removeHandler(handler)
-        engine_log.setLevel(previous)
-        handler.close()
+        engine_log.removeHandler(to_file)
+        engine_log.removeHandler(pass_on)
+        engine_log.setLevel(saved[0])
+        engine_log.propagate = saved[1]
+        to_file.close()
 
 
 def _reduce(paths, out: Path, target, target_xy, config: PipelineConfig, workers, scheduler,

@@ -77,13 +77,16 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_same_products(tmp_path):
     _reduce(raw, reference, target, positions)
     duration = time.perf_counter() - start
     rng = np.random.default_rng(11)
-    killed = 0
-    for trial in range(6):
-        out = tmp_path / f"trial{trial}"
+    killed = trials = 0
+    # On a loaded machine a run may end before its kill comes: trials go on until six kills
+    # have landed (at most twelve trials).
+    while killed < 6 and trials < 12:
+        out = tmp_path / f"trial{trials}"
         # Kill once or twice per trial at random moments of a run, then let it finish.
         for _ in range(int(rng.integers(1, 3))):
             killed += _reduce(raw, out, target, positions,
                               kill_after=float(rng.uniform(0.3, 0.95) * duration))
         _reduce(raw, out, target, positions)
         _assert_same(reference, out)
+        trials += 1
     assert killed >= 5

@@ -192,3 +192,31 @@ def test_changed_settings_redo_the_photometry(reduced, night):
     radii = set(pq.read_table(product).column("radius").to_pylist())
     assert len(radii) == 2
     reduce([raw], out, target=target, target_xy=positions)  # back to the defaults for the others
+
+
+def test_one_frame_runs_reduce_and_the_console_gets_no_info(tmp_path):
+    import logging
+
+    import dataclasses
+
+    from engine.simulation.presets import PRESETS
+
+    raw = tmp_path / "raw"
+    tiny = PRESETS["tiny"]
+    one_site = dataclasses.replace(tiny, sites=tiny.sites[:1]).with_sites(n_lights=1)
+    truth = simulate(raw, preset=one_site, seed=5).truth
+    target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
+    positions = _target_positions(truth, ingest([raw], tmp_path / "out", target=target).frames)
+    seen = []
+    console = logging.Handler()
+    console.emit = seen.append
+    root = logging.getLogger()
+    root.addHandler(console)
+    try:
+        result = reduce([raw], tmp_path / "out", target=target, target_xy=positions)
+    finally:
+        root.removeHandler(console)
+    assert len(result.runs) == 1 and result.lightcurves.num_rows > 0
+    engine_level = logging.getLogger("engine").getEffectiveLevel()
+    assert all(r.levelno >= engine_level for r in seen if r.name.startswith("engine"))
+    assert "reduce finished" in (tmp_path / "out" / "reduce.log").read_text()

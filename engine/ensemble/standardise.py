@@ -331,7 +331,8 @@ def _solve(stars: _Stars, n_runs: int, with_catalogue: bool, config: EnsembleCon
                                  0.0)
         total = sigma2 + np.concatenate([new_extra[star_column], np.zeros(cat_rows.size)])
         new_keep = residual ** 2 <= config.merge_clip_sigma ** 2 * total
-        changed = not np.array_equal(new_keep, keep) or np.max(np.abs(new_extra - extra)) > 1e-10
+        changed = not np.array_equal(new_keep, keep) or (
+            new_extra.size > 0 and np.max(np.abs(new_extra - extra)) > 1e-10)
         keep, extra = new_keep, new_extra
         if not changed:
             break
