@@ -244,36 +244,37 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     tables = []
     max_shift = config.recentre_max_shift_fwhm * fwhm
     run_id = frames.column("run_id")[0].as_py() if "run_id" in frames.column_names else ""
-    bar = progress(total=n_frames, desc=f"photometry {run_id}".rstrip())
-    for start in range(0, n_frames, config.block_frames):
-        stop = min(n_frames, start + config.block_frames)
-        block = np.ascontiguousarray(np.asarray(data[start:stop]), dtype=np.float32)
-        block_mask = None if mask is None else np.asarray(mask[start:stop])
-        x = np.full((stop - start, n_stars), np.nan)
-        y = np.full((stop - start, n_stars), np.nan)
-        centroid_flags = np.zeros((stop - start, n_stars), dtype=np.uint32)
-        for k in range(stop - start):
-            f = start + k
-            result = tracker.register(block[k])
-            registrations[f] = result
-            if result["status"] != "ok":
-                log.warning("frame %d not registered: %s", f, result["reason"])
-                continue
-            predicted = result["transform"].apply(ref_xy)
-            xs, ys, flags = recentre(block[k], predicted[:, 0], predicted[:, 1], fwhm,
-                                     max_shift=max_shift, threads=threads)
-            # Faint stars whose centroid failed keep the transform's position (better than noise).
-            x[k], y[k] = xs, ys
-            centroid_flags[k] = flags & np.uint32(MeasurementFlag.CENTROID_FAILED)
-        table = aperture_photometry_frames(
-            block, x, y, radii, annulus, gain=1.0, pixel_flags=block_mask, threads=threads)
-        tables.append(_with_noise_terms(table, start, gain, read_noise, dark, exptime, sigma_scint,
-                                        centroid_flags, registrations[start:stop]))
-        if config.psf_photometry:
-            tables.append(_psf_rows(block, x, y, block_mask, start, gain, read_noise,
-                                    registrations[start:stop], config, threads))
-        bar.update(stop - start)
-    bar.close()
+    with progress(total=n_frames, desc=f"photometry {run_id}".rstrip()) as bar:
+        for start in range(0, n_frames, config.block_frames):
+            stop = min(n_frames, start + config.block_frames)
+            block = np.ascontiguousarray(np.asarray(data[start:stop]), dtype=np.float32)
+            block_mask = None if mask is None else np.asarray(mask[start:stop])
+            x = np.full((stop - start, n_stars), np.nan)
+            y = np.full((stop - start, n_stars), np.nan)
+            centroid_flags = np.zeros((stop - start, n_stars), dtype=np.uint32)
+            for k in range(stop - start):
+                f = start + k
+                result = tracker.register(block[k])
+                registrations[f] = result
+                if result["status"] != "ok":
+                    log.warning("frame %d not registered: %s", f, result["reason"])
+                    continue
+                predicted = result["transform"].apply(ref_xy)
+                xs, ys, flags = recentre(block[k], predicted[:, 0], predicted[:, 1], fwhm,
+                                         max_shift=max_shift, threads=threads)
+                # Faint stars whose centroid failed keep the transform's position (better
+                # than noise).
+                x[k], y[k] = xs, ys
+                centroid_flags[k] = flags & np.uint32(MeasurementFlag.CENTROID_FAILED)
+            table = aperture_photometry_frames(
+                block, x, y, radii, annulus, gain=1.0, pixel_flags=block_mask, threads=threads)
+            tables.append(_with_noise_terms(table, start, gain, read_noise, dark, exptime,
+                                            sigma_scint, centroid_flags,
+                                            registrations[start:stop]))
+            if config.psf_photometry:
+                tables.append(_psf_rows(block, x, y, block_mask, start, gain, read_noise,
+                                        registrations[start:stop], config, threads))
+            bar.update(stop - start)
     photometry = pa.concat_tables(tables, promote_options="default")
 
     target = None
