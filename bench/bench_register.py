@@ -8,8 +8,10 @@ noise, 10% of the stars missing and 10% spurious detections, brightest first (as
 
 What is timed is the matching alone, star lists in, transforms out: detection is sep's work for
 both tools (astroalign also detects with sep) and is the same cost either way.
-- `register`: `engine.registration.register_frames` as the pipeline calls it — each frame first
-  tries the previous frame's transform and falls back to the asterism search (the jump, the flip).
+- `register`: `engine.registration.register_frames`, the matching step of the pipeline's
+  `FrameTracker` (`engine.registration.tracking`) when re-centring cannot track a frame: each
+  frame first tries the previous frame's transform and falls back to the asterism search (the
+  jump, the flip). The tracker's pixel-level tracking is timed inside `bench.night`.
 - `register-blind`: every frame searched from scratch (`use_previous=False`), like astroalign.
 The anchor is `astroalign.find_transform(reference, frame)` per frame (its default 50 control
 points), the tool a user would otherwise pick.

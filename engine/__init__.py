@@ -1,31 +1,39 @@
 """The engine: raw frames from many small telescopes to calibrated, science-ready light curves.
 
-This module is the public API; it only re-exports. `python -m engine` is the command line.
+This module is the public API; it only re-exports, lazily: `import engine` loads no stage, no
+kernel and none of numba, astropy, scipy or zarr, and each name is imported from its home on
+first use (PEP 562). `python -m engine` is the command line.
 """
 
-from engine.calibration import CalibrationResult, calibrate
-from engine.cext import circle_overlap_grid, disk_rectangle_area
-from engine.detection import detect_stars
-from engine.ensemble import (EnsembleConfig, RunLightCurve, build_run_lightcurve, merge_runs,
-                             read_reference_catalogue, write_lightcurves, write_report)
-from engine.errors import (EngineError, EngineFileError, EngineValueError, MissingToolError,
-                           RegistrationError)
-from engine.extraction import ExtractionConfig, RunPhotometry, extract_run
-from engine.ingest import IngestResult, ingest
-from engine.io.exports import write_aavso_extended, write_csv
-from engine.periods import PeriodSearch, find_period
-from engine.photometry import aperture_photometry, aperture_photometry_frames
-from engine.pipeline import PipelineConfig, ReduceResult, reduce
-from engine.plots import (plot_comparison_weights, plot_noise_budget, plot_transit_fit,
-                          plot_transparency)
-from engine.psf import (PSFModel, fit_psf_model, fit_psf_models, psf_photometry,
-                        psf_photometry_frames)
-from engine.registration import (Registration, Transform, identify_target, match_catalogue,
-                                 match_transform, recentre, register_frames, register_images,
-                                 registrations_table, sky_to_pixels, stack_reference)
-from engine.transit_fit import TransitFit, fit_transit
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("photometry-engine")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+#: Where each public name lives.
+_HOMES = {
+    "engine.calibration": ("CalibrationResult", "calibrate"),
+    "engine.cext": ("circle_overlap_grid", "disk_rectangle_area"),
+    "engine.detection": ("detect_stars",),
+    "engine.ensemble": ("EnsembleConfig", "RunLightCurve", "build_run_lightcurve", "merge_runs", "read_reference_catalogue", "write_lightcurves", "write_report"),
+    "engine.errors": ("EngineError", "EngineFileError", "EngineValueError", "MissingToolError", "RegistrationError"),
+    "engine.extraction": ("ExtractionConfig", "RunPhotometry", "extract_run"),
+    "engine.ingest": ("IngestResult", "ingest"),
+    "engine.io.exports": ("write_aavso_extended", "write_csv"),
+    "engine.periods": ("PeriodSearch", "find_period"),
+    "engine.photometry": ("aperture_photometry", "aperture_photometry_frames"),
+    "engine.pipeline": ("PipelineConfig", "ReduceResult", "reduce"),
+    "engine.plots": ("plot_comparison_weights", "plot_noise_budget", "plot_transit_fit", "plot_transparency"),
+    "engine.psf": ("PSFModel", "fit_psf_model", "fit_psf_models", "psf_photometry", "psf_photometry_frames"),
+    "engine.registration": ("FrameTracker", "Registration", "Transform", "identify_target", "match_catalogue", "match_transform", "recentre", "register_frames", "register_images", "registrations_table", "sky_to_pixels", "stack_reference"),
+    "engine.transit_fit": ("TransitFit", "fit_transit"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "CalibrationResult",
@@ -34,6 +42,7 @@ __all__ = [
     "EngineValueError",
     "EnsembleConfig",
     "ExtractionConfig",
+    "FrameTracker",
     "IngestResult",
     "MissingToolError",
     "PSFModel",
@@ -81,4 +90,18 @@ __all__ = [
     "write_csv",
     "write_lightcurves",
     "write_report",
+    "__version__",
 ]
+
+
+def __getattr__(name: str):
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -30,13 +30,14 @@ import numpy as np
 import pyarrow as pa
 
 from engine.detection import detect_stars, star_positions
-from engine.errors import EngineValueError, RegistrationError
+from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
 from engine.noise import scintillation_sigma
 from engine.photometry import aperture_photometry_frames
 from engine.progress import progress
 from engine.psf import psf_photometry_frames
-from engine.registration import Transform, fit_transform, match_transform, recentre
+from engine.registration import (FrameTracker, Transform, recentre,
+                                 registrations_table)
 
 __all__ = ["ExtractionConfig", "RunPhotometry", "extract_run"]
 
@@ -115,75 +116,6 @@ def _choose_reference(data, candidates: list[int], config: ExtractionConfig, thr
     return best[1], best[2], best[0]
 
 
-def _tracking_stars(xy: np.ndarray, fwhm: float, count: int) -> np.ndarray:
-    """Indices of up to `count` bright stars (brightest first) with no neighbour within 4 FWHM."""
-    chosen = []
-    for i in range(len(xy)):
-        d = np.hypot(xy[:, 0] - xy[i, 0], xy[:, 1] - xy[i, 1])
-        d[i] = np.inf
-        if np.min(d) > 4.0 * fwhm:
-            chosen.append(i)
-        if len(chosen) == count:
-            break
-    return np.asarray(chosen, dtype=np.intp)
-
-
-class _Tracker:
-    """Registers frames one after the other against the reference stars."""
-
-    def __init__(self, reference_stars: pa.Table, fwhm: float, config: ExtractionConfig, threads):
-        self.ref_xy = star_positions(reference_stars)
-        self.ref_flux = np.asarray(reference_stars.column("flux").to_numpy(zero_copy_only=False))
-        self.fwhm = fwhm
-        self.config = config
-        self.threads = threads
-        self.bright = _tracking_stars(self.ref_xy, fwhm, config.tracking_stars)
-        self.previous: Transform | None = None
-
-    def _track(self, image: np.ndarray, guess: Transform):
-        predicted = guess.apply(self.ref_xy[self.bright])
-        ny, nx = image.shape
-        inside = ((predicted[:, 0] > 2) & (predicted[:, 0] < nx - 3) & (predicted[:, 1] > 2)
-                  & (predicted[:, 1] < ny - 3))
-        if np.count_nonzero(inside) < self.config.tracking_min_stars:
-            return None
-        x, y, flags = recentre(image, predicted[inside, 0], predicted[inside, 1], self.fwhm,
-                               max_shift=2.0 * self.fwhm, threads=self.threads)
-        good = flags == 0
-        if np.count_nonzero(good) < self.config.tracking_min_stars:
-            return None
-        transform, rms = fit_transform(self.ref_xy[self.bright][inside][good],
-                                       np.column_stack([x[good], y[good]]), parity=guess.parity)
-        if rms > self.config.tracking_max_rms:
-            return None
-        return transform, rms, int(np.count_nonzero(good))
-
-    def register(self, image: np.ndarray) -> dict:
-        if self.previous is not None:
-            tracked = self._track(image, self.previous)
-            if tracked is not None:
-                self.previous = tracked[0]
-                return dict(status="ok", reason="", method="tracked", transform=tracked[0],
-                            rms=tracked[1], n_matches=tracked[2])
-        detections = detect_stars(image, self.config.detection_threshold,
-                                  max_stars=self.config.max_stars, threads=self.threads)
-        try:
-            transform = match_transform(self.ref_xy, star_positions(detections),
-                                        ref_flux=self.ref_flux,
-                                        flux=detections.column("flux").to_numpy(zero_copy_only=False))
-        except RegistrationError as exc:
-            return dict(status="failed", reason=str(exc), method="matched", transform=None,
-                        rms=math.nan, n_matches=0)
-        # Refine on the re-centred tracking stars, as a tracked frame would be.
-        refined = self._track(image, transform)
-        if refined is not None:
-            transform = refined[0]
-        self.previous = transform
-        return dict(status="ok", reason="", method="matched", transform=transform,
-                    rms=refined[1] if refined else math.nan,
-                    n_matches=refined[2] if refined else 0)
-
-
 def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None, annulus=None,
                 config: ExtractionConfig = ExtractionConfig(), threads: int | None = None
                 ) -> RunPhotometry:
@@ -214,8 +146,11 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     if not math.isfinite(fwhm) or fwhm <= 0:
         fwhm = 3.0
         notes.append("the reference FWHM could not be measured: 3 px assumed")
-    tracker = _Tracker(reference_stars, fwhm, config, threads)
-    ref_xy = tracker.ref_xy
+    tracker = FrameTracker(reference_stars, fwhm=fwhm, threshold=config.detection_threshold,
+                           max_stars=config.max_stars, tracking_stars=config.tracking_stars,
+                           min_stars=config.tracking_min_stars, max_rms=config.tracking_max_rms,
+                           threads=threads)
+    ref_xy = star_positions(reference_stars)
     n_stars = len(ref_xy)
     radii = (np.asarray(config.aperture_fwhm) * fwhm if radii is None
              else np.atleast_1d(np.asarray(radii, dtype=np.float64)))
@@ -240,7 +175,7 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
 
     # Frames are registered in cube order; the first is searched blind unless it is the reference.
     tracker.previous = Transform(1.0, 0.0, 0.0, 0.0) if reference == 0 else None
-    registrations: list[dict] = [None] * n_frames  # type: ignore[list-item]
+    registrations: list = [None] * n_frames
     tables = []
     max_shift = config.recentre_max_shift_fwhm * fwhm
     run_id = frames.column("run_id")[0].as_py() if "run_id" in frames.column_names else ""
@@ -254,12 +189,12 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
             centroid_flags = np.zeros((stop - start, n_stars), dtype=np.uint32)
             for k in range(stop - start):
                 f = start + k
-                result = tracker.register(block[k])
+                result = tracker.register(block[k], f)
                 registrations[f] = result
-                if result["status"] != "ok":
-                    log.warning("frame %d not registered: %s", f, result["reason"])
+                if not result.ok:
+                    log.warning("frame %d not registered: %s", f, result.reason)
                     continue
-                predicted = result["transform"].apply(ref_xy)
+                predicted = result.transform.apply(ref_xy)
                 xs, ys, flags = recentre(block[k], predicted[:, 0], predicted[:, 1], fwhm,
                                          max_shift=max_shift, threads=threads)
                 # Faint stars whose centroid failed keep the transform's position (better
@@ -280,9 +215,9 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     target = None
     if target_xy is not None:
         first = registrations[0]
-        if first["status"] != "ok":
+        if not first.ok:
             raise EngineValueError("the first frame is not registered: --target-xy cannot be placed")
-        in_reference = first["transform"].inverse().apply(np.asarray([target_xy], dtype=float))[0]
+        in_reference = first.transform.inverse().apply(np.asarray([target_xy], dtype=float))[0]
         distance = np.hypot(ref_xy[:, 0] - in_reference[0], ref_xy[:, 1] - in_reference[1])
         target = int(np.argmin(distance))
         if distance[target] > 2.0 * fwhm:
@@ -295,7 +230,7 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
         "peak": reference_stars.column("peak"),
         "is_target": pa.array(np.arange(n_stars) == (-1 if target is None else target)),
     })
-    return RunPhotometry(stars=stars, registration=_registration_table(registrations),
+    return RunPhotometry(stars=stars, registration=registrations_table(registrations),
                          photometry=photometry, reference_frame=reference, fwhm=float(fwhm),
                          target=target, notes=notes)
 
@@ -320,7 +255,7 @@ def _with_noise_terms(table: pa.Table, start: int, gain, read_noise, dark, expti
     star = table.column("star").to_numpy()
     local = frame - start
     flags |= centroid_flags[local, star]
-    unregistered = np.array([r["status"] != "ok" for r in registrations])
+    unregistered = np.array([not r.ok for r in registrations])
     flags[unregistered[local]] |= np.uint32(MeasurementFlag.NOT_REGISTERED)
     total = var_star + var_background + var_background_error + var_scintillation
     columns = {
@@ -343,7 +278,7 @@ def _with_noise_terms(table: pa.Table, start: int, gain, read_noise, dark, expti
 def _psf_rows(block, x, y, block_mask, start, gain, read_noise, registrations, config, threads):
     """PSF fluxes (electrons) of the block's stars at their registered positions."""
     frames = np.arange(start, start + block.shape[0])
-    registered = np.array([r["status"] == "ok" for r in registrations])
+    registered = np.array([r.ok for r in registrations])
     table = psf_photometry_frames(
         block, np.where(registered[:, None], x, np.nan), np.where(registered[:, None], y, np.nan),
         model=config.psf_model, gain=float(np.median(gain[frames])),
@@ -354,21 +289,3 @@ def _psf_rows(block, x, y, block_mask, start, gain, read_noise, registrations, c
     table = table.set_column(table.column_names.index("frame"), "frame",
                              pa.array(local + start, pa.int64()))
     return table.set_column(table.column_names.index("flags"), "flags", pa.array(flags, pa.uint32()))
-
-
-def _registration_table(registrations: list[dict]) -> pa.Table:
-    def param(name):
-        return pa.array([getattr(r["transform"], name) if r["transform"] is not None else math.nan
-                         for r in registrations], pa.float64())
-
-    return pa.table({
-        "frame": pa.array(np.arange(len(registrations)), pa.int64()),
-        "status": pa.array([r["status"] for r in registrations]),
-        "reason": pa.array([r["reason"] for r in registrations]),
-        "method": pa.array([r["method"] for r in registrations]),
-        "a": param("a"), "b": param("b"), "tx": param("tx"), "ty": param("ty"),
-        "parity": pa.array([r["transform"].parity if r["transform"] is not None else 0
-                            for r in registrations], pa.int8()),
-        "rms": pa.array([r["rms"] for r in registrations], pa.float64()),
-        "n_matches": pa.array([r["n_matches"] for r in registrations], pa.int64()),
-    })

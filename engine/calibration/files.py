@@ -70,7 +70,7 @@ def write_master(master: Master, folder: str | os.PathLike, *, prefix: str | Non
     """
     from astropy.io import fits
 
-    import engine
+    from engine import __version__
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ def write_master(master: Master, folder: str | os.PathLike, *, prefix: str | Non
         header["CCD-TEMP"] = (float(master.temperature), "median sensor temperature, C")
     if master.camera:
         header["INSTRUME"] = (_header_value(master.camera), "camera")
-    header["ORIGIN"] = (f"engine {engine.__version__}", "photometry engine")
+    header["ORIGIN"] = (f"engine {__version__}", "photometry engine")
     header["DATE"] = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
                       "file written (UTC)")
     for keyword, value, comment in master.cards:
