@@ -81,7 +81,12 @@ def _add_reduce(sub) -> None:
     _add_inputs(p)
     _add_target_coordinates(p)
     p.add_argument("--target-xy", nargs=2, type=float, metavar=("X", "Y"),
-                   help="target position in each run's first light frame (0-based column, row)")
+                   help="target position in the first light frame of a one-run night (0-based "
+                        "column, row); for several runs, give --target-ra/--target-dec or "
+                        "[sky] target_xy per run or site in the --config file")
+    p.add_argument("--catalogue", type=Path, metavar="FILE",
+                   help="reference catalogue (CSV or Parquet: ra, dec in degrees, magnitudes; "
+                        "Gaia DR3 names understood) for sky solutions and standardisation")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, help="measure runs on a local Dask cluster of N workers")
     group.add_argument("--scheduler", metavar="ADDRESS", help="measure runs on this Dask cluster")
@@ -99,6 +104,7 @@ def _run_reduce(args) -> int:
     config = load_config(args.config) if args.config else None
     result = reduce(args.paths, args.out, target=_target_coordinates(args), config=config,
                     target_xy=tuple(args.target_xy) if args.target_xy else None,
+                    catalogue=args.catalogue,
                     workers=args.workers, scheduler=args.scheduler, threads=args.threads)
     print(result.summary())
     return 0

@@ -6,6 +6,8 @@ documentation of every option and its default:
     [ingest]       engine.config.Config (sites, frame-type overrides, Bayer mode, target)
     [extraction]   engine.extraction.ExtractionConfig (detection, apertures, registration, PSF)
     [ensemble]     engine.ensemble.EnsembleConfig (comparisons, weights, clouds, detrending)
+    [sky]          engine.sky.SkyConfig (reference catalogue, target pixel positions per run or
+                   site, sky-solution tolerances)
 
 `python -m engine config` prints a file holding every option at its default (options whose
 default is "none" are shown commented out, as TOML has no null). Sites are an array of tables:
@@ -15,7 +17,9 @@ default is "none" are shown commented out, as TOML has no null). Sites are an ar
     match = ["*/florida/*"]
     clock_offset_s = 2.5
 
-and frame-type overrides a table of path glob = type: `[ingest.frame_types]` `"*/twilight/*" = "flat"`.
+frame-type overrides a table of path glob = type: `[ingest.frame_types]` `"*/twilight/*" = "flat"`,
+and target pixel positions a table of run id or site name = [x, y]: `[sky.target_xy]`
+`florida = [512.3, 380.1]`.
 An unknown option or a value of the wrong kind is an EngineValueError naming it.
 """
 
@@ -30,6 +34,7 @@ from engine.ensemble import EnsembleConfig
 from engine.errors import EngineFileError, EngineValueError
 from engine.extraction import ExtractionConfig
 from engine.pipeline import PipelineConfig
+from engine.sky import SkyConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,7 +43,8 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = ["default_config_toml", "load_config", "parse_config"]
 
-_SECTIONS = {"ingest": Config, "extraction": ExtractionConfig, "ensemble": EnsembleConfig}
+_SECTIONS = {"ingest": Config, "extraction": ExtractionConfig, "ensemble": EnsembleConfig,
+             "sky": SkyConfig}
 
 
 def _tuples(value):
@@ -81,10 +87,17 @@ def parse_config(text: str) -> PipelineConfig:
     if not isinstance(frame_types, dict):
         raise EngineValueError('[ingest.frame_types] must map path globs to types: "*/x/*" = "flat"')
     ingest["frame_types"] = tuple(frame_types.items())
+    sky = dict(document.get("sky", {}))
+    target_xy = sky.pop("target_xy", {})
+    if not isinstance(target_xy, dict):
+        raise EngineValueError("[sky.target_xy] must map run ids or site names to [x, y]")
+    sky["target_xy"] = tuple((name, tuple(xy) if isinstance(xy, list) else xy)
+                             for name, xy in target_xy.items())
     return PipelineConfig(
         ingest=_build(Config, ingest, "ingest"),
         extraction=_build(ExtractionConfig, document.get("extraction", {}), "extraction"),
-        ensemble=_build(EnsembleConfig, document.get("ensemble", {}), "ensemble"))
+        ensemble=_build(EnsembleConfig, document.get("ensemble", {}), "ensemble"),
+        sky=_build(SkyConfig, sky, "sky"))
 
 
 def load_config(path) -> PipelineConfig:
@@ -122,7 +135,8 @@ def default_config_toml() -> str:
         lines.append(f"[{section}]")
         defaults = cls()
         for field in dataclasses.fields(cls):
-            if section == "ingest" and field.name in ("sites", "frame_types"):
+            if (section, field.name) in (("ingest", "sites"), ("ingest", "frame_types"),
+                                         ("sky", "target_xy")):
                 continue
             value = getattr(defaults, field.name)
             if value is None:
@@ -134,5 +148,7 @@ def default_config_toml() -> str:
                       "# [[ingest.sites]]", '# name = "florida"', '# match = ["*/florida/*"]',
                       "# longitude_deg = -81.0", "# latitude_deg = 28.5", "# height_m = 20.0",
                       "# clock_offset_s = 0.0", "# aperture_diameter_m = 0.28"]
+        if section == "sky":
+            lines += ["", "# [sky.target_xy]", "# florida = [512.3, 380.1]"]
         lines.append("")
     return "\n".join(lines)

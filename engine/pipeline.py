@@ -5,10 +5,17 @@ products are newer than its inputs, so a killed reduction resumes where it stopp
 (telescope x night x filter) are independent until the merge: their photometry runs serially,
 on a local Dask cluster (`workers`), or on an existing one (`scheduler`).
 
+After photometry, the sky stage (`engine.sky`) puts every run's reference frame on the sky (its
+header WCS, a solve against `--catalogue`, or a match to another solved run), finds the target
+by RA/Dec (or a pixel position) and gives the stars of all runs one identity, so that the merge
+can tie the runs together. A run that cannot be solved or whose target is not found is reported
+and skipped; the others go on.
+
 Products: frames.parquet and cubes (ingest), masters/ and calibrated/ (calibrate),
-photometry/RUN.parquet plus photometry.parquet and stars.parquet (all runs), lightcurves.parquet
-and report.json (ensemble and merge), reduce.log, lightcurves.csv and the plots weights.png,
-transparency.png and noise_budget.png.
+photometry/RUN.parquet plus photometry.parquet and stars.parquet (all runs), sky/RUN.wcs.fits
+(each solved run's WCS as a FITS header), lightcurves.parquet and report.json (ensemble and
+merge), reduce.log, lightcurves.csv and the plots weights.png, transparency.png and
+noise_budget.png.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,15 +40,19 @@ from engine.ensemble import (EnsembleConfig, build_run_lightcurve, merge_runs, w
 from engine.errors import EngineValueError
 from engine.extraction import ExtractionConfig, extract_run
 from engine.ingest import ingest
+from engine.io.atomic import atomic_path
 from engine.io.cube import open_cube
 from engine.io.tables import concat_parquet, read_parquet, write_parquet
 from engine.progress import progress, quiet
+from engine.registration import Transform
+from engine.sky import RunStars, SkyConfig, locate_runs, sky_star_columns
 
 __all__ = ["PipelineConfig", "ReduceResult", "reduce"]
 
 log = logging.getLogger("engine.pipeline")
 
 PHOTOMETRY_FOLDER = "photometry"
+SKY_FOLDER = "sky"
 #: Photometry columns the ensemble does not read (run_id: one run per file).
 _NOT_FOR_THE_ENSEMBLE = ("run_id", "area", "background_std", "background_pixels")
 LOG_FILE = "reduce.log"
@@ -53,6 +65,7 @@ class PipelineConfig:
     ingest: Config = field(default_factory=Config)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    sky: SkyConfig = field(default_factory=SkyConfig)
 
 
 @dataclass
@@ -86,7 +99,7 @@ def _run_frames(frames: pa.Table, run_id: str) -> pa.Table:
     return rows.sort_by("cube_index")
 
 
-def _measure_run(run_id: str, cube_path: str, frames: pa.Table, target_xy, config: ExtractionConfig,
+def _measure_run(run_id: str, cube_path: str, frames: pa.Table, config: ExtractionConfig,
                  out_dir: str, threads, on_worker: bool = False) -> str:
     """Photometry of one run into photometry/RUN_ID.parquet (+ stars and registration tables).
 
@@ -95,59 +108,25 @@ def _measure_run(run_id: str, cube_path: str, frames: pa.Table, target_xy, confi
     """
     if on_worker:
         with quiet():
-            return _measure_run(run_id, cube_path, frames, target_xy, config, out_dir, threads)
+            return _measure_run(run_id, cube_path, frames, config, out_dir, threads)
     folder = Path(out_dir) / PHOTOMETRY_FOLDER
     data = open_cube(cube_path)
     mask_path = Path(str(cube_path).removesuffix(".zarr") + "_mask.zarr")
     mask = open_cube(mask_path) if mask_path.exists() else None
-    result = extract_run(data, frames, mask=mask, target_xy=target_xy, config=config,
-                         threads=threads)
+    result = extract_run(data, frames, mask=mask, config=config, threads=threads)
     run = pa.array([run_id] * result.photometry.num_rows)
     write_parquet(result.stars.append_column("run_id", pa.array([run_id] * result.stars.num_rows)),
                   folder / f"{run_id}.stars.parquet")
     write_parquet(result.registration, folder / f"{run_id}.registration.parquet")
     meta = {"reference_frame": result.reference_frame, "fwhm": result.fwhm,
-            "target": result.target, "notes": result.notes,
-            "settings": _settings(config, target_xy)}
+            "notes": result.notes, "settings": _settings(config)}
     return str(write_parquet(result.photometry.append_column("run_id", run),
                              folder / f"{run_id}.parquet", metadata={"engine": json.dumps(meta)}))
 
 
-def _target_from_wcs(run_frames: pa.Table):
-    """The target's (x, y) in the run's first frame from its header WCS, or None without one."""
-    if run_frames.num_rows == 0 or "wcs" not in run_frames.column_names:
-        return None
-    first = run_frames.slice(0, 1).to_pylist()[0]
-    ra, dec = first.get("target_ra_deg"), first.get("target_dec_deg")
-    if not first.get("wcs") or ra is None or dec is None:
-        return None
-    import warnings
-
-    from astropy.io.fits import Header
-    from astropy.wcs import WCS, FITSFixedWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        wcs = WCS(Header.fromstring(first["wcs"]))
-    x, y = wcs.celestial.world_to_pixel_values(ra, dec)
-    return (float(x), float(y))
-
-
-def _trimmed(xy, run_frames: pa.Table):
-    """A position in the stored first frame moved to the calibrated (trimmed) cube's grid."""
-    trim = run_frames.column("trim_section")[0].as_py() if "trim_section" in \
-        run_frames.column_names else None
-    x, y = (float(v) for v in xy)
-    if trim:  # (y0, y1, x0, x1), 0-based
-        return (x - trim[2], y - trim[0])
-    return (x, y)
-
-
-def _settings(config: ExtractionConfig, target_xy) -> str:
+def _settings(config: ExtractionConfig) -> str:
     """What a run's photometry depends on besides its cube: a product made otherwise is redone."""
-    return json.dumps({"extraction": asdict(config),
-                       "target_xy": None if target_xy is None else [float(v) for v in target_xy]},
-                      sort_keys=True)
+    return json.dumps({"extraction": asdict(config)}, sort_keys=True)
 
 
 def _up_to_date(product: Path, source: Path, settings: str) -> bool:
@@ -161,23 +140,37 @@ def _up_to_date(product: Path, source: Path, settings: str) -> bool:
     return json.loads(metadata.get(b"engine", b"{}")).get("settings") == settings
 
 
-def reduce(paths, out_dir, *, target=None, target_xy=None, config: PipelineConfig | None = None,
-           workers: int | None = None, scheduler: str | None = None,
-           threads: int | None = None) -> ReduceResult:
+def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
+           config: PipelineConfig | None = None, workers: int | None = None,
+           scheduler: str | None = None, threads: int | None = None) -> ReduceResult:
     """Reduce raw frames (files or folders, any mix of telescopes) to light curves.
 
-    target : (ra, dec) of the target (degrees or sexagesimal strings), for BJD_TDB.
+    target : (ra, dec) of the target (degrees or sexagesimal strings): BJD_TDB, and the target
+        star in every run with a sky solution.
     target_xy : (x, y) of the target in each run's first light frame as stored (0-based), or a
-        dict run_id -> (x, y). Without it, a run whose first frame has a WCS finds the target
-        from its RA/Dec; other runs are reported as skipped.
+        dict run_id -> (x, y) (the configuration's `[sky] target_xy` also takes site names).
+    catalogue : a reference catalogue file (CSV or Parquet) or a ReferenceCatalogue, for sky
+        solutions and standardisation (default: the configuration's `[sky] catalogue`). It is
+        read before any other work: a bad file stops nothing half-done.
     workers / scheduler : measure runs in parallel on a local Dask cluster of `workers`
         processes, or on the cluster at `scheduler`.
     """
     config = PipelineConfig() if config is None else config
+    catalogue = _catalogue(catalogue if catalogue is not None else config.sky.catalogue)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _run_log(out / LOG_FILE):
-        return _reduce(paths, out, target, target_xy, config, workers, scheduler, threads)
+        return _reduce(paths, out, target, target_xy, catalogue, config, workers, scheduler,
+                       threads)
+
+
+def _catalogue(source):
+    """The reference catalogue from a path (read and checked now) or as given."""
+    if source is None:
+        return None
+    from engine.io.catalogue import ReferenceCatalogue, read_catalogue
+
+    return source if isinstance(source, ReferenceCatalogue) else read_catalogue(source)
 
 
 class _PassOn(logging.Handler):
@@ -219,8 +212,8 @@ def _run_log(path: Path):
         to_file.close()
 
 
-def _reduce(paths, out: Path, target, target_xy, config: PipelineConfig, workers, scheduler,
-            threads) -> ReduceResult:
+def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConfig, workers,
+            scheduler, threads) -> ReduceResult:
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -239,23 +232,24 @@ def _reduce(paths, out: Path, target, target_xy, config: PipelineConfig, workers
     start = time.perf_counter()
     jobs = []
     for run_id in runs:
-        run_frames = _run_frames(frames, run_id)
-        xy = target_xy.get(run_id) if isinstance(target_xy, dict) else target_xy
-        if xy is None:
-            xy = _target_from_wcs(run_frames)
-        if xy is not None:
-            xy = _trimmed(xy, run_frames)
         product = out / PHOTOMETRY_FOLDER / f"{run_id}.parquet"
-        if _up_to_date(product, Path(calibrated.runs[run_id]), _settings(config.extraction, xy)):
+        if _up_to_date(product, Path(calibrated.runs[run_id]), _settings(config.extraction)):
             continue
-        jobs.append((run_id, str(calibrated.runs[run_id]), run_frames, xy, config.extraction,
-                     str(out), threads))
+        jobs.append((run_id, str(calibrated.runs[run_id]), _run_frames(frames, run_id),
+                     config.extraction, str(out), threads))
     _run_jobs(jobs, workers, scheduler)
     timings["photometry"] = time.perf_counter() - start
     log.info("photometry done in %.1f s", timings["photometry"])
 
     start = time.perf_counter()
-    lightcurves, report = _ensemble(out, runs, frames, config.ensemble, threads)
+    skies, stars = _locate(out, runs, frames, _target_radec(target, frames), target_xy,
+                           catalogue, config.sky)
+    timings["sky"] = time.perf_counter() - start
+    log.info("sky done in %.1f s", timings["sky"])
+
+    start = time.perf_counter()
+    lightcurves, report = _ensemble(out, runs, frames, skies, stars, catalogue, config.ensemble,
+                                    threads)
     timings["ensemble"] = time.perf_counter() - start
     log.info("ensemble done in %.1f s", timings["ensemble"])
     start = time.perf_counter()
@@ -268,15 +262,12 @@ def _reduce(paths, out: Path, target, target_xy, config: PipelineConfig, workers
                         timings_s=timings)
 
 
-def _run_lightcurve(source: Path, run_id: str, stars: pa.Table, run_frames: pa.Table,
-                    config: EnsembleConfig, threads):
+def _run_lightcurve(source: Path, run_id: str, stars: pa.Table, target: int,
+                    run_frames: pa.Table, config: EnsembleConfig, threads):
     """One run's light curve from its photometry file: (RunLightCurve, its diagnostics), or
     (None, why not). The run's photometry is read here and released on return."""
     schema = pq.read_schema(source)
     meta = json.loads((schema.metadata or {}).get(b"engine", b"{}"))
-    target = meta.get("target")
-    if target is None:
-        return None, {"skipped": "the target was not identified in this run"}
     # Only what the ensemble reads: a long run's photometry is millions of rows.
     photometry = read_parquet(source, columns=[name for name in schema.names
                                                if name not in _NOT_FOR_THE_ENSEMBLE])
@@ -303,6 +294,55 @@ def _run_lightcurve(source: Path, run_id: str, stars: pa.Table, run_frames: pa.T
         return None, {"skipped": str(exc), "photometry": meta}
     result.diagnostics["photometry"] = meta
     return result, result.diagnostics
+
+
+def _target_radec(target, frames: pa.Table):
+    """The target's (ra, dec) in degrees: the argument, else the one ingest recorded from the
+    configuration; None when neither gave one (a header pointing is not a target)."""
+    from engine.ingest import parse_target
+
+    parsed = parse_target(target)
+    if parsed is not None or "target_source" not in frames.column_names:
+        return parsed
+    for row in frames.select(["target_ra_deg", "target_dec_deg", "target_source"]).to_pylist():
+        if row["target_source"] in ("argument", "configuration") and \
+                row["target_ra_deg"] is not None:
+            return (row["target_ra_deg"], row["target_dec_deg"])
+    return None
+
+
+def _run_stars(out: Path, run_id: str, frames: pa.Table) -> RunStars:
+    """A measured run as the sky stage sees it: its star table, reference frame and FWHM, and
+    the transform of its first frame (for target pixel positions)."""
+    folder = out / PHOTOMETRY_FOLDER
+    meta = json.loads((pq.read_schema(folder / f"{run_id}.parquet").metadata or {})
+                      .get(b"engine", b"{}"))
+    registration = read_parquet(folder / f"{run_id}.registration.parquet").slice(0, 1)
+    first = registration.to_pylist()[0] if registration.num_rows else {}
+    transform = None
+    if first.get("status") == "ok":
+        transform = Transform(first["a"], first["b"], first["tx"], first["ty"], first["parity"])
+    return RunStars(run_id=run_id, stars=read_parquet(folder / f"{run_id}.stars.parquet"),
+                    frames=_run_frames(frames, run_id),
+                    reference_frame=int(meta.get("reference_frame", 0)),
+                    fwhm=float(meta.get("fwhm", math.nan)), first_transform=transform)
+
+
+def _locate(out: Path, runs: list[str], frames: pa.Table, target_radec, target_xy, catalogue,
+            config: SkyConfig):
+    """Sky solutions, targets and network star ids of every run (engine.sky); each solved run's
+    WCS is written as sky/RUN.wcs.fits."""
+    measured = [_run_stars(out, run_id, frames) for run_id in runs]
+    skies = locate_runs(measured, catalogue=catalogue, target_radec=target_radec,
+                        target_xy=target_xy, config=config)
+    stars = sky_star_columns(measured, skies, catalogue, config)
+    for run_id, sky in skies.items():
+        if sky.solution is not None:
+            with atomic_path(out / SKY_FOLDER / f"{run_id}.wcs.fits", ".fits") as temporary:
+                from astropy.io import fits
+
+                fits.PrimaryHDU(header=sky.solution.to_header()).writeto(temporary)
+    return skies, stars
 
 
 def _write_views(out: Path, lightcurves: pa.Table, report: dict) -> list[str]:
@@ -359,24 +399,33 @@ def _run_jobs(jobs, workers, scheduler) -> None:
             cluster.close()
 
 
-def _ensemble(out: Path, runs: list[str], frames: pa.Table, config: EnsembleConfig, threads):
+def _ensemble(out: Path, runs: list[str], frames: pa.Table, skies, stars: dict, catalogue,
+              config: EnsembleConfig, threads):
     folder = out / PHOTOMETRY_FOLDER
-    results, star_tables = [], []
+    results = []
     report: dict = {"runs": {}}
     for run_id in runs:
-        stars = read_parquet(folder / f"{run_id}.stars.parquet")
-        star_tables.append(stars)
-        result, diagnostics = _run_lightcurve(folder / f"{run_id}.parquet", run_id, stars,
+        sky = skies[run_id]
+        if sky.skipped:
+            report["runs"][run_id] = {"skipped": sky.skipped, "sky": sky.report()}
+            continue
+        result, diagnostics = _run_lightcurve(folder / f"{run_id}.parquet", run_id,
+                                              stars[run_id], sky.target,
                                               _run_frames(frames, run_id), config, threads)
+        diagnostics["sky"] = sky.report()
         report["runs"][run_id] = diagnostics
         if result is not None:
             results.append(result)
     concat_parquet([folder / f"{run_id}.parquet" for run_id in runs], out / "photometry.parquet")
-    write_parquet(pa.concat_tables(star_tables, promote_options="default"), out / "stars.parquet")
+    write_parquet(pa.concat_tables([stars[run_id] for run_id in runs], promote_options="default"),
+                  out / "stars.parquet")
     if not results:
-        raise EngineValueError("the target was identified in no run: give --target-xy")
+        reasons = "; ".join(f"{run_id}: {report['runs'][run_id].get('skipped', '?')}"
+                            for run_id in runs)
+        raise EngineValueError(f"no run gave a light curve ({reasons})")
     try:
-        lightcurves, merge = merge_runs(results, config=config)
+        lightcurves, merge = merge_runs(results, config=config, reference_catalogue=(
+            catalogue.to_table() if catalogue is not None else None))
         report["merge"] = merge
     except EngineValueError as exc:  # e.g. no shared stars between runs
         lightcurves = pa.concat_tables([r.table for r in results], promote_options="default")

@@ -1,0 +1,375 @@
+"""The sky stage: every run's reference frame on the sky, its target found by RA/Dec, and one
+identity for each star across the runs of a network.
+
+For each run (after its photometry has fixed the reference frame and its star table), the sky
+solution is, in order of preference:
+
+1. the reference frame's header WCS, when ingest found it valid (observatory failure markers and
+   degenerate matrices are refused there) and, with a catalogue, when the detected stars land on
+   catalogue stars (`check_wcs`);
+2. with a catalogue, a solve from the header pointing and pixel scale (`solve_field`: a pointing
+   off by a good part of the field, any rotation, a mirror image, the scale within +-10 % or
+   searched when the header gives none);
+3. without one, a match of the run's stars to a solved run's (`solve_from_reference`, the scale
+   ratio from the two header pixel scales): one site with a WCS anchors the others.
+
+The target is then the star nearest its RA/Dec (or a pixel position given per run or site, or one
+`--target-xy` for a one-run night), within a tolerance that follows the run's FWHM. Stars of all
+runs that fall within `match_radius_arcsec` of each other share one `star_id` (the catalogue's id
+when the catalogue has them). A run that cannot be solved or whose target cannot be found is
+reported and skipped; the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.errors import EngineError, EngineValueError
+
+__all__ = ["RunSky", "SkyConfig", "locate_runs", "sky_star_columns"]
+
+log = logging.getLogger("engine.sky")
+
+
+@dataclass(frozen=True)
+class SkyConfig:
+    """Settings of the sky stage (defaults in brackets)."""
+
+    #: Reference catalogue (CSV or Parquet; RA/Dec in degrees, a magnitude, optionally a colour
+    #: and an id) for sky solutions and standardisation [none].
+    catalogue: str | None = None
+    #: The target's pixel position (x, y, 0-based) in the first light frame, per run id or per
+    #: site name, for runs that cannot be put on the sky [none].
+    target_xy: tuple[tuple[str, tuple[float, float]], ...] = ()
+    #: Allowed error of the header pixel scale, as a fraction [0.1].
+    scale_tolerance: float = 0.1
+    #: Stars of different runs closer than this on the sky are one star [2 arcsec].
+    match_radius_arcsec: float = 2.0
+    #: The target must lie within this many FWHM of its predicted position [1.5] ...
+    target_tolerance_fwhm: float = 1.5
+    #: ... plus three times the sky solution's rms.
+
+    def __post_init__(self):
+        for name in ("scale_tolerance", "match_radius_arcsec", "target_tolerance_fwhm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value) or value <= 0:
+                raise EngineValueError(f"sky {name} must be finite and > 0, got {value!r}")
+        if not 0 < self.scale_tolerance < 1:
+            raise EngineValueError(f"sky scale_tolerance must be in (0, 1), got "
+                                   f"{self.scale_tolerance!r}")
+        pairs = []
+        for entry in self.target_xy:
+            try:
+                key, (x, y) = entry
+                pair = (str(key), (float(x), float(y)))
+            except (TypeError, ValueError):
+                raise EngineValueError(f"sky target_xy entries are name = [x, y], got "
+                                       f"{entry!r}") from None
+            if not all(math.isfinite(v) for v in pair[1]):
+                raise EngineValueError(f"sky target_xy for {pair[0]!r} is not finite: {pair[1]}")
+            pairs.append(pair)
+        object.__setattr__(self, "target_xy", tuple(pairs))
+
+    def target_xy_for(self, run_id: str, site: str | None):
+        given = dict(self.target_xy)
+        return given.get(run_id, given.get(site) if site else None)
+
+
+@dataclass
+class RunSky:
+    """One run's place on the sky."""
+
+    run_id: str
+    solution: object | None = None     # engine.registration.solve.SkySolution
+    target: int | None = None          # row of the star table
+    skipped: str | None = None         # why the run cannot go on (None when it can)
+    notes: list[str] = field(default_factory=list)
+
+    def report(self) -> dict:
+        out = {"solution": self.solution.report() if self.solution is not None else None,
+               "target": self.target, "notes": list(self.notes)}
+        if self.skipped:
+            out["skipped"] = self.skipped
+        return out
+
+
+@dataclass
+class RunStars:
+    """What the sky stage needs of one measured run."""
+
+    run_id: str
+    stars: pa.Table              # star, x, y (reference frame of the calibrated cube), flux, fwhm
+    frames: pa.Table             # the run's light frames in cube order (frames.parquet rows)
+    reference_frame: int
+    fwhm: float
+    first_transform: object | None  # reference -> first frame Transform, None if unregistered
+
+    def xy(self) -> np.ndarray:
+        return np.column_stack([self.stars.column("x").to_numpy(zero_copy_only=False),
+                                self.stars.column("y").to_numpy(zero_copy_only=False)])
+
+    def flux(self) -> np.ndarray:
+        return np.asarray(self.stars.column("flux").to_numpy(zero_copy_only=False), dtype=float)
+
+    def value(self, name: str, row: int | None = None):
+        if name not in self.frames.column_names or self.frames.num_rows == 0:
+            return None
+        row = self.reference_frame if row is None else row
+        return self.frames.column(name)[min(row, self.frames.num_rows - 1)].as_py()
+
+    def shape(self) -> tuple[int, int]:
+        shape = self.value("shape")
+        trim = self.value("trim_section")
+        if trim:
+            return (int(trim[1] - trim[0]), int(trim[3] - trim[2]))
+        return (int(shape[0]), int(shape[1])) if shape else (0, 0)
+
+
+def _header_wcs(run: RunStars):
+    """The reference frame's header WCS moved onto the calibrated (trimmed) grid, or None."""
+    text = run.value("wcs")
+    if not text:
+        return None
+    from astropy.io.fits import Header
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(Header.fromstring(text)).celestial
+    trim = run.value("trim_section")
+    if trim:  # (y0, y1, x0, x1): the trimmed grid starts at (x0, y0) of the stored one
+        wcs = wcs.deepcopy()
+        wcs.wcs.crpix = [wcs.wcs.crpix[0] - trim[2], wcs.wcs.crpix[1] - trim[0]]
+    return wcs
+
+
+def _solve_run(run: RunStars, catalogue, config: SkyConfig, notes: list[str]):
+    """A run's sky solution from its own header or the catalogue, or None (notes say why)."""
+    from engine.registration.solve import check_wcs, solve_field
+
+    wcs = _header_wcs(run)
+    xy, flux, shape = run.xy(), run.flux(), run.shape()
+    if wcs is not None:
+        if catalogue is None:
+            return _header_solution(wcs, xy)
+        checked = check_wcs(wcs, xy, flux, catalogue, shape=shape)
+        if checked is not None:
+            return checked
+        notes.append("the header WCS does not put the detected stars on catalogue stars: "
+                     "solved from the catalogue instead")
+    if catalogue is None:
+        return None
+    ra, dec = run.value("ra_deg"), run.value("dec_deg")
+    pointing = (ra, dec) if ra is not None and dec is not None else None
+    if pointing is None and wcs is not None:
+        centre = wcs.pixel_to_world_values((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
+        pointing = (float(centre[0]), float(centre[1]))
+    if pointing is None:
+        notes.append("no header pointing (RA/DEC, OBJCTRA/OBJCTDEC, ...) to solve from")
+        return None
+    scale = run.value("pixel_scale_arcsec")
+    try:
+        return solve_field(xy, flux, catalogue, pointing=pointing, pixel_scale=scale,
+                           shape=shape, scale_tolerance=config.scale_tolerance)
+    except EngineError as exc:
+        notes.append(f"no sky solution from the catalogue: {exc}")
+        return None
+
+
+def _header_solution(wcs, xy):
+    """A header WCS taken as it is (no catalogue to check it against)."""
+    from engine.registration.solve import SkySolution
+
+    scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600.0
+    return SkySolution(wcs=wcs, method="header", n_matched=0, rms_arcsec=math.nan,
+                       pixel_scale_arcsec=scale, rotation_deg=_rotation_deg(wcs),
+                       mirrored=bool(np.linalg.det(wcs.pixel_scale_matrix) > 0),
+                       catalogue_index=np.full(len(xy), -1, dtype=np.int64),
+                       notes=("header WCS, not checked (no catalogue)",))
+
+
+def _rotation_deg(wcs) -> float:
+    m = wcs.pixel_scale_matrix
+    return float(np.degrees(np.arctan2(m[1, 0], m[1, 1])))
+
+
+def _anchor(run: RunStars, anchors: list[tuple[RunStars, object]], notes: list[str]):
+    """Solve a run by matching its stars to an already solved run's (best anchors first)."""
+    from engine.registration.solve import solve_from_reference
+
+    mine = run.value("pixel_scale_arcsec")
+    for other, solution in anchors:
+        theirs = solution.pixel_scale_arcsec
+        ratio = mine / theirs if mine and theirs else None
+        try:
+            solved = solve_from_reference(run.xy(), run.flux(), other.xy(), other.flux(),
+                                          solution.wcs, scale_ratio=ratio, shape=run.shape())
+        except EngineError as exc:
+            notes.append(f"not matched to run {other.run_id}: {exc}")
+            continue
+        return solved
+    return None
+
+
+def _target(run: RunStars, sky: RunSky, target_radec, given_xy, config: SkyConfig):
+    """The target's row in the run's star table (sky.target), or the reason it is not found."""
+    xy = run.xy()
+    if len(xy) == 0:
+        return None, "the run has no stars"
+    if given_xy is not None:
+        if run.first_transform is None:
+            return None, "the first frame is not registered: its target position cannot be placed"
+        x, y = (float(v) for v in given_xy)
+        how = f"pixel ({x:.1f}, {y:.1f}) in the first frame"
+        trim = run.value("trim_section", 0)
+        if trim:  # given on the stored frame; the transforms live on the trimmed grid
+            x, y = x - trim[2], y - trim[0]
+        point = run.first_transform.inverse().apply(np.asarray([[x, y]]))[0]
+        rms = 0.0
+    elif target_radec is not None and sky.solution is not None:
+        x, y = sky.solution.wcs.world_to_pixel_values(*target_radec)
+        point = np.array([float(x), float(y)])
+        how = f"RA {target_radec[0]:.5f}, Dec {target_radec[1]:+.5f} deg"
+        rms_arcsec = sky.solution.rms_arcsec
+        rms = (rms_arcsec / sky.solution.pixel_scale_arcsec
+               if rms_arcsec is not None and math.isfinite(rms_arcsec) else 0.0)
+    elif target_radec is None:
+        return None, "no target: give --target-ra/--target-dec, or a pixel position"
+    else:
+        return None, "no sky solution, and no target pixel position for this run or its site"
+    if not np.isfinite(point).all():
+        return None, f"the target ({how}) does not project onto the frame"
+    fwhm = run.fwhm if math.isfinite(run.fwhm) and run.fwhm > 0 else 3.0
+    tolerance = config.target_tolerance_fwhm * fwhm + 3.0 * rms
+    distance = np.hypot(xy[:, 0] - point[0], xy[:, 1] - point[1])
+    best = int(np.argmin(distance))
+    if distance[best] > tolerance:
+        return None, (f"no star within {tolerance:.1f} px of the target ({how}) at "
+                      f"({point[0]:.1f}, {point[1]:.1f}); the nearest is {distance[best]:.1f} px "
+                      "away")
+    return best, f"target found from {how}, {distance[best]:.2f} px from the prediction"
+
+
+def locate_runs(runs: list[RunStars], *, catalogue=None, target_radec=None, target_xy=None,
+                config: SkyConfig | None = None) -> dict[str, RunSky]:
+    """Sky solutions and targets of a network's runs (see the module docstring).
+
+    target_radec : (ra, dec) degrees, or None. target_xy : one (x, y) for every run (a one-run
+    night's `--target-xy`), a dict run_id -> (x, y), or None; `config.target_xy` adds positions
+    per run or site. Pixel positions win over RA/Dec for the runs that have one.
+    """
+    config = SkyConfig() if config is None else config
+    skies = {run.run_id: RunSky(run.run_id) for run in runs}
+    solved: list[tuple[RunStars, object]] = []
+    for run in runs:
+        sky = skies[run.run_id]
+        try:
+            sky.solution = _solve_run(run, catalogue, config, sky.notes)
+        except EngineError as exc:
+            sky.notes.append(f"no sky solution: {exc}")
+        if sky.solution is not None:
+            solved.append((run, sky.solution))
+    # Runs without a solution of their own are matched to the solved ones, the run with the
+    # most matched (or most) stars first.
+    solved.sort(key=lambda pair: (-pair[1].n_matched, -len(pair[0].xy())))
+    for run in runs:
+        sky = skies[run.run_id]
+        if sky.solution is None and solved:
+            sky.solution = _anchor(run, solved, sky.notes)
+    for run in runs:
+        sky = skies[run.run_id]
+        given = target_xy.get(run.run_id) if isinstance(target_xy, dict) else target_xy
+        if given is None:
+            given = config.target_xy_for(run.run_id, run.value("site"))
+        sky.target, why = _target(run, sky, target_radec, given, config)
+        sky.notes.append(why)
+        if sky.target is None:
+            sky.skipped = why
+            log.warning("run %s: target not found: %s", run.run_id, why)
+        if sky.solution is not None:
+            log.info("run %s on the sky: %s, %d stars matched, rms %.2f arcsec", run.run_id,
+                     sky.solution.method, sky.solution.n_matched, sky.solution.rms_arcsec)
+    return skies
+
+
+def _unit_vectors(ra, dec) -> np.ndarray:
+    ra, dec = np.radians(ra), np.radians(dec)
+    return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
+
+
+def sky_star_columns(runs: list[RunStars], skies: dict[str, RunSky], catalogue=None,
+                     config: SkyConfig | None = None) -> dict[str, pa.Table]:
+    """Each run's star table with `ra`, `dec` (deg), a network-wide `star_id` and, where a
+    catalogue star matches, `catalogue_id`, `catalogue_mag` and `colour` (the catalogue's).
+
+    Stars within `match_radius_arcsec` of a star already seen (catalogue stars first, then the
+    runs in order) take its id: the catalogue's id when it has one, else a number above them.
+    Runs without a sky solution keep their tables unchanged (no star_id: their own numbers).
+    """
+    from scipy.spatial import cKDTree
+
+    config = SkyConfig() if config is None else config
+    radius = 2.0 * math.sin(math.radians(config.match_radius_arcsec / 3600.0) / 2.0)
+    known_points = np.zeros((0, 3))
+    known_ids = np.zeros(0, dtype=np.int64)
+    n_catalogue = 0
+    if catalogue is not None:
+        known_points = _unit_vectors(catalogue.ra, catalogue.dec)
+        known_ids = np.asarray(catalogue.ids, dtype=np.int64)
+        n_catalogue = len(known_ids)
+    next_id = int(known_ids.max()) + 1 if known_ids.size else 0
+    out = {}
+    for run in runs:
+        sky = skies.get(run.run_id)
+        if sky is None or sky.solution is None or sky.skipped:
+            out[run.run_id] = run.stars
+            continue
+        xy = run.xy()
+        ra, dec = sky.solution.wcs.pixel_to_world_values(xy[:, 0], xy[:, 1])
+        ra, dec = np.asarray(ra, dtype=float) % 360.0, np.asarray(dec, dtype=float)
+        points = _unit_vectors(ra, dec)
+        ids = np.full(len(xy), -1, dtype=np.int64)
+        row = np.full(len(xy), -1, dtype=np.int64)
+        if len(known_ids):
+            distance, nearest = cKDTree(known_points).query(points, distance_upper_bound=radius)
+            hit = np.isfinite(distance)
+            # One star of this run per known star: the closest keeps it.
+            order = np.argsort(distance)
+            taken = set()
+            for i in order[hit[order]]:
+                if nearest[i] not in taken:
+                    taken.add(int(nearest[i]))
+                    ids[i], row[i] = known_ids[nearest[i]], nearest[i]
+        new = ids < 0
+        ids[new] = next_id + np.arange(int(new.sum()))
+        next_id += int(new.sum())
+        known_points = np.vstack([known_points, points[new]])
+        known_ids = np.concatenate([known_ids, ids[new]])
+        in_catalogue = (row >= 0) & (row < n_catalogue)
+        table = run.stars
+        for name in ("ra", "dec", "star_id", "catalogue_id", "catalogue_mag", "colour"):
+            if name in table.column_names:
+                table = table.drop_columns([name])
+        cat_mag = np.full(len(xy), np.nan)
+        colour = np.full(len(xy), np.nan)
+        cat_id = np.full(len(xy), -1, dtype=np.int64)
+        if catalogue is not None and in_catalogue.any():
+            cat_mag[in_catalogue] = np.asarray(catalogue.mag)[row[in_catalogue]]
+            colour[in_catalogue] = np.asarray(catalogue.colour)[row[in_catalogue]]
+            cat_id[in_catalogue] = ids[in_catalogue]
+        out[run.run_id] = (table.append_column("ra", pa.array(ra))
+                           .append_column("dec", pa.array(dec))
+                           .append_column("star_id", pa.array(ids, pa.int64()))
+                           .append_column("catalogue_id", pc.if_else(
+                               pa.array(cat_id >= 0), pa.array(cat_id, pa.int64()), None))
+                           .append_column("catalogue_mag", pa.array(cat_mag))
+                           .append_column("colour", pa.array(colour)))
+    return out

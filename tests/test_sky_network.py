@@ -1,0 +1,134 @@
+"""The network night on the sky: runs without a WCS solved against a catalogue or from one site
+that has one, the target found by RA/Dec in every run, one star identity, one merged and
+standardised light curve."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from engine.demo import network_config
+from engine.errors import EngineError
+from engine.pipeline import reduce
+from engine.simulation import PRESETS, simulate
+
+
+def _night(base, wcs_sites=()):
+    """The tiny network night with a header WCS only at `wcs_sites`."""
+    preset = PRESETS["tiny"]
+    sites = tuple(dataclasses.replace(site, camera=dataclasses.replace(
+        site.camera, wcs=site.name in wcs_sites)) for site in preset.sites)
+    return simulate(base / "raw", preset=dataclasses.replace(preset, sites=sites), seed=3).truth
+
+
+def _gaia_catalogue(truth, path, *, drop_target=False):
+    """The simulator's stars as a Gaia DR3 extract (source ids large, like Gaia's)."""
+    stars = [s for s in truth["stars"] if not (drop_target and s["is_target"])]
+    table = pa.table({
+        "source_id": pa.array([4_000_000_000_000 + s["id"] for s in stars], pa.int64()),
+        "ra": [s["ra_deg"] for s in stars], "dec": [s["dec_deg"] for s in stars],
+        "phot_g_mean_mag": [s["mag_g"] for s in stars], "bp_rp": [s["bp_rp"] for s in stars],
+    })
+    pacsv.write_csv(table, path)
+    return path
+
+
+def _angular_arcsec(ra1, dec1, ra2, dec2):
+    ra1, dec1, ra2, dec2 = (np.radians(v) for v in (ra1, dec1, ra2, dec2))
+    c = np.sin(dec1) * np.sin(dec2) + np.cos(dec1) * np.cos(dec2) * np.cos(ra1 - ra2)
+    return np.degrees(np.arccos(np.clip(c, -1, 1))) * 3600.0
+
+
+def _check_targets(out, truth, result):
+    """Every run found the target, and its star sits on the target's true position."""
+    lightcurves = result.lightcurves
+    stars = pq.read_table(out / "stars.parquet").to_pylist()
+    ra0, dec0 = truth["target"]["ra_deg"], truth["target"]["dec_deg"]
+    for run_id in result.runs:
+        assert "skipped" not in result.report["runs"][run_id], result.report["runs"][run_id]
+        mine = pc.and_(pc.equal(lightcurves.column("run_id"), run_id),
+                       pc.equal(lightcurves.column("role"), "target"))
+        star = lightcurves.filter(mine).column("star")[0].as_py()
+        row = next(s for s in stars if s["run_id"] == run_id and s["star"] == star)
+        assert _angular_arcsec(row["ra"], row["dec"], ra0, dec0) < 1.5, run_id
+    return stars
+
+
+def test_catalogue_solves_every_run_without_a_wcs_and_the_runs_merge(tmp_path):
+    truth = _night(tmp_path)
+    catalogue = _gaia_catalogue(truth, tmp_path / "gaia.csv")
+    target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
+    out = tmp_path / "out"
+    result = reduce([tmp_path / "raw"], out, target=target, catalogue=catalogue,
+                    config=network_config(truth))
+    assert len(result.runs) == 3
+    stars = _check_targets(out, truth, result)
+    for run_id in result.runs:
+        sky = result.report["runs"][run_id]["sky"]["solution"]
+        assert sky["method"] == "catalogue", sky
+        assert sky["rms_arcsec"] < 1.0
+        # The solution as a FITS header astropy reads back.
+        wcs = WCS(fits.getheader(out / "sky" / f"{run_id}.wcs.fits"))
+        assert wcs.has_celestial
+    # One identity: the target has the catalogue's id in every run.
+    target_id = 4_000_000_000_000 + truth["target"]["id"]
+    ids = pq.read_table(out / "lightcurves.parquet").filter(
+        pc.equal(pc.field("role"), "target")).column("star_id").to_numpy()
+    assert set(ids.tolist()) == {target_id}
+    # Stars seen by several runs carry the catalogue's ids and magnitudes.
+    matched = [s for s in stars if s["catalogue_id"] is not None]
+    assert len(matched) > 0.5 * len(stars)
+    # The merge ran against the catalogue: standardised magnitudes are filled.
+    assert "skipped" not in result.report["merge"], result.report["merge"]
+    mag_std = pq.read_table(out / "lightcurves.parquet", columns=["mag_std", "role"])
+    target_std = mag_std.filter(pc.equal(mag_std.column("role"), "target")).column("mag_std")
+    assert np.isfinite(target_std.to_numpy(zero_copy_only=False)).mean() > 0.8
+    json.loads((out / "report.json").read_text())  # the report is plain JSON
+
+
+def test_one_site_with_a_wcs_anchors_the_others_without_a_catalogue(tmp_path):
+    truth = _night(tmp_path, wcs_sites=("negev",))
+    target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
+    out = tmp_path / "out"
+    result = reduce([tmp_path / "raw"], out, target=target, config=network_config(truth))
+    methods = {run_id: result.report["runs"][run_id]["sky"]["solution"]["method"]
+               for run_id in result.runs}
+    anchor = next(run_id for run_id in result.runs if "negev" in run_id)
+    assert methods[anchor] == "header"
+    assert all(m.startswith("run ") or m == "reference" for r, m in methods.items()
+               if r != anchor), methods
+    _check_targets(out, truth, result)
+    # The runs share stars through their sky positions: the merge ties them.
+    assert "skipped" not in result.report["merge"], result.report["merge"]
+
+
+def test_a_run_that_cannot_be_solved_is_skipped_and_the_others_go_on(tmp_path):
+    truth = _night(tmp_path, wcs_sites=("negev",))
+    target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
+    # Only negev's target pixel is known: without a catalogue, the other runs are anchored;
+    # a catalogue far from the field makes every catalogue solve fail, and the header WCS
+    # that does not match it is refused: nothing is solved, every run is reported.
+    far = pa.table({"ra": [10.0, 10.1, 10.2], "dec": [-40.0, -40.1, -40.2],
+                    "mag": [10.0, 11.0, 12.0]})
+    pacsv.write_csv(far, tmp_path / "far.csv")
+    with pytest.raises(EngineError, match="no run gave a light curve"):
+        reduce([tmp_path / "raw"], tmp_path / "out", target=target,
+               catalogue=tmp_path / "far.csv", config=network_config(truth))
+    report = tmp_path / "out" / "reduce.log"
+    assert "target not found" in report.read_text()
+
+
+def test_a_bad_catalogue_stops_before_any_work(tmp_path):
+    (tmp_path / "raw").mkdir()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,flux\nA,1\n")
+    with pytest.raises(EngineError, match="bad.csv"):
+        reduce([tmp_path / "raw"], tmp_path / "out", catalogue=bad)
+    assert not (tmp_path / "out").exists()
