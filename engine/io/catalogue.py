@@ -9,7 +9,7 @@ recognised as the usual exports write them:
 - Gaia synthetic photometry: u_jkc_mag ... i_jkc_mag (Johnson-Kron-Cousins U B V R I),
   u_sdss_mag ... z_sdss_mag (Sloan u g r i z); their _error and _flux columns are ignored.
 - Plain tables: id, ra, dec, mag, colour / color, B-V, and one-letter bands (V, R, g ...) or
-  <band>mag / <band>_mag.
+  <band>mag / <band>_mag; mag_<band> as `ReferenceCatalogue.to_table` writes them.
 
 Names are matched case-insensitively, except where case is the band: G (Gaia) and g (Sloan),
 U/u, R/r, I/i. Bands are named G, BP, RP, U, B, V, R, I, u, g, r, i, z.
@@ -54,6 +54,8 @@ _LETTER = re.compile(r"^([UBVRIGugriz])(?:_?mag)?$")  # 'V', 'Vmag', 'r_mag': ca
 
 def _band_of(name: str) -> str | None:
     """The band a column holds, or None."""
+    if name.startswith("mag_") and name[4:] in BANDS:  # to_table's own columns
+        return name[4:]
     lower = name.lower()
     if lower in _NAMED_BANDS:
         return _NAMED_BANDS[lower]
@@ -126,8 +128,8 @@ class ReferenceCatalogue:
         ra_name = _first(by_lower, _RA_NAMES)
         dec_name = _first(by_lower, _DEC_NAMES)
         if ra_name is None or dec_name is None:
-            raise CatalogueError(f"{where}no {'ra' if ra_name is None else 'dec'} column "
-                                 f"(looked for {', '.join(_RA_NAMES if ra_name is None else _DEC_NAMES)}); "
+            which, names = ("ra", _RA_NAMES) if ra_name is None else ("dec", _DEC_NAMES)
+            raise CatalogueError(f"{where}no {which} column (looked for {', '.join(names)}); "
                                  f"columns are {', '.join(table.column_names)}")
         ra, dec = _floats(table, ra_name, where), _floats(table, dec_name, where)
         notes = []
