@@ -476,8 +476,9 @@ _WCS_ERROR_KEYS = ("WCSERR", "WCS_ERR")
 _PIXEL_SCALE_LIMITS = (0.01, 100.0)  # arcsec/px: anything else is a broken WCS or keyword
 
 
-def _wcs_problem(header, wcs) -> str | None:
-    """Why a header's celestial WCS cannot be trusted, or None."""
+def _wcs_header_problem(header) -> str | None:
+    """Why a header's WCS cannot be trusted before reading it (astropy would refuse a singular
+    CD matrix with a cryptic error, or silently replace a zero one by the unit matrix)."""
     for key in _WCS_ERROR_KEYS:
         value = _number(header, key)
         if value is not None and value != 0:
@@ -487,8 +488,12 @@ def _wcs_problem(header, wcs) -> str | None:
         a, b, c, d = (v or 0.0 for v in cd)
         if a * d - b * c == 0.0:
             return "its CD matrix is zero or singular"
-    matrix = wcs.celestial.pixel_scale_matrix
-    determinant = float(np.linalg.det(matrix))
+    return None
+
+
+def _wcs_scale_problem(wcs) -> str | None:
+    """Why a read WCS cannot be true: a singular PC x CDELT matrix, an impossible pixel scale."""
+    determinant = float(np.linalg.det(wcs.celestial.pixel_scale_matrix))
     if not math.isfinite(determinant) or determinant == 0.0:
         return "its PC x CDELT matrix is zero or singular"
     scale = math.sqrt(abs(determinant)) * 3600.0
@@ -502,6 +507,10 @@ def _wcs(header, shape, record: HeaderRecord) -> None:
     ctype1, ctype2 = str(header.get("CTYPE1", "")), str(header.get("CTYPE2", ""))
     if not (ctype1.upper().startswith("RA") and ctype2.upper().startswith("DEC")):
         return
+    problem = _wcs_header_problem(header)
+    if problem is not None:
+        record.notes.append(f"WCS not trusted: {problem}; ignored")
+        return
     try:
         from astropy.wcs import WCS, FITSFixedWarning
 
@@ -510,7 +519,7 @@ def _wcs(header, shape, record: HeaderRecord) -> None:
             wcs = WCS(header, naxis=2, relax=True)
             if not wcs.has_celestial:
                 return
-            problem = _wcs_problem(header, wcs)
+            problem = _wcs_scale_problem(wcs)
             if problem is not None:
                 record.notes.append(f"WCS not trusted: {problem}; ignored")
                 return

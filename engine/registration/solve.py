@@ -206,48 +206,63 @@ def _sip_pays(residual_low, residual_high, extra_terms: int) -> bool:
     return float(stats.f.sf(f, extra_terms, dof)) < _SIP_FALSE_ALARM
 
 
-def _refine(xy, ra, dec, shape, predicted, *, radius: float, sip_order, min_matches: int):
-    """Iterated cross-match and TAN fit from first predicted catalogue positions.
-
-    Returns (wcs, star rows, catalogue rows, residual px, notes); raises SolveError when too
-    few stars pair up.
-    """
-    rows, columns = shape
-    crpix = ((columns + 1) / 2.0, (rows + 1) / 2.0)
-    tree = cKDTree(xy)
-    previous, wcs, notes = None, None, []
-    crval = None
-    order = 0
+def _iterate(tree, xy, ra, dec, crpix, predicted, radius, order, min_matches):
+    """Cross-match and fit until the pairs stop changing, the pairing radius shrinking to a
+    few times the scatter; returns (wcs, star rows, catalogue rows, residual px)."""
+    previous, crval = None, None
     for _ in range(10):
         star, cat = _pair(tree, predicted, radius)
         if len(star) < max(min_matches, 3):
             raise SolveError(f"only {len(star)} stars pair with the catalogue within "
                              f"{radius:.2g} px (need {min_matches})")
-        key = (star.tobytes(), cat.tobytes())
-        if crval is None:
-            # Start the tangent point at the matched stars' mean position.
+        if crval is None:  # start the tangent point at the matched stars' mean position
             crval = (float(np.degrees(np.arctan2(np.sin(np.radians(ra[cat])).mean(),
                                                  np.cos(np.radians(ra[cat])).mean())) % 360),
                      float(np.mean(dec[cat])))
         wcs, residual = _fit_tan(xy[star], ra[cat], dec[cat], crpix, crval, order)
         crval = tuple(wcs.wcs.crval)
+        key = (star.tobytes(), cat.tobytes())
         if key == previous:
             break
         previous = key
         sigma = float(np.median(np.hypot(*residual.T))) / 1.1774  # 2-D Gaussian median radius
         radius = min(max(4.0 * sigma, 0.5), radius)
         predicted = _sky_to_pixels(wcs, ra, dec)
-    order = _choose_sip(xy[star], ra[cat], dec[cat], crpix, crval, residual, sip_order, notes)
-    if order:
-        wcs, residual = _fit_tan(xy[star], ra[cat], dec[cat], crpix, crval, order)
-        star, cat = _pair(tree, _sky_to_pixels(wcs, ra, dec), radius)
-        wcs, residual = _fit_tan(xy[star], ra[cat], dec[cat], crpix, tuple(wcs.wcs.crval), order)
+    return wcs, star, cat, residual
+
+
+def _refine(xy, ra, dec, shape, predicted, *, radius: float, sip_order, min_matches: int):
+    """TAN fit from first predicted catalogue positions, then SIP terms when they pay.
+
+    Distortion pushes the field's outer stars beyond the TAN fit's shrinking radius, so the
+    SIP order is chosen on the pairs within the first radius, refined from there, and kept
+    only if it still pays on the final pairs. Returns (wcs, star rows, catalogue rows,
+    residual px, notes); raises SolveError when too few stars pair up.
+    """
+    rows, columns = shape
+    crpix = ((columns + 1) / 2.0, (rows + 1) / 2.0)
+    tree = cKDTree(xy)
+    notes = []
+    tan = _iterate(tree, xy, ra, dec, crpix, predicted, radius, 0, min_matches)
+    star, cat = _pair(tree, _sky_to_pixels(tan[0], ra, dec), radius)
+    _, wide = _fit_tan(xy[star], ra[cat], dec[cat], crpix, tuple(tan[0].wcs.crval), 0)
+    order = _choose_sip(xy[star], ra[cat], dec[cat], crpix, tuple(tan[0].wcs.crval), wide,
+                        sip_order, notes)
+    if not order:
+        return (*tan, notes)
+    wcs, star, cat, residual = _iterate(tree, xy, ra, dec, crpix,
+                                        _sky_to_pixels(tan[0], ra, dec), radius, order,
+                                        min_matches)
+    _, flat = _fit_tan(xy[star], ra[cat], dec[cat], crpix, tuple(wcs.wcs.crval), 0)
+    if sip_order is None and not _sip_pays(flat, residual, 2 * len(_powers(order))):
+        notes[:] = ["SIP terms dropped: they do not pay on the final pairs"]
+        return (*tan, notes)
     return wcs, star, cat, residual, notes
 
 
 def _choose_sip(xy, ra, dec, crpix, crval, residual, sip_order, notes) -> int:
-    """The SIP order to fit: the one asked for, or (None) the highest of 2 and 3 that the
-    F-test keeps."""
+    """The SIP order to fit: the one asked for, or (None) each of 2 and 3 in turn, kept when
+    the F-test says it lowers the residuals beyond chance."""
     if sip_order is not None:
         order = int(sip_order)
         needed = 3 * (len(_powers(order)) + 3)
@@ -257,14 +272,12 @@ def _choose_sip(xy, ra, dec, crpix, crval, residual, sip_order, notes) -> int:
             return 0
         return order if order >= 2 else 0
     chosen, best = 0, residual
-    for order in (2, 3):
+    for order in (2, 3):  # a radial distortion is odd: order 3 can pay where 2 does not
         if len(xy) < 3 * (len(_powers(order)) + 3):
             break
         _, trial = _fit_tan(xy, ra, dec, crpix, crval, order)
-        extra = len(_powers(order)) - len(_powers(chosen)) if chosen else len(_powers(order))
-        if not _sip_pays(best, trial, 2 * extra):
-            break
-        chosen, best = order, trial
+        if _sip_pays(best, trial, 2 * (len(_powers(order)) - len(_powers(chosen)))):
+            chosen, best = order, trial
     if chosen:
         notes.append(f"SIP order {chosen} fitted (the residuals show distortion)")
     return chosen
