@@ -12,6 +12,9 @@ anyway, so `except ValueError` keeps working around engine calls:
   into a skipped frame with the message as the reason; it stops nothing by itself.
 - RegistrationError(EngineValueError): two star lists cannot be matched (match_transform);
   register_frames flags such frames instead of raising.
+  - SolveError(RegistrationError): no sky solution (WCS) for a field; says why.
+- CatalogueError(EngineValueError): a reference catalogue lacks a column (ra, dec, a
+  magnitude), has none of its rows usable, or holds impossible coordinates; names the file.
 - MissingToolError(ImportError): an optional tool (a benchmark anchor) is not installed.
 """
 
@@ -39,6 +42,14 @@ class HeaderError(EngineValueError):
 class RegistrationError(EngineValueError):
     """Two star lists could not be matched (raised by `match_transform`; `register_frames` flags
     such frames instead)."""
+
+
+class SolveError(RegistrationError):
+    """A field's stars could not be placed on the sky (no catalogue match, too few stars)."""
+
+
+class CatalogueError(EngineValueError):
+    """A reference catalogue whose columns or values cannot be used (names the file)."""
 
 
 class MissingToolError(EngineError, ImportError):

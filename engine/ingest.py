@@ -295,6 +295,8 @@ def _scan(path: Path, config: Config) -> _Scanned:
     row["ra_deg"], row["dec_deg"] = record.ra_deg, record.dec_deg
     row["pointing_source"] = record.sources.get("pointing")
     row["wcs"] = record.wcs
+    row["pixel_scale_arcsec"] = record.pixel_scale_arcsec
+    row["pixel_scale_source"] = record.sources.get("pixel_scale")
     row["saturation"] = record.saturation
     row["aperture_diameter_m"] = (site.aperture_diameter_m if site is not None and
                                   site.aperture_diameter_m is not None
@@ -311,6 +313,9 @@ def _scan(path: Path, config: Config) -> _Scanned:
         overscan = _bayer.extracted_section(overscan, image.shape)
         trim = _bayer.extracted_section(trim, image.shape)
         row["wcs"] = None  # the raw frame's WCS does not describe the extracted one
+        if row["pixel_scale_arcsec"] is not None:  # half resolution: twice the angle
+            row["pixel_scale_arcsec"] *= 2.0
+            row["pixel_scale_source"] += " x 2 (Bayer extraction)"
     row["shape"], row["dtype"] = list(shape), dtype.name
     row["overscan_section"] = list(overscan) if overscan else None
     row["trim_section"] = list(trim) if trim else None

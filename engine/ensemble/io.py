@@ -5,7 +5,7 @@
 - `write_report(report, path)`: `report.json`, atomically; NaN and inf become null, NumPy
   values plain numbers (`jsonable`).
 - `read_reference_catalogue(path)`: a CSV or Parquet catalogue as an Arrow table, for
-  `merge_runs(reference_catalogue=...)`. The file is only read, never evaluated.
+  `merge_runs(reference_catalogue=...)` (`engine.io.catalogue.read_catalogue` reads it).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from engine.ensemble.schema import LIGHTCURVES_SCHEMA
-from engine.errors import EngineFileError, EngineValueError, InputNotFoundError
+from engine.errors import EngineValueError
+from engine.io.catalogue import read_catalogue
 from engine.io.atomic import write_text
 
 __all__ = ["jsonable", "read_reference_catalogue", "write_lightcurves", "write_report"]
@@ -72,23 +73,7 @@ def write_report(report: dict, path) -> Path:
 
 
 def read_reference_catalogue(path) -> pa.Table:
-    """Read a reference catalogue (CSV, or Parquet by its suffix or magic bytes).
-
-    The table needs a magnitude (G) and a colour (BP-RP) column and either ra/dec (degrees) or
-    a star_id / source_id; `merge_runs` says which names it accepts.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputNotFoundError(f"{path}: reference catalogue not found")
-    try:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
-        if magic == b"PAR1" or path.suffix.lower() in (".parquet", ".pq"):
-            import pyarrow.parquet as pq
-
-            return pq.read_table(path)
-        from pyarrow import csv
-
-        return csv.read_csv(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise EngineFileError(f"{path}: cannot read the reference catalogue: {exc}") from None
+    """A reference catalogue file as an Arrow table for `merge_runs`: `engine.io.catalogue`'s
+    columns (id, ra, dec, mag, colour, mag_<band>), read by `read_catalogue` (which names the
+    column spellings it recognises and the typed errors it raises)."""
+    return read_catalogue(path).to_table()

@@ -21,6 +21,13 @@ each seen in real files:
   become 0-based half-open (row_start, row_stop, column_start, column_stop), reversed ranges
   put in order, checked against the image shape.
 - Temperatures above 150 are taken to be kelvin (some observatory CCDs write the cold block's).
+- WCS: a celestial WCS is kept only when it can be true: not when the observatory's solver says
+  it failed (WCSERR / WCS_ERR non-zero, as LCO writes), not with a zero or singular CD (or
+  PC x CDELT) matrix (astropy would silently replace a zero CD by the unit matrix), and not with
+  a pixel scale outside 0.01-100 arcsec/px. A refused WCS leaves a note saying why.
+- Pixel scale (arcsec/px): PIXSCALE, SECPIX, SCALE, IM_SCALE, PIXSCAL1; else a kept WCS's
+  sqrt|det CD|; else 206.265 XPIXSZ / FOCALLEN (um, mm). MaxIm DL and N.I.N.A. write XPIXSZ
+  after binning; a comment saying 'unbinned' (or 'before binning') multiplies it by the binning.
 - Bayer pattern (BAYERPAT, COLORTYP) is moved to the pattern at array index [0, 0] using
   XBAYROFF/YBAYROFF (BAYOFFX/BAYOFFY) and ROWORDER: a pattern is given for top-down row order, so
   with ROWORDER = 'BOTTOM-UP' and an even number of rows its two rows swap.
@@ -107,6 +114,7 @@ class HeaderRecord:
     overscan_section: tuple[int, int, int, int] | None = None
     trim_section: tuple[int, int, int, int] | None = None
     wcs: str | None = None
+    pixel_scale_arcsec: float | None = None
     bayer_pattern: str | None = None
     saturation: float | None = None
     airmass: float | None = None
@@ -462,9 +470,46 @@ def _sections(header, shape, record: HeaderRecord) -> None:
                 record.notes.append(f"{key}: {exc}; ignored")
 
 
+_PIXEL_SCALE_KEYS = ("PIXSCALE", "SECPIX", "SCALE", "IM_SCALE", "PIXSCAL1")
+_PIXEL_SIZE_KEYS = ("XPIXSZ", "PIXSIZE1", "PIXSIZE")
+_WCS_ERROR_KEYS = ("WCSERR", "WCS_ERR")
+_PIXEL_SCALE_LIMITS = (0.01, 100.0)  # arcsec/px: anything else is a broken WCS or keyword
+
+
+def _wcs_header_problem(header) -> str | None:
+    """Why a header's WCS cannot be trusted before reading it (astropy would refuse a singular
+    CD matrix with a cryptic error, or silently replace a zero one by the unit matrix)."""
+    for key in _WCS_ERROR_KEYS:
+        value = _number(header, key)
+        if value is not None and value != 0:
+            return f"{key} = {value:g} (the observatory's astrometric fit failed)"
+    cd = [_number(header, f"CD{i}_{j}") for i in (1, 2) for j in (1, 2)]
+    if any(v is not None for v in cd):
+        a, b, c, d = (v or 0.0 for v in cd)
+        if a * d - b * c == 0.0:
+            return "its CD matrix is zero or singular"
+    return None
+
+
+def _wcs_scale_problem(wcs) -> str | None:
+    """Why a read WCS cannot be true: a singular PC x CDELT matrix, an impossible pixel scale."""
+    determinant = float(np.linalg.det(wcs.celestial.pixel_scale_matrix))
+    if not math.isfinite(determinant) or determinant == 0.0:
+        return "its PC x CDELT matrix is zero or singular"
+    scale = math.sqrt(abs(determinant)) * 3600.0
+    low, high = _PIXEL_SCALE_LIMITS
+    if not low <= scale <= high:
+        return f"its pixel scale {scale:.4g} arcsec/px is outside {low:g}-{high:g}"
+    return None
+
+
 def _wcs(header, shape, record: HeaderRecord) -> None:
     ctype1, ctype2 = str(header.get("CTYPE1", "")), str(header.get("CTYPE2", ""))
     if not (ctype1.upper().startswith("RA") and ctype2.upper().startswith("DEC")):
+        return
+    problem = _wcs_header_problem(header)
+    if problem is not None:
+        record.notes.append(f"WCS not trusted: {problem}; ignored")
         return
     try:
         from astropy.wcs import WCS, FITSFixedWarning
@@ -474,8 +519,15 @@ def _wcs(header, shape, record: HeaderRecord) -> None:
             wcs = WCS(header, naxis=2, relax=True)
             if not wcs.has_celestial:
                 return
+            problem = _wcs_scale_problem(wcs)
+            if problem is not None:
+                record.notes.append(f"WCS not trusted: {problem}; ignored")
+                return
             record.wcs = wcs.to_header_string(relax=True)
             record.sources["wcs"] = f"{ctype1.strip()}/{ctype2.strip()}"
+            scale = math.sqrt(abs(np.linalg.det(wcs.celestial.pixel_scale_matrix))) * 3600.0
+            record.pixel_scale_arcsec = scale
+            record.sources["pixel_scale"] = "CD matrix" if wcs.wcs.has_cd() else "CDELT"
             if record.ra_deg is None:  # no pointing keywords: the WCS's centre pixel
                 rows, columns = shape
                 ra, dec = wcs.celestial.all_pix2world([[(columns - 1) / 2, (rows - 1) / 2]], 0)[0]
@@ -484,6 +536,35 @@ def _wcs(header, shape, record: HeaderRecord) -> None:
                     record.sources["pointing"] = "WCS centre"
     except Exception as exc:  # astropy.wcs raises a zoo of types on broken WCS
         record.notes.append(f"WCS present but not usable ({exc}); ignored")
+
+
+def _pixel_scale(header, record: HeaderRecord) -> None:
+    """Arcsec per stored pixel from scale keywords, else the WCS (already read), else the
+    pixel size and focal length."""
+    low, high = _PIXEL_SCALE_LIMITS
+    value, key = _first_number(header, _PIXEL_SCALE_KEYS, record)
+    if value is not None and value != 0:
+        if low <= abs(value) <= high:
+            record.pixel_scale_arcsec, record.sources["pixel_scale"] = abs(value), key
+            return
+        record.notes.append(f"{key} = {value:g} arcsec/px is outside {low:g}-{high:g}; ignored")
+    if record.pixel_scale_arcsec is not None:
+        return
+    pixel_um, key = _first_number(header, _PIXEL_SIZE_KEYS, record)
+    focal_mm = _number(header, "FOCALLEN", record)
+    if pixel_um is None or focal_mm is None or pixel_um <= 0 or focal_mm <= 0:
+        return
+    source = f"{key}/FOCALLEN"
+    comment = _comment(header, key).lower()
+    if "unbinned" in comment or "before binning" in comment:
+        pixel_um *= record.binning[0]
+        source += " x binning"
+    scale = 206.265 * pixel_um / focal_mm
+    if low <= scale <= high:
+        record.pixel_scale_arcsec, record.sources["pixel_scale"] = scale, source
+    else:
+        record.notes.append(f"{source} gives {scale:.4g} arcsec/px, outside {low:g}-{high:g}; "
+                            "ignored")
 
 
 def _bayer(header, shape, record: HeaderRecord) -> None:
@@ -537,6 +618,7 @@ def normalise_header(header, shape: tuple[int, int]) -> HeaderRecord:
     _site(header, record)
     _sections(header, shape, record)
     _wcs(header, shape, record)
+    _pixel_scale(header, record)
     _bayer(header, shape, record)
     value, key = _first_number(header, _SATURATION_KEYS, record)
     if value is not None and value > 0:

@@ -1,0 +1,242 @@
+"""Reference star catalogues: one reader for the CSV and Parquet files users pass as --catalogue.
+
+`read_catalogue(path)` reads a file (never evaluates it) into a `ReferenceCatalogue`: ids,
+RA/Dec in degrees, a primary magnitude, a colour and every recognised band. Column names are
+recognised as the usual exports write them:
+
+- Gaia DR3: source_id, ra, dec, phot_g_mean_mag, phot_bp_mean_mag, phot_rp_mean_mag, bp_rp
+  (VizieR's Source, RA_ICRS, DE_ICRS, Gmag, BPmag, RPmag, BP-RP too).
+- Gaia synthetic photometry: u_jkc_mag ... i_jkc_mag (Johnson-Kron-Cousins U B V R I),
+  u_sdss_mag ... z_sdss_mag (Sloan u g r i z); their _error and _flux columns are ignored.
+- Plain tables: id, ra, dec, mag, colour / color, B-V, and one-letter bands (V, R, g ...) or
+  <band>mag / <band>_mag; mag_<band> as `ReferenceCatalogue.to_table` writes them.
+
+Names are matched case-insensitively, except where case is the band: G (Gaia) and g (Sloan),
+U/u, R/r, I/i. Bands are named G, BP, RP, U, B, V, R, I, u, g, r, i, z.
+
+The primary magnitude is a column named `mag` when there is one, else G, else V, else the first
+band found. The colour is BP-RP (a column, else BP minus RP), else B-V likewise, else a plain
+colour column, else NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from engine.errors import CatalogueError, EngineFileError, InputNotFoundError
+
+__all__ = ["BANDS", "ReferenceCatalogue", "read_catalogue"]
+
+log = logging.getLogger(__name__)
+
+#: Band names, in the order the table lists them.
+BANDS = ("G", "BP", "RP", "U", "B", "V", "R", "I", "u", "g", "r", "i", "z")
+
+_RA_NAMES = ("ra", "ra_deg", "radeg", "ra_icrs", "raj2000", "_raj2000", "ra_j2000")
+_DEC_NAMES = ("dec", "dec_deg", "decdeg", "de_icrs", "dec_icrs", "dej2000", "_dej2000",
+              "dec_j2000", "de")
+_ID_NAMES = ("source_id", "id", "star_id", "source", "name", "designation", "objid")
+_PLAIN_MAG = "mag"
+_COLOUR_NAMES = {"BP-RP": ("bp_rp", "bp-rp", "bprp"), "B-V": ("b-v", "b_v", "bv", "b_v_mag"),
+                 "plain": ("colour", "color")}
+# Names whose band does not depend on case.
+_NAMED_BANDS = {"phot_g_mean_mag": "G", "phot_bp_mean_mag": "BP", "phot_rp_mean_mag": "RP",
+                "gmag_gaia": "G", "bpmag": "BP", "rpmag": "RP", "bp_mag": "BP", "rp_mag": "RP"}
+_SYNTHETIC = re.compile(r"^([ubvrigz])_(jkc|sdss)_mag$", re.IGNORECASE)
+_LETTER = re.compile(r"^([UBVRIGugriz])(?:_?mag)?$")  # 'V', 'Vmag', 'r_mag': case is the band
+
+
+def _band_of(name: str) -> str | None:
+    """The band a column holds, or None."""
+    if name.startswith("mag_") and name[4:] in BANDS:  # to_table's own columns
+        return name[4:]
+    lower = name.lower()
+    if lower in _NAMED_BANDS:
+        return _NAMED_BANDS[lower]
+    synthetic = _SYNTHETIC.match(name)
+    if synthetic:
+        letter, system = synthetic.groups()
+        band = letter.upper() if system.lower() == "jkc" else letter.lower()
+        return band if band in BANDS else None
+    letter = _LETTER.match(name)
+    if letter:
+        band = letter.group(1)
+        # B and V have no Sloan twin; z no Johnson one.
+        return {"b": "B", "v": "V", "Z": "z"}.get(band, band)
+    return None
+
+
+@dataclass(frozen=True)
+class ReferenceCatalogue:
+    """A reference star catalogue in the engine's units.
+
+    ids: int64 per star (generated 0..n-1 when the file has none; string ids are numbered in
+    order and kept in `names`). ra, dec: float64 degrees (ICRS as the catalogue gives it).
+    mag: the primary magnitude; colour: BP-RP, else B-V, else NaN. bands: band name -> magnitudes.
+    path: the file read (None in memory). notes: what was dropped or assumed.
+    """
+
+    ids: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
+    mag: np.ndarray
+    colour: np.ndarray
+    bands: dict = field(default_factory=dict)
+    names: np.ndarray | None = None
+    path: Path | None = None
+    notes: tuple = ()
+
+    def __len__(self) -> int:
+        return len(self.ra)
+
+    def to_table(self) -> pa.Table:
+        """id, ra, dec, mag, colour, then mag_<band> for each band (and name for string ids)."""
+        columns = {"id": pa.array(self.ids, pa.int64()), "ra": self.ra, "dec": self.dec,
+                   "mag": self.mag, "colour": self.colour}
+        if self.names is not None:
+            columns["name"] = pa.array(self.names.tolist(), pa.string())
+        for band in BANDS:
+            if band in self.bands:
+                columns[f"mag_{band}"] = self.bands[band]
+        return pa.table(columns)
+
+    def take(self, rows) -> "ReferenceCatalogue":
+        """The catalogue restricted to some rows (indices or a boolean mask)."""
+        rows = np.asarray(rows)
+        return ReferenceCatalogue(
+            ids=self.ids[rows], ra=self.ra[rows], dec=self.dec[rows], mag=self.mag[rows],
+            colour=self.colour[rows], bands={k: v[rows] for k, v in self.bands.items()},
+            names=None if self.names is None else self.names[rows], path=self.path,
+            notes=self.notes)
+
+    @classmethod
+    def from_table(cls, table: pa.Table, *, path=None) -> "ReferenceCatalogue":
+        """A catalogue from an in-memory Arrow table with recognisable columns (see the module
+        docstring). Raises CatalogueError when a column is missing or a value is impossible."""
+        if not isinstance(table, pa.Table):
+            raise CatalogueError(f"expected a pyarrow.Table, got {type(table).__name__}")
+        where = f"{path}: " if path is not None else ""
+        by_lower = {}
+        for name in table.column_names:
+            by_lower.setdefault(name.lower(), name)
+        ra_name = _first(by_lower, _RA_NAMES)
+        dec_name = _first(by_lower, _DEC_NAMES)
+        if ra_name is None or dec_name is None:
+            which, names = ("ra", _RA_NAMES) if ra_name is None else ("dec", _DEC_NAMES)
+            raise CatalogueError(f"{where}no {which} column (looked for {', '.join(names)}); "
+                                 f"columns are {', '.join(table.column_names)}")
+        ra, dec = _floats(table, ra_name, where), _floats(table, dec_name, where)
+        notes = []
+        finite = np.isfinite(ra) & np.isfinite(dec)
+        if not finite.all():
+            notes.append(f"{int((~finite).sum())} rows with NaN coordinates dropped")
+            log.warning("%s%s", where, notes[-1])
+        _check_range(ra[finite], dec[finite], where)
+        bands = {}
+        for name in table.column_names:
+            band = _band_of(name)
+            if band is not None and band not in bands:
+                bands[band] = _floats(table, name, where)
+        plain = by_lower.get(_PLAIN_MAG)
+        if plain is not None:
+            mag = _floats(table, plain, where)
+        elif bands:
+            mag = bands.get("G", bands.get("V", next(iter(bands.values()))))
+        else:
+            raise CatalogueError(f"{where}no magnitude column (mag, G / phot_g_mean_mag, V, "
+                                 f"v_jkc_mag, ...); columns are {', '.join(table.column_names)}")
+        colour = _colour(table, by_lower, bands, where)
+        ids, names = _ids(table, by_lower, where)
+        keep = np.flatnonzero(finite)
+        if len(keep) == 0:
+            raise CatalogueError(f"{where}the catalogue has no star with coordinates")
+        return cls(ids=ids[keep], ra=ra[keep], dec=dec[keep], mag=mag[keep],
+                   colour=colour[keep], bands={k: v[keep] for k, v in bands.items()},
+                   names=None if names is None else names[keep],
+                   path=None if path is None else Path(path), notes=tuple(notes))
+
+
+def _first(by_lower: dict, names) -> str | None:
+    for name in names:
+        if name in by_lower:
+            return by_lower[name]
+    return None
+
+
+def _floats(table: pa.Table, name: str, where: str) -> np.ndarray:
+    column = table.column(name)
+    try:
+        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise CatalogueError(f"{where}column {name!r} is not numeric ({exc})") from None
+    return np.array(values, dtype=np.float64)  # nulls are NaN
+
+
+def _check_range(ra: np.ndarray, dec: np.ndarray, where: str) -> None:
+    bad_ra = np.flatnonzero((ra < 0.0) | (ra > 360.0))
+    if len(bad_ra):
+        raise CatalogueError(f"{where}{len(bad_ra)} RA values outside 0-360 deg (first "
+                             f"{ra[bad_ra[0]]!r}); the catalogue must give RA in degrees")
+    bad_dec = np.flatnonzero(np.abs(dec) > 90.0)
+    if len(bad_dec):
+        raise CatalogueError(f"{where}{len(bad_dec)} Dec values outside -90..+90 deg (first "
+                             f"{dec[bad_dec[0]]!r})")
+
+
+def _colour(table, by_lower, bands, where) -> np.ndarray:
+    for kind, first, second in (("BP-RP", "BP", "RP"), ("B-V", "B", "V")):
+        name = _first(by_lower, _COLOUR_NAMES[kind])
+        if name is not None:
+            return _floats(table, name, where)
+        if first in bands and second in bands:
+            return bands[first] - bands[second]
+    name = _first(by_lower, _COLOUR_NAMES["plain"])
+    if name is not None:
+        return _floats(table, name, where)
+    return np.full(table.num_rows, np.nan)
+
+
+def _ids(table, by_lower, where) -> tuple[np.ndarray, np.ndarray | None]:
+    name = _first(by_lower, _ID_NAMES)
+    if name is None:
+        return np.arange(table.num_rows, dtype=np.int64), None
+    column = table.column(name)
+    if pa.types.is_integer(column.type) and column.null_count == 0:
+        return column.to_numpy(zero_copy_only=False).astype(np.int64), None
+    # String (or gappy) ids: numbered in order, the originals kept as names.
+    names = np.array([str(v) if v is not None else "" for v in column.to_pylist()], dtype=object)
+    return np.arange(table.num_rows, dtype=np.int64), names
+
+
+def read_catalogue(path) -> ReferenceCatalogue:
+    """Read a reference catalogue (CSV, or Parquet by its suffix or magic bytes).
+
+    Raises InputNotFoundError when the file is missing, EngineFileError when it cannot be read
+    as a table, CatalogueError when its columns or values are unusable (see the module
+    docstring). Rows with NaN coordinates are dropped and counted in `notes`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"{path}: reference catalogue not found")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        if magic == b"PAR1" or path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        else:
+            from pyarrow import csv
+
+            table = csv.read_csv(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise EngineFileError(f"{path}: cannot read the reference catalogue: {exc}") from None
+    if table.num_rows == 0:
+        raise CatalogueError(f"{path}: the catalogue has no rows")
+    return ReferenceCatalogue.from_table(table, path=path)
