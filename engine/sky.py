@@ -208,10 +208,12 @@ def _anchor(run: RunStars, anchors: list[tuple[RunStars, object]], notes: list[s
     mine = run.value("pixel_scale_arcsec")
     for other, solution in anchors:
         theirs = solution.pixel_scale_arcsec
-        ratio = mine / theirs if mine and theirs else None
+        # This run's pixels per pixel of the solved run.
+        ratio = theirs / mine if mine and theirs else None
         try:
             solved = solve_from_reference(run.xy(), run.flux(), other.xy(), other.flux(),
-                                          solution.wcs, scale_ratio=ratio, shape=run.shape())
+                                          solution.wcs, scale_ratio=ratio, shape=run.shape(),
+                                          reference_run=other.run_id)
         except EngineError as exc:
             notes.append(f"not matched to run {other.run_id}: {exc}")
             continue

@@ -33,7 +33,9 @@ from scipy import stats
 from scipy.spatial import cKDTree
 
 from engine.errors import EngineValueError, RegistrationError, SolveError
-from engine.registration import Transform, _tangent_plane, match_transform
+from engine.registration.asterisms import match_transform
+from engine.registration.catalogue import _tangent_plane
+from engine.registration.transform import Transform
 
 __all__ = ["SkySolution", "check_wcs", "solve_field", "solve_from_reference"]
 
