@@ -287,12 +287,12 @@ def _lco(site: Site, f: dict) -> fits.Header:
     h["OBJECT"] = (f.get("object", "") if ftype == "light" else "N/A", "Object name")
     h["FILTER"] = (f["filter"], "Filter used")
     h["EXPTIME"] = (float(f["exptime_s"]), "[s] Exposure length")
-    h["DATE-OBS"] = (stamp, "[UTC] Start date and time of the observation")
+    h["DATE-OBS"] = (stamp, "[UTC] Start date and time of observation")
     h["DAY-OBS"] = (night_date(site, start).replace("-", ""),
                     "[UTC] Date at start of local observing night")
     h["UTSTART"] = (stamp[11:], "[UTC] The start time of the observation")
     h["MJD-OBS"] = (round(modified_julian_date(_round_time(start, 3)), 8),
-                    "[UTC days] Start date/time (Modified Julian Dat")
+                    "[UTC days] Start date/time (MJD)")
     h["RLEVEL"] = (91 if cam.processed else 0, "Reduction level")
     h["GAIN"] = (cam.gain_e_per_adu, "[electrons/count] Pixel gain")
     h["RDNOISE"] = (cam.read_noise_e, "[electrons/pixel] Read noise")
