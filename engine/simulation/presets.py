@@ -17,7 +17,8 @@ G = 12.2 Sun-like star at RA 06h18m, Dec +24d47m on the night of 2024 December 1
 The windows overlap by about an hour, every site observes at night (Sun below -27 deg) with the
 target above 38 deg. `variable` is one site (a backyard in Germany, MaxIm DL, V) watching a
 high-amplitude delta Scuti star through a winter night; `large` is the La Palma CMOS alone,
-1000 frames of 2048 x 2048.
+1000 frames of 2048 x 2048. `lco`, `lco_processed` and `jd_mid` are one tiny site each whose
+files follow a convention that trips readers (see `_conventions`).
 """
 
 from __future__ import annotations
@@ -202,10 +203,10 @@ def _conventions(name: str) -> SimulationConfig:
 
 PRESETS: dict[str, SimulationConfig] = {
     "tiny": _tiny(),
-    "lco": _conventions("lco"),
-    "lco_processed": _conventions("lco_processed"),
-    "jd_mid": _conventions("jd_mid"),
     "demo": _demo(),
     "variable": _variable(),
     "large": _large(),
+    "lco": _conventions("lco"),
+    "lco_processed": _conventions("lco_processed"),
+    "jd_mid": _conventions("jd_mid"),
 }
