@@ -26,8 +26,8 @@ _KEYWORDS = (("ZEROCOR", "bias"), ("BIASCOR", "bias"), ("SUBBIAS", "bias"), ("DA
              ("SUBDARK", "dark"), ("FLATCOR", "flat"), ("L1IDFLAT", "flat"))
 _LCO_STATUS = (("L1STATBI", "bias"), ("L1STATDA", "dark"), ("L1STATFL", "flat"))
 _HISTORY = (
-    (re.compile(r"\bflat\s*=|flat[- ]?field(ed|ing)?\b|flatcor|master\s*flat|divided by (the )?flat",
-                re.IGNORECASE), "flat"),
+    (re.compile(r"\bflat\s*=|flat[- ]?field(ed|ing)?\b|flatcor|master\s*flat"
+                r"|divided by (the )?flat", re.IGNORECASE), "flat"),
     (re.compile(r"\bdark\s*=|dark[- ](subtracted|corrected|removed)|master\s*dark|subdark",
                 re.IGNORECASE), "dark"),
     (re.compile(r"\b(bias|zero)\s*=|(bias|zero)[- ](subtracted|corrected|removed)|master\s*bias"

@@ -74,8 +74,9 @@ class Camera:
     processed ('lco' only): the frames are the observatory pipeline's products (BANZAI,
     RLEVEL 91): bias-, dark- and flat-corrected float32 with BPM, ERR and CAT extensions.
     jd_reference ('maxim' only): what the JD keyword marks, 'start' (MaxIm DL's) or 'mid' (as
-    some scripts write it, while DATE-OBS keeps the start). Sizes are of the *stored* imaging area, in
-    binned pixels; an overscan strip adds `overscan_columns` columns on `overscan_side`.
+    some scripts write it, while DATE-OBS keeps the start).
+    Sizes are of the *stored* imaging area, in binned pixels; an overscan strip adds
+    `overscan_columns` columns on `overscan_side`.
     gain_e_per_adu is electrons per *stored* ADU (for a 12-bit ADC scaled to 16 bits, one ADC
     step is 16 stored ADU, i.e. 16 * gain_e_per_adu electrons).
     """
