@@ -38,6 +38,25 @@ def _finite_or_none(owner: str, name: str, value):
     return value
 
 
+def _frame_type_pairs(owner: str, items) -> tuple[tuple[str, str], ...]:
+    """(pattern, type) pairs from pairs or a {pattern: type} table, types checked."""
+    if isinstance(items, dict):
+        items = tuple(items.items())
+    pairs = []
+    for item in items:
+        try:
+            pattern, frame_type = item
+        except (TypeError, ValueError):
+            raise EngineValueError(
+                f"{owner}: frame_types holds (pattern, frame type) pairs, got {item!r}") from None
+        frame_type = str(frame_type).strip().lower()
+        if frame_type not in FRAME_TYPES:
+            raise EngineValueError(f"{owner}: frame type {frame_type!r} for {pattern!r} is not "
+                                   f"one of {FRAME_TYPES}")
+        pairs.append((str(pattern), frame_type))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class Site:
     """One observing site (or one telescope: a site is whatever shares a location and a clock).
@@ -49,8 +68,21 @@ class Site:
         site's frames is corrected by subtracting it: true UTC = stamped time - clock_offset_s.
     utc_offset_hours: the site's local time minus UTC, used only for stamps that are local time
         with no offset written in them (e.g. TIMESYS = 'LOCAL', or DATE-LOC alone).
+    clock_uncertainty_s: how well the site's clock is known (1 sigma, s): an NTP-disciplined PC
+        ~0.01-0.1, a GPS-timed camera ~0.001, an unsynchronised PC seconds. Added in quadrature
+        to each stamp's resolution in the frames table's `time_err_s`, and so into the error of
+        a transit mid-time.
     time_reference: 'start', 'mid' or 'end': what the site's software means by a time stamp whose
-        keyword does not say (DATE-OBS, JD, MJD-OBS are assumed to be the exposure start).
+        keyword does not say. Without it, each run's stamps are compared with each other (a
+        JD that sits EXPTIME/2 after DATE-OBS on every frame marks mid-exposure) and what they
+        do not settle is assumed: DATE-OBS, JD, MJD-OBS mark the exposure start.
+    pedestal_adu: a constant the site's software added to every pixel, removed on ingest;
+        overrides the header's PEDESTAL (MaxIm DL writes PEDESTAL = -100 for an added 100;
+        either sign means "subtract its size").
+    frame_types: the site's own frame-type words: (header value, type) pairs, e.g.
+        (("EXPOSE", "light"), ("Focus", "light")); matched against IMAGETYP, OBSTYPE, ...
+        without case, blanks or punctuation, before the built-in vocabularies. (Path globs for
+        single files are Config.frame_types.)
     match: which frames belong to the site: each entry is compared with the header values
         TELESCOP, OBSERVAT, SITENAME, SITE and INSTRUME (without case and surrounding blanks; so
         'C14 f/11' works) and used as a glob on the frame's absolute path ('*/florida/*').
@@ -68,18 +100,26 @@ class Site:
     time_reference: str | None = None
     match: tuple[str, ...] = ()
     aperture_diameter_m: float | None = None
+    clock_uncertainty_s: float = 0.0
+    pedestal_adu: float | None = None
+    frame_types: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         owner = f"site {self.name!r}"
         if not isinstance(self.name, str) or not self.name.strip():
             raise EngineValueError(f"a site needs a non-empty name, got {self.name!r}")
         for name in ("longitude_deg", "latitude_deg", "height_m", "utc_offset_hours",
-                     "aperture_diameter_m"):
+                     "aperture_diameter_m", "pedestal_adu"):
             object.__setattr__(self, name, _finite_or_none(owner, name, getattr(self, name)))
         if self.aperture_diameter_m is not None and not self.aperture_diameter_m > 0.0:
             raise EngineValueError(f"{owner}: aperture_diameter_m must be positive")
         offset = _finite_or_none(owner, "clock_offset_s", self.clock_offset_s)
         object.__setattr__(self, "clock_offset_s", 0.0 if offset is None else offset)
+        spread = _finite_or_none(owner, "clock_uncertainty_s", self.clock_uncertainty_s)
+        if spread is not None and spread < 0.0:
+            raise EngineValueError(f"{owner}: clock_uncertainty_s must not be negative")
+        object.__setattr__(self, "clock_uncertainty_s", 0.0 if spread is None else spread)
+        object.__setattr__(self, "frame_types", _frame_type_pairs(owner, self.frame_types))
         if (self.longitude_deg is None) != (self.latitude_deg is None):
             raise EngineValueError(f"{owner}: give both longitude_deg and latitude_deg, or neither")
         if self.latitude_deg is not None and not -90.0 <= self.latitude_deg <= 90.0:
@@ -135,20 +175,7 @@ class Config:
         if len(set(names)) != len(names):
             raise EngineValueError(f"site names must be unique, got {names}")
         object.__setattr__(self, "sites", sites)
-        overrides = []
-        for item in self.frame_types:
-            try:
-                pattern, frame_type = item
-            except (TypeError, ValueError):
-                raise EngineValueError(
-                    f"frame_types holds (path glob, frame type) pairs, got {item!r}") from None
-            frame_type = str(frame_type).strip().lower()
-            if frame_type not in FRAME_TYPES:
-                raise EngineValueError(
-                    f"frame type override {frame_type!r} for {pattern!r} is not one of "
-                    f"{FRAME_TYPES}")
-            overrides.append((str(pattern), frame_type))
-        object.__setattr__(self, "frame_types", tuple(overrides))
+        object.__setattr__(self, "frame_types", _frame_type_pairs("config", self.frame_types))
         if self.bayer not in BAYER_MODES:
             raise EngineValueError(f"bayer must be one of {BAYER_MODES}, got {self.bayer!r}")
         ra = _finite_or_none("config", "target_ra_deg", self.target_ra_deg)

@@ -16,6 +16,7 @@ default is "none" are shown commented out, as TOML has no null). Sites are an ar
     name = "florida"
     match = ["*/florida/*"]
     clock_offset_s = 2.5
+    frame_types = {"EXPOSE" = "light"}
 
 frame-type overrides a table of path glob = type: `[ingest.frame_types]` `"*/twilight/*" = "flat"`,
 and target pixel positions a table of run id or site name = [x, y]: `[sky.target_xy]`
@@ -147,7 +148,12 @@ def default_config_toml() -> str:
             lines += ["", "# [ingest.frame_types]", '# "*/twilight/*" = "flat"', "",
                       "# [[ingest.sites]]", '# name = "florida"', '# match = ["*/florida/*"]',
                       "# longitude_deg = -81.0", "# latitude_deg = 28.5", "# height_m = 20.0",
-                      "# clock_offset_s = 0.0", "# aperture_diameter_m = 0.28"]
+                      "# clock_offset_s = 0.0", "# clock_uncertainty_s = 0.0",
+                      "# utc_offset_hours = -5.0",
+                      '# time_reference = "start"   # or "mid", "end"; default: inferred per run',
+                      "# pedestal_adu = 100.0      # default: the header's PEDESTAL",
+                      '# frame_types = {"EXPOSE" = "light", "Focus" = "light"}',
+                      "# aperture_diameter_m = 0.28"]
         if section == "sky":
             lines += ["", "# [sky.target_xy]", "# florida = [512.3, 380.1]"]
         lines.append("")

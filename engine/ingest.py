@@ -54,12 +54,14 @@ from engine.cext import default_threads
 from engine.config import Config, Site
 from engine.errors import EngineFileError, EngineValueError, HeaderError
 from engine.io import bayer as _bayer
-from engine.io.cube import CubeWriter, cube_attributes, open_cube, remove_stale_temporaries
+from engine.io.cube import (CubeWriter, bad_pixel_cube_path, cube_attributes, open_cube,
+                            remove_stale_temporaries)
 from engine.io.fits import FitsImage, find_fits_files, open_image, read_image
 from engine.io.frame_type import classify_frame
 from engine.io.headers import identity_values, normalise_header, parse_dec, parse_ra
+from engine.io.processing import bad_pixel_hdu, calibrated_state, pedestal
 from engine.io.tables import FRAMES_SCHEMA, read_parquet, write_parquet
-from engine.io.timestamps import exposure_mid
+from engine.io.timestamps import header_timestamps, mid_from_stamps, run_convention
 from engine.progress import progress
 
 __all__ = ["IngestResult", "ingest", "parse_target"]
@@ -68,7 +70,7 @@ log = logging.getLogger("engine.ingest")
 
 FRAMES_FILE = "frames.parquet"
 CUBES_FOLDER = "cubes"
-_FORMAT_VERSION = "ingest-1"
+_FORMAT_VERSION = "ingest-2"
 _LATER_CODES = {"all_nan", "shape_mismatch", "duplicate"}
 _GEOCENTRE_NOTE = "site unknown: geocentric BJD_TDB (up to 0.021 s off)"
 
@@ -244,6 +246,9 @@ class _Scanned:
     row: dict
     image: FitsImage | None = None
     bayer: str | None = None  # pattern when the frame is extracted
+    site: Site | None = None
+    stamps: list = dataclasses.field(default_factory=list)  # the header's time stamps
+    time_problems: list = dataclasses.field(default_factory=list)
 
 
 def _scan_safely(path: Path, config: Config) -> _Scanned:
@@ -330,7 +335,8 @@ def _scan(path: Path, config: Config) -> _Scanned:
             return None
         return _median(data) / _full_scale(image, record.saturation)
 
-    kind = classify_frame(header, path, override=override, exptime=record.exptime, level=level)
+    kind = classify_frame(header, path, override=override, exptime=record.exptime, level=level,
+                          rules=site.frame_types if site is not None else ())
     row["frame_type"], row["frame_type_evidence"] = kind.frame_type, kind.evidence
     for text in kind.notes:
         _note(row, text)
@@ -351,30 +357,78 @@ def _scan(path: Path, config: Config) -> _Scanned:
         return _Scanned(_skip(row, "bad_exptime", f"{path}: {record.sources.get('exptime')} = "
                               f"{exptime:g} s for a {kind.frame_type} frame"), image)
 
-    # Time.
+    _processing(row, header, image, site, pattern)
+
+    # Time (settled per run later: `_run_times`).
+    stamps, problems = header_timestamps(
+        header, utc_offset_hours=site.utc_offset_hours if site else None)
+    scanned = _Scanned(row, image, pattern, site, stamps, problems)
     try:
-        mid = exposure_mid(header, exptime,
-                           clock_offset_s=site.clock_offset_s if site else 0.0,
-                           utc_offset_hours=site.utc_offset_hours if site else None,
-                           time_reference=site.time_reference if site else None, path=path)
+        _frame_time(scanned, None)
     except HeaderError as exc:
         return _Scanned(_skip(row, "no_time", str(exc)), image)
-    for text in mid.notes:
-        _note(row, text)
-    row["jd_utc_mid"] = mid.jd_utc
-    row["time_utc_mid"] = _timestamp(mid.jd)
-    row["time_keyword"], row["time_reference"] = mid.keyword, mid.reference
-    row["time_basis"], row["time_precision_s"] = mid.basis, mid.precision_s
-    row["clock_offset_s"] = mid.clock_offset_s
-    row["time_source"] = mid.provenance
-    if site is not None and mid.clock_offset_s:
-        row["time_source"] += f" (site {site.name!r})"
-    row["night"] = _night(mid.jd_utc, row["site_longitude_deg"])
+    row["night"] = _night(row["jd_utc_mid"], row["site_longitude_deg"])
     if record.airmass is not None:
         row["airmass"], row["airmass_source"] = record.airmass, (
             f"header {record.sources['airmass']} (not mid-exposure)")
     # Keep what reading the pixels needs, not the header (it can be large).
-    return _Scanned(row, dataclasses.replace(image, header=None), pattern)
+    scanned.image = dataclasses.replace(image, header=None)
+    return scanned
+
+
+def _processing(row: dict, header, image: FitsImage, site: Site | None,
+                bayer: str | None) -> None:
+    """What was done to the frame before ingest: calibration, a pedestal, a bad-pixel map."""
+    steps, evidence = calibrated_state(header)
+    row["calibrated_state"] = ",".join(steps) if steps else "raw"
+    row["calibrated_evidence"] = evidence or None
+    if steps:
+        _note(row, f"already calibrated ({', '.join(steps)}: {evidence}); not calibrated again")
+    amount, source = pedestal(header, site.pedestal_adu if site is not None else None)
+    row["pedestal_adu"] = amount
+    if amount:
+        row["dtype"] = "float32"  # a subtracted pedestal can leave values below 0
+        _note(row, f"pedestal of {amount:g} ADU removed ({source})")
+    if image.n_image_hdus > 1:
+        index = bad_pixel_hdu(image.path, image.shape)
+        if index is not None and bayer is not None:
+            _note(row, f"bad-pixel HDU {index} ignored: it maps the raw Bayer frame")
+        elif index is not None:
+            row["bad_pixel_hdu"] = index
+
+
+def _frame_time(scanned: _Scanned, convention) -> None:
+    """The row's time columns from its stamps and the run's convention (None: the frame's own
+    stamps alone); returns the MidExposure. Raises HeaderError when no stamp is usable."""
+    row, site = scanned.row, scanned.site
+    mid = mid_from_stamps(scanned.stamps, scanned.time_problems, row["exptime"],
+                          clock_offset_s=site.clock_offset_s if site else 0.0,
+                          clock_uncertainty_s=site.clock_uncertainty_s if site else 0.0,
+                          time_reference=site.time_reference if site else None,
+                          convention=convention, path=row["path"])
+    row["jd_utc_mid"] = mid.jd_utc
+    row["time_utc_mid"] = _timestamp(mid.jd)
+    row["time_keyword"], row["time_reference"] = mid.keyword, mid.reference
+    row["time_basis"], row["time_precision_s"] = mid.basis, mid.precision_s
+    row["clock_offset_s"], row["time_err_s"] = mid.clock_offset_s, mid.time_err_s
+    row["time_source"] = mid.provenance
+    if site is not None and mid.clock_offset_s:
+        row["time_source"] += f" (site {site.name!r})"
+    return mid
+
+
+def _run_times(members: list[_Scanned]) -> None:
+    """One time convention for a run: what each keyword marks, read from how the run's
+    keywords agree (engine.io.timestamps.run_convention), and one keyword for every frame."""
+    site = members[0].site
+    convention = run_convention([(m.stamps, m.row["exptime"]) for m in members],
+                                time_reference=site.time_reference if site else None)
+    for member in members:
+        mid = _frame_time(member, convention)
+        for text in mid.notes:
+            _note(member.row, text)
+        if convention.evidence:
+            member.row["time_source"] += "; run: " + "; ".join(convention.evidence)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,6 +536,7 @@ class _Loaded:
     median: float | None = None
     code: str | None = None  # why the frame is skipped, when it is
     reason: str | None = None
+    bad_pixels: np.ndarray | None = None  # the file's own bad-pixel mask (uint8, 1 = bad)
 
 
 def _load(scanned: _Scanned, mode: str) -> _Loaded:
@@ -503,7 +558,20 @@ def _load(scanned: _Scanned, mode: str) -> _Loaded:
     digest.update(memoryview(np.ascontiguousarray(data)).cast("B"))
     if scanned.bayer is not None:
         data = _bayer.extract(data, scanned.bayer, mode)
-    return _Loaded(data=data, content_hash=digest.hexdigest()[:32], median=_median(data))
+    if row["pedestal_adu"]:
+        data = data.astype(np.float32) - np.float32(row["pedestal_adu"])
+    bad = None
+    if row["bad_pixel_hdu"] is not None:
+        try:
+            from astropy.io import fits
+
+            with fits.open(row["path"], memmap=False) as hdul:
+                bad = (np.asarray(hdul[row["bad_pixel_hdu"]].data) != 0).astype(np.uint8)
+        except Exception as exc:  # a broken mask loses the mask, not the frame
+            log.warning("%s: bad-pixel HDU %s unreadable (%s): not used", row["path"],
+                        row["bad_pixel_hdu"], exc)
+    return _Loaded(data=data, content_hash=digest.hexdigest()[:32], median=_median(data),
+                   bad_pixels=bad)
 
 
 def _cube_dtype(members: list[dict]) -> np.dtype:
@@ -522,6 +590,12 @@ def _write_run(run_id: str, members: list[_Scanned], cube_path: Path, attributes
     was written (False when every frame was skipped)."""
     rows = [m.row for m in members]
     writer = None
+    # The files' own bad-pixel masks, frame by frame beside the cube (RUN_ID_bpm.zarr).
+    masks = None
+    if any(r["bad_pixel_hdu"] is not None for r in rows):
+        masks = CubeWriter(bad_pixel_cube_path(cube_path), tuple(rows[0]["shape"]), np.uint8,
+                           capacity=len(members), attributes={"run_id": run_id,
+                                                              "meaning": "1 = bad pixel"})
     writes = collections.deque()  # frames compressing and writing in the pool
     bar = progress(total=len(members), desc=f"ingest {run_id}")
     try:
@@ -553,16 +627,25 @@ def _write_run(run_id: str, members: list[_Scanned], cube_path: Path, attributes
                                     capacity=len(members), attributes=attributes)
             row["cube_index"] = writer.reserve()
             writes.append(pool.submit(writer.write, row["cube_index"], loaded.data))
+            if masks is not None:
+                bad = loaded.bad_pixels
+                if bad is None or bad.shape != loaded.data.shape:
+                    bad = np.zeros(loaded.data.shape, np.uint8)
+                masks.write(masks.reserve(), bad)
             del loaded
             while len(writes) > depth:
                 writes.popleft().result()
         while writes:
             writes.popleft().result()
         if writer is None:
+            if masks is not None:
+                masks.abort()
             return False
         ok = [r for r in rows if r["status"] == "ok"]
         writer.commit({"paths": [r["path"] for r in ok],
                        "content_hashes": [r["content_hash"] for r in ok]})
+        if masks is not None:
+            masks.commit()
         return True
     except BaseException:
         for future in writes:  # let running writes finish before the temporary goes
@@ -573,8 +656,9 @@ def _write_run(run_id: str, members: list[_Scanned], cube_path: Path, attributes
                     future.result()
                 except BaseException:
                     pass
-        if writer is not None:
-            writer.abort()
+        for partial in (writer, masks):
+            if partial is not None:
+                partial.abort()
         raise
     finally:
         bar.close()
@@ -672,6 +756,7 @@ def ingest(paths, out_dir, target=None, config: Config | None = None, *,
             rows = [m.row for m in members]
             for row in rows:
                 row["run_id"] = row["run_id"] or run_id
+            _run_times(members)
             fingerprint = _fingerprint(run_id, rows, settings)
             cube_path = cubes_dir / f"{run_id}.zarr"
             attributes = cube_attributes(cube_path)

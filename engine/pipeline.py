@@ -281,7 +281,8 @@ def _run_lightcurve(source: Path, run_id: str, stars: pa.Table, target: int,
     frame_table = pa.table({
         "frame": pa.array(np.arange(run_frames.num_rows), pa.int64()),
         **{name: run_frames.column(name) for name in
-           ("time_bjd_tdb", "airmass", "exptime", "run_id", "site", "telescope", "filter")
+           ("time_bjd_tdb", "time_err_s", "airmass", "exptime", "run_id", "site", "telescope",
+            "filter")
            if name in run_frames.column_names},
     })
     try:

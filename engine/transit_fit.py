@@ -57,6 +57,8 @@ class TransitFit:
     runs: dict[str, dict] = field(default_factory=dict)
     o_minus_c: float | None = None
     o_minus_c_err: float | None = None
+    tmid_err_fit: float | None = None
+    tmid_err_timing: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready: NaN (an error undefined at a bound) becomes null."""
@@ -66,6 +68,9 @@ class TransitFit:
             "inc": self.inc, "inc_err": self.inc_err, "depth": self.depth, "period": self.period,
             "chi2_reduced": self.chi2_reduced, "n_points": self.n_points,
             "o_minus_c_days": self.o_minus_c, "o_minus_c_err_days": self.o_minus_c_err,
+            "tmid_err_fit": self.tmid_err_fit, "tmid_err_timing": self.tmid_err_timing,
+            "tmid_err_note": ("tmid_err is the fit's error and the runs' timing errors "
+                              "(time_err_s: stamp resolution, clock uncertainty) in quadrature"),
             "runs": self.runs,
         })
 
@@ -101,7 +106,7 @@ def _as_arrays(lightcurves: pa.Table) -> dict[str, np.ndarray]:
     columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in needed}
     columns["run_id"] = np.asarray(table.column("run_id").to_pylist(), dtype=object)
     n = table.num_rows
-    for name, default in (("airmass", 1.0), ("exptime_days", 0.0)):
+    for name, default in (("airmass", 1.0), ("exptime_days", 0.0), ("time_err_s", 0.0)):
         columns[name] = (np.asarray(table.column(name).to_numpy(zero_copy_only=False), float)
                          if name in table.column_names else np.full(n, default))
     if "exptime" in table.column_names and "exptime_days" not in table.column_names:
@@ -109,6 +114,8 @@ def _as_arrays(lightcurves: pa.Table) -> dict[str, np.ndarray]:
             zero_copy_only=False), float) / 86400.0
     columns["filter"] = (np.asarray(table.column("filter").to_pylist(), dtype=object)
                          if "filter" in table.column_names else np.full(n, "", dtype=object))
+    columns["time_err_s"] = np.where(np.isfinite(columns["time_err_s"]), columns["time_err_s"],
+                                     0.0)
     good = (np.isfinite(columns["rel_flux"]) & np.isfinite(columns["rel_flux_err"])
             & (columns["rel_flux_err"] > 0) & np.isfinite(columns["time_bjd_tdb"]))
     if "flags" in table.column_names:
@@ -211,6 +218,7 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
     errors = _parameter_errors(solution.jac, chi2_reduced, at_bound=solution.active_mask != 0)
 
     run_report = {}
+    timing = data["time_err_s"]
     for k, run in enumerate(runs):
         mine = run_index == k
         resid = flux[mine] - model(params)[mine]
@@ -220,21 +228,38 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
             "offset": float(params[4 + k]),
             "slope": float(params[4 + n_runs + k]) if n_slopes else 0.0,
             **_run_timing(t0, params, k, mine, time, flux, sigma, exptime, ld, regressor,
-                          period, n_runs, n_slopes),
+                          period, n_runs, n_slopes, float(np.median(timing[mine]))),
         }
     shift, p, a, inc_fit = (float(v) for v in params[:4])
     tmid = t0 + shift
     depth = p * p  # the geometric depth (Rp/Rs)^2; the observed one depends on limb darkening
+    timing_err = _timing_error(run_report)
+    tmid_err = math.hypot(float(errors[0]), timing_err)
     o_minus_c = o_minus_c_err = None
     if ephemeris is not None:
         epoch = round((tmid - ephemeris[0]) / ephemeris[1])
         o_minus_c = tmid - (ephemeris[0] + epoch * ephemeris[1])
-        o_minus_c_err = float(errors[0])
-    return TransitFit(tmid=tmid, tmid_err=float(errors[0]), rp_rs=p, rp_rs_err=float(errors[1]),
+        o_minus_c_err = tmid_err
+    return TransitFit(tmid=tmid, tmid_err=tmid_err, rp_rs=p, rp_rs_err=float(errors[1]),
                       a_rs=a, a_rs_err=float(errors[2]), inc=inc_fit, inc_err=float(errors[3]),
                       depth=depth, period=float(period), chi2_reduced=chi2_reduced,
                       n_points=int(len(flux)), runs=run_report, o_minus_c=o_minus_c,
-                      o_minus_c_err=o_minus_c_err)
+                      o_minus_c_err=o_minus_c_err, tmid_err_fit=float(errors[0]),
+                      tmid_err_timing=timing_err)
+
+
+def _timing_error(run_report: dict) -> float:
+    """The joint mid-time's error from the runs' timing errors (days): each run's clock error
+    moves its data as a whole, so the runs' errors combine with the weight each run has in the
+    mid-time (1 / its own tmid_err^2; equal weights when none constrains it)."""
+    sigma = np.array([r["timing_err_s"] for r in run_report.values()]) / 86400.0
+    if not sigma.size or not np.any(sigma > 0):
+        return 0.0
+    own = np.array([r["tmid_err_fit"] for r in run_report.values()], dtype=float)
+    weight = np.where(np.isfinite(own) & (own > 0), 1.0 / np.where(own > 0, own, 1.0) ** 2, 0.0)
+    if not np.any(weight > 0):
+        weight = np.ones_like(sigma)
+    return float(np.sqrt(np.sum((weight * sigma) ** 2)) / np.sum(weight))
 
 
 #: Parameters a prior may constrain, and their place in the fit's parameter vector.
@@ -277,8 +302,9 @@ def _parameter_errors(jacobian: np.ndarray, chi2_reduced: float, at_bound=None) 
 
 
 def _run_timing(t0, params, k, mine, time, flux, sigma, exptime, ld, regressor, period, n_runs,
-                n_slopes) -> dict:
-    """This run's own mid-time with the shape fixed at the joint fit: its timing residual."""
+                n_slopes, timing_err_s=0.0) -> dict:
+    """This run's own mid-time with the shape fixed at the joint fit: its timing residual.
+    Its tmid_err holds the fit's error and the run's timing error (s) in quadrature."""
     shift, p, a, inc = params[:4]
     tmid = t0 + shift
     u1, u2 = ld[mine][0]
@@ -296,7 +322,9 @@ def _run_timing(t0, params, k, mine, time, flux, sigma, exptime, ld, regressor, 
     errors = _parameter_errors(fit.jac, float(np.sum(fit.fun ** 2) / dof),
                                at_bound=fit.active_mask != 0)
     in_transit = np.any(transit_light_curve(t, tmid, period, p, a, inc, u1, u2) < 1.0)
-    return {"tmid": float(tmid + fit.x[0]), "tmid_err": float(errors[0]),
+    total = math.hypot(float(errors[0]), timing_err_s / 86400.0)
+    return {"tmid": float(tmid + fit.x[0]), "tmid_err": total, "tmid_err_fit": float(errors[0]),
+            "timing_err_s": timing_err_s,
             "timing_residual_s": float(fit.x[0] * 86400.0),
-            "timing_residual_err_s": float(errors[0] * 86400.0),
+            "timing_residual_err_s": total * 86400.0,
             "covers_transit": bool(in_transit)}

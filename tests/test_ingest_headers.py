@@ -335,12 +335,52 @@ def test_name_exposure_times(name, seconds):
     assert name_exptime(name) == seconds
 
 
-def test_flat_labelled_light_trusts_the_file_name_and_says_so():
+def test_flat_labelled_light_trusts_the_file_name_when_the_level_agrees_and_says_so():
     h = fits.Header()
     h["IMAGETYP"] = "Light Frame"
-    kind = classify_frame(h, "/data/flat-expos23s-Neg5-Vis.00000000.FIT", exptime=23.0)
+    kind = classify_frame(h, "/data/flat-expos23s-Neg5-Vis.00000000.FIT", exptime=23.0,
+                          level=lambda: 0.30)
     assert kind.frame_type == "flat"
-    assert "file name" in kind.evidence and any("Light Frame" in n for n in kind.notes)
+    assert "file name" in kind.evidence and "level 30%" in kind.evidence
+    assert any("Light Frame" in n for n in kind.notes)
+    # The same name on a sky-limited light (a flat-fielded light named '..._FLAT') stays light.
+    kind = classify_frame(h, "/data/M51_0001_FLAT.fits", exptime=60.0, level=lambda: 0.02)
+    assert kind.frame_type == "light" and any("kept as light" in n for n in kind.notes)
+
+
+@pytest.mark.parametrize("header_type, path, exptime, expected", [
+    ("Light Frame", "/n/WASP-12_zero_point_0001.fits", 60.0, "light"),   # 'zero' in a light's name
+    ("Light Frame", "/data/Dark Shark Nebula/LDN1235_0001.fits", 120.0, "light"),
+    ("LIGHT", "/data/DarkShark/LDN1235_0001.fits", 120.0, "light"),  # not a whole word
+    ("Light Frame", "/n/zero_0001.fits", 0.0, "bias"),                  # the exposure agrees
+    ("object", "/n/skyflat_0001.fits", 5.0, "light"),                   # IRAF's object is specific
+])
+def test_names_do_not_outrank_a_header_light(header_type, path, exptime, expected):
+    h = fits.Header()
+    h["IMAGETYP"] = header_type
+    kind = classify_frame(h, path, exptime=exptime, level=lambda: 0.03)
+    assert kind.frame_type == expected, kind
+
+
+@pytest.mark.parametrize("keyword, value, expected", [
+    ("OBSTYPE", "EXPOSE", "light"), ("OBSTYPE", "STANDARD", "light"), ("OBSTYPE", "BIAS", "bias"),
+    ("OBSTYPE", "DARK", "dark"), ("OBSTYPE", "SKYFLAT", "flat"), ("OBSTYPE", "LAMPFLAT", "flat"),
+    ("OBSTYPE", "DOMEFLAT", "flat"), ("OBSTYPE", "GUIDE", None), ("OBSTYPE", "EXPERIMENTAL", None),
+    ("OBSTYPE", "ARC", None), ("IMAGETYP", "comp", None), ("IMAGETYP", "Flat Dark", "dark"),
+    ("IMAGETYP", "Tricolor Image", "light"), ("IMAGETYP", "DARKFLAT", "dark"),
+])
+def test_observatory_and_program_vocabularies(keyword, value, expected):
+    h = fits.Header()
+    h[keyword] = value
+    kind = classify_frame(h, "/n/flat_dark_bias/a.fits", exptime=10.0)
+    assert kind.frame_type == expected, kind
+
+
+def test_site_rule_gives_a_program_word_its_type():
+    h = fits.Header()
+    h["OBSTYPE"] = "GUIDE"
+    kind = classify_frame(h, "/n/a.fits", exptime=10.0, rules=(("guide", "light"),))
+    assert kind.frame_type == "light" and "site rule" in kind.evidence
 
 
 def test_header_calibration_type_beats_the_name_and_exposure_disagreement_is_noted():

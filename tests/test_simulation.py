@@ -566,7 +566,9 @@ def test_unknown_preset_and_override_are_refused(tmp_path):
 
 
 def test_presets():
-    assert set(PRESETS) == {"tiny", "demo", "variable", "large"}
+    assert set(PRESETS) == {"tiny", "demo", "variable", "large", "lco", "lco_processed", "jd_mid"}
+    assert {PRESETS[name].sites[0].camera.software for name in ("lco", "lco_processed")} == {"lco"}
+    assert PRESETS["jd_mid"].sites[0].camera.jd_reference == "mid"
     demo = PRESETS["demo"]
     assert len(demo.sites) == 3 and all(40 <= s.n_lights <= 80 for s in demo.sites)
     assert {s.camera.software for s in demo.sites} == {"nina", "maxim", "observatory"}

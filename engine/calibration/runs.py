@@ -17,6 +17,7 @@ import numpy as np
 
 from engine.calibration.masters import _BUDGET, DarkModel, Master, _note
 from engine.errors import EngineValueError
+from engine.flags import PixelFlag
 from engine.kernels.calibrate import calibrate_frames
 from engine.progress import progress
 
@@ -44,7 +45,7 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
                    gain: float | None = None, read_noise: float | None = None,
                    uncertainty: bool = False, out: str | os.PathLike | None = None,
                    attributes: dict | None = None, chunk_bytes: int = _BUDGET,
-                   threads: int | None = None) -> CalibratedRun:
+                   threads: int | None = None, frame_bad_pixels=None) -> CalibratedRun:
     """Calibrate a run cube (frames, rows, columns) chunk by chunk of frames.
 
     exptimes: each frame's exposure time, s. The masters may each be None (then skipped, and
@@ -52,7 +53,9 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
     NAME_mask.zarr (and the uncertainty as NAME_sigma.zarr), written through engine.io.cube
     (temporary name, then renamed). Without `out` the results are returned as arrays (small
     cubes only). Peak memory: about `chunk_bytes` of raw frames plus their outputs (float32 and
-    uint8), whatever the run's length.
+    uint8), whatever the run's length. frame_bad_pixels: a (frames, rows, columns) cube of the
+    raw frames' own bad-pixel masks (nonzero = bad; e.g. an observatory's BPM extension), flagged
+    BAD in the mask frame by frame.
     """
     from engine.io.cube import CubeWriter
 
@@ -60,6 +63,9 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
     if cube.ndim != 3 or 0 in cube.shape:
         raise EngineValueError(f"a run cube must be (frames, rows, columns), got {cube.shape}")
     nframes, ny, nx = cube.shape
+    if frame_bad_pixels is not None and tuple(frame_bad_pixels.shape) != tuple(cube.shape):
+        raise EngineValueError(f"the frames' bad-pixel masks {tuple(frame_bad_pixels.shape)} do "
+                               f"not match the cube {tuple(cube.shape)}")
     times = np.asarray(exptimes, dtype=np.float64).ravel()
     if times.shape != (nframes,) or not np.all(np.isfinite(times)):
         raise EngineValueError(f"need {nframes} finite exposure times, got {times.size}")
@@ -129,6 +135,10 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
                         nonlinearity=nonlinearity, gain=gain, read_noise=read_noise,
                         out=results[0][a:b], mask=results[1][a:b],
                         uncertainty=results[2][a:b] if uncertainty else False, threads=threads)
+                if frame_bad_pixels is not None:
+                    r0, r1, c0, c1 = trim_box
+                    own = np.asarray(frame_bad_pixels[f0:f1])[:, r0:r1, c0:c1] != 0
+                    results[1][own] |= np.uint8(PixelFlag.BAD)
                 bar.update(f1 - f0)
                 if arrays is not None:
                     for target, result in zip(arrays, results):

@@ -15,6 +15,10 @@
    there with the same fingerprint (its input cube, masters' inputs and settings);
 5. writes `out_dir/calibration.json` (atomically): per run, the masters used, the dark decision
    and its evidence, the notes and the rejections.
+Lights that were calibrated before ingest (the frames table's `calibrated_state`: CALSTAT, an
+observatory pipeline's RLEVEL, HISTORY) do not get those steps again: a flat-fielded run passes
+through untouched but for the float32 conversion and its mask. The files' own bad-pixel masks
+(ingest's RUN_ID_bpm.zarr, from e.g. LCO's BPM extension) are flagged BAD in the run's mask.
 Without light runs it builds (and writes) the masters alone. A missing calibration type is
 skipped and said, never fatal.
 """
@@ -36,6 +40,7 @@ from engine.calibration.masters import (DarkModel, Master, bad_pixel_mask, check
                                         master_bias, master_dark, master_flat)
 from engine.calibration.runs import calibrate_cube
 from engine.errors import EngineFileError, EngineValueError
+from engine.io.cube import bad_pixel_cube_path
 from engine.io.atomic import write_text
 
 __all__ = ["CalibrationResult", "calibrate"]
@@ -279,10 +284,25 @@ def _assumed_saturation(dtype) -> float | None:
     return ASSUMED_SATURATION_FRACTION * float(np.iinfo(dtype).max)
 
 
-def _cube(cubes, set_id):
+def _cube(cubes, set_id, path=None):
     from engine.io.cube import open_cube
 
-    return open_cube(cubes[set_id])
+    return open_cube(path or cubes[set_id])
+
+
+def _already_applied(rows, notes: list[str]) -> set[str]:
+    """The calibration steps every frame of a light run had before ingest (frames table's
+    calibrated_state); a run that mixes states is calibrated from what all its frames share."""
+    states = [set(filter(None, str(r.get("calibrated_state") or "raw").split(",")))
+              - {"raw"} for r in rows]
+    done = set.intersection(*states) if states else set()
+    if done:
+        notes.append(f"already calibrated before ingest ({', '.join(sorted(done))}: "
+                     f"{rows[0].get('calibrated_evidence')}): not applied again")
+    if any(state != done for state in states):
+        notes.append("the run mixes raw and already-calibrated frames: only the steps all "
+                     "share are skipped")
+    return done
 
 
 def _binning(rows) -> tuple[int, int]:
@@ -369,11 +389,12 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
                                  f"this night)")
                 return set_id
 
-            bias_id = choose("bias")
+            done = _already_applied(light_rows, notes)
+            bias_id = choose("bias") if "bias" not in done else None
             bias = library.bias(bias_id, geometry) if bias_id else None
-            dark_id = choose("dark")
+            dark_id = choose("dark") if "dark" not in done else None
             dark = library.dark(dark_id, bias, geometry) if dark_id else None
-            flat_id = choose("flat", light_rows[0].get("filter"))
+            flat_id = choose("flat", light_rows[0].get("filter")) if "flat" not in done else None
             saturation = _median(r.get("saturation") for r in light_rows)
             if saturation is None:
                 saturation = _assumed_saturation(_cube(cubes, run_id).dtype)
@@ -389,11 +410,15 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
 
             exptimes = [float(r["exptime"]) for r in light_rows]
             attributes = cube_attributes(cubes[run_id]) or {}
+            own_masks = bad_pixel_cube_path(cubes[run_id])
+            own_masks = own_masks if own_masks.is_dir() else None
+            if own_masks is not None:
+                used["own_bad_pixels"] = own_masks.name
             fingerprint = _fingerprint(
                 _FORMAT, attributes.get("fingerprint"),
                 [cube_attributes(cubes[s]).get("fingerprint") if s else None
                  for s in (bias_id, dark_id, flat_id)], geometry, saturation, uncertainty,
-                temperature_tolerance)
+                temperature_tolerance, sorted(done), own_masks is not None)
             target = out / CALIBRATED_FOLDER / f"{run_id}.zarr"
             previous = cube_attributes(target)
             if previous and previous.get("fingerprint") == fingerprint:
@@ -409,6 +434,7 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
                     attributes={"run_id": run_id, "fingerprint": fingerprint,
                                 "masters": used, "format": _FORMAT},
                     chunk_bytes=chunk_bytes or 256 * 1024 * 1024, threads=threads,
+                    frame_bad_pixels=_cube(cubes, run_id, own_masks) if own_masks else None,
                     **geometry)
                 notes.extend(n for n in run.notes if n not in notes)
                 result.runs[run_id] = target

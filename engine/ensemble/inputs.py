@@ -10,8 +10,8 @@ Accepted columns (extra columns are ignored):
   when present their sum is the flux variance, else flux_err^2).
 - psf photometry (optional, a second table): frame, star, flux, flux_err; optional flags,
   x, y, var_*.
-- frames: frame, time_bjd_tdb, airmass, exptime; optional fwhm, sky, scintillation (relative
-  sigma per frame), run_id, site, telescope, filter.
+- frames: frame, time_bjd_tdb, airmass, exptime; optional time_err_s (timing error, s), fwhm,
+  sky, scintillation (relative sigma per frame), run_id, site, telescope, filter.
 - stars: star (else the row number), x, y; optional ra, dec, star_id (a global id), colour
   (BP-RP; also read from bp_rp, BP_RP or bp-rp), mag_instrumental, is_target.
 """
@@ -73,6 +73,7 @@ class RunData:
     filter: str
     apertures: list
     star_id_source: str = "star number"   # 'star table' when star_id came from the star table
+    time_err: np.ndarray | None = None    # timing error of each frame's time (s, 1 sigma)
     notes: list = field(default_factory=list)
     _blocks: dict = field(default_factory=dict, repr=False)
     _cache: dict = field(default_factory=dict, repr=False)
@@ -322,7 +323,7 @@ def prepare_run(photometry: pa.Table, frames: pa.Table, stars: pa.Table, target=
         raise EngineValueError("the photometry has no finite radius and no psf table was given")
 
     data = RunData(
-        frame=frame, time=time, airmass=airmass, exptime=exptime,
+        frame=frame, time=time, airmass=airmass, exptime=exptime, time_err=per_frame("time_err_s"),
         fwhm=per_frame("fwhm"), sky=per_frame("sky"), scintillation=per_frame("scintillation"),
         star=star, star_id=star_id,
         star_x=star_x if star_x is not None else nan_stars.copy(),

@@ -478,6 +478,7 @@ def _rows(data: RunData, a: int, curves: _Curves, roles: dict, quality: FrameQua
     columns = {
         "run_id": constant(data.run_id),
         "time_bjd_tdb": per_frame(data.time),
+        "time_err_s": per_frame(data.time_err) if data.time_err is not None else None,
         "star_id": per_star(data.star_id[stars]).astype(np.int64),
         "role": Repeated(labels, per_star(role_index)),
         "rel_flux": curves.rel_flux.ravel(),

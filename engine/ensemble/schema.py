@@ -43,6 +43,9 @@ LIGHTCURVES_SCHEMA = pa.schema([
     _field("site", pa.string(), "observing site"),
     _field("telescope", pa.string(), "telescope"),
     _field("filter", pa.string(), "filter"),
+    _field("time_err_s", pa.float64(),
+           "timing error of time_bjd_tdb, 1 sigma, s (stamp resolution and clock uncertainty; "
+           "the frames table's time_err_s)"),
     _field("frame", pa.int64(), "frame number within the run"),
     _field("star", pa.int64(), "star number in the run's star table"),
     _field("aperture", pa.string(), "photometry used: 'r=<radius px>' or 'psf'"),

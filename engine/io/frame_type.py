@@ -2,20 +2,27 @@
 
 Clues, strongest first:
 1. a user override (a path glob from the configuration);
-2. the header's type keyword (IMAGETYP, IMAGETYPE, OBSTYPE, FRAMETYP, FRAMETYPE, FRAME, IMGTYPE,
-   EXPTYPE) in all its spellings ('Bias Frame', 'ZERO', 'dark', 'Flat Field', 'SKYFLAT',
-   'Light Frame', 'object', 'science', ...) when it names a calibration type;
-3. the file name, then its folder's name: words such as bias/zero/offset, dark/darkflat,
-   flat/skyflat/domeflat/twiflat, light/object/science;
-4. the header's 'light' (the default that many programs write for every frame: CCDSoft labels
-   flats 'Light Frame', so a file name that says flat wins over it, and the log says so);
-5. with no type anywhere: exposure time 0 means bias; a level above 20% of full scale means flat;
+2. the site's own rules (configured header value -> type, for software with its own words);
+3. the header's type keyword (IMAGETYP, IMAGETYPE, OBSTYPE, FRAMETYP, FRAMETYPE, FRAME, IMGTYPE,
+   EXPTYPE) in the vocabularies of the programs that write it: MaxIm DL, ACP, TheSkyX and
+   CCDSoft ('Bias Frame', 'Dark Frame', 'Flat Field', 'Light Frame'), N.I.N.A., SharpCap and
+   ASIAIR ('LIGHT', 'DARK', 'FLAT', 'BIAS', 'DARKFLAT', 'Flat Dark'), IRAF ('zero', 'object',
+   'comp'), Las Cumbres Observatory's OBSTYPE ('EXPOSE', 'STANDARD', 'BIAS', 'DARK', 'SKYFLAT',
+   'LAMPFLAT', 'DOMEFLAT'; 'GUIDE', 'EXPERIMENTAL', 'ARC' are none of the four);
+4. the file name, then its folder's name, as whole words (bias/zero/offset, dark/darkflat,
+   flat/skyflat/domeflat/twiflat, light/object/science), only where the header is silent;
+5. against a header that says 'light' (the default many programs write for every frame: CCDSoft
+   labels flats 'Light Frame') a name counts only when the pixels agree: a flat's level above 20%
+   of full scale (a sky-limited light sits far below), a bias's exposure time of 0. A name alone
+   never turns a light into a dark: 'Dark Shark Nebula' is a target, and a light named '_FLAT'
+   that was flat-fielded keeps a sky level;
+6. with no type anywhere: exposure time 0 means bias; a level above 20% of full scale means flat;
    otherwise light.
 
-A header type that names none of the four (FOCUS, ARC, TEST) leaves the frame unclassified unless
-the name or an override classifies it. `classify_frame` returns the type, the evidence (a short
-sentence for the frames table) and notes for the log. The exposure time written in a file name
-('darks-expos1-...', '..._60.00s_...') is compared with the header's, which always wins.
+A header type that names none of the four (FOCUS, ARC, GUIDE, TEST) leaves the frame unclassified
+unless an override or a site rule classifies it. `classify_frame` returns the type, the evidence
+(a short sentence for the frames table) and notes for the log. The exposure time written in a
+file name ('darks-expos1-...', '..._60.00s_...') is compared with the header's, which always wins.
 """
 
 from __future__ import annotations
@@ -41,7 +48,14 @@ _HEADER_WORDS = {
     "light": "light", "lightframe": "light", "object": "light", "science": "light",
     "sci": "light", "target": "light", "obj": "light", "tricolorimage": "light",
     "image": "light", "objectframe": "light",
+    # Las Cumbres Observatory (OBSTYPE) and other observatory pipelines.
+    "expose": "light", "standard": "light", "lampflat": "flat", "domeflat": "flat",
 }
+#: Header types that are deliberately none of the four (skipped unless configured).
+_NOT_FRAME_TYPES = {"guide", "experimental", "arc", "comp", "comparison", "focus", "test",
+                    "acquire", "acquisition", "spectrum", "lampcheck", "trailed", "engineering"}
+#: A flat's median sits at this fraction of full scale or above; a sky-limited light far below.
+FLAT_LEVEL = 0.2
 _NAME_WORDS = {
     "bias": "bias", "biases": "bias", "zero": "bias", "zeros": "bias", "offset": "bias",
     "offsets": "bias",
@@ -84,7 +98,7 @@ def header_frame_type(header) -> tuple[str | None, str | None, str | None]:
         if not text or text.replace(".", "").isdigit():
             continue
         squashed = _squash(text)
-        if squashed.startswith("master"):
+        if squashed.startswith("master") or squashed in _NOT_FRAME_TYPES:
             return None, key, text
         kind = _HEADER_WORDS.get(squashed)
         if kind is None:
@@ -143,15 +157,44 @@ def _file_stem(path: PurePath) -> str:
     return name
 
 
+def _site_rule(header, rules) -> tuple[str, str] | None:
+    """(type, evidence) of the first configured (header value, type) rule the header matches."""
+    if not rules:
+        return None
+    for key in TYPE_KEYWORDS:
+        value = header.get(key) if key in header else None
+        if value is None or isinstance(value, bool) or not str(value).strip():
+            continue
+        for word, kind in rules:
+            if _squash(str(value)) == _squash(word):
+                return kind, f"{key} = {str(value).strip()!r} (site rule)"
+    return None
+
+
+def _name_agrees(clue_kind: str, exptime: float | None,
+                 level: Callable[[], float | None] | None) -> tuple[bool, str]:
+    """Whether the pixels back a name that contradicts a header 'light', and the evidence."""
+    if clue_kind == "flat":
+        fraction = level() if level is not None else None
+        if fraction is None:
+            return False, "no level to confirm it"
+        words = f"level {100 * fraction:.0f}% of full scale"
+        return fraction > FLAT_LEVEL, words
+    if clue_kind == "bias":
+        return exptime is not None and exptime <= 0.0, f"exposure time {exptime} s"
+    return False, "a name alone does not make a light a dark"
+
+
 def classify_frame(header, path, *, override: tuple[str, str] | None = None,
                    exptime: float | None = None,
-                   level: Callable[[], float | None] | None = None) -> FrameType:
+                   level: Callable[[], float | None] | None = None,
+                   rules: tuple[tuple[str, str], ...] = ()) -> FrameType:
     """Classify a frame (see the module docstring).
 
     header: the frame's header. path: its path (only the name and folder name are used).
     override: (frame type, glob) when a configured override matched. exptime: the header's
-    exposure time. level: called only when nothing else decides; returns the frame's median
-    as a fraction of full scale, or None.
+    exposure time. level: called only when a name or nothing else decides; returns the frame's
+    median as a fraction of full scale, or None. rules: the site's (header value, type) pairs.
     """
     path = PurePath(path)
     notes: list[str] = []
@@ -171,6 +214,9 @@ def classify_frame(header, path, *, override: tuple[str, str] | None = None,
         if header_kind and header_kind != kind:
             notes.append(f"{key} = {raw!r} overridden: configured as {kind}")
         return FrameType(kind, f"override ({pattern})", tuple(notes))
+    ruled = _site_rule(header, rules)
+    if ruled is not None:
+        return FrameType(ruled[0], ruled[1], tuple(notes))
 
     if header_kind in ("bias", "dark", "flat"):
         if name_kind and name_kind != header_kind:
@@ -182,12 +228,19 @@ def classify_frame(header, path, *, override: tuple[str, str] | None = None,
         if clue_kind is None:
             continue
         if header_kind == "light" and clue_kind != "light":
-            notes.append(f"{key} = {raw!r} but the {clue} says {clue_kind}; trusting the "
-                         f"{clue} ({key} = 'Light' is many programs' default)")
-            return FrameType(clue_kind, f"{clue} (over {key} = {raw!r})", tuple(notes))
+            agrees, why = _name_agrees(clue_kind, exptime, level)
+            if not agrees:
+                notes.append(f"the {clue} says {clue_kind} but {key} = {raw!r} and {why}; "
+                             "kept as light (a path override can say otherwise)")
+                continue
+            notes.append(f"{key} = {raw!r} but the {clue} says {clue_kind} and {why}; trusting "
+                         f"the {clue} ({key} = 'Light' is many programs' default)")
+            return FrameType(clue_kind, f"{clue} and {why} (over {key} = {raw!r})",
+                             tuple(notes))
         if header_kind is None:
             if key is not None:
                 notes.append(f"{key} = {raw!r} is not a frame type; the {clue} says {clue_kind}")
+                continue
             return FrameType(clue_kind, clue, tuple(notes))
         if clue_kind == "light":
             break
@@ -200,7 +253,7 @@ def classify_frame(header, path, *, override: tuple[str, str] | None = None,
     if exptime is not None and exptime <= 0.0:
         return FrameType("bias", "no type keyword or name; exposure time 0", tuple(notes))
     fraction = level() if level is not None else None
-    if fraction is not None and fraction > 0.2:
+    if fraction is not None and fraction > FLAT_LEVEL:
         return FrameType("flat", f"no type keyword or name; level {100 * fraction:.0f}% of "
                                  "full scale", tuple(notes))
     return FrameType("light", "no type keyword or name; assumed light", tuple(notes))

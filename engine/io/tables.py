@@ -60,9 +60,14 @@ FRAMES_SCHEMA = pa.schema([
            "mid-exposure barycentric Julian date (TDB) for the run's target; lights only"),
     _field("time_keyword", pa.string(), "the time stamp used (e.g. DATE-OBS, DATE-OBS+UT, JD)"),
     _field("time_reference", pa.string(), "what that stamp marks: start, mid or end"),
-    _field("time_basis", pa.string(), "how that is known: stated, configured or assumed"),
+    _field("time_basis", pa.string(),
+           "how that is known: stated (by the header), configured (for the site), inferred "
+           "(from how the run's keywords agree; evidence in time_source) or assumed"),
     _field("time_precision_s", pa.float64(), "resolution the stamp was written with, s"),
     _field("clock_offset_s", pa.float64(), "configured clock offset removed, s"),
+    _field("time_err_s", pa.float64(),
+           "timing error of the mid-exposure time, 1 sigma, s: the stamp's resolution "
+           "(resolution / sqrt(3)) and the site's clock uncertainty in quadrature"),
     _field("time_source", pa.string(), "the time's provenance in words, including BJD inputs"),
     _field("target_ra_deg", pa.float64(), "target right ascension used for BJD and airmass, deg"),
     _field("target_dec_deg", pa.float64(), "target declination used for BJD and airmass, deg"),
@@ -103,6 +108,16 @@ FRAMES_SCHEMA = pa.schema([
     _field("aperture_diameter_m", pa.float64(),
            "telescope aperture diameter, m (site configuration, else APTDIA), for scintillation"),
     _field("median_adu", pa.float64(), "median pixel value of the stored frame (subsampled)"),
+    _field("calibrated_state", pa.string(),
+           "calibration already applied before ingest: raw, or the steps ('bias,dark,flat'); "
+           "the calibration stage does not apply them again"),
+    _field("calibrated_evidence", pa.string(),
+           "the header evidence for calibrated_state (CALSTAT, RLEVEL, FLATCOR, HISTORY, ...)"),
+    _field("pedestal_adu", pa.float64(),
+           "pedestal subtracted from every stored pixel on ingest (PEDESTAL or the site's), ADU"),
+    _field("bad_pixel_hdu", pa.int16(),
+           "HDU of the file's own bad-pixel mask (e.g. LCO's BPM); its pixels go into the "
+           "run's mask (cubes/RUN_ID_bpm.zarr, then the calibrated mask)"),
 ])
 
 

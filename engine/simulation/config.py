@@ -68,9 +68,15 @@ def filter_magnitude(band: str, mag_g, bp_rp):
 class Camera:
     """A camera and the acquisition program that writes its files.
 
-    software: 'nina' (CMOS, N.I.N.A. keywords), 'maxim' (MaxIm DL keywords) or 'observatory'
-    (IRAF-style keywords, overscan, fpack, WCS). Sizes are of the *stored* imaging area, in
-    binned pixels; an overscan strip adds `overscan_columns` columns on `overscan_side`.
+    software: 'nina' (CMOS, N.I.N.A. keywords), 'maxim' (MaxIm DL keywords), 'observatory'
+    (IRAF-style keywords, overscan, fpack, WCS) or 'lco' (Las Cumbres Observatory: OBSTYPE
+    'EXPOSE', DATE-OBS / UTSTART / MJD-OBS, RLEVEL, fpack'ed SCI extension).
+    processed ('lco' only): the frames are the observatory pipeline's products (BANZAI,
+    RLEVEL 91): bias-, dark- and flat-corrected float32 with BPM, ERR and CAT extensions.
+    jd_reference ('maxim' only): what the JD keyword marks, 'start' (MaxIm DL's) or 'mid' (as
+    some scripts write it, while DATE-OBS keeps the start).
+    Sizes are of the *stored* imaging area, in binned pixels; an overscan strip adds
+    `overscan_columns` columns on `overscan_side`.
     gain_e_per_adu is electrons per *stored* ADU (for a 12-bit ADC scaled to 16 bits, one ADC
     step is 16 stored ADU, i.e. 16 * gain_e_per_adu electrons).
     """
@@ -110,6 +116,8 @@ class Camera:
     wcs: bool = False
     readout_s: float = 3.0
     cosmic_ray_rate: float = 0.03
+    processed: bool = False
+    jd_reference: str = "start"
 
     @property
     def adc_scale(self) -> int:
@@ -350,8 +358,13 @@ def validate(config: SimulationConfig) -> None:
         for band in s.extra_flat_filters:
             if band not in FILTERS:
                 raise EngineValueError(f"{where}: unknown flat filter {band!r}")
-        if c.software not in ("nina", "maxim", "observatory"):
-            raise EngineValueError(f"{where}: camera software must be nina, maxim or observatory")
+        if c.software not in ("nina", "maxim", "observatory", "lco"):
+            raise EngineValueError(
+                f"{where}: camera software must be nina, maxim, observatory or lco")
+        if c.processed and c.software != "lco":
+            raise EngineValueError(f"{where}: only lco cameras write processed frames")
+        if c.jd_reference not in ("start", "mid", "end"):
+            raise EngineValueError(f"{where}: jd_reference must be start, mid or end")
         if c.width < 16 or c.height < 16:
             raise EngineValueError(f"{where}: camera frames must be at least 16 x 16 pixels")
         if c.binning not in (1, 2, 3, 4):

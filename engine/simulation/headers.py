@@ -9,9 +9,15 @@
   the exposure start, DATE-OBS, EGAIN, XBINNING / YBINNING with XPIXSZ after binning,
   SITELAT / SITELONG as 'DD MM SS' strings. Files: <site>/<night>/<target>-001V.fit,
   Bias-001.fit, Dark-001.fit, Flat-001V.fit.
+  A camera whose `jd_reference` is 'mid' writes JD at mid-exposure (DATE-OBS stays the start,
+  neither says which), as some observatory scripts do.
 - Observatory (CCD): OBSTYPE / IMAGETYP (IRAF words), GAIN (e-/ADU), RDNOISE (e-), AIRMASS,
   DATE-OBS (date) + UT + MJD-OBS, BIASSEC / TRIMSEC / DATASEC in IRAF 1-based [x1:x2,y1:y2],
   a TAN WCS on light frames; written fpack-style (Rice tile compression, `.fits.fz`).
+- Las Cumbres Observatory (CCD): OBSTYPE 'EXPOSE' / 'BIAS' / 'DARK' / 'SKYFLAT', DATE-OBS,
+  UTSTART and MJD-OBS (each says start), DAY-OBS, RLEVEL (0 raw, 91 BANZAI-processed), an fpack'ed
+  SCI extension; processed files add L1STATBI / L1STATDA / L1STATFL and BPM, ERR, CAT
+  extensions. Files: <site>/<night>/<telescope>-<instrument>-<YYYYMMDD>-<nnnn>-e00|e91.fits.fz.
 
 Every header time is the site's PC clock: true time + clock offset.
 """
@@ -33,6 +39,7 @@ _MJD_EPOCH = datetime(1858, 11, 17, tzinfo=timezone.utc)
 _NINA_TYPES = {"light": "LIGHT", "bias": "BIAS", "dark": "DARK", "flat": "FLAT"}
 _MAXIM_TYPES = {"light": "Light Frame", "bias": "Bias Frame", "dark": "Dark Frame",
                 "flat": "Flat Field"}
+_LCO_TYPES = {"light": "EXPOSE", "bias": "BIAS", "dark": "DARK", "flat": "SKYFLAT"}
 _OBS_TYPES = {"light": ("OBJECT", "object"), "bias": ("ZERO", "zero"), "dark": ("DARK", "dark"),
               "flat": ("SKYFLAT", "flat")}
 
@@ -97,6 +104,8 @@ def build_header(site: Site, frame: dict) -> fits.Header:
         return _nina(site, frame)
     if software == "maxim":
         return _maxim(site, frame)
+    if software == "lco":
+        return _lco(site, frame)
     return _observatory(site, frame)
 
 
@@ -181,7 +190,9 @@ def _maxim(site: Site, f: dict) -> fits.Header:
                     "Latitude of the imaging location")
     h["SITELONG"] = (sexagesimal(site.longitude_deg, decimals=0, sign=True),
                      "Longitude of the imaging location")
-    h["JD"] = (round(modified_julian_date(_round_time(start, 2)) + 2400000.5, 8),
+    jd_at = start + timedelta(seconds=float(f["exptime_s"]) * {"start": 0.0, "mid": 0.5,
+                                                                "end": 1.0}[cam.jd_reference])
+    h["JD"] = (round(modified_julian_date(_round_time(jd_at, 2)) + 2400000.5, 8),
                "Julian Date at time of exposure")
     h["FOCALLEN"] = (site.focal_length_mm, "Focal length of telescope in mm")
     h["APTDIA"] = (site.aperture_m * 1000.0, "Aperture diameter of telescope in mm")
@@ -263,6 +274,70 @@ def _observatory(site: Site, f: dict) -> fits.Header:
     return h
 
 
+def _lco(site: Site, f: dict) -> fits.Header:
+    cam = site.camera
+    start = f["header_start"]
+    ftype = f["frame_type"]
+    stamp = _iso(start, 3)
+    h = fits.Header()
+    h["SITEID"] = (site.name[:3].lower(), "ID code of the Observatory site")
+    h["TELESCOP"] = (site.telescope, "Telescope used to acquire data")
+    h["INSTRUME"] = (cam.name, "Instrument used")
+    h["OBSTYPE"] = (_LCO_TYPES[ftype], "Observation type")
+    h["OBJECT"] = (f.get("object", "") if ftype == "light" else "N/A", "Object name")
+    h["FILTER"] = (f["filter"], "Filter used")
+    h["EXPTIME"] = (float(f["exptime_s"]), "[s] Exposure length")
+    h["DATE-OBS"] = (stamp, "[UTC] Start date and time of observation")
+    h["DAY-OBS"] = (night_date(site, start).replace("-", ""),
+                    "[UTC] Date at start of local observing night")
+    h["UTSTART"] = (stamp[11:], "[UTC] The start time of the observation")
+    h["MJD-OBS"] = (round(modified_julian_date(_round_time(start, 3)), 8),
+                    "[UTC days] Start date/time (MJD)")
+    h["RLEVEL"] = (91 if cam.processed else 0, "Reduction level")
+    h["GAIN"] = (cam.gain_e_per_adu, "[electrons/count] Pixel gain")
+    h["RDNOISE"] = (cam.read_noise_e, "[electrons/pixel] Read noise")
+    h["CCDSUM"] = (f"{cam.binning} {cam.binning}", "[ccd pixels] CCD on-chip summing/binning")
+    h["LATITUDE"] = (site.latitude_deg, "[deg North] Telescope Latitude")
+    h["LONGITUD"] = (site.longitude_deg, "[deg East] Telescope Longitude")
+    h["HEIGHT"] = (site.elevation_m, "[m] Altitude of Telescope above sea level")
+    if ftype == "light":
+        ra, dec = f["pointing"]
+        h["RA"] = (sexagesimal(ra / 15.0, sep=":", decimals=3), "[HH:MM:SS.sss] Telescope RA")
+        h["DEC"] = (sexagesimal(dec, sep=":", decimals=2, sign=True),
+                    "[sDD:MM:SS.ss] Telescope declination")
+        h["AIRMASS"] = (round(float(f["airmass_start"]), 4), "Effective mean airmass")
+    if cam.processed:
+        for key, what in (("L1STATBI", "bias"), ("L1STATDA", "dark"), ("L1STATFL", "flat")):
+            h[key] = (1, f"Status flag for {what} frame correction")
+        h["L1IDFLAT"] = (f"flat-{f['filter']}.fits", "ID of flat frame")
+        h["PIPEVER"] = ("1.9.3", "Pipeline version")
+    return h
+
+
+def write_lco(path: Path, data: np.ndarray, header: fits.Header, *,
+              bad_pixels: np.ndarray | None = None) -> None:
+    """An LCO file, atomically: an empty primary and the fpack'ed SCI image; with `bad_pixels`
+    (a processed frame) also BPM (uint8), ERR (float32) and CAT (a small table)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tiles = (min(16, data.shape[0]), data.shape[1])
+    hdus = [fits.PrimaryHDU(),
+            fits.CompImageHDU(data=data, header=header, name="SCI", compression_type="RICE_1",
+                              tile_shape=tiles)]
+    if bad_pixels is not None:
+        error = np.sqrt(np.abs(data.astype(np.float32)) + 10.0).astype(np.float32)
+        hdus += [fits.CompImageHDU(data=bad_pixels.astype(np.uint8), name="BPM",
+                                   compression_type="RICE_1", tile_shape=tiles),
+                 fits.CompImageHDU(data=error, name="ERR", compression_type="RICE_1",
+                                   tile_shape=tiles),
+                 fits.BinTableHDU.from_columns(
+                     [fits.Column(name="x", format="E", array=np.zeros(1, np.float32)),
+                      fits.Column(name="y", format="E", array=np.zeros(1, np.float32))],
+                     name="CAT")]
+    fits.HDUList(hdus).writeto(tmp, overwrite=True, output_verify="exception")
+    os.replace(tmp, path)
+
+
 def file_name(site: Site, frame: dict, counters: dict) -> str:
     """Relative path of a frame's file, as the site's program names it."""
     cam = site.camera
@@ -288,6 +363,10 @@ def file_name(site: Site, frame: dict, counters: dict) -> str:
         return f"{_safe(site.name)}/{night.replace('-', '')}/{stem}-{counters[key]:03d}{suffix}.fit"
     counters["seq"] = counters.get("seq", 0) + 1
     compact = night.replace("-", "")
+    if cam.software == "lco":
+        level = "e91" if cam.processed else "e00"
+        return (f"{_safe(site.name)}/{compact}/{_safe(site.telescope)}-{_safe(cam.name)}-"
+                f"{compact}-{counters['seq']:04d}-{level}.fits.fz")
     ext = ".fits.fz" if cam.compress else ".fits"
     return f"{_safe(site.name)}/{compact}/{_safe(cam.name)}.{compact}.{counters['seq']:04d}{ext}"
 

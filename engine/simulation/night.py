@@ -32,7 +32,7 @@ from engine.simulation.config import (Camera, Field, SimulationConfig, Site, fil
                                       validate)
 from engine.simulation.detector import Detector
 from engine.simulation.field import StarField, make_field, variability_flux
-from engine.simulation.headers import build_header, file_name, night_date, write_fits
+from engine.simulation.headers import build_header, file_name, night_date, write_fits, write_lco
 from engine.simulation.observing import RunPlan, first_frame_wcs, frame_wcs, plan_run
 from engine.simulation.presets import PRESETS
 
@@ -40,7 +40,8 @@ __all__ = ["SimulationResult", "resolve_config", "simulate"]
 
 TRUTH_FORMAT = "engine-simulation-truth"
 TRUTH_VERSION = 1
-_PROGRAMS = {"nina": "N.I.N.A.", "maxim": "MaxIm DL", "observatory": "observatory"}
+_PROGRAMS = {"nina": "N.I.N.A.", "maxim": "MaxIm DL", "observatory": "observatory",
+             "lco": "Las Cumbres Observatory"}
 
 
 @dataclass
@@ -372,7 +373,11 @@ def _simulate_site(config: SimulationConfig, stars: StarField, site: Site, index
                     "purpose": cal.purpose, "wcs": None}
         rel = file_name(site, meta, counters)
         path = out / rel
-        write_fits(path, data, build_header(site, meta), compress=cam.compress)
+        if cam.software == "lco":
+            data, bad = _lco_product(data, detector, site, info) if cam.processed else (data, None)
+            write_lco(path, data, build_header(site, meta), bad_pixels=bad)
+        else:
+            write_fits(path, data, build_header(site, meta), compress=cam.compress)
         files.append(path)
         ftype = meta["frame_type"]
         frame_counts[ftype] += 1
@@ -420,6 +425,7 @@ def _simulate_site(config: SimulationConfig, stars: StarField, site: Site, index
     run_truth = {
         "run_id": run_id, "site": site.name, "night": night, "filter": site.filter,
         "software": cam.software, "camera": cam.name, "camera_model": cam.model,
+        "processed": cam.processed, "jd_reference": cam.jd_reference,
         "telescope": site.telescope, "binning": cam.binning,
         "shape": list(cam.stored_shape), "data_x0": cam.data_x0,
         "overscan_columns": cam.overscan_columns, "overscan_side": cam.overscan_side,
@@ -443,6 +449,19 @@ def _simulate_site(config: SimulationConfig, stars: StarField, site: Site, index
         "star_positions": positions,
     }
     return run_truth, frames_truth
+
+
+def _lco_product(data, detector: Detector, site: Site, info: dict):
+    """A raw frame as the observatory pipeline delivers it: bias removed, divided by the flat,
+    float32; and its bad-pixel mask (the detector's hot pixels)."""
+    cam = site.camera
+    x0 = cam.data_x0
+    image = data[:, x0:x0 + cam.width].astype(np.float32) - np.float32(info["bias_level_adu"])
+    image /= detector.flat(site.filter).astype(np.float32)
+    bad = np.zeros(image.shape, np.uint8)
+    hot = detector.hot_pixels
+    bad[hot[:, 1], hot[:, 0]] = 1
+    return image, bad
 
 
 def _saturation_e(cam: Camera) -> float:

@@ -33,7 +33,7 @@ __all__ = ["CalibrationFrame", "RunPlan", "first_frame_wcs", "frame_wcs", "plan_
 _SECONDS_PER_DAY = 86400.0
 _SIDEREAL_RATE = 1.00273790935   # sidereal hours per solar hour
 # Header time resolution of each program (seconds): the true start times sit on this grid.
-_TIME_RESOLUTION = {"nina": 0.001, "maxim": 0.01, "observatory": 0.001}
+_TIME_RESOLUTION = {"nina": 0.001, "maxim": 0.01, "observatory": 0.001, "lco": 0.001}
 
 
 @dataclass

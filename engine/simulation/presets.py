@@ -17,7 +17,8 @@ G = 12.2 Sun-like star at RA 06h18m, Dec +24d47m on the night of 2024 December 1
 The windows overlap by about an hour, every site observes at night (Sun below -27 deg) with the
 target above 38 deg. `variable` is one site (a backyard in Germany, MaxIm DL, V) watching a
 high-amplitude delta Scuti star through a winter night; `large` is the La Palma CMOS alone,
-1000 frames of 2048 x 2048.
+1000 frames of 2048 x 2048. `lco`, `lco_processed` and `jd_mid` are one tiny site each whose
+files follow a convention that trips readers (see `_conventions`).
 """
 
 from __future__ import annotations
@@ -181,9 +182,31 @@ def _variable() -> SimulationConfig:
 
 
 #: Named configurations; copy one with dataclasses.replace (or .with_sites / .with_cameras).
+def _conventions(name: str) -> SimulationConfig:
+    """One tiny site whose files follow a convention that trips readers: LCO raw ('lco'), LCO
+    pipeline products ('lco_processed': calibrated, BPM extension, no calibration frames) and
+    a MaxIm DL night whose JD marks mid-exposure while DATE-OBS marks the start ('jd_mid')."""
+    tiny = _tiny()
+    negev, _, florida = tiny.sites
+    if name == "jd_mid":
+        site = dataclasses.replace(florida, camera=dataclasses.replace(
+            florida.camera, jd_reference="mid"), clock_offset_s=0.0, exptime_s=80.0)
+    else:
+        camera = dataclasses.replace(negev.camera, name="fa03", model="Sinistro fa03",
+                                     software="lco", overscan_columns=0, wcs=False,
+                                     processed=name == "lco_processed")
+        site = dataclasses.replace(negev, camera=camera, telescope="1m0-10", clock_offset_s=0.0)
+        if camera.processed:
+            site = dataclasses.replace(site, n_bias=0, n_dark=0, n_flat=0)
+    return dataclasses.replace(tiny, name=name, sites=(site,))
+
+
 PRESETS: dict[str, SimulationConfig] = {
     "tiny": _tiny(),
     "demo": _demo(),
     "variable": _variable(),
     "large": _large(),
+    "lco": _conventions("lco"),
+    "lco_processed": _conventions("lco_processed"),
+    "jd_mid": _conventions("jd_mid"),
 }
