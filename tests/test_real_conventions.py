@@ -3,7 +3,6 @@ calibrated before ingest, PEDESTAL and observatory bad-pixel masks. Checked on s
 against truth.json and on real frames (../shared/data) against per-file expectations worked out
 by hand from each header (mid-exposure = the start the header states + EXPTIME / 2)."""
 
-import datetime as dt
 import json
 import os
 from pathlib import Path

@@ -49,7 +49,7 @@ _HEADER_WORDS = {
     "sci": "light", "target": "light", "obj": "light", "tricolorimage": "light",
     "image": "light", "objectframe": "light",
     # Las Cumbres Observatory (OBSTYPE) and other observatory pipelines.
-    "expose": "light", "standard": "light", "lampflat": "flat", "domeflat": "flat",
+    "expose": "light", "standard": "light",
 }
 #: Header types that are deliberately none of the four (skipped unless configured).
 _NOT_FRAME_TYPES = {"guide", "experimental", "arc", "comp", "comparison", "focus", "test",
