@@ -151,3 +151,11 @@ def test_max_abs_difference():
     assert max_abs_difference(a, a[:1]) == math.inf  # one mask missing
     assert max_abs_difference(np.array([np.nan, 1.0]), np.array([np.nan, 1.0])) == 0.0
     assert max_abs_difference(np.array([np.nan, 1.0]), np.array([0.0, 1.0])) == math.inf
+
+
+def test_quick_solve_benchmark_is_checked_and_timed():
+    pytest.importorskip("astroalign")
+    (record,) = run_benchmarks(quick=True, only=["solve"], echo=False)
+    assert record["skipped"] is None
+    assert record["discrepancy"] <= record["tolerance"]
+    assert record["engine_s"] > 0 and record["anchor_s"] > 0

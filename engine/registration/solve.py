@@ -143,7 +143,7 @@ def _fit_tan(xy, ra, dec, crpix, crval, sip_order: int = 0):
             break
     plane = _tangent_degrees(ra, dec, crval)
     coefficients, *_ = np.linalg.lstsq(design, plane, rcond=None)
-    cd = coefficients[1:3].T                                           # [[xi_u, xi_v], [eta_u, eta_v]]
+    cd = coefficients[1:3].T                  # [[xi_u, xi_v], [eta_u, eta_v]]
     wcs = WCS(naxis=2)
     wcs.wcs.crpix = crpix
     wcs.wcs.crval = crval
