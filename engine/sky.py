@@ -160,7 +160,7 @@ def _solve_run(run: RunStars, catalogue, config: SkyConfig, notes: list[str]):
     if wcs is not None:
         if catalogue is None:
             return _header_solution(wcs, xy)
-        checked = check_wcs(wcs, xy, flux, catalogue, shape=shape)
+        checked = check_wcs(wcs, xy, flux, catalogue, shape=shape, reasons=notes)
         if checked is not None:
             return checked
         notes.append("the header WCS does not put the detected stars on catalogue stars: "
