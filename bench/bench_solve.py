@@ -35,7 +35,7 @@ _GRID = np.stack(np.meshgrid(np.linspace(0, _SIZE - 1, 5), np.linspace(0, _SIZE 
 
 def _plane(ra, dec, pointing, scale):
     """Tangent-plane pixels of sky positions at `pointing` (xi east, eta north)."""
-    from engine.registration import _tangent_plane
+    from engine.registration.catalogue import _tangent_plane
 
     xi, eta, _ = _tangent_plane(ra, dec, *pointing)
     per_pixel = math.radians(scale / 3600.0)

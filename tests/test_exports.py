@@ -27,7 +27,8 @@ def _night():
     rng = np.random.default_rng(5)
     rows = {name: [] for name in ("run_id", "time_bjd_tdb", "star_id", "role", "flags", "filter",
                                   "frame", "star", "aperture", "airmass", "mag", "mag_err",
-                                  "mag_std", "mag_std_err", "rel_flux", "rel_flux_err")}
+                                  "mag_std", "mag_std_err", "mag_std_system", "rel_flux",
+                                  "rel_flux_err")}
     jd_utc = 2460659.55 + np.arange(FRAMES) * 0.002
     for run, band, start, standard in (("A", "Rc", 0.0, True), ("B", "g'", 0.01, False)):
         bjd = utc_to_bjd_tdb(jd_utc + start, RA, DEC, SITE)
@@ -53,6 +54,7 @@ def _night():
                 rows["mag_err"].append(0.003 + 1e-4 * k)
                 rows["mag_std"].append(mag + 21.3 if standard else np.nan)
                 rows["mag_std_err"].append(0.005 + 1e-4 * k if standard else np.nan)
+                rows["mag_std_system"].append("catalogue R" if standard else None)
                 rows["rel_flux"].append(1.0 + rng.normal(0, 0.003))
                 rows["rel_flux_err"].append(0.003)
     columns = {k: np.asarray(v) if not isinstance(v[0], str) else v for k, v in rows.items()}
@@ -259,3 +261,18 @@ def test_csv_errors(night, tmp_path):
     with pytest.raises(EngineValueError, match="pyarrow.Table"):
         write_csv({"a": [1]}, tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_magnitudes_merged_without_a_catalogue_are_differential(night, tmp_path):
+    """A merge against a reference run fills mag_std, but on no standard system: DIF."""
+    table, _ = night
+    n = table.num_rows
+    relative = table.set_column(
+        table.column_names.index("mag_std"), "mag_std",
+        pa.array(np.asarray(table.column("mag").to_numpy(zero_copy_only=False)) + 0.1))
+    relative = relative.set_column(relative.column_names.index("mag_std_system"),
+                                   "mag_std_system", pa.array(["run A"] * n, pa.string()))
+    path = write_aavso_extended(relative, tmp_path / "aavso.txt", observer_code="TST01",
+                                target=(RA, DEC), star_name="WASP-12")
+    _, _, rows = _parse(path)
+    assert rows and {r[6] for r in rows} == {"DIF"}

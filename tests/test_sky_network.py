@@ -138,3 +138,43 @@ def test_a_bad_catalogue_stops_before_any_work(tmp_path):
     with pytest.raises(EngineError, match="bad.csv"):
         reduce([tmp_path / "raw"], tmp_path / "out", catalogue=bad)
     assert not (tmp_path / "out").exists()
+
+
+def test_each_run_is_standardised_to_its_filters_band_and_a_clear_filter_is_detected(tmp_path):
+    truth = _night(tmp_path)
+    # The La Palma observer wrote 'Clear' although a V filter was in: the band is detected.
+    for path in (tmp_path / "raw").rglob("*.fits"):
+        if "lapalma" in str(path) and "LIGHT" in str(path):
+            with fits.open(path, mode="update") as hdul:
+                hdul[0].header["FILTER"] = "Clear"
+    stars = truth["stars"]
+    table = pa.table({
+        "source_id": pa.array([s["id"] for s in stars], pa.int64()),
+        "ra": [s["ra_deg"] for s in stars], "dec": [s["dec_deg"] for s in stars],
+        "phot_g_mean_mag": [s["mag_g"] for s in stars], "bp_rp": [s["bp_rp"] for s in stars],
+        **{f"{band.lower()}_jkc_mag": [s["mags"][band] for s in stars] for band in "VRI"},
+    })
+    pq.write_table(table, tmp_path / "gaia_synthetic.parquet")
+    target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
+    out = tmp_path / "out"
+    result = reduce([tmp_path / "raw"], out, target=target,
+                    catalogue=tmp_path / "gaia_synthetic.parquet", config=network_config(truth))
+    bands = {row["run_id"]: (row["band"], row["band_source"])
+             for row in result.report["merge"]["runs"]}
+    expected = {"negev": "R", "lapalma": "V", "florida": "I"}
+    for run_id, (band, how) in bands.items():
+        site = next(name for name in expected if name in run_id)
+        assert band == expected[site], (run_id, band, how)
+        assert how.startswith("detected") == (site == "lapalma"), how
+    # Constant stars land on the catalogue's magnitudes in each run's band.
+    lightcurves = pq.read_table(out / "lightcurves.parquet").to_pylist()
+    truth_mag = {s["id"]: s["mags"] for s in stars if not s["is_variable"]}
+    errors = []
+    for run_id, (band, _) in bands.items():
+        rows = [r for r in lightcurves if r["run_id"] == run_id and r["role"] == "comparison"
+                and r["flags"] == 0 and r["star_id"] in truth_mag]
+        assert rows and all(r["mag_std_system"] == f"catalogue {band}" for r in rows)
+        for star_id in {r["star_id"] for r in rows}:
+            values = [r["mag_std"] for r in rows if r["star_id"] == star_id]
+            errors.append(np.median(values) - truth_mag[star_id][band])
+    assert np.median(np.abs(errors)) < 0.03, errors

@@ -63,6 +63,9 @@ LIGHTCURVES_SCHEMA = pa.schema([
            "standardised magnitude (merge_runs): mag minus the run's offset and colour terms, on "
            "the reference catalogue's system (else the reference run's); NaN before merging"),
     _field("mag_std_err", pa.float64(), "1-sigma error of mag_std, transformation included"),
+    _field("mag_std_system", pa.string(),
+           "the system of mag_std: 'catalogue <band>' (standard magnitudes in that band) or "
+           "'run <run_id>' (relative to the reference run: not standard); null before merging"),
 ])
 
 STARS_SCHEMA = pa.schema([

@@ -23,14 +23,18 @@ star_id when every run has one, else positions (ra, dec) matched within match_ra
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.ensemble.config import EnsembleConfig
 from engine.ensemble.io import jsonable
 from engine.ensemble.lightcurve import RunLightCurve
 from engine.ensemble.schema import LIGHTCURVES_SCHEMA
 from engine.errors import EngineValueError
+from engine.io.catalogue import BANDS, filter_band
 
 __all__ = ["merge_runs"]
 
@@ -205,17 +209,21 @@ def merge_runs(runs, reference_catalogue: pa.Table | None = None,
     Parameters
     ----------
     runs : sequence of RunLightCurve (build_run_lightcurve's results).
-    reference_catalogue : optional pyarrow.Table with a G magnitude (G, phot_g_mean_mag, ...),
-        a BP-RP colour (BP_RP, bp_rp, ...) and ra / dec in degrees (or a star_id matching the
-        star tables'); `engine.ensemble.read_reference_catalogue` reads one from CSV / Parquet.
+    reference_catalogue : optional pyarrow.Table with ra / dec in degrees (or a star_id matching
+        the star tables'), a magnitude (G, phot_g_mean_mag, mag, ...), a BP-RP colour, and
+        optionally one `mag_<band>` column per band (`ReferenceCatalogue.to_table()`, from
+        `engine.io.catalogue.read_catalogue`). With bands, each run is standardised to the
+        band of its filter (matched by name), or, when the filter names none ('Clear', a wheel
+        number), to the band whose zero point and colour term fit best (the detected filter).
     config : EnsembleConfig (match_radius_arcsec, colour_degree, merge_floor_mag,
         catalogue_error_mag, merge_clip_sigma).
 
     Returns
     -------
-    (table, diagnostics): every run's rows in LIGHTCURVES_SCHEMA with star_id made global and
-    mag_std / mag_std_err filled; diagnostics for report.json (per-run offsets and colour terms,
-    how stars were matched, the agreement of constant stars across runs).
+    (table, diagnostics): every run's rows in LIGHTCURVES_SCHEMA with star_id made global,
+    mag_std / mag_std_err filled and mag_std_system saying on which system; diagnostics for
+    report.json (per-run offsets, colour terms and band, how stars were matched, the agreement
+    of constant stars across runs).
     """
     config = EnsembleConfig() if config is None else config
     runs = list(runs)
@@ -230,11 +238,77 @@ def merge_runs(runs, reference_catalogue: pa.Table | None = None,
         raise EngineValueError(f"run ids must be unique, got {ids}")
     if reference_catalogue is not None and not isinstance(reference_catalogue, pa.Table):
         raise EngineValueError("reference_catalogue must be a pyarrow.Table "
-                               "(read_reference_catalogue reads a file)")
-    stars = _Stars(runs, reference_catalogue, config)
-    solution = _solve(stars, len(runs), reference_catalogue is not None, config)
-    table = _standardised_table(runs, stars, solution)
-    diagnostics = _merge_diagnostics(runs, stars, solution, reference_catalogue is not None)
+                               "(engine.io.catalogue.read_catalogue reads a file)")
+    bands = _catalogue_bands(reference_catalogue)
+    if not bands:
+        return _merge(runs, reference_catalogue, config, "G" if reference_catalogue else None)
+    chosen = {run.run_id: _run_band(run, reference_catalogue, bands, config) for run in runs}
+    tables, groups = {}, {}
+    for band in sorted({band for band, _ in chosen.values()}):
+        members = [run for run in runs if chosen[run.run_id][0] == band]
+        table, diagnostics = _merge(members, _band_catalogue(reference_catalogue, bands[band]),
+                                    config, band)
+        groups[band] = diagnostics
+        for run in members:
+            tables[run.run_id] = table.filter(pc.equal(table.column("run_id"), run.run_id))
+    first = groups[min(groups)]
+    diagnostics = dict(first)
+    diagnostics["system"] = "reference catalogue, each run in its filter's band"
+    diagnostics["runs"] = [row for group in groups.values() for row in group["runs"]]
+    for row in diagnostics["runs"]:
+        band, how = chosen[row["run_id"]]
+        row["band"], row["band_source"] = band, how
+    diagnostics["bands"] = groups
+    return pa.concat_tables([tables[run.run_id] for run in runs]), jsonable(diagnostics)
+
+
+def _catalogue_bands(catalogue: pa.Table | None) -> dict[str, str]:
+    """Band -> column of the catalogue's per-band magnitudes (`mag_<band>`)."""
+    if catalogue is None:
+        return {}
+    return {name[4:]: name for name in catalogue.column_names
+            if name.startswith("mag_") and name[4:] in BANDS}
+
+
+def _band_catalogue(catalogue: pa.Table, column: str) -> pa.Table:
+    """The catalogue with one band's magnitudes as its magnitude column."""
+    keep = [name for name in catalogue.column_names
+            if not name.startswith("mag_") and name not in _MAG_COLUMNS]
+    return catalogue.select(keep).append_column("mag", catalogue.column(column))
+
+
+def _run_band(run, catalogue: pa.Table, bands: dict[str, str], config: EnsembleConfig):
+    """(band, how) for a run: its filter's band when the catalogue has it, else the band whose
+    linear colour transformation leaves the smallest residuals (the detected filter)."""
+    named = filter_band(run.diagnostics.get("filter"))
+    if named in bands:
+        return named, "filter name"
+    linear = dataclasses.replace(config, colour_degree=1)
+    scores = {}
+    for band, column in bands.items():
+        try:
+            _, diagnostics = _merge([run], _band_catalogue(catalogue, column), linear, band)
+        except EngineValueError:
+            continue
+        rms = diagnostics["runs"][0]["residual_rms_mag"]
+        if rms is not None:
+            scores[band] = rms
+    if not scores:
+        raise EngineValueError(f"run {run.run_id!r}: no catalogue band fits its magnitudes")
+    best = min(scores, key=scores.get)
+    return best, (f"detected (filter {run.diagnostics.get('filter')!r}; residual rms by band: "
+                  + ", ".join(f"{b} {v:.3f}" for b, v in sorted(scores.items(),
+                                                                key=lambda kv: kv[1])) + " mag)")
+
+
+def _merge(runs, catalogue: pa.Table | None, config: EnsembleConfig, band: str | None):
+    """merge_runs for runs that share one standard band (catalogue's `mag`), or none."""
+    stars = _Stars(runs, catalogue, config)
+    solution = _solve(stars, len(runs), catalogue is not None, config)
+    system = (f"catalogue {band}" if catalogue is not None
+              else f"run {runs[solution['reference']].run_id}")
+    table = _standardised_table(runs, stars, solution, system)
+    diagnostics = _merge_diagnostics(runs, stars, solution, catalogue is not None, band)
     return table, jsonable(diagnostics)
 
 
@@ -371,7 +445,7 @@ def _transform(solution: dict, r: int, colour):
     return g @ params, np.einsum("ij,jk,ik->i", g, cov, g)
 
 
-def _standardised_table(runs, stars: _Stars, solution: dict) -> pa.Table:
+def _standardised_table(runs, stars: _Stars, solution: dict, system: str) -> pa.Table:
     tables = []
     for r, run in enumerate(runs):
         t = run.table
@@ -395,6 +469,9 @@ def _standardised_table(runs, stars: _Stars, solution: dict) -> pa.Table:
         t = t.set_column(t.column_names.index("mag_std_err"),
                          LIGHTCURVES_SCHEMA.field("mag_std_err"),
                          pa.array(np.sqrt(err ** 2 + variance), pa.float64()))
+        t = t.set_column(t.column_names.index("mag_std_system"),
+                         LIGHTCURVES_SCHEMA.field("mag_std_system"),
+                         pa.array([system] * t.num_rows, pa.string()))
         tables.append(t)
     return pa.concat_tables(tables)
 
@@ -403,7 +480,8 @@ def _rms(values):
     return float(np.sqrt(np.mean(values ** 2))) if values.size else None
 
 
-def _merge_diagnostics(runs, stars: _Stars, solution: dict, with_catalogue: bool) -> dict:
+def _merge_diagnostics(runs, stars: _Stars, solution: dict, with_catalogue: bool,
+                      band: str | None) -> dict:
     per_run = []
     std_mean = np.full(stars.mag.size, np.nan)
     for r, run in enumerate(runs):
@@ -455,7 +533,7 @@ def _merge_diagnostics(runs, stars: _Stars, solution: dict, with_catalogue: bool
                           "the expected error"}
     unknown_colour = int(np.sum(~np.isfinite(stars.global_colour)))
     return {
-        "system": ("reference catalogue (G)" if with_catalogue else
+        "system": (f"reference catalogue ({band})" if with_catalogue else
                    f"run {runs[solution['reference']].run_id} (reference)"),
         "star_matching": stars.how, "stars": int(stars.global_id.size),
         "catalogue_matches": int(stars.catalogue_matches),

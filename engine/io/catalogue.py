@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from engine.errors import CatalogueError, EngineFileError, InputNotFoundError
 
-__all__ = ["BANDS", "ReferenceCatalogue", "read_catalogue"]
+__all__ = ["BANDS", "ReferenceCatalogue", "filter_band", "read_catalogue"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,32 @@ _NAMED_BANDS = {"phot_g_mean_mag": "G", "phot_bp_mean_mag": "BP", "phot_rp_mean_
                 "gmag_gaia": "G", "bpmag": "BP", "rpmag": "RP", "bp_mag": "BP", "rp_mag": "RP"}
 _SYNTHETIC = re.compile(r"^([ubvrigz])_(jkc|sdss)_mag$", re.IGNORECASE)
 _LETTER = re.compile(r"^([UBVRIGugriz])(?:_?mag)?$")  # 'V', 'Vmag', 'r_mag': case is the band
+
+
+#: Filter names as headers write them, squashed (lower case, no spaces, dashes or primes).
+_FILTER_BANDS = {
+    "rc": "R", "ic": "I", "cousinsr": "R",
+    "cousinsi": "I", "johnsonu": "U", "johnsonb": "B", "johnsonv": "V", "johnsonr": "R",
+    "johnsoni": "I", "bessellu": "U", "bessellb": "B", "bessellv": "V", "bessellr": "R",
+    "besselli": "I", "jkcv": "V", "jkcr": "R", "jkci": "I", "jkcb": "B", "jkcu": "U",
+    "sdssu": "u", "sdssg": "g", "sdssr": "r", "sdssi": "i", "sdssz": "z", "gp": "g", "rp": "r",
+    "ip": "i", "zp": "z", "zs": "z", "up": "u", "sloanu": "u", "sloang": "g", "sloanr": "r",
+    "sloani": "i", "sloanz": "z", "gaiag": "G", "gaiabp": "BP",
+    "gaiarp": "RP",
+}
+
+
+def filter_band(name) -> str | None:
+    """The catalogue band a filter name stands for ('Bessell R' -> 'R', "r'" or 'rp' -> 'r'),
+    or None when it names no band ('Clear', 'L', a wheel number)."""
+    if not name:
+        return None
+    text = str(name).strip()
+    if text in ("g'", "r'", "i'", "z'", "u'"):
+        return text[0]
+    if len(text) == 1:  # case is the system: 'R' Johnson-Cousins, 'r' Sloan; 'G' is ambiguous
+        return text if text in "UBVRIugriz" else None  # (Gaia G, or an RGB set's green)
+    return _FILTER_BANDS.get(re.sub(r"[\s\-_'’]", "", text).lower())
 
 
 def _band_of(name: str) -> str | None:

@@ -16,12 +16,13 @@ Choices made here, and why:
   curves do not carry the site's position): that moves the date by at most 0.021 s, below the
   6 decimals (0.086 s) written. The ephemeris is astropy's built-in one; nothing is downloaded.
   The target's coordinates are therefore required.
-- MAGNITUDE and MTYPE. `mag_std` where it is finite (MTYPE STD), else `mag` (MTYPE DIF).
+- MAGNITUDE and MTYPE. `mag_std` where it is finite and on a catalogue's system
+  (`mag_std_system` 'catalogue <band>': MTYPE STD), else `mag` (MTYPE DIF, comparison ENSEMBLE).
   `mag` is the target's magnitude on its run's ensemble system: instrumental, with frame zero
   points that average 0 over the run, so its offset is arbitrary. `mag_std` is on the system
-  merge_runs tied the runs to (a reference catalogue's G band when one was given, else the
-  reference run's): it is not a transformation onto the FILTER's standard band, so TRANS is NO
-  unless the caller says otherwise. MAGERR is the matching error column.
+  merge_runs tied the runs to: a reference catalogue's band (the filter's own when the
+  catalogue has it, else the band detected as fitting best), or the reference run's. TRANS is
+  NO unless the caller says the magnitudes were transformed. MAGERR is the matching error column.
 - CNAME is ENSEMBLE and CMAG na (the comparison is the weighted ensemble, as AAVSO asks).
   KNAME/KMAG is one check star per run (the one measured on most good frames), with its
   magnitude of the same kind as the target's on that frame; na where it is missing or flagged.
@@ -226,7 +227,9 @@ def write_aavso_extended(lightcurves: pa.Table, path, *, observer_code: str, tar
              else time)  # without frame numbers a check row matches on its time
     mag, mag_err = _column(lightcurves, "mag"), _column(lightcurves, "mag_err")
     mag_std, mag_std_err = _column(lightcurves, "mag_std"), _column(lightcurves, "mag_std_err")
-    standard = np.isfinite(mag_std)
+    # Standard only when tied to a catalogue: a merge against a reference run is differential.
+    system = _column(lightcurves, "mag_std_system", None)
+    standard = np.isfinite(mag_std) & np.array([str(v).startswith("catalogue") for v in system])
     value = np.where(standard, mag_std, mag)
     error = np.where(standard, mag_std_err, mag_err)
     good = (flags == 0) & np.isfinite(value)
