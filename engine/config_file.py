@@ -133,6 +133,8 @@ def default_config_toml() -> str:
             lines += ["", "# [ingest.frame_types]", '# "*/twilight/*" = "flat"', "",
                       "# [[ingest.sites]]", '# name = "florida"', '# match = ["*/florida/*"]',
                       "# longitude_deg = -81.0", "# latitude_deg = 28.5", "# height_m = 20.0",
-                      "# clock_offset_s = 0.0", "# aperture_diameter_m = 0.28"]
+                      "# clock_offset_s = 0.0", "# aperture_diameter_m = 0.28",
+                      "# gain_e_per_adu = 1.6", "# read_noise_e = 9.0",
+                      "# saturation_adu = 4095"]
         lines.append("")
     return "\n".join(lines)

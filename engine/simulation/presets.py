@@ -190,9 +190,11 @@ def _variable() -> SimulationConfig:
 
 def _camera_night(name: str, camera: Camera, description: str, **site) -> SimulationConfig:
     tiny = _tiny()
+    site = {"n_lights": 40, "n_bias": 4, "n_flat": 8, **site}
     base = dataclasses.replace(tiny.sites[1], camera=camera, cirrus=(), meridian_flip=False,
                                **site)
-    return SimulationConfig(name=name, reference_utc=_REFERENCE_UTC, planet=PLANET,
+    # No planet: the target's scatter is then all noise, to hold against the noise model.
+    return SimulationConfig(name=name, reference_utc=_REFERENCE_UTC, planet=None,
                             sites=(base,), field=tiny.field, description=description)
 
 
