@@ -566,7 +566,7 @@ def test_unknown_preset_and_override_are_refused(tmp_path):
 
 
 def test_presets():
-    assert set(PRESETS) == {"tiny", "demo", "variable", "large"}
+    assert set(PRESETS) == {"tiny", "demo", "variable", "large", "cmos12", "mixed_bitpix", "bayer"}
     demo = PRESETS["demo"]
     assert len(demo.sites) == 3 and all(40 <= s.n_lights <= 80 for s in demo.sites)
     assert {s.camera.software for s in demo.sites} == {"nina", "maxim", "observatory"}
