@@ -49,7 +49,8 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
 
     exptimes: each frame's exposure time, s. saturation: the raw level at or above which a
     pixel is flagged SATURATED, one for the run or one per frame (None or NaN: the kernel's
-    default for that frame). The masters may each be None (then skipped, and said in the notes). out: the calibrated cube's path (NAME.zarr); the mask goes beside it as
+    default for that frame). The masters may each be None (then skipped, and said in the
+    notes). out: the calibrated cube's path (NAME.zarr); the mask goes beside it as
     NAME_mask.zarr (and the uncertainty as NAME_sigma.zarr), written through engine.io.cube
     (temporary name, then renamed). Without `out` the results are returned as arrays (small
     cubes only). Peak memory: about `chunk_bytes` of raw frames plus their outputs (float32 and
