@@ -89,6 +89,9 @@ class Site:
         Empty: frames whose TELESCOP, OBSERVAT, SITENAME, SITE or INSTRUME equals the site's name.
     aperture_diameter_m: the telescope's aperture diameter in metres, for the scintillation
         noise term; overrides the header's APTDIA.
+    gain_e_per_adu, read_noise_e, saturation_adu: the camera's gain (e-/ADU), read noise (e-)
+        and saturation level (ADU, as the camera stores its values), used when the headers do
+        not give them; without either the engine measures them (engine.calibration.camera).
     """
 
     name: str
@@ -103,16 +106,23 @@ class Site:
     clock_uncertainty_s: float = 0.0
     pedestal_adu: float | None = None
     frame_types: tuple[tuple[str, str], ...] = ()
+    gain_e_per_adu: float | None = None
+    read_noise_e: float | None = None
+    saturation_adu: float | None = None
 
     def __post_init__(self):
         owner = f"site {self.name!r}"
         if not isinstance(self.name, str) or not self.name.strip():
             raise EngineValueError(f"a site needs a non-empty name, got {self.name!r}")
         for name in ("longitude_deg", "latitude_deg", "height_m", "utc_offset_hours",
-                     "aperture_diameter_m", "pedestal_adu"):
+                     "aperture_diameter_m", "pedestal_adu", "gain_e_per_adu", "read_noise_e",
+                     "saturation_adu"):
             object.__setattr__(self, name, _finite_or_none(owner, name, getattr(self, name)))
-        if self.aperture_diameter_m is not None and not self.aperture_diameter_m > 0.0:
-            raise EngineValueError(f"{owner}: aperture_diameter_m must be positive")
+        for name in ("aperture_diameter_m", "gain_e_per_adu", "saturation_adu"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0.0:
+                raise EngineValueError(f"{owner}: {name} must be positive")
+        if self.read_noise_e is not None and self.read_noise_e < 0.0:
+            raise EngineValueError(f"{owner}: read_noise_e must not be negative")
         offset = _finite_or_none(owner, "clock_offset_s", self.clock_offset_s)
         object.__setattr__(self, "clock_offset_s", 0.0 if offset is None else offset)
         spread = _finite_or_none(owner, "clock_uncertainty_s", self.clock_uncertainty_s)

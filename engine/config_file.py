@@ -153,7 +153,8 @@ def default_config_toml() -> str:
                       '# time_reference = "start"   # or "mid", "end"; default: inferred per run',
                       "# pedestal_adu = 100.0      # default: the header's PEDESTAL",
                       '# frame_types = {"EXPOSE" = "light", "Focus" = "light"}',
-                      "# aperture_diameter_m = 0.28"]
+                      "# aperture_diameter_m = 0.28", "# gain_e_per_adu = 1.6",
+                      "# read_noise_e = 9.0", "# saturation_adu = 4095"]
         if section == "sky":
             lines += ["", "# [sky.target_xy]", "# florida = [512.3, 380.1]"]
         lines.append("")

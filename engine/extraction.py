@@ -157,7 +157,13 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     annulus = (tuple(float(a) * fwhm for a in config.annulus_fwhm) if annulus is None
                else tuple(float(a) for a in annulus))
 
-    gain = _column(frames, "gain", 1.0)
+    gain = _column(frames, "gain", np.nan)
+    if not np.all(np.isfinite(gain)):
+        # The pipeline fills the gain (header, configuration or calibration's measurement);
+        # a caller's table without one is said, never assumed silently.
+        notes.append(f"gain unknown for {int(np.sum(~np.isfinite(gain)))} frame(s): 1.0 e-/ADU "
+                     "assumed (engine.calibration.camera.measure_noise measures it)")
+        gain = np.where(np.isfinite(gain), gain, 1.0)
     read_noise = _column(frames, "read_noise", 0.0)
     exptime = _column(frames, "exptime", 1.0)
     airmass = _column(frames, "airmass", 1.0)

@@ -24,6 +24,13 @@ log ("engine.ingest"). What stops the run is typed: InputNotFoundError (a missin
 folder without FITS files), EngineValueError (a bad target or configuration), EngineFileError
 (an output folder that cannot be used).
 
+Camera values: gain, read noise and saturation level come from the header, else the site's
+configuration, each with its source in the table; a saturation level neither gives is measured
+on each frame's raw pixels (engine.calibration.camera.saturation_level: the ADC's depth or a
+pile-up) before any dtype promotion or Bayer extraction, and shared across the camera's frames
+where one frame cannot tell. Gain and read noise that neither gives are measured later, by
+calibration (photon transfer, else the lights' sky).
+
 Reruns: a cube is rebuilt only when its frames (path, size, modification time), the
 configuration or the target changed; the table is rewritten only when its content changed. So
 ingesting the same files again writes nothing, and a killed ingest leaves only temporary names
@@ -51,6 +58,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.cext import default_threads
+from engine.calibration.camera import saturation_level
 from engine.config import Config, Site
 from engine.errors import EngineFileError, EngineValueError, HeaderError
 from engine.io import bayer as _bayer
@@ -249,6 +257,34 @@ class _Scanned:
     site: Site | None = None
     stamps: list = dataclasses.field(default_factory=list)  # the header's time stamps
     time_problems: list = dataclasses.field(default_factory=list)
+    raw_saturation: float | None = None  # the raw pixels' level, when header or site gives it
+
+
+def _camera_values(row: dict, record, site: Site | None) -> float | None:
+    """Gain, read noise and saturation from the header, else the site's configuration, each
+    with its source (left empty for calibration to measure). Returns the raw saturation."""
+    for column, value, key, configured in (
+            ("gain", record.gain, "gain", site and site.gain_e_per_adu),
+            ("read_noise", record.read_noise, "read_noise", site and site.read_noise_e),
+            ("saturation", record.saturation, "saturation", site and site.saturation_adu)):
+        if value is not None:
+            row[column], row[f"{column}_source"] = value, f"header {record.sources[key]}"
+        elif configured is not None:
+            row[column] = configured
+            row[f"{column}_source"] = f"configuration (site {site.name!r})"
+    return row["saturation"]
+
+
+def _bayer_units(row: dict, mode: str) -> None:
+    """Gain, read noise and saturation of a Bayer frame moved to its extracted frame's units."""
+    for column, convert in (("gain", _bayer.extracted_gain),
+                            ("read_noise", _bayer.extracted_read_noise),
+                            ("saturation", _bayer.extracted_saturation)):
+        if row[column] is not None:
+            factor = convert(1.0, mode)
+            row[column] = convert(row[column], mode)
+            if factor != 1.0:
+                row[f"{column}_source"] += f" x {factor:.4g} for the {mode} Bayer extraction"
 
 
 def _scan_safely(path: Path, config: Config) -> _Scanned:
@@ -292,9 +328,8 @@ def _scan(path: Path, config: Config) -> _Scanned:
     row["instrument"] = record.instrument
     row["object"] = record.object
     row["filter"] = record.filter
-    row["gain"], row["gain_source"] = record.gain, record.sources.get("gain")
     row["gain_setting"] = record.gain_setting
-    row["read_noise"] = record.read_noise
+    raw_saturation = _camera_values(row, record, site)
     row["temperature"], row["set_temperature"] = record.temperature, record.set_temperature
     row["binning_x"], row["binning_y"] = record.binning
     row["ra_deg"], row["dec_deg"] = record.ra_deg, record.dec_deg
@@ -302,7 +337,6 @@ def _scan(path: Path, config: Config) -> _Scanned:
     row["wcs"] = record.wcs
     row["pixel_scale_arcsec"] = record.pixel_scale_arcsec
     row["pixel_scale_source"] = record.sources.get("pixel_scale")
-    row["saturation"] = record.saturation
     row["aperture_diameter_m"] = (site.aperture_diameter_m if site is not None and
                                   site.aperture_diameter_m is not None
                                   else record.aperture_diameter_m)
@@ -321,6 +355,7 @@ def _scan(path: Path, config: Config) -> _Scanned:
         if row["pixel_scale_arcsec"] is not None:  # half resolution: twice the angle
             row["pixel_scale_arcsec"] *= 2.0
             row["pixel_scale_source"] += " x 2 (Bayer extraction)"
+        _bayer_units(row, config.bayer)
     row["shape"], row["dtype"] = list(shape), dtype.name
     row["overscan_section"] = list(overscan) if overscan else None
     row["trim_section"] = list(trim) if trim else None
@@ -373,6 +408,7 @@ def _scan(path: Path, config: Config) -> _Scanned:
             f"header {record.sources['airmass']} (not mid-exposure)")
     # Keep what reading the pixels needs, not the header (it can be large).
     scanned.image = dataclasses.replace(image, header=None)
+    scanned.raw_saturation = raw_saturation
     return scanned
 
 
@@ -537,6 +573,7 @@ class _Loaded:
     code: str | None = None  # why the frame is skipped, when it is
     reason: str | None = None
     bad_pixels: np.ndarray | None = None  # the file's own bad-pixel mask (uint8, 1 = bad)
+    saturation: tuple[float, str] | None = None  # measured on the raw pixels: (level, how)
 
 
 def _load(scanned: _Scanned, mode: str) -> _Loaded:
@@ -556,10 +593,21 @@ def _load(scanned: _Scanned, mode: str) -> _Loaded:
         return _Loaded(code="all_nan", reason=f"{row['path']}: every pixel is NaN or infinite")
     digest = hashlib.sha256(f"{data.dtype.str}{data.shape}".encode())
     digest.update(memoryview(np.ascontiguousarray(data)).cast("B"))
+    # Saturation is measured on the pixels as the camera stored them: before a Bayer extraction
+    # averages it away and before the run's cube promotes the dtype.
+    raw_level, measured = scanned.raw_saturation, None
+    if raw_level is None:
+        measured = saturation_level(data)
+        raw_level = measured[0] if measured else None
     if scanned.bayer is not None:
-        data = _bayer.extract(data, scanned.bayer, mode)
+        data = _bayer.extract(data, scanned.bayer, mode, saturation=raw_level)
+        if measured:
+            measured = (_bayer.extracted_saturation(measured[0], mode), measured[1] +
+                        "; on the raw Bayer pixels: a 2x2 cell with one saturated is saturated")
     if row["pedestal_adu"]:
         data = data.astype(np.float32) - np.float32(row["pedestal_adu"])
+        if measured:  # the level moves with the pixels
+            measured = (measured[0] - row["pedestal_adu"], measured[1] + ", less the pedestal")
     bad = None
     if row["bad_pixel_hdu"] is not None:
         try:
@@ -571,7 +619,7 @@ def _load(scanned: _Scanned, mode: str) -> _Loaded:
             log.warning("%s: bad-pixel HDU %s unreadable (%s): not used", row["path"],
                         row["bad_pixel_hdu"], exc)
     return _Loaded(data=data, content_hash=digest.hexdigest()[:32], median=_median(data),
-                   bad_pixels=bad)
+                   bad_pixels=bad, saturation=measured)
 
 
 def _cube_dtype(members: list[dict]) -> np.dtype:
@@ -617,6 +665,9 @@ def _write_run(run_id: str, members: list[_Scanned], cube_path: Path, attributes
                 _skip(row, loaded.code, loaded.reason)
                 continue
             row["content_hash"], row["median_adu"] = loaded.content_hash, loaded.median
+            if loaded.saturation is not None:
+                row["saturation"] = loaded.saturation[0]
+                row["saturation_source"] = f"measured: {loaded.saturation[1]}"
             if loaded.content_hash in seen:
                 _skip(row, "duplicate", f"{row['path']}: duplicate of "
                                         f"{seen[loaded.content_hash]} (identical pixels)")
@@ -799,6 +850,7 @@ def ingest(paths, out_dir, target=None, config: Config | None = None, *,
                 written.append(run_id)
 
     rows = [item.row for item in scanned]
+    _camera_saturation(rows)
     for row in rows:
         if row["status"] != "ok":
             row["run_id"] = row["run_id"] if row["reason_code"] in _LATER_CODES else None
@@ -821,6 +873,33 @@ def ingest(paths, out_dir, target=None, config: Config | None = None, *,
                           table_written=table_written)
     log.info("%s", result.summary().splitlines()[0])
     return result
+
+
+def _camera_saturation(rows: list[dict]) -> None:
+    """One measured level per camera where a frame alone cannot tell: a frame keeps the pile-up
+    it shows; any other measured frame (or one whose values are not counts, e.g. float) takes
+    the camera's lowest pile-up, else its highest ADC full scale (a faint frame of a 16-bit
+    camera fits in 12 bits; its flats do not)."""
+    cameras: dict[tuple, list[dict]] = collections.defaultdict(list)
+    for row in rows:
+        if row["status"] == "ok" and (row["saturation"] is None or
+                                      row["saturation_source"].startswith("measured")):
+            cameras[(row["site"], row["telescope"], row["instrument"], row["binning_x"],
+                     row["binning_y"], tuple(row["shape"]), row["bayer_pattern"])].append(row)
+    for members in cameras.values():
+        measured = [r for r in members if r["saturation"] is not None]
+        piled = [r for r in measured if "pile-up" in r["saturation_source"]]
+        if not measured:
+            continue
+        best = (min(piled, key=lambda r: r["saturation"]) if piled
+                else max(measured, key=lambda r: r["saturation"]))
+        keep = {id(r) for r in piled}
+        for row in members:
+            if id(row) in keep or row["saturation"] == best["saturation"]:
+                continue
+            row["saturation"] = best["saturation"]
+            row["saturation_source"] = (f"measured on the camera's frames ({best['path']}): "
+                                        + best["saturation_source"].removeprefix("measured: "))
 
 
 def _check_shapes(run_id: str, rows: list[dict]) -> None:

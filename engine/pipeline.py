@@ -224,7 +224,7 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     calibrated = calibrate(ingested, out, threads=threads)
     timings["calibrate"] = time.perf_counter() - start
     log.info("calibrate done in %.1f s:\n%s", timings["calibrate"], calibrated.summary())
-    frames = ingested.frames
+    frames = _with_camera_values(ingested, calibrated.camera)
     runs = sorted(calibrated.runs)
     if not runs:
         raise EngineValueError("no light frames to reduce (only calibration frames were found)")
@@ -257,9 +257,52 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     timings["plots"] = time.perf_counter() - start
     log.info("plots done in %.1f s", timings["plots"])
     report["timings_s"] = timings
+    for run_id in runs:
+        report["runs"].setdefault(run_id, {})["camera"] = _camera_report(
+            _run_frames(frames, run_id))
     write_report(report, out / "report.json")
     return ReduceResult(out_dir=out, runs=runs, lightcurves=lightcurves, report=report,
                         timings_s=timings)
+
+
+_CAMERA_COLUMNS = ("gain", "gain_source", "read_noise", "read_noise_source")
+
+
+def _with_camera_values(ingested, camera: dict[str, dict]) -> pa.Table:
+    """The frames table with each light run's measured gain and read noise (calibration's)
+    where the headers and configuration gave none; written back to frames.parquet when that
+    changes it, so the table says what the photometry used."""
+    frames = ingested.frames
+    rows = frames.to_pylist()
+    changed = False
+    for row in rows:
+        values = camera.get(row["run_id"]) if row["status"] == "ok" else None
+        if not values:
+            continue
+        for name in ("gain", "read_noise"):
+            if row[name] is None and values[name] is not None:
+                row[name], row[f"{name}_source"] = values[name], values[f"{name}_source"]
+                changed = True
+    if not changed:
+        return frames
+    table = pa.Table.from_pylist(rows, schema=frames.schema)
+    # Keep ingest's settings stamp: its next run then reuses these rows.
+    stamp = pq.read_schema(ingested.frames_path).metadata or {}
+    write_parquet(table.replace_schema_metadata(stamp), ingested.frames_path)
+    return table
+
+
+def _camera_report(run_frames: pa.Table) -> dict:
+    """The run's gain, read noise and saturation level with their sources (first light's; the
+    saturation level is per frame, the lowest is given)."""
+    if run_frames.num_rows == 0:
+        return {}
+    first = run_frames.slice(0, 1).to_pylist()[0]
+    report = {name: first.get(name) for name in _CAMERA_COLUMNS}
+    levels = [v for v in run_frames.column("saturation").to_pylist() if v is not None]
+    report["saturation"] = min(levels) if levels else None
+    report["saturation_source"] = first.get("saturation_source")
+    return report
 
 
 def _run_lightcurve(source: Path, run_id: str, stars: pa.Table, target: int,

@@ -106,7 +106,7 @@ def test_calibration_sets_that_do_not_fit_the_lights_are_left_out_with_reasons(t
     assert np.nanstd(frame[100:-100, 100:-100]) < 0.05 * np.nanmedian(frame)
 
 
-def test_integer_lights_without_a_saturation_keyword_flag_the_top_of_their_range(tmp_path):
+def test_integer_lights_without_a_saturation_keyword_flag_their_measured_adc_top(tmp_path):
     from engine.flags import PixelFlag
     from engine.ingest import ingest
 
@@ -118,8 +118,8 @@ def test_integer_lights_without_a_saturation_keyword_flag_the_top_of_their_range
         data = rng.normal(1000.0, 5.0, (40, 48))
         if kind == "Light Frame":
             for y, x in hot:
-                data[y, x] = 65535.0 if k % 2 else 63000.0  # both above 95 % of 65535
-            data[30, 10] = 61000.0  # bright but below the assumed level
+                data[y, x] = 65535.0  # at the 16-bit ADC's top
+            data[30, 10] = 63000.0  # bright but below it
         header = fits.Header({"IMAGETYP": kind, "EXPTIME": 0.0 if "Bias" in kind else 10.0,
                               "DATE-OBS": f"2024-05-01T03:{k:02d}:00", "TELESCOP": "T1"})
         fits.PrimaryHDU(np.round(data).astype(np.uint16), header).writeto(raw / f"f{k}.fits")
@@ -129,4 +129,7 @@ def test_integer_lights_without_a_saturation_keyword_flag_the_top_of_their_range
     saturated = (mask & PixelFlag.SATURATED) != 0
     assert saturated.sum() == 3 * len(hot)
     assert all(saturated[:, y, x].all() for y, x in hot)
-    assert any("62258 ADU assumed" in n for n in result.notes[run_id]), result.notes
+    assert not saturated[:, 30, 10].any()
+    camera = json.loads(result.report_path.read_text())["runs"][run_id]["camera"]
+    assert camera["saturation"] == 65535 and "ADC full scale, 16-bit" in \
+        camera["saturation_source"]

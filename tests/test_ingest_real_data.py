@@ -78,7 +78,7 @@ def test_ast443_header_values_and_pixels(ast443):
     result, _ = ast443
     rows = {os.path.basename(r["path"]): r for r in result.frames.to_pylist()}
     bias = rows["biases-Neg5-Vis.00000003.BIAS.FIT"]
-    assert bias["gain"] == pytest.approx(2.06) and bias["gain_source"] == "EGAIN"
+    assert bias["gain"] == pytest.approx(2.06) and bias["gain_source"] == "header EGAIN"
     assert bias["read_noise"] is None and bias["filter"] == "Visible"
     assert bias["set_temperature"] == -5.0
     assert bias["temperature"] == pytest.approx(-4.8178, abs=1e-3)

@@ -566,7 +566,8 @@ def test_unknown_preset_and_override_are_refused(tmp_path):
 
 
 def test_presets():
-    assert set(PRESETS) == {"tiny", "demo", "variable", "large", "lco", "lco_processed", "jd_mid"}
+    assert set(PRESETS) == {"tiny", "demo", "variable", "large", "lco", "lco_processed", "jd_mid",
+                            "cmos12", "mixed_bitpix", "bayer"}
     assert {PRESETS[name].sites[0].camera.software for name in ("lco", "lco_processed")} == {"lco"}
     assert PRESETS["jd_mid"].sites[0].camera.jd_reference == "mid"
     demo = PRESETS["demo"]

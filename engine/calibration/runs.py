@@ -48,8 +48,10 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
                    threads: int | None = None, frame_bad_pixels=None) -> CalibratedRun:
     """Calibrate a run cube (frames, rows, columns) chunk by chunk of frames.
 
-    exptimes: each frame's exposure time, s. The masters may each be None (then skipped, and
-    said in the notes). out: the calibrated cube's path (NAME.zarr); the mask goes beside it as
+    exptimes: each frame's exposure time, s. saturation: the raw level at or above which a
+    pixel is flagged SATURATED, one for the run or one per frame (None or NaN: the kernel's
+    default for that frame). The masters may each be None (then skipped, and said in the
+    notes). out: the calibrated cube's path (NAME.zarr); the mask goes beside it as
     NAME_mask.zarr (and the uncertainty as NAME_sigma.zarr), written through engine.io.cube
     (temporary name, then renamed). Without `out` the results are returned as arrays (small
     cubes only). Peak memory: about `chunk_bytes` of raw frames plus their outputs (float32 and
@@ -69,6 +71,8 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
     times = np.asarray(exptimes, dtype=np.float64).ravel()
     if times.shape != (nframes,) or not np.all(np.isfinite(times)):
         raise EngineValueError(f"need {nframes} finite exposure times, got {times.size}")
+    levels = np.array(np.broadcast_to(np.asarray(
+        np.nan if saturation is None else saturation, dtype=np.float64), (nframes,)))
     trim_box = (0, ny, 0, nx) if trim is None else tuple(int(v) for v in trim)
     shape = (trim_box[1] - trim_box[0], trim_box[3] - trim_box[2])
     bias_data = bias.data if isinstance(bias, Master) else bias
@@ -124,13 +128,17 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
                            np.empty((f1 - f0,) + shape, np.uint8)]
                 if uncertainty:
                     results.append(np.empty((f1 - f0,) + shape, np.float32))
-                # Frames of one exposure time share a dark and its scale.
-                edges = [0] + [i for i in range(1, f1 - f0) if chunk_t[i] != chunk_t[i - 1]]
+                # Frames of one exposure time and saturation level share a dark, its scale
+                # and the level.
+                key = list(zip(chunk_t, np.nan_to_num(levels[f0:f1], nan=-1.0)))
+                edges = [0] + [i for i in range(1, f1 - f0) if key[i] != key[i - 1]]
                 for a, b in zip(edges, edges[1:] + [f1 - f0]):
                     dark_array, scale = darks.get(float(chunk_t[a]), (None, None))
+                    level = levels[f0 + a]
                     calibrate_frames(
                         raw[a:b], bias=bias_data, dark=dark_array, dark_scale=scale,
-                        flat=flat_data, bad_pixels=bad_data, saturation=saturation, trim=trim,
+                        flat=flat_data, bad_pixels=bad_data,
+                        saturation=None if np.isnan(level) else float(level), trim=trim,
                         overscan=overscan, overscan_method=overscan_method,
                         nonlinearity=nonlinearity, gain=gain, read_noise=read_noise,
                         out=results[0][a:b], mask=results[1][a:b],

@@ -14,7 +14,9 @@
    `RUN_ID_mask.zarr` (uint8 PixelFlag bits), skipping a run whose calibrated cube is already
    there with the same fingerprint (its input cube, masters' inputs and settings);
 5. writes `out_dir/calibration.json` (atomically): per run, the masters used, the dark decision
-   and its evidence, the notes and the rejections.
+   and its evidence, the camera's gain, read noise and saturation level with their sources
+   (measured by engine.calibration.camera where the headers and configuration are silent), the
+   notes and the rejections. Saturation is flagged against each frame's own level.
 Lights that were calibrated before ingest (the frames table's `calibrated_state`: CALSTAT, an
 observatory pipeline's RLEVEL, HISTORY) do not get those steps again: a flat-fielded run passes
 through untouched but for the float32 conversion and its mask. The files' own bad-pixel masks
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.calibration.camera import CameraNoise, measure_noise
 from engine.calibration.files import write_master
 from engine.calibration.masters import (DarkModel, Master, bad_pixel_mask, check_frames,
                                         master_bias, master_dark, master_flat)
@@ -65,7 +68,8 @@ class CalibrationResult:
     calibrated cube (the mask beside it as RUN_ID_mask.zarr). skipped_runs: runs whose
     calibrated cube was already up to date. notes: run or set id -> what a user should know.
     rejected: (path or set, reason) of the calibration frames and sets left out.
-    report_path: calibration.json.
+    report_path: calibration.json. camera: light run id -> its gain, read noise and their
+    sources (engine.calibration.camera.CameraNoise.as_dict).
     """
 
     masters: dict[str, Path] = field(default_factory=dict)
@@ -74,6 +78,7 @@ class CalibrationResult:
     notes: dict[str, list[str]] = field(default_factory=dict)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     report_path: Path | None = None
+    camera: dict[str, dict] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [f"{len(self.masters)} masters in {MASTERS_FOLDER}/, {len(self.runs)} calibrated "
@@ -276,6 +281,45 @@ class _Sets:
         return self.built[key]
 
 
+def _first(values):
+    return next((v for v in values if v), None)
+
+
+def _saturation_levels(rows, dtype, notes: list[str]) -> list[float | None]:
+    """Each light frame's saturation level (ingest's: header, configuration or measured on its
+    raw pixels); frames without one take the integer format's assumed level, and it is said."""
+    levels = [r.get("saturation") for r in rows]
+    if any(level is None for level in levels):
+        assumed = _assumed_saturation(dtype)
+        if assumed is not None:
+            notes.append(f"no saturation level for {sum(v is None for v in levels)} frame(s): "
+                         f"{assumed:.0f} ADU assumed ({ASSUMED_SATURATION_FRACTION:.0%} of the "
+                         f"stored range)")
+        levels = [assumed if level is None else level for level in levels]
+    return levels
+
+
+def _camera_noise(light_rows, cubes, run_id, sets, bias_id, flat_id) -> CameraNoise:
+    """The run's gain and read noise: the headers' or configuration's, else measured on the
+    raw frames of the run and of the bias and flat sets chosen for it (at most 8 of each)."""
+    gain = _median(r.get("gain") for r in light_rows)
+    read_noise = _median(r.get("read_noise") for r in light_rows)
+    given = dict(gain=gain, gain_source=_first(r.get("gain_source") for r in light_rows),
+                 read_noise=read_noise,
+                 read_noise_source=_first(r.get("read_noise_source") for r in light_rows))
+    if gain is not None and read_noise is not None:
+        return CameraNoise(**given)
+
+    def frames(set_id, limit):
+        if set_id is None:
+            return []
+        cube = _cube(cubes, set_id)
+        return [np.asarray(cube[r["cube_index"]]) for r in sets.get(set_id, light_rows)[:limit]]
+
+    return measure_noise(frames(run_id, 5), frames(bias_id, 8),
+                         frames(flat_id, 8) if gain is None else [], **given)
+
+
 def _assumed_saturation(dtype) -> float | None:
     """Saturation level of raw integer data whose headers give none (None for float data)."""
     dtype = np.dtype(dtype)
@@ -322,7 +366,7 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
 
     ingested: an engine.ingest.IngestResult, or the folder an ingest wrote. out_dir: where the
     masters, calibrated cubes and report go (default: the ingest's folder). uncertainty: also
-    write RUN_ID_sigma.zarr (needs the gain; the read noise from the headers, else 0).
+    write RUN_ID_sigma.zarr (with the run's gain and read noise).
     """
     rows, cubes, ingest_dir = _frames_table(ingested)
     out = Path(out_dir) if out_dir is not None else ingest_dir
@@ -395,12 +439,8 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
             dark_id = choose("dark") if "dark" not in done else None
             dark = library.dark(dark_id, bias, geometry) if dark_id else None
             flat_id = choose("flat", light_rows[0].get("filter")) if "flat" not in done else None
-            saturation = _median(r.get("saturation") for r in light_rows)
-            if saturation is None:
-                saturation = _assumed_saturation(_cube(cubes, run_id).dtype)
-                if saturation is not None:
-                    notes.append(f"no saturation level in the headers: {saturation:.0f} ADU "
-                                 f"assumed ({ASSUMED_SATURATION_FRACTION:.0%} of the stored range)")
+            levels = _saturation_levels(light_rows, _cube(cubes, run_id).dtype, notes)
+            saturation = _median(levels)
             flat = library.flat(flat_id, bias, dark, geometry, saturation) if flat_id else None
             bad = None
             if dark is not None or flat is not None:
@@ -417,20 +457,21 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
             fingerprint = _fingerprint(
                 _FORMAT, attributes.get("fingerprint"),
                 [cube_attributes(cubes[s]).get("fingerprint") if s else None
-                 for s in (bias_id, dark_id, flat_id)], geometry, saturation, uncertainty,
+                 for s in (bias_id, dark_id, flat_id)], geometry, levels, uncertainty,
                 temperature_tolerance, sorted(done), own_masks is not None)
+            noise = _camera_noise(light_rows, cubes, run_id, sets, bias_id, flat_id)
+            notes.extend(noise.notes)
+            result.camera[run_id] = noise.as_dict()
             target = out / CALIBRATED_FOLDER / f"{run_id}.zarr"
             previous = cube_attributes(target)
             if previous and previous.get("fingerprint") == fingerprint:
                 result.skipped_runs.append(run_id)
                 result.runs[run_id] = target
             else:
-                gain = _median(r.get("gain") for r in light_rows)
                 run = calibrate_cube(
                     _cube(cubes, run_id), exptimes, bias=bias, dark=dark, flat=flat,
-                    bad_pixels=bad, saturation=saturation, gain=gain,
-                    read_noise=_median(r.get("read_noise") for r in light_rows),
-                    uncertainty=uncertainty and gain is not None, out=target,
+                    bad_pixels=bad, saturation=levels, gain=noise.gain,
+                    read_noise=noise.read_noise, uncertainty=uncertainty, out=target,
                     attributes={"run_id": run_id, "fingerprint": fingerprint,
                                 "masters": used, "format": _FORMAT},
                     chunk_bytes=chunk_bytes or 256 * 1024 * 1024, threads=threads,
@@ -442,6 +483,9 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
             report["runs"][run_id] = {
                 "cube": str(target), "frames": len(light_rows), "masters": used,
                 "geometry": geometry, "dark": _dark_report(dark), "notes": notes,
+                "camera": {**noise.as_dict(), "saturation": saturation,
+                           "saturation_source": _first(r.get("saturation_source")
+                                                       for r in light_rows)},
                 "up_to_date": run_id in result.skipped_runs}
     report["masters"] = sorted(result.masters)
     report["rejected"] = [list(item) for item in result.rejected]

@@ -20,6 +20,8 @@ each seen in real files:
 - Sections (BIASSEC, TRIMSEC, else DATASEC) are IRAF 1-based inclusive '[x1:x2,y1:y2]'; they
   become 0-based half-open (row_start, row_stop, column_start, column_stop), reversed ranges
   put in order, checked against the image shape.
+- Saturation: SATURATE, SATLEVEL, MAXADU, else DATAMAX unless it is just the file format's
+  largest value (65535 for BITPIX 16 with BZERO 32768), which programs write by default.
 - Temperatures above 150 are taken to be kelvin (some observatory CCDs write the cold block's).
 - WCS: a celestial WCS is kept only when it can be true: not when the observatory's solver says
   it failed (WCSERR / WCS_ERR non-zero, as LCO writes), not with a zero or singular CD (or
@@ -595,6 +597,29 @@ def _bayer(header, shape, record: HeaderRecord) -> None:
     record.sources["bayer_pattern"] = key + (f" ({', '.join(steps)})" if steps else "")
 
 
+def _format_maximum(header) -> float | None:
+    """The largest value the file's BITPIX (with BZERO) can hold, for integer data."""
+    bits = _number(header, "BITPIX")
+    if bits is None or bits <= 0:
+        return None
+    zero = _number(header, "BZERO") or 0.0
+    return float(2 ** (int(bits) - 1) - 1 + zero)
+
+
+def _saturation(header, record: HeaderRecord) -> None:
+    for key in _SATURATION_KEYS:
+        value = _number(header, key, record)
+        if value is None or value <= 0:
+            continue
+        if key == "DATAMAX" and value == _format_maximum(header):
+            # Programs write the format's largest value by default: it says nothing measured.
+            record.notes.append(f"DATAMAX = {value:g} is only the file format's largest value; "
+                                "not taken as the saturation level")
+            continue
+        record.saturation, record.sources["saturation"] = value, key
+        return
+
+
 def normalise_header(header, shape: tuple[int, int]) -> HeaderRecord:
     """The frame record of a header (see the module docstring); `shape` is (rows, columns)."""
     record = HeaderRecord()
@@ -620,9 +645,7 @@ def normalise_header(header, shape: tuple[int, int]) -> HeaderRecord:
     _wcs(header, shape, record)
     _pixel_scale(header, record)
     _bayer(header, shape, record)
-    value, key = _first_number(header, _SATURATION_KEYS, record)
-    if value is not None and value > 0:
-        record.saturation, record.sources["saturation"] = value, key
+    _saturation(header, record)
     value, key = _first_number(header, _AIRMASS_KEYS, record)
     if value is not None and value >= 1.0:
         record.airmass, record.sources["airmass"] = value, key

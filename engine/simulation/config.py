@@ -79,6 +79,14 @@ class Camera:
     `overscan_columns` columns on `overscan_side`.
     gain_e_per_adu is electrons per *stored* ADU (for a 12-bit ADC scaled to 16 bits, one ADC
     step is 16 stored ADU, i.e. 16 * gain_e_per_adu electrons).
+
+    Traps of real cameras: `header_gain` False leaves the gain and read noise out of the headers
+    (many CMOS programs write neither); `scaled_adc` False stores an ADC of fewer than 16 bits
+    as it counts (a 12-bit camera's values stop at 4095) instead of multiplied up to 16 bits;
+    `float_light_frames` are the indices of light frames stored as float32 (BITPIX -32), as a
+    program that reprocessed a few frames writes them; `bayer_pattern` ('RGGB' ...) makes a
+    colour sensor whose red, green and blue pixels respond `bayer_response` times the mono
+    response (the pattern is that of pixel [0, 0] of the imaging area).
     """
 
     name: str
@@ -118,11 +126,16 @@ class Camera:
     cosmic_ray_rate: float = 0.03
     processed: bool = False
     jd_reference: str = "start"
+    header_gain: bool = True
+    scaled_adc: bool = True
+    float_light_frames: tuple[int, ...] = ()
+    bayer_pattern: str | None = None
+    bayer_response: tuple[float, float, float] = (0.55, 1.0, 0.45)
 
     @property
     def adc_scale(self) -> int:
-        """Stored ADU per ADC step: 2^(16 - adc_bits)."""
-        return 2 ** (16 - self.adc_bits)
+        """Stored ADU per ADC step: 2^(16 - adc_bits) when scaled to 16 bits, else 1."""
+        return 2 ** (16 - self.adc_bits) if self.scaled_adc else 1
 
     @property
     def adc_step_e(self) -> float:
@@ -371,6 +384,10 @@ def validate(config: SimulationConfig) -> None:
             raise EngineValueError(f"{where}: binning must be 1-4")
         if c.adc_bits not in (12, 14, 16):
             raise EngineValueError(f"{where}: adc_bits must be 12, 14 or 16")
+        if c.bayer_pattern is not None and (c.bayer_pattern not in ("RGGB", "BGGR", "GRBG", "GBRG")
+                                            or c.overscan_columns):
+            raise EngineValueError(f"{where}: bayer_pattern must be RGGB, BGGR, GRBG or GBRG "
+                                   "(and a colour camera has no overscan strip)")
         if c.overscan_side not in ("left", "right"):
             raise EngineValueError(f"{where}: overscan_side must be 'left' or 'right'")
         if c.gain_e_per_adu <= 0 or c.read_noise_e < 0 or c.full_well_e <= 0:

@@ -115,12 +115,24 @@ class Detector:
         return out
 
     def flat(self, band: str) -> np.ndarray:
-        """The response (mean ~1 at the optical centre) of this camera with filter `band`."""
+        """The response (mean ~1 at the optical centre) of this camera with filter `band`; on a
+        colour sensor, times each pixel's colour response."""
         if band not in self._flat_by_filter:
             seed = self._filter_seed + sum(ord(c) * 131 ** k for k, c in enumerate(band))
             rng = np.random.default_rng(seed)
-            self._flat_by_filter[band] = self._flat_common * self._donuts(rng, 2)
+            self._flat_by_filter[band] = self._flat_common * self._donuts(rng, 2) * self._cfa()
         return self._flat_by_filter[band]
+
+    def _cfa(self):
+        """Each pixel's colour-filter response (1 on a mono sensor)."""
+        pattern = self.camera.bayer_pattern
+        if pattern is None:
+            return 1.0
+        response = dict(zip("RGB", self.camera.bayer_response))
+        cell = np.array([[response[pattern[0]], response[pattern[1]]],
+                         [response[pattern[2]], response[pattern[3]]]])
+        ny, nx = self.shape
+        return np.tile(cell, (ny // 2 + 1, nx // 2 + 1))[:ny, :nx]
 
     def glow_e(self, exptime_s: float) -> float:
         """Amp-glow electrons at the pattern's peak for an exposure (0 without glow)."""

@@ -19,7 +19,8 @@
   SCI extension; processed files add L1STATBI / L1STATDA / L1STATFL and BPM, ERR, CAT
   extensions. Files: <site>/<night>/<telescope>-<instrument>-<YYYYMMDD>-<nnnn>-e00|e91.fits.fz.
 
-Every header time is the site's PC clock: true time + clock offset.
+Every header time is the site's PC clock: true time + clock offset. A camera with
+`header_gain` False gets no EGAIN / GAIN (e-/ADU) / RDNOISE; a colour camera gets BAYERPAT.
 """
 
 from __future__ import annotations
@@ -125,7 +126,12 @@ def _nina(site: Site, f: dict) -> fits.Header:
     h["YBINNING"] = (cam.binning, "Y axis binning factor")
     h["GAIN"] = (int(cam.gain_setting or 0), "Sensor gain")
     h["OFFSET"] = (int(cam.offset_setting or 0), "Sensor gain offset")
-    h["EGAIN"] = (cam.gain_e_per_adu, "[e-/ADU] Electrons per A/D unit")
+    if cam.header_gain:
+        h["EGAIN"] = (cam.gain_e_per_adu, "[e-/ADU] Electrons per A/D unit")
+    if cam.bayer_pattern is not None:
+        h["BAYERPAT"] = (cam.bayer_pattern, "Sensor Bayer pattern")
+        h["XBAYROFF"] = (0, "Bayer pattern X axis offset")
+        h["YBAYROFF"] = (0, "Bayer pattern Y axis offset")
     h["XPIXSZ"] = (cam.pixel_size_um * cam.binning, "[um] Pixel X axis size")
     h["YPIXSZ"] = (cam.pixel_size_um * cam.binning, "[um] Pixel Y axis size")
     h["INSTRUME"] = (cam.model, "Imaging instrument name")
@@ -197,7 +203,8 @@ def _maxim(site: Site, f: dict) -> fits.Header:
     h["FOCALLEN"] = (site.focal_length_mm, "Focal length of telescope in mm")
     h["APTDIA"] = (site.aperture_m * 1000.0, "Aperture diameter of telescope in mm")
     h["APTAREA"] = (round(site.collecting_area_m2 * 1e6, 1), "Aperture area of telescope in mm^2")
-    h["EGAIN"] = (cam.gain_e_per_adu, "Electronic gain in e-/ADU")
+    if cam.header_gain:
+        h["EGAIN"] = (cam.gain_e_per_adu, "Electronic gain in e-/ADU")
     h["PEDESTAL"] = (0, "Correction to add for zero-based ADU")
     h["SWCREATE"] = ("MaxIm DL Version 6.40 200130 23VR5", "Software that created the image")
     if ftype == "light":
@@ -241,8 +248,9 @@ def _observatory(site: Site, f: dict) -> fits.Header:
     h["LATITUDE"] = (site.latitude_deg, "Site latitude (deg, N positive)")
     h["LONGITUD"] = (site.longitude_deg, "Site longitude (deg, E positive)")
     h["HEIGHT"] = (site.elevation_m, "Site height (m)")
-    h["GAIN"] = (cam.gain_e_per_adu, "Gain (e-/ADU)")
-    h["RDNOISE"] = (cam.read_noise_e, "Read noise (e-)")
+    if cam.header_gain:
+        h["GAIN"] = (cam.gain_e_per_adu, "Gain (e-/ADU)")
+        h["RDNOISE"] = (cam.read_noise_e, "Read noise (e-)")
     h["CCDTEMP"] = (round(f["ccd_temp"], 1), "Detector temperature (C)")
     h["CCDSUM"] = (f"{cam.binning} {cam.binning}", "Binning")
     nx, ny, no = cam.width, cam.height, cam.overscan_columns
@@ -378,7 +386,8 @@ def _safe(text: str) -> str:
 
 
 def write_fits(path: Path, data: np.ndarray, header: fits.Header, *, compress: bool) -> None:
-    """Write a uint16 frame (BITPIX 16, BZERO 32768) atomically: temporary name, then rename."""
+    """Write a uint16 frame (BITPIX 16, BZERO 32768), or a float32 one (BITPIX -32), atomically:
+    temporary name, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     if compress:

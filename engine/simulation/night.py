@@ -371,6 +371,8 @@ def _simulate_site(config: SimulationConfig, stars: StarField, site: Site, index
                     "airmass_start": float("nan"), "pointing": pointing, "pier_side": "West",
                     "ccd_temp": ccd_temp, "object": config.field.target_name,
                     "purpose": cal.purpose, "wcs": None}
+        if kind == "light" and k in cam.float_light_frames:
+            data = data.astype(np.float32)  # as a program that rewrote the frame stores it
         rel = file_name(site, meta, counters)
         path = out / rel
         if cam.software == "lco":

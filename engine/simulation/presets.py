@@ -19,6 +19,10 @@ target above 38 deg. `variable` is one site (a backyard in Germany, MaxIm DL, V)
 high-amplitude delta Scuti star through a winter night; `large` is the La Palma CMOS alone,
 1000 frames of 2048 x 2048. `lco`, `lco_processed` and `jd_mid` are one tiny site each whose
 files follow a convention that trips readers (see `_conventions`).
+
+Camera profiles, each the tiny La Palma night with another camera: `cmos12` (a 12-bit CMOS
+stored as it counts, no gain in its headers), `mixed_bitpix` (a 16-bit CCD night with one
+float32 light frame), `bayer` (a colour CMOS whose bright stars saturate).
 """
 
 from __future__ import annotations
@@ -181,6 +185,47 @@ def _variable() -> SimulationConfig:
         field=field, description="one backyard site following a delta Scuti star all night")
 
 
+# ----------------------------------------------------------------------------------------------
+# Camera profiles: one small site each (the tiny La Palma night), for the traps of real cameras
+# ----------------------------------------------------------------------------------------------
+
+def _camera_night(name: str, camera: Camera, description: str, **site) -> SimulationConfig:
+    tiny = _tiny()
+    site = {"n_lights": 40, "n_bias": 4, "n_flat": 8, **site}
+    base = dataclasses.replace(tiny.sites[1], camera=camera, cirrus=(), meridian_flip=False,
+                               **site)
+    # No planet: the target's scatter is then all noise, to hold against the noise model.
+    return SimulationConfig(name=name, reference_utc=_REFERENCE_UTC, planet=None,
+                            sites=(base,), field=tiny.field, description=description)
+
+
+def _cmos12() -> SimulationConfig:
+    # A 12-bit CMOS stored as it counts (0..4095), 5 e- per ADU, and no gain in its headers;
+    # the ADC's top comes before the full well, so saturated pixels pile up at 4095.
+    camera = dataclasses.replace(
+        CMOS_NINA, width=256, height=192, scaled_adc=False, header_gain=False,
+        gain_e_per_adu=5.0, full_well_e=30000.0, bias_level_adu=50.0, bias_jitter_adu=0.2,
+        bias_column_rms_adu=0.25, amp_glow_e=0.0)
+    return _camera_night("cmos12", camera, "a 12-bit CMOS without GAIN in its headers "
+                         "(values up to 4095)")
+
+
+def _mixed_bitpix() -> SimulationConfig:
+    # A 16-bit CCD (MaxIm DL) whose fourth light frame was rewritten as float32.
+    camera = dataclasses.replace(CCD_MAXIM, width=160, height=120, float_light_frames=(3,))
+    return _camera_night("mixed_bitpix", camera, "one float32 light frame among uint16 ones",
+                         filter="I", telescope=FLORIDA.telescope, aperture_m=0.28,
+                         focal_length_mm=1764.0, throughput=0.28, sky_mag=18.6,
+                         seeing_arcsec=3.0, exptime_s=15.0)
+
+
+def _bayer() -> SimulationConfig:
+    # A colour CMOS (RGGB), 12 bits stored x16, whose brightest stars saturate green pixels.
+    camera = dataclasses.replace(CMOS_NINA, width=256, height=192, bayer_pattern="RGGB",
+                                 amp_glow_e=0.0)
+    return _camera_night("bayer", camera, "a colour (Bayer RGGB) CMOS with saturated stars")
+
+
 #: Named configurations; copy one with dataclasses.replace (or .with_sites / .with_cameras).
 def _conventions(name: str) -> SimulationConfig:
     """One tiny site whose files follow a convention that trips readers: LCO raw ('lco'), LCO
@@ -209,4 +254,7 @@ PRESETS: dict[str, SimulationConfig] = {
     "lco": _conventions("lco"),
     "lco_processed": _conventions("lco_processed"),
     "jd_mid": _conventions("jd_mid"),
+    "cmos12": _cmos12(),
+    "mixed_bitpix": _mixed_bitpix(),
+    "bayer": _bayer(),
 }
