@@ -1,11 +1,13 @@
 """`python -m engine demo`: simulate a multi-site transit night, reduce it, fit it, and compare
 the recovered mid-transit time with the truth.
 
-The demo plays a network coordinator: the target's coordinates are known, each observer reports
-where the target sits on their first frame and the diameter of their telescope (here read from
-the simulator's truth; clocks are not corrected, so a site's clock error stays in its timing
-residual), and the ephemeris predicts the transit a few minutes off (as published ephemerides
-drift).
+The demo plays a network coordinator: the target's coordinates and a reference catalogue of the
+field (Gaia DR3 with synthetic photometry, as the simulator writes it) are known, each observer
+reports the diameter of their telescope (here read from the simulator's truth; clocks are not
+corrected, so a site's clock error stays in its timing residual), and the ephemeris predicts the
+transit a few minutes off (as published ephemerides drift). Every run is put on the sky against
+the catalogue (only one site writes a WCS), the target is found by its RA/Dec, and the runs are
+standardised, each in its filter's band.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import time
 from pathlib import Path
 
 from engine.config import Config, Site
-from engine.ingest import ingest
 from engine.io.atomic import write_text
 from engine.pipeline import PipelineConfig, reduce
 from engine.plots import plot_transit_fit
@@ -24,22 +25,6 @@ from engine.transit_fit import fit_transit
 
 #: How far the demo's "published ephemeris" misses the true mid-time (days): 6 minutes.
 EPHEMERIS_ERROR_DAYS = 6.0 / 1440.0
-
-
-def _target_positions(truth: dict, frames) -> dict[str, tuple[float, float]]:
-    """Each ingested run's target position in its first light frame, from the truth."""
-    first_files = {}
-    for row in frames.to_pylist():
-        if row["frame_type"] == "light" and row["status"] == "ok" and row["cube_index"] == 0:
-            first_files[Path(row["path"]).name] = row["run_id"]
-    target_id = truth["target"]["id"]
-    positions = {}
-    for run in truth["runs"]:
-        run_id = first_files.get(Path(run["light_files"][0]).name)
-        star = next((s for s in run["star_positions"] if s["id"] == target_id), None)
-        if run_id is not None and star is not None:
-            positions[run_id] = (star["x"], star["y"])
-    return positions
 
 
 def network_config(truth: dict) -> PipelineConfig:
@@ -59,9 +44,8 @@ def run_demo(out_dir: Path, seed: int = 0, preset: str = "demo", workers: int | 
     truth = simulation.truth
     target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
     config = network_config(truth)
-    ingested = ingest([out_dir / "raw"], out_dir, target=target, config=config.ingest)
     result = reduce([out_dir / "raw"], out_dir, target=target, config=config,
-                    target_xy=_target_positions(truth, ingested.frames), workers=workers)
+                    catalogue=simulation.catalogue_path, workers=workers)
     echo("")
     echo(result.summary())
     planet = truth["planet"]

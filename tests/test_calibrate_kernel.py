@@ -6,8 +6,8 @@ Specialisations compiled here (Numba compile time counts): uint16 -> float32 wit
 
 import numpy as np
 import pytest
-
 import reference
+
 from engine.errors import EngineValueError
 from engine.flags import PixelFlag
 from engine.kernels.calibrate import calibrate_frames

@@ -10,18 +10,22 @@ import pytest
 from astropy.io import fits
 
 from engine.calibration import calibrate_cube
-from engine.calibration.camera import (gain_from_lights, measure_noise, photon_transfer,
-                                       read_noise_from_bias, saturation_level)
+from engine.calibration.camera import (
+    gain_from_lights,
+    measure_noise,
+    photon_transfer,
+    read_noise_from_bias,
+    saturation_level,
+)
 from engine.config import Site
 from engine.config_file import default_config_toml, parse_config
-from engine.demo import _target_positions
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag, PixelFlag
 from engine.ingest import ingest
 from engine.io import bayer
 from engine.io.headers import normalise_header
 from engine.pipeline import reduce
-from engine.simulation import PRESETS, simulate
+from engine.simulation import PRESETS, simulate, target_positions
 
 GAIN, READ_NOISE, BIAS = 2.5, 6.0, 400.0  # e-/ADU, e-, ADU
 
@@ -165,7 +169,7 @@ def _reduce(preset, tmp_path_factory, seed=2, scale=1.0):
     truth = simulate(raw, preset=preset, seed=seed).truth
     out = tmp_path_factory.mktemp(preset + "_out")
     target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
-    positions = _target_positions(truth, ingest([raw], out, target=target).frames)
+    positions = target_positions(truth, ingest([raw], out, target=target).frames)
     positions = {k: (x / scale, y / scale) for k, (x, y) in positions.items()}
     reduce([raw], out, target=target, target_xy=positions)
     return truth, out

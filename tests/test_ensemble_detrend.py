@@ -6,8 +6,8 @@ import dataclasses
 import numpy as np
 import pyarrow as pa
 import pytest
-
 import synthetic_photometry as synthetic
+
 from engine.ensemble import EnsembleConfig, build_run_lightcurve
 
 EVENT = ((synthetic.T0 - 0.062, synthetic.T0 + 0.062),)

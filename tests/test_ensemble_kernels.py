@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 import reference
+
 from engine.errors import EngineValueError
 from engine.kernels.ensemble import sysrem, weighted_ensemble
 

@@ -7,10 +7,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 import synthetic_photometry as synthetic
-from engine.ensemble import (LIGHTCURVES_SCHEMA, EnsembleConfig, build_run_lightcurve,
-                             write_lightcurves, write_report)
+
+from engine.ensemble import (
+    LIGHTCURVES_SCHEMA,
+    EnsembleConfig,
+    build_run_lightcurve,
+    write_lightcurves,
+    write_report,
+)
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pyarrow as pa
 import pytest
-
 import synthetic_photometry as synthetic
+
 from engine.ensemble import EnsembleConfig, build_run_lightcurve
 from engine.ensemble.inputs import prepare_run
 from engine.ensemble.selection import select_stars

@@ -4,8 +4,8 @@ tests/synthetic_photometry.py::from_simulation. The issue's 'done when' figures,
 
 import numpy as np
 import pytest
-
 import synthetic_photometry as synthetic
+
 from engine.ensemble import EnsembleConfig, build_run_lightcurve, merge_runs
 from engine.flags import MeasurementFlag
 

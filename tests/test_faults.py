@@ -65,13 +65,13 @@ def _assert_same(a_dir: Path, b_dir: Path):
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_rerun_gives_the_same_products(tmp_path):
-    from engine.demo import _target_positions
     from engine.ingest import ingest
+    from engine.simulation import target_positions
 
     raw = tmp_path / "raw"
     truth = simulate(raw, preset="tiny", seed=4).truth
     target = [truth["target"]["ra_deg"], truth["target"]["dec_deg"]]
-    positions = _target_positions(truth, ingest([raw], tmp_path / "probe", target=target).frames)
+    positions = target_positions(truth, ingest([raw], tmp_path / "probe", target=target).frames)
     reference = tmp_path / "reference"
     start = time.perf_counter()
     _reduce(raw, reference, target, positions)

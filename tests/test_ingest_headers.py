@@ -7,7 +7,12 @@ from astropy.io import fits
 from engine.config import Config, Site
 from engine.errors import EngineValueError
 from engine.io import bayer
-from engine.io.frame_type import classify_frame, header_frame_type, name_exptime, name_frame_type
+from engine.io.frame_type import (
+    classify_frame,
+    header_frame_type,
+    name_exptime,
+    name_frame_type,
+)
 from engine.io.headers import normalise_header, parse_dec, parse_ra, parse_section
 
 SHAPE = (100, 120)
@@ -225,8 +230,8 @@ def test_longitude_sign_from_the_comment(key, comment, expected):
 
 
 def test_site_obsgeo_xyz():
-    from astropy.coordinates import EarthLocation
     import astropy.units as u
+    from astropy.coordinates import EarthLocation
 
     where = EarthLocation.from_geodetic(20.8108 * u.deg, -32.3783 * u.deg, 1798 * u.m)
     h = fits.Header()

@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.spatial import cKDTree
 
-from engine.demo import EPHEMERIS_ERROR_DAYS, _target_positions, network_config
+from engine.demo import EPHEMERIS_ERROR_DAYS, network_config
 from engine.ingest import ingest
 from engine.kernels.transit import transit_light_curve
 from engine.pipeline import reduce
-from engine.simulation import simulate
+from engine.simulation import simulate, target_positions
 from engine.transit_fit import fit_transit
 
 
@@ -30,7 +30,7 @@ def night(tmp_path_factory):
     config = network_config(truth)  # each site's telescope, as the demo configures it
     target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
     frames = ingest([base / "raw"], base / "out", target=target, config=config.ingest).frames
-    positions = _target_positions(truth, frames)
+    positions = target_positions(truth, frames)
     result = reduce([base / "raw"], base / "out", target=target, target_xy=positions,
                     config=config)
     return base / "out", result, truth, frames

@@ -7,11 +7,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from engine.demo import _target_positions, run_demo
+from engine.demo import run_demo
 from engine.ingest import ingest
 from engine.kernels.transit import transit_light_curve
 from engine.pipeline import reduce
-from engine.simulation import simulate
+from engine.simulation import simulate, target_positions
 
 
 def assert_tables_equal(a, b):
@@ -38,7 +38,7 @@ def reduced(night, tmp_path_factory):
     raw, truth = night
     out = tmp_path_factory.mktemp("reduced")
     target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
-    positions = _target_positions(truth, ingest([raw], out, target=target).frames)
+    positions = target_positions(truth, ingest([raw], out, target=target).frames)
     result = reduce([raw], out, target=target, target_xy=positions)
     return out, result, positions, target
 
@@ -163,7 +163,7 @@ def test_psf_photometry_joins_the_photometry_table(night, tmp_path):
 
     raw, truth = night
     target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
-    positions = _target_positions(truth, ingest([raw], tmp_path, target=target).frames)
+    positions = target_positions(truth, ingest([raw], tmp_path, target=target).frames)
     config = PipelineConfig(extraction=ExtractionConfig(psf_photometry=True))
     result = reduce([raw], tmp_path, target=target, target_xy=positions, config=config)
     photometry = pq.read_table(tmp_path / "photometry.parquet")
@@ -196,9 +196,8 @@ def test_changed_settings_redo_the_photometry(reduced, night):
 
 
 def test_one_frame_runs_reduce_and_the_console_gets_no_info(tmp_path):
-    import logging
-
     import dataclasses
+    import logging
 
     from engine.simulation.presets import PRESETS
 
@@ -207,7 +206,7 @@ def test_one_frame_runs_reduce_and_the_console_gets_no_info(tmp_path):
     one_site = dataclasses.replace(tiny, sites=tiny.sites[:1]).with_sites(n_lights=1)
     truth = simulate(raw, preset=one_site, seed=5).truth
     target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
-    positions = _target_positions(truth, ingest([raw], tmp_path / "out", target=target).frames)
+    positions = target_positions(truth, ingest([raw], tmp_path / "out", target=target).frames)
     seen = []
     console = logging.Handler()
     console.emit = seen.append

@@ -20,7 +20,6 @@ from engine.errors import EngineError
 from engine.pipeline import reduce
 from engine.simulation import PRESETS, simulate
 
-
 PRESET = "tiny"
 
 

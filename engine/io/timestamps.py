@@ -538,7 +538,9 @@ def mid_from_stamps(stamps: list[TimeStamp], problems: list[str], exptime: float
                              f"{best_jd.keyword}")
     best_precision = min(s.precision_s for s in usable)
     good = [s for s in usable if s.precision_s <= 2.0 * best_precision]
-    chosen = next((s for s in usable if convention is not None
+    # The run's keyword, unless this frame writes it coarser than another (an MJD-OBS of
+    # exactly midnight reads as whole days): every keyword keeps the run's reference anyway.
+    chosen = next((s for s in good if convention is not None
                    and s.keyword == convention.keyword), None)
     chosen = chosen or min(good, key=lambda s: order[s.keyword])
     first = min(usable, key=lambda s: order[s.keyword])

@@ -1,13 +1,26 @@
 """The simulator: raw FITS frames of a multi-site night plus the truth to test the pipeline on.
 
 This module only re-exports. `simulate(out_dir, preset, seed, **overrides)` writes the files and
-`truth.json` (see `engine.simulation.night`); `PRESETS` holds the named configurations, frozen
+`truth.json` and `catalogue.csv` (see `engine.simulation.night`); `PRESETS` holds the named configurations, frozen
 dataclasses from `engine.simulation.config` that `dataclasses.replace` copies with changes.
 """
 
-from engine.simulation.config import (FILTERS, Camera, Cirrus, Field, Planet, SimulationConfig,
-                                      Site, Variability)
-from engine.simulation.night import SimulationResult, resolve_config, simulate
+from engine.simulation.config import (
+                                      FILTERS,
+                                      Camera,
+                                      Cirrus,
+                                      Field,
+                                      Planet,
+                                      SimulationConfig,
+                                      Site,
+                                      Variability,
+)
+from engine.simulation.night import (
+                                      SimulationResult,
+                                      resolve_config,
+                                      simulate,
+                                      target_positions,
+)
 from engine.simulation.presets import PRESETS
 
 __all__ = [
@@ -23,4 +36,5 @@ __all__ = [
     "Variability",
     "resolve_config",
     "simulate",
+    "target_positions",
 ]

@@ -28,17 +28,31 @@ from astropy.time import Time
 from engine.errors import EngineValueError
 from engine.kernels import psf
 from engine.noise import aperture_noise
-from engine.simulation.config import (Camera, Field, SimulationConfig, Site, filter_magnitude,
-                                      validate)
+from engine.simulation.config import (
+    Camera,
+    Field,
+    SimulationConfig,
+    Site,
+    filter_magnitude,
+    validate,
+)
 from engine.simulation.detector import Detector
 from engine.simulation.field import StarField, make_field, variability_flux
-from engine.simulation.headers import build_header, file_name, night_date, write_fits, write_lco
+from engine.simulation.headers import (
+    build_header,
+    file_name,
+    night_date,
+    write_fits,
+    write_lco,
+)
 from engine.simulation.observing import RunPlan, first_frame_wcs, frame_wcs, plan_run
 from engine.simulation.presets import PRESETS
 
 __all__ = ["SimulationResult", "resolve_config", "simulate"]
 
 TRUTH_FORMAT = "engine-simulation-truth"
+#: The field's reference catalogue, as a Gaia DR3 extract with Gaia synthetic photometry.
+CATALOGUE_NAME = "catalogue.csv"
 TRUTH_VERSION = 1
 _PROGRAMS = {"nina": "N.I.N.A.", "maxim": "MaxIm DL", "observatory": "observatory",
              "lco": "Las Cumbres Observatory"}
@@ -56,6 +70,10 @@ class SimulationResult:
     @property
     def truth_path(self) -> Path:
         return self.out_dir / "truth.json"
+
+    @property
+    def catalogue_path(self) -> Path:
+        return self.out_dir / CATALOGUE_NAME
 
     @property
     def frames_per_second(self) -> float:
@@ -101,7 +119,8 @@ class SimulationResult:
                          f"(depth ~{tr['depth_approx'] * 100:.2f}%, T14 {tr['duration_h']:.2f} h)")
         offsets = ", ".join(f"{k} {v:+.2f} s" for k, v in t["clock_offsets_s"].items())
         lines.append(f"  clock offsets (header - true): {offsets}")
-        lines.append(f"  wrote {len(self.files)} frames + truth.json in {self.elapsed_s:.1f} s "
+        lines.append(f"  wrote {len(self.files)} frames + truth.json + {CATALOGUE_NAME} in "
+                     f"{self.elapsed_s:.1f} s "
                      f"({self.frames_per_second:.1f} frames/s)")
         return "\n".join(lines)
 
@@ -187,6 +206,7 @@ def simulate(out_dir, preset="demo", seed: int = 0, **overrides) -> SimulationRe
     truth["elapsed_s"] = elapsed
     truth["frames_per_second"] = len(files) / elapsed if elapsed > 0 else None
     _write_json(out / "truth.json", truth)
+    _write_catalogue(out / CATALOGUE_NAME, truth["stars"])
     return SimulationResult(out_dir=out, truth=truth, files=files, elapsed_s=elapsed)
 
 
@@ -196,6 +216,43 @@ def _write_json(path: Path, payload: dict) -> None:
     stable = {k: v for k, v in payload.items() if k not in ("elapsed_s", "frames_per_second")}
     tmp.write_text(json.dumps(stable, indent=1, allow_nan=False) + "\n")
     os.replace(tmp, path)
+
+
+def _write_catalogue(path: Path, stars: list[dict]) -> None:
+    """The field's stars as a catalogue service would give them: Gaia DR3 columns (source_id,
+    ra, dec, phot_g_mean_mag, bp_rp) and Gaia synthetic photometry in each simulated band."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    bands = sorted({band for star in stars for band in star["mags"]} & set("UBVRI"))
+    columns = {
+        "source_id": pa.array([1_000_000 + star["id"] for star in stars], pa.int64()),
+        "ra": [star["ra_deg"] for star in stars], "dec": [star["dec_deg"] for star in stars],
+        "phot_g_mean_mag": [star["mag_g"] for star in stars],
+        "bp_rp": [star["bp_rp"] for star in stars],
+        **{f"{band.lower()}_jkc_mag": [star["mags"].get(band) for star in stars]
+           for band in bands},
+    }
+    tmp = path.with_name(path.name + ".part")
+    pacsv.write_csv(pa.table(columns), tmp)
+    os.replace(tmp, path)
+
+
+def target_positions(truth: dict, frames) -> dict[str, tuple[float, float]]:
+    """Each ingested run's target position in its first light frame (run_id -> (x, y)), from
+    the truth and the frames table (`reduce`'s `target_xy` for simulated nights)."""
+    first_files = {}
+    for row in frames.to_pylist():
+        if row["frame_type"] == "light" and row["status"] == "ok" and row["cube_index"] == 0:
+            first_files[Path(row["path"]).name] = row["run_id"]
+    target_id = truth["target"]["id"]
+    positions = {}
+    for run in truth["runs"]:
+        run_id = first_files.get(Path(run["light_files"][0]).name)
+        star = next((s for s in run["star_positions"] if s["id"] == target_id), None)
+        if run_id is not None and star is not None:
+            positions[run_id] = (star["x"], star["y"])
+    return positions
 
 
 class _Reference:
