@@ -127,6 +127,27 @@ def test_run_convention_from_a_constant_half_exposure_difference(sign, jd_refere
     assert any("49 of 50" in text for text in convention.evidence)
 
 
+def test_a_frame_at_midnight_keeps_its_time_when_the_run_keyword_reads_as_a_date():
+    """MJD-OBS of a frame started at exactly 00:00:00 is a whole number: as written it looks
+    like a bare date, and that frame takes its other stamp, with the run's reference."""
+    exptime = 20.0
+    t0 = Time("2024-12-15T00:00:00", scale="utc")
+    frames = []
+    for k in range(6):
+        start = t0 + k * 60.0 * u.s + (0.0 if k == 0 else 0.4) * u.s
+        h = fits.Header()
+        h["DATE-OBS"] = start.isot[:19]  # to the second: MJD-OBS is the finer stamp
+        h["MJD-OBS"] = float(f"{start.mjd:.8f}")  # 60659.0 for the first frame
+        h["EXPTIME"] = exptime
+        frames.append(header_timestamps(h))
+    convention = run_convention([(stamps, exptime) for stamps, _ in frames])
+    for k, (stamps, problems) in enumerate(frames):
+        mid = mid_from_stamps(stamps, problems, exptime, convention=convention)
+        want = (t0 + (k * 60.0 + (0.0 if k == 0 else 0.4) + exptime / 2) * u.s).jd
+        assert abs(mid.jd_utc - want) * 86400.0 < 0.01
+        assert mid.time_err_s < 1.0, (k, mid.keyword, mid.time_err_s)
+
+
 def test_a_configured_reference_outranks_inference():
     exptime = 60.0
     start = Time("2024-03-01T02:00:00", scale="utc")

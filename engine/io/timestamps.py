@@ -538,10 +538,12 @@ def mid_from_stamps(stamps: list[TimeStamp], problems: list[str], exptime: float
                              f"{best_jd.keyword}")
     best_precision = min(s.precision_s for s in usable)
     good = [s for s in usable if s.precision_s <= 2.0 * best_precision]
-    # The run's keyword, unless this frame writes it coarser than another (an MJD-OBS of
-    # exactly midnight reads as whole days): every keyword keeps the run's reference anyway.
-    chosen = next((s for s in good if convention is not None
-                   and s.keyword == convention.keyword), None)
+    # The run's keyword, unless this frame writes it as a bare date while another stamp has the
+    # time (an MJD-OBS of exactly midnight reads as whole days): every keyword keeps the run's
+    # reference anyway.
+    chosen = next((s for s in usable if convention is not None
+                   and s.keyword == convention.keyword
+                   and (s.precision_s < 3600.0 or s in good)), None)
     chosen = chosen or min(good, key=lambda s: order[s.keyword])
     first = min(usable, key=lambda s: order[s.keyword])
     if chosen is not first and first.precision_s >= 0.1:
