@@ -177,3 +177,28 @@ def test_each_run_is_standardised_to_its_filters_band_and_a_clear_filter_is_dete
             values = [r["mag_std"] for r in rows if r["star_id"] == star_id]
             errors.append(np.median(values) - truth_mag[star_id][band])
     assert np.median(np.abs(errors)) < 0.03, errors
+
+
+def test_runs_whose_only_sky_information_is_a_pointing_ten_arcmin_off(tmp_path):
+    """The demo's three cameras (one mirrored, one turned by 88 deg), no WCS anywhere, each
+    mount reporting a pointing 10' off in its own direction: the catalogue puts every run on
+    the sky and the target is found by RA/Dec."""
+    preset = PRESETS["demo"]
+    errors = {"negev": (600.0, 0.0), "lapalma": (-420.0, 430.0), "florida": (0.0, -600.0)}
+    sites = tuple(dataclasses.replace(
+        site, n_lights=4, n_bias=3, n_dark=3, n_flat=3,
+        camera=dataclasses.replace(site.camera, wcs=False),
+        header_pointing_error_arcsec=errors[site.name]) for site in preset.sites)
+    simulation = simulate(tmp_path / "raw", preset=dataclasses.replace(preset, sites=sites),
+                          seed=5)
+    truth = simulation.truth
+    target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
+    out = tmp_path / "out"
+    result = reduce([tmp_path / "raw"], out, target=target, config=network_config(truth),
+                    catalogue=simulation.catalogue_path)
+    assert len(result.runs) == 3
+    _check_targets(out, truth, result)
+    for run_id in result.runs:
+        solution = result.report["runs"][run_id]["sky"]["solution"]
+        assert solution["method"] == "catalogue" and solution["rms_arcsec"] < 0.5, solution
+        assert solution["mirrored"] == ("lapalma" in run_id)

@@ -294,6 +294,9 @@ class Site:
     camera_angle_deg: float = 0.0
     parity: int = 1
     pointing_offset_arcsec: tuple[float, float] = (0.0, 0.0)
+    #: How far the pointing the headers write (RA/DEC, OBJCTRA/OBJCTDEC) misses the real one,
+    #: (east, north) arcsec: mounts report where they think they point.
+    header_pointing_error_arcsec: tuple[float, float] = (0.0, 0.0)
     drift_px_per_hour: tuple[float, float] = (0.0, 0.0)
     drift_jitter_px: float = 0.3
     recentre_at: float | None = None

@@ -218,6 +218,12 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def _header_pointing(ra: float, dec: float, error_arcsec) -> tuple[float, float]:
+    """The pointing a mount reports: the true one moved (east, north) by `error_arcsec`."""
+    east, north = (float(v) / 3600.0 for v in error_arcsec)
+    return ((ra + east / math.cos(math.radians(dec))) % 360.0, dec + north)
+
+
 def _write_catalogue(path: Path, stars: list[dict]) -> None:
     """The field's stars as a catalogue service would give them: Gaia DR3 columns (source_id,
     ra, dec, phot_g_mean_mag, bp_rp) and Gaia synthetic photometry in each simulated band."""
@@ -397,7 +403,8 @@ def _simulate_site(config: SimulationConfig, stars: StarField, site: Site, index
     records += [("cal", k, c.start_s) for k, c in enumerate(plan.calibrations)]
     records.sort(key=lambda r: r[2])
     offset = site.clock_offset_s
-    pointing = (float(wcs0.wcs.crval[0]), float(wcs0.wcs.crval[1]))
+    pointing = _header_pointing(float(wcs0.wcs.crval[0]), float(wcs0.wcs.crval[1]),
+                                site.header_pointing_error_arcsec)
     counters: dict = {}
     frames_truth = []
     light_files = []
