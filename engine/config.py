@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass
 from fnmatch import fnmatchcase
 
+from engine.checks import number
 from engine.errors import EngineValueError
 
 FRAME_TYPES = ("bias", "dark", "flat", "light")
@@ -27,15 +27,7 @@ TIME_REFERENCES = ("start", "mid", "end")
 
 
 def _finite_or_none(owner: str, name: str, value):
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise EngineValueError(f"{owner}: {name} must be a number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise EngineValueError(f"{owner}: {name} must be finite, got {value!r}")
-    return value
+    return number(f"{owner}: {name}", value, allow_none=True)
 
 
 def _frame_type_pairs(owner: str, items) -> tuple[tuple[str, str], ...]:

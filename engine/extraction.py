@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from engine.checks import integer, one_of, positive
 from engine.detection import detect_stars, star_positions
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
@@ -36,8 +37,7 @@ from engine.noise import scintillation_sigma
 from engine.photometry import aperture_photometry_frames
 from engine.progress import progress
 from engine.psf import psf_photometry_frames
-from engine.registration import (FrameTracker, Transform, recentre,
-                                 registrations_table)
+from engine.registration import FrameTracker, Transform, recentre, registrations_table
 
 __all__ = ["ExtractionConfig", "RunPhotometry", "extract_run"]
 
@@ -76,6 +76,38 @@ class ExtractionConfig:
     psf_photometry: bool = False
     #: PSF model when psf_photometry is on: 'moffat' or 'gaussian' ['moffat'].
     psf_model: str = "moffat"
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        for name in ("detection_threshold", "recentre_max_shift_fwhm", "tracking_max_rms",
+                     "scintillation_cy"):
+            set_(name, positive(f"extraction {name}", getattr(self, name)))
+        for name, least in (("max_stars", 3), ("tracking_stars", 3), ("tracking_min_stars", 2),
+                            ("block_frames", 1)):
+            set_(name, integer(f"extraction {name}", getattr(self, name), least=least))
+        set_("aperture_diameter_m", positive("extraction aperture_diameter_m",
+                                             self.aperture_diameter_m, allow_none=True))
+        radii = tuple(positive("extraction aperture_fwhm", r) for r in _sequence(
+            "extraction aperture_fwhm", self.aperture_fwhm))
+        if not radii:
+            raise EngineValueError("extraction aperture_fwhm must hold at least one radius")
+        set_("aperture_fwhm", radii)
+        annulus = tuple(positive("extraction annulus_fwhm", r) for r in _sequence(
+            "extraction annulus_fwhm", self.annulus_fwhm))
+        if len(annulus) != 2 or not annulus[0] < annulus[1]:
+            raise EngineValueError(f"extraction annulus_fwhm must be (inner, outer) with inner "
+                                   f"< outer, got {self.annulus_fwhm!r}")
+        set_("annulus_fwhm", annulus)
+        one_of("extraction psf_model", self.psf_model, ("moffat", "gaussian"))
+        if not isinstance(self.psf_photometry, bool):
+            raise EngineValueError(f"extraction psf_photometry must be true or false, got "
+                                   f"{self.psf_photometry!r}")
+
+
+def _sequence(name: str, value) -> tuple:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise EngineValueError(f"{name} must be a list of numbers, got {value!r}")
+    return tuple(value)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.checks import non_negative_array, positive_array
 from engine.errors import EngineValueError
 
 __all__ = ["NoiseBudget", "SCINTILLATION_SCALE_HEIGHT_M", "aperture_noise", "scintillation_sigma"]
@@ -44,20 +45,6 @@ SCINTILLATION_SCALE_HEIGHT_M = 8000.0
 
 #: Coefficient of the scintillation variance (Osborn et al. 2015, eq. 7: 10e-6 = 1e-5).
 _YOUNG_COEFFICIENT = 1e-5
-
-
-def _positive(name, value):
-    arr = np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(arr)) or np.any(arr <= 0.0):
-        raise EngineValueError(f"{name} must be finite and > 0, got {value!r}")
-    return arr
-
-
-def _non_negative(name, value):
-    arr = np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0.0):
-        raise EngineValueError(f"{name} must be finite and >= 0, got {value!r}")
-    return arr
 
 
 def _result(value):
@@ -72,15 +59,15 @@ def scintillation_sigma(aperture_diameter_m, airmass, altitude_m, exptime_s, c_y
     c_y: Osborn et al.'s correction to Young's formula (1 = Young 1967; 1.5 = their mean).
     Scalars give a float; arrays broadcast.
     """
-    d = _positive("aperture_diameter_m", aperture_diameter_m)
-    x = _positive("airmass", airmass)
+    d = positive_array("aperture_diameter_m", aperture_diameter_m)
+    x = positive_array("airmass", airmass)
     if np.any(x < 1.0 - 1e-9):
         raise EngineValueError(f"airmass must be >= 1, got {airmass!r}")
-    t = _positive("exptime_s", exptime_s)
+    t = positive_array("exptime_s", exptime_s)
     h = np.asarray(altitude_m, dtype=np.float64)
     if not np.all(np.isfinite(h)):
         raise EngineValueError(f"altitude_m must be finite, got {altitude_m!r}")
-    c = _positive("c_y", c_y)
+    c = positive_array("c_y", c_y)
     variance = (_YOUNG_COEFFICIENT * c * c * d ** (-4.0 / 3.0) / t * x ** 3
                 * np.exp(-2.0 * h / SCINTILLATION_SCALE_HEIGHT_M))
     return _result(np.sqrt(variance))
@@ -131,17 +118,17 @@ def aperture_noise(star_e, n_pixels, sky_e_per_pixel=0.0, dark_e_per_pixel=0.0, 
     the background is known exactly); adc_step_e: electrons per ADC step (adds step^2/12 per
     pixel; 0 to leave quantisation out).
     """
-    f = _positive("star_e", star_e)
-    n = _positive("n_pixels", n_pixels)
-    sky = _non_negative("sky_e_per_pixel", sky_e_per_pixel)
-    dark = _non_negative("dark_e_per_pixel", dark_e_per_pixel)
-    rn = _non_negative("read_noise_e", read_noise_e)
-    scint = _non_negative("scintillation", scintillation)
-    step = _non_negative("adc_step_e", adc_step_e)
+    f = positive_array("star_e", star_e)
+    n = positive_array("n_pixels", n_pixels)
+    sky = non_negative_array("sky_e_per_pixel", sky_e_per_pixel)
+    dark = non_negative_array("dark_e_per_pixel", dark_e_per_pixel)
+    rn = non_negative_array("read_noise_e", read_noise_e)
+    scint = non_negative_array("scintillation", scintillation)
+    step = non_negative_array("adc_step_e", adc_step_e)
     if n_sky_pixels is None:
         area = n
     else:
-        area = n * (1.0 + n / _positive("n_sky_pixels", n_sky_pixels))
+        area = n * (1.0 + n / positive_array("n_sky_pixels", n_sky_pixels))
     star = np.sqrt(f) / f
     sky_term = np.sqrt(area * sky) / f
     dark_term = np.sqrt(area * dark) / f

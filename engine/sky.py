@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from engine.checks import number, positive
 from engine.errors import EngineError, EngineValueError
 
 __all__ = ["RunSky", "SkyConfig", "locate_runs", "sky_star_columns"]
@@ -57,14 +58,12 @@ class SkyConfig:
     #: ... plus three times the sky solution's rms.
 
     def __post_init__(self):
-        for name in ("scale_tolerance", "match_radius_arcsec", "target_tolerance_fwhm"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                    not math.isfinite(value) or value <= 0:
-                raise EngineValueError(f"sky {name} must be finite and > 0, got {value!r}")
-        if not 0 < self.scale_tolerance < 1:
-            raise EngineValueError(f"sky scale_tolerance must be in (0, 1), got "
-                                   f"{self.scale_tolerance!r}")
+        for name in ("match_radius_arcsec", "target_tolerance_fwhm"):
+            object.__setattr__(self, name, positive(f"sky {name}", getattr(self, name)))
+        object.__setattr__(self, "scale_tolerance", number(
+            "sky scale_tolerance", self.scale_tolerance, above=0.0, high=0.9))
+        if self.catalogue is not None and not isinstance(self.catalogue, str):
+            object.__setattr__(self, "catalogue", str(self.catalogue))
         pairs = []
         for entry in self.target_xy:
             try:

@@ -42,6 +42,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import prange
 
+from engine.checks import positive
 from engine.errors import EngineValueError
 from engine.flags import PixelFlag
 from engine.kernels._jit import jit, set_threads
@@ -383,16 +384,6 @@ def _output(name: str, array, shape: tuple[int, ...], dtypes, raw: np.ndarray) -
     return array
 
 
-def _positive(name: str, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise EngineValueError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise EngineValueError(f"{name} must be finite and > 0, got {value!r}")
-    return value
-
-
 def calibrate_frames(raw, *, bias=None, dark=None, dark_scale=None, flat=None, bad_pixels=None,
                      saturation=None, overscan=None, overscan_method: str = "median", trim=None,
                      nonlinearity=None, gain=None, read_noise=None, out=None, mask=True,
@@ -554,7 +545,7 @@ def _prepare(raw, *, bias, dark, dark_scale, flat, bad_pixels, saturation, overs
                          uncertainty[None] if single and isinstance(uncertainty, np.ndarray)
                          else uncertainty, shape3, (out_dtype,), cube)
     if error3 is not None:
-        gain = _positive("gain", gain)
+        gain = positive("gain", gain)
         read_noise = 0.0 if read_noise is None else float(read_noise)
         if not np.isfinite(read_noise) or read_noise < 0:
             raise EngineValueError(f"read_noise must be finite and >= 0, got {read_noise!r}")

@@ -1,0 +1,69 @@
+"""The one home of argument and setting checks, and settings refused where they are read."""
+
+import math
+
+import numpy as np
+import pytest
+
+from engine.checks import (integer, non_negative, non_negative_array, number, one_of, positive,
+                           positive_array)
+from engine.config_file import parse_config
+from engine.errors import EngineValueError
+from engine.extraction import ExtractionConfig
+from engine.sky import SkyConfig
+
+
+@pytest.mark.parametrize("check, value", [
+    (positive, 0.0), (positive, -1.0), (positive, math.nan), (positive, math.inf),
+    (positive, "2"), (positive, True), (positive, None), (non_negative, -1e-9),
+    (integer, 2.5), (integer, True), (integer, "3"), (integer, None),
+])
+def test_bad_values_are_refused_by_name(check, value):
+    with pytest.raises(EngineValueError, match="the_setting"):
+        check("the_setting", value)
+
+
+def test_good_values_come_back_typed():
+    assert positive("x", 3) == 3.0 and isinstance(positive("x", 3), float)
+    assert non_negative("x", 0) == 0.0
+    assert integer("x", 4.0) == 4 and isinstance(integer("x", np.int64(4)), int)
+    assert positive("x", None, allow_none=True) is None
+    assert number("x", 0.5, above=0.0, high=0.9) == 0.5
+    with pytest.raises(EngineValueError, match=r"<= 0.9"):
+        number("x", 0.95, high=0.9)
+    with pytest.raises(EngineValueError, match=r">= 2"):
+        integer("x", 1, least=2)
+    assert one_of("x", "a", ("a", "b")) == "a"
+    with pytest.raises(EngineValueError, match="one of"):
+        one_of("x", "c", ("a", "b"))
+
+
+def test_arrays_are_checked_element_by_element():
+    assert positive_array("x", [1.0, 2.0]).dtype == np.float64
+    assert non_negative_array("x", [0.0, 2.0]).tolist() == [0.0, 2.0]
+    for bad in ([1.0, 0.0], [1.0, math.nan], ["a"]):
+        with pytest.raises(EngineValueError, match="x"):
+            positive_array("x", bad)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(block_frames=0), dict(max_stars=2), dict(aperture_fwhm=()),
+    dict(aperture_fwhm=(1.0, -2.0)), dict(annulus_fwhm=(7.0, 4.0)), dict(annulus_fwhm=(4.0,)),
+    dict(psf_model="airy"), dict(detection_threshold=math.nan), dict(tracking_min_stars=1.5),
+    dict(psf_photometry="yes"), dict(aperture_diameter_m=0.0),
+])
+def test_extraction_settings_are_refused_where_they_are_read(settings):
+    name = next(iter(settings))
+    with pytest.raises(EngineValueError, match=name):
+        ExtractionConfig(**settings)
+
+
+def test_the_configuration_file_names_the_bad_setting():
+    with pytest.raises(EngineValueError, match="block_frames"):
+        parse_config("[extraction]\nblock_frames = 0\n")
+    with pytest.raises(EngineValueError, match="scale_tolerance"):
+        parse_config("[sky]\nscale_tolerance = 1.5\n")
+    with pytest.raises(EngineValueError, match="target_xy"):
+        parse_config('[sky.target_xy]\nflorida = ["a", 2]\n')
+    config = parse_config('[sky]\ncatalogue = "gaia.csv"\n[sky.target_xy]\nflorida = [10.5, 3]\n')
+    assert config.sky == SkyConfig(catalogue="gaia.csv", target_xy=(("florida", (10.5, 3.0)),))
