@@ -8,6 +8,8 @@ first use (PEP 562). `python -m engine` is the command line.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from importlib import metadata as _metadata
 
 try:
@@ -105,3 +107,16 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
+
+
+class _PublicAPI(types.ModuleType):
+    """Importing a submodule binds it on its package; where a public function shares the
+    submodule's name (`engine.ingest`), the function keeps the name, as before it was lazy."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and name in _HOME_OF:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _PublicAPI

@@ -283,22 +283,28 @@ def _run_band(run, catalogue: pa.Table, bands: dict[str, str], config: EnsembleC
     named = filter_band(run.diagnostics.get("filter"))
     if named in bands:
         return named, "filter name"
+    if len(bands) == 1:
+        return next(iter(bands)), "the catalogue's only band"
     linear = dataclasses.replace(config, colour_degree=1)
-    scores = {}
+    scores, why = {}, []
     for band, column in bands.items():
         try:
             _, diagnostics = _merge([run], _band_catalogue(catalogue, column), linear, band)
-        except EngineValueError:
+        except EngineValueError as exc:
+            why.append(f"{band}: {exc}")
             continue
-        rms = diagnostics["runs"][0]["residual_rms_mag"]
-        if rms is not None:
-            scores[band] = rms
+        # chi2 per star, not the rms of the precise stars: a short run may have none of those.
+        score = diagnostics["runs"][0]["residual_chi2_per_star"]
+        if score is not None:
+            scores[band] = score
     if not scores:
-        raise EngineValueError(f"run {run.run_id!r}: no catalogue band fits its magnitudes")
+        raise EngineValueError(f"run {run.run_id!r}: no catalogue band fits its magnitudes "
+                               f"({'; '.join(why) or 'too few stars with catalogue magnitudes'})")
     best = min(scores, key=scores.get)
-    return best, (f"detected (filter {run.diagnostics.get('filter')!r}; residual rms by band: "
-                  + ", ".join(f"{b} {v:.3f}" for b, v in sorted(scores.items(),
-                                                                key=lambda kv: kv[1])) + " mag)")
+    return best, (f"detected (filter {run.diagnostics.get('filter')!r}; chi2 per star of a "
+                  "linear colour transformation by band: "
+                  + ", ".join(f"{b} {v:.3g}" for b, v in sorted(scores.items(),
+                                                                key=lambda kv: kv[1])) + ")")
 
 
 def _merge(runs, catalogue: pa.Table | None, config: EnsembleConfig, band: str | None):
