@@ -11,10 +11,10 @@ image: the same 65 objects, barycentres equal to ~1e-4 px, windowed centroids to
 
 Hot pixels and cosmic rays are sharper than any star, and raw frames hold many of them. The
 frame's FWHM is therefore taken from its stars, not from all detections: the densest cluster of
-half-light radii among bright, unsaturated, round, isolated sources that do not put most of their
-flux in one pixel (`frame_fwhm` reads it back). A detection whose half-light radius is far below
-the stars' or whose brightest pixel holds far more of its flux than the stars' do is not a star:
-it is left out of the table. `cosmic_ray_mask` flags the single-frame hits in a light frame by the
+half-light radii among bright, unsaturated, round, isolated sources whose brightest pixel is no
+spike (`frame_fwhm` reads it back). A detection whose half-light radius is far below the stars'
+or whose brightest pixel stands above its neighbours by a far larger share of its flux than the
+stars' do is not a star: it is left out of the table. `cosmic_ray_mask` flags the single-frame hits in a light frame by the
 same sharpness test, pixel by pixel.
 
 Coordinates are 0-based with pixel centres on integers: x is the column, y the row (SExtractor's
@@ -66,14 +66,18 @@ _GAUSSIAN_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # 2.3548
 #: A detection is sharper than the PSF (a hot pixel or a cosmic ray, not a star) when its
 #: half-light radius is under this fraction of the stars' ...
 SHARP_RADIUS_FRACTION = 0.5
-#: ... or its brightest pixel holds more than SHARP_PEAK_FACTOR times the stars' share of the
-#: flux and more than SINGLE_PIXEL_SHARE of it. A star centred on a pixel puts 58 % of its flux
-#: there at FWHM 1 px, 32 % at 1.5 px, 10 % at 3 px; a hot pixel puts 80-100 % there.
+#: ... or its brightest pixel's excess over the mean of its four neighbours (L.A.Cosmic's fine
+#: structure) holds more than SHARP_PEAK_FACTOR times the stars' fraction of the flux and more
+#: than SPIKE_FRACTION of it. A Gaussian star centred on a pixel gives 0.46 at FWHM 1 px, 0.23
+#: at 1.5 px, 0.03 at 3 px; a hot pixel or a cosmic-ray hit ~1, a group of n of them merged into
+#: one detection ~1/n, and a hot pixel on a star's wing a tiny fraction of the star's flux.
 SHARP_PEAK_FACTOR = 2.0
-SINGLE_PIXEL_SHARE = 0.5
+SPIKE_FRACTION = 0.3
 #: The stars that set the frame's FWHM: at most this many of the brightest usable ones, ...
 _LOCUS_STARS = 50
-#: ... rounder than this axis ratio (when at least 3 are), whose half-light radii lie within
+#: ... whose brightest pixel's excess holds less than this fraction of their flux, ...
+_LOCUS_MAX_SPIKE = 0.5
+#: ... rounder than this axis ratio (when any is), whose half-light radii lie within
 #: this factor of the densest cluster's centre, ...
 _LOCUS_ROUNDNESS = 0.6
 _LOCUS_HALF_WIDTH = 1.15
@@ -274,13 +278,18 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
         flags[raw >= saturation] |= _SATURATED
 
     peak = objects["peak"].astype(np.float64)
+    total = np.where(np.isfinite(total), total, objects["flux"].astype(np.float64))
+    excess = _peak_excess(data, xpeak, ypeak)
     with np.errstate(divide="ignore", invalid="ignore"):
-        share = peak / total
+        spike = excess / total
         roundness = objects["b"].astype(np.float64) / objects["a"].astype(np.float64)
-    star_r50, star_share = _stellar_locus(r50, share, total, roundness, flags, x, y)
+    star_r50, star_spike = _stellar_locus(r50, spike, total, roundness, flags, x, y)
     keep = np.ones(len(objects), dtype=bool)
     if reject_sharp:
-        keep = ~_sharper_than_stars(r50, share, star_r50, star_share)
+        # Judged on the spike less 3 sigma of its noise: faint stars' peaks are noisy.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            surely = (excess - 3.0 * math.sqrt(1.25) * noise) / total
+        keep = ~_sharper_than_stars(r50, surely, star_r50, star_spike)
     if max_stars is not None:
         keep &= np.cumsum(keep) <= max_stars
     columns = {
@@ -299,18 +308,29 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
                   sharp=int(np.count_nonzero(~keep)))
 
 
-def _stellar_locus(r50, share, total, roundness, flags, x, y) -> tuple[float, float]:
-    """Half-light radius and brightest-pixel share of the frame's stars (NaN, NaN if none).
+def _peak_excess(data, xpeak, ypeak) -> np.ndarray:
+    """Each detection's brightest pixel less the mean of its 4 neighbours (edges repeat), on
+    the background-subtracted image."""
+    ny, nx = data.shape
+    around = sum(data[np.clip(ypeak + dy, 0, ny - 1), np.clip(xpeak + dx, 0, nx - 1)]
+                 for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))) / 4.0
+    return data[ypeak, xpeak].astype(np.float64) - around
+
+
+def _stellar_locus(r50, spike, total, roundness, flags, x, y) -> tuple[float, float]:
+    """Half-light radius and peak spike fraction of the frame's stars (NaN, NaN if none).
 
     Candidates are unflagged (not saturated, blended, cut by the edge, nor with a failed
-    centroid), put under SINGLE_PIXEL_SHARE of their flux in one pixel, and have no neighbour
+    centroid), have a spike fraction under _LOCUS_MAX_SPIKE, and have no neighbour
     brighter than _LOCUS_NEIGHBOUR_FLUX of theirs within 3 FWHM; the round ones are preferred.
     Of the brightest _LOCUS_STARS, the most compact cluster of half-light radii (a factor
-    _LOCUS_HALF_WIDTH either side) holding at least half as many as the densest is the stars':
-    hot pixels and cosmic rays fall below it, galaxies and blends above it.
+    _LOCUS_HALF_WIDTH either side) holding 3 or more and at least half as many as the densest is
+    the stars':
+    hot pixels and cosmic rays fall below it, galaxies and blends above it. With no cluster of
+    3, the brightest candidate's radius is taken.
     """
     usable = ((flags == 0) & np.isfinite(r50) & (r50 > 0) & np.isfinite(total) & (total > 0)
-              & (share < SINGLE_PIXEL_SHARE))
+              & (spike < _LOCUS_MAX_SPIKE))
     candidates = np.flatnonzero(usable)
     candidates = candidates[np.argsort(-total[candidates], kind="stable")]
     if len(candidates) == 0:
@@ -325,28 +345,30 @@ def _stellar_locus(r50, share, total, roundness, flags, x, y) -> tuple[float, fl
             isolated.append(i)
     candidates = np.asarray(isolated if isolated else candidates, dtype=np.intp)
     round_ones = candidates[roundness[candidates] > _LOCUS_ROUNDNESS]
-    if len(round_ones) >= 3:
-        candidates = round_ones
+    if len(round_ones):
+        candidates = round_ones  # else every star is trailed
     candidates = candidates[:_LOCUS_STARS]
     log_r50 = np.log(r50[candidates])
     width = math.log(_LOCUS_HALF_WIDTH)
     density = (np.abs(log_r50[:, None] - log_r50[None, :]) <= width).sum(axis=1)
-    # Stars are the most compact of the well-populated clusters: compact galaxies can
-    # outnumber them a little above their radius.
-    dense = density >= max(min(3, density.max()), 0.5 * density.max())
-    centre = float(np.min(log_r50[dense]))
+    if density.max() >= 3:
+        # Stars are the most compact of the well-populated clusters: compact galaxies can
+        # outnumber them a little above their radius.
+        centre = float(np.min(log_r50[density >= max(3, 0.5 * density.max())]))
+    else:
+        centre = float(log_r50[0])  # too few to cluster: the brightest is a star
     members = candidates[np.abs(log_r50 - centre) <= width]
-    return float(np.median(r50[members])), float(np.median(share[members]))
+    return float(np.median(r50[members])), float(np.median(spike[members]))
 
 
-def _sharper_than_stars(r50, share, star_r50, star_share) -> np.ndarray:
+def _sharper_than_stars(r50, spike, star_r50, star_spike) -> np.ndarray:
     """True for detections sharper than the frame's stars allow (see SHARP_RADIUS_FRACTION);
     none without a stellar locus to compare with."""
-    if not (math.isfinite(star_r50) and math.isfinite(star_share)):
+    if not (math.isfinite(star_r50) and math.isfinite(star_spike)):
         return np.zeros(len(r50), dtype=bool)
-    limit = max(SHARP_PEAK_FACTOR * star_share, SINGLE_PIXEL_SHARE)
+    limit = max(SHARP_PEAK_FACTOR * star_spike, SPIKE_FRACTION)
     with np.errstate(invalid="ignore"):
-        return (r50 < SHARP_RADIUS_FRACTION * star_r50) | (share > limit)
+        return (r50 < SHARP_RADIUS_FRACTION * star_r50) | (spike > limit)
 
 
 def frame_fwhm(stars: pa.Table) -> float:
@@ -365,9 +387,12 @@ def cosmic_ray_mask(image, fwhm: float, *, threshold: float = 6.0, mask=None) ->
 
     A pixel is sharp when it stands `threshold` noise sigmas above the mean of its four
     neighbours (L.A.Cosmic's fine structure, van Dokkum 2001) and that excess is more than
-    twice the share of its height above the background that a Gaussian star of `fwhm` centred
-    on it would give: 29 % of the peak at FWHM 3 px, 5 % at 7.5 px. Below ~1.7 px a star
-    drops as steeply as a hit and nothing is flagged. The 8 neighbours of a sharp pixel that
+    twice the share of its height above the background that a star centred on it could give:
+    a Gaussian of `fwhm` / 1.5, as peaked as a Moffat (beta ~2.5) core whose half-light
+    diameter is `fwhm` (detect_stars' FWHM). That share is 45 % of the peak at `fwhm` 3 px and
+    8 % at 10 px; below ~2.5 px a star drops as steeply as a hit and nothing is flagged.
+    Unlike L.A.Cosmic, no gain is needed: the bound scales with the pixel's height, so bright
+    star cores stay clear. The 8 neighbours of a sharp pixel that
     stand 3 sigma above the background are flagged with it (the rest of a track, charge
     spread). `mask`: True where pixels are already known bad (left out of the background).
     """
@@ -394,7 +419,7 @@ def cosmic_ray_mask(image, fwhm: float, *, threshold: float = 6.0, mask=None) ->
                          + padded[1:-1, 2:])
     fine = data - neighbours
     # A pixel-integrated Gaussian centred on a pixel: the neighbours' mean over the peak.
-    root = fwhm / _GAUSSIAN_FWHM_PER_SIGMA * math.sqrt(2.0)
+    root = fwhm / 1.5 / _GAUSSIAN_FWHM_PER_SIGMA * math.sqrt(2.0)
     centre = erf(0.5 / root)
     drop = 1.0 - 0.5 * (erf(1.5 / root) - centre) / centre
     sharp = (fine > threshold * noise * math.sqrt(1.25)) & (fine > 2.0 * drop * height)

@@ -65,16 +65,16 @@ CCD_OBSERVATORY = Camera(
     compress=True, wcs=True, readout_s=12.0)
 
 #: An uncooled planetary / guide camera (ZWO ASI290MM-like) at ambient temperature: a warm
-#: sensor's hot pixels (0.3 % of them, 20-2000 e-/s) and a cosmic-ray rate raised so that every
+#: sensor's hot pixels (0.2 % of them, 5-200 e-/s) and a cosmic-ray rate raised so that most
 #: small frame holds several hits.
 CMOS_UNCOOLED = Camera(
     name="asi290", model="ZWO ASI290MM", software="nina", sensor="cmos",
-    width=320, height=240, binning=1, pixel_size_um=2.9,
-    gain_e_per_adu=1.0 / 16.0, gain_setting=110, offset_setting=20, read_noise_e=1.5,
+    width=400, height=300, binning=1, pixel_size_um=2.9,
+    gain_e_per_adu=3.6 / 16.0, gain_setting=0, offset_setting=20, read_noise_e=3.2,
     adc_bits=12, full_well_e=14600.0, bias_level_adu=320.0, bias_jitter_adu=2.0,
     bias_column_rms_adu=2.0, bias_ramp_adu=0.0, dark_e_per_s=0.5, set_temp_c=25.0,
-    hot_pixel_fraction=3e-3, hot_pixel_e_per_s=(20.0, 2000.0), prnu=0.006, vignetting=0.1,
-    dust_donuts=1, readout_s=0.5, cosmic_ray_rate=20.0)
+    hot_pixel_fraction=2e-3, hot_pixel_e_per_s=(5.0, 200.0), prnu=0.006, vignetting=0.1,
+    dust_donuts=1, readout_s=0.5, cosmic_ray_rate=4.0)
 
 # ----------------------------------------------------------------------------------------------
 # Sites of the network night (demo counts)
@@ -197,14 +197,14 @@ def _variable() -> SimulationConfig:
 def _hotpixels() -> SimulationConfig:
     site = dataclasses.replace(
         LAPALMA, name="backyard", camera=CMOS_UNCOOLED, filter="V", telescope="0.2-m SCT f/10",
-        aperture_m=0.2, central_obstruction=0.34, focal_length_mm=2000.0, seeing_arcsec=2.25,
+        aperture_m=0.2, central_obstruction=0.34, focal_length_mm=2000.0, seeing_arcsec=1.8,
         seeing_variation=0.05, window_start_h=-0.4, window_end_h=0.4, n_lights=12,
         exptime_s=60.0, n_bias=0, n_dark=0, n_flat=0, n_flat_dark=0, extra_flat_filters=(),
         camera_angle_deg=0.0, parity=1, pointing_offset_arcsec=(3.0, -2.0),
         drift_px_per_hour=(3.0, 2.0), meridian_flip=False, cirrus=(), observer="D. Warm")
     return SimulationConfig(
         name="hotpixels", reference_utc=_REFERENCE_UTC, planet=PLANET, sites=(site,),
-        field=dataclasses.replace(FIELD, n_stars=14, n_comparisons=4, n_saturated=0),
+        field=dataclasses.replace(FIELD, n_stars=120, n_comparisons=4, n_saturated=0),
         description="raw frames of an uncooled CMOS: hot pixels and cosmic rays, no calibration")
 
 
