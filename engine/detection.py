@@ -65,14 +65,15 @@ _GAUSSIAN_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # 2.3548
 
 #: A detection is sharper than the PSF (a hot pixel or a cosmic ray, not a star) when its
 #: half-light radius is under this fraction of the stars' ...
-SHARP_RADIUS_FRACTION = 0.5
+SHARP_RADIUS_FRACTION = 0.6
 #: ... or its brightest pixel's excess over the mean of its four neighbours (L.A.Cosmic's fine
 #: structure) holds more than SHARP_PEAK_FACTOR times the stars' fraction of the flux and more
 #: than SPIKE_FRACTION of it. A Gaussian star centred on a pixel gives 0.46 at FWHM 1 px, 0.23
 #: at 1.5 px, 0.03 at 3 px; a hot pixel or a cosmic-ray hit ~1, a group of n of them merged into
-#: one detection ~1/n, and a hot pixel on a star's wing a tiny fraction of the star's flux.
+#: one detection ~1/n (groups are caught by their radius), and a hot pixel on a star's wing a
+#: tiny fraction of the star's flux.
 SHARP_PEAK_FACTOR = 2.0
-SPIKE_FRACTION = 0.3
+SPIKE_FRACTION = 0.4
 #: The stars that set the frame's FWHM: at most this many of the brightest usable ones, ...
 _LOCUS_STARS = 50
 #: ... whose brightest pixel's excess holds less than this fraction of their flux, ...
@@ -278,7 +279,10 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
         flags[raw >= saturation] |= _SATURATED
 
     peak = objects["peak"].astype(np.float64)
-    total = np.where(np.isfinite(total), total, objects["flux"].astype(np.float64))
+    # The smaller of FLUX_AUTO and the isophotal flux: a Kron ellipse can take in a
+    # neighbour and hide a spike's share.
+    isophotal = objects["flux"].astype(np.float64)
+    total = np.where(np.isfinite(total), np.fmin(total, isophotal), isophotal)
     excess = _peak_excess(data, xpeak, ypeak)
     with np.errstate(divide="ignore", invalid="ignore"):
         spike = excess / total
@@ -320,8 +324,8 @@ def _peak_excess(data, xpeak, ypeak) -> np.ndarray:
 def _stellar_locus(r50, spike, total, roundness, flags, x, y) -> tuple[float, float]:
     """Half-light radius and peak spike fraction of the frame's stars (NaN, NaN if none).
 
-    Candidates are unflagged (not saturated, blended, cut by the edge, nor with a failed
-    centroid), have a spike fraction under _LOCUS_MAX_SPIKE, and have no neighbour
+    Candidates are not saturated, cut by the edge, nor with a failed centroid, have a spike
+    fraction under _LOCUS_MAX_SPIKE, and have no neighbour
     brighter than _LOCUS_NEIGHBOUR_FLUX of theirs within 3 FWHM; the round ones are preferred.
     Of the brightest _LOCUS_STARS, the most compact cluster of half-light radii (a factor
     _LOCUS_HALF_WIDTH either side) holding 3 or more and at least half as many as the densest is
@@ -329,7 +333,9 @@ def _stellar_locus(r50, spike, total, roundness, flags, x, y) -> tuple[float, fl
     hot pixels and cosmic rays fall below it, galaxies and blends above it. With no cluster of
     3, the brightest candidate's radius is taken.
     """
-    usable = ((flags == 0) & np.isfinite(r50) & (r50 > 0) & np.isfinite(total) & (total > 0)
+    # BLENDED is allowed: a hot pixel or a hit on a star's wing makes sep split it off; the
+    # isolation test below keeps out stars blended with stars.
+    usable = (((flags & ~_BLENDED) == 0) & np.isfinite(r50) & (r50 > 0) & np.isfinite(total) & (total > 0)
               & (spike < _LOCUS_MAX_SPIKE))
     candidates = np.flatnonzero(usable)
     candidates = candidates[np.argsort(-total[candidates], kind="stable")]
