@@ -14,8 +14,8 @@ frame's FWHM is therefore taken from its stars, not from all detections: the den
 half-light radii among bright, unsaturated, round, isolated sources whose brightest pixel is no
 spike (`frame_fwhm` reads it back). A detection whose half-light radius is far below the stars'
 or whose brightest pixel stands above its neighbours by a far larger share of its flux than the
-stars' do is not a star: it is left out of the table. `cosmic_ray_mask` flags the single-frame hits in a light frame by the
-same sharpness test, pixel by pixel.
+stars' do is not a star: it is left out of the table. `cosmic_ray_mask` flags the sharp pixels
+of a frame (cosmic-ray hits, and hot pixels the calibration left) by a like test, pixel by pixel.
 
 Coordinates are 0-based with pixel centres on integers: x is the column, y the row (SExtractor's
 X_IMAGE is x + 1). The input image is never modified.
@@ -192,7 +192,8 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
     -------
     pyarrow.Table with the `STAR_SCHEMA` columns (plus ra, dec); empty (with that schema) if
     nothing is detected. Its schema metadata holds the frame's FWHM measured on its stars
-    (`frame_fwhm`) and the number of sharp detections left out (``sharp_rejected``). ``flags`` holds `engine.flags.MeasurementFlag` bits: BLENDED (sep merged
+    (`frame_fwhm`) and the number of sharp detections left out (``sharp_rejected``).
+    ``flags`` holds `engine.flags.MeasurementFlag` bits: BLENDED (sep merged
     it from several peaks), NEAR_EDGE (its pixels or its centroid window touch the edge),
     CENTROID_FAILED (the windowed centroid failed; x_win, y_win are then x, y), SATURATED.
     """
@@ -294,6 +295,7 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
         with np.errstate(divide="ignore", invalid="ignore"):
             surely = (excess - 3.0 * math.sqrt(1.25) * noise) / total
         keep = ~_sharper_than_stars(r50, surely, star_r50, star_spike)
+    sharp = int(np.count_nonzero(~keep))
     if max_stars is not None:
         keep &= np.cumsum(keep) <= max_stars
     columns = {
@@ -308,13 +310,12 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
         "flags": flags, "extraction_flags": sep_flags,
     }
     columns = {name: values[keep] for name, values in columns.items()}
-    return _table(columns, int(np.count_nonzero(keep)), wcs, fwhm=2.0 * star_r50,
-                  sharp=int(np.count_nonzero(~keep)))
+    return _table(columns, int(np.count_nonzero(keep)), wcs, fwhm=2.0 * star_r50, sharp=sharp)
 
 
 def _peak_excess(data, xpeak, ypeak) -> np.ndarray:
     """Each detection's brightest pixel less the mean of its 4 neighbours (edges repeat), on
-    the background-subtracted image."""
+    the background-subtracted image (NaN next to a masked pixel: not judged)."""
     ny, nx = data.shape
     around = sum(data[np.clip(ypeak + dy, 0, ny - 1), np.clip(xpeak + dx, 0, nx - 1)]
                  for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))) / 4.0
@@ -335,8 +336,8 @@ def _stellar_locus(r50, spike, total, roundness, flags, x, y) -> tuple[float, fl
     """
     # BLENDED is allowed: a hot pixel or a hit on a star's wing makes sep split it off; the
     # isolation test below keeps out stars blended with stars.
-    usable = (((flags & ~_BLENDED) == 0) & np.isfinite(r50) & (r50 > 0) & np.isfinite(total) & (total > 0)
-              & (spike < _LOCUS_MAX_SPIKE))
+    usable = (((flags & ~_BLENDED) == 0) & np.isfinite(r50) & (r50 > 0) & np.isfinite(total)
+              & (total > 0) & (spike < _LOCUS_MAX_SPIKE))
     candidates = np.flatnonzero(usable)
     candidates = candidates[np.argsort(-total[candidates], kind="stable")]
     if len(candidates) == 0:
