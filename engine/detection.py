@@ -9,6 +9,14 @@ half-light radius) and SExtractor's windowed centroid (XWIN/YWIN, by the engine'
 image: the same 65 objects, barycentres equal to ~1e-4 px, windowed centroids to ~1e-3 px
 (tests/test_detection.py).
 
+Hot pixels and cosmic rays are sharper than any star, and raw frames hold many of them. The
+frame's FWHM is therefore taken from its stars, not from all detections: the densest cluster of
+half-light radii among bright, unsaturated, round, isolated sources whose brightest pixel is no
+spike (`frame_fwhm` reads it back). A detection whose half-light radius is far below the stars'
+or whose brightest pixel stands above its neighbours by a far larger share of its flux than the
+stars' do is not a star: it is left out of the table. `cosmic_ray_mask` flags the sharp pixels
+of a frame (cosmic-ray hits, and hot pixels the calibration left) by a like test, pixel by pixel.
+
 Coordinates are 0-based with pixel centres on integers: x is the column, y the row (SExtractor's
 X_IMAGE is x + 1). The input image is never modified.
 """
@@ -24,7 +32,7 @@ from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
 from engine.kernels import centroid as _centroid
 
-__all__ = ["STAR_SCHEMA", "detect_stars", "star_positions"]
+__all__ = ["STAR_SCHEMA", "cosmic_ray_mask", "detect_stars", "frame_fwhm", "star_positions"]
 
 #: Columns of the star table, in order. ra/dec are added (float64 degrees) when a WCS is given.
 STAR_SCHEMA = pa.schema([
@@ -54,6 +62,28 @@ _NEAR_EDGE = np.uint32(MeasurementFlag.NEAR_EDGE)
 _CENTROID_FAILED = np.uint32(MeasurementFlag.CENTROID_FAILED)
 _SATURATED = np.uint32(MeasurementFlag.SATURATED)
 _GAUSSIAN_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # 2.3548
+
+#: A detection is sharper than the PSF (a hot pixel or a cosmic ray, not a star) when its
+#: half-light radius is under this fraction of the stars' ...
+SHARP_RADIUS_FRACTION = 0.6
+#: ... or its brightest pixel's excess over the mean of its four neighbours (L.A.Cosmic's fine
+#: structure) holds more than SHARP_PEAK_FACTOR times the stars' fraction of the flux and more
+#: than SPIKE_FRACTION of it. A Gaussian star centred on a pixel gives 0.46 at FWHM 1 px, 0.23
+#: at 1.5 px, 0.03 at 3 px; a hot pixel or a cosmic-ray hit ~1, a group of n of them merged into
+#: one detection ~1/n (groups are caught by their radius), and a hot pixel on a star's wing a
+#: tiny fraction of the star's flux.
+SHARP_PEAK_FACTOR = 2.0
+SPIKE_FRACTION = 0.4
+#: The stars that set the frame's FWHM: at most this many of the brightest usable ones, ...
+_LOCUS_STARS = 50
+#: ... whose brightest pixel's excess holds less than this fraction of their flux, ...
+_LOCUS_MAX_SPIKE = 0.5
+#: ... rounder than this axis ratio (when any is), whose half-light radii lie within
+#: this factor of the densest cluster's centre, ...
+_LOCUS_ROUNDNESS = 0.6
+_LOCUS_HALF_WIDTH = 1.15
+#: ... with no neighbour brighter than this fraction of their flux within 3 of their FWHMs.
+_LOCUS_NEIGHBOUR_FLUX = 0.2
 
 
 def _positive(name: str, value, *, integer: bool = False) -> float:
@@ -120,7 +150,7 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
                  background_box: int = 64, background_filter: int = 3, min_area: int = 5,
                  deblend_cont: float = 0.005, deblend_nthresh: int = 32, filter_kernel="default",
                  saturation: float | None = None, max_stars: int | None = None, wcs=None,
-                 threads: int | None = None) -> pa.Table:
+                 reject_sharp: bool = True, threads: int | None = None) -> pa.Table:
     """Detect the stars of an image: an Arrow table (`STAR_SCHEMA`), brightest first.
 
     Parameters
@@ -149,6 +179,9 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
         Raw level at or above which a star's peak pixel is flagged SATURATED.
     max_stars : int, optional
         Keep only this many of the brightest detections.
+    reject_sharp : bool
+        Leave out the detections sharper than the frame's stars (hot pixels, cosmic rays; see
+        the module docstring). False keeps every detection, as SExtractor does.
     wcs : astropy.wcs.WCS, optional
         Celestial WCS of the image: adds ``ra`` and ``dec`` columns (degrees) at the windowed
         positions.
@@ -158,7 +191,9 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
     Returns
     -------
     pyarrow.Table with the `STAR_SCHEMA` columns (plus ra, dec); empty (with that schema) if
-    nothing is detected. ``flags`` holds `engine.flags.MeasurementFlag` bits: BLENDED (sep merged
+    nothing is detected. Its schema metadata holds the frame's FWHM measured on its stars
+    (`frame_fwhm`) and the number of sharp detections left out (``sharp_rejected``).
+    ``flags`` holds `engine.flags.MeasurementFlag` bits: BLENDED (sep merged
     it from several peaks), NEAR_EDGE (its pixels or its centroid window touch the edge),
     CENTROID_FAILED (the windowed centroid failed; x_win, y_win are then x, y), SATURATED.
     """
@@ -215,12 +250,10 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
     if len(objects) == 0:
         return _table({}, 0, wcs)
     objects = objects[np.argsort(-objects["flux"], kind="stable")]
-    if max_stars is not None:
-        objects = objects[:max_stars]
 
     x = objects["x"].astype(np.float64)
     y = objects["y"].astype(np.float64)
-    r50 = _half_light_radius(data, objects, bad)
+    r50, total = _half_light_radius(data, objects, bad)
     fwhm = 2.0 * r50
     sigma = np.where(np.isfinite(r50) & (r50 > 0), fwhm / _GAUSSIAN_FWHM_PER_SIGMA, 1.0)
     sigma = np.maximum(sigma, 0.25)
@@ -246,10 +279,29 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
         raw = np.asarray(image)[ypeak, xpeak].astype(np.float64)
         flags[raw >= saturation] |= _SATURATED
 
+    peak = objects["peak"].astype(np.float64)
+    # The smaller of FLUX_AUTO and the isophotal flux: a Kron ellipse can take in a
+    # neighbour and hide a spike's share.
+    isophotal = objects["flux"].astype(np.float64)
+    total = np.where(np.isfinite(total), np.fmin(total, isophotal), isophotal)
+    excess = _peak_excess(data, xpeak, ypeak)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spike = excess / total
+        roundness = objects["b"].astype(np.float64) / objects["a"].astype(np.float64)
+    star_r50, star_spike = _stellar_locus(r50, spike, total, roundness, flags, x, y)
+    keep = np.ones(len(objects), dtype=bool)
+    if reject_sharp:
+        # Judged on the spike less 3 sigma of its noise: faint stars' peaks are noisy.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            surely = (excess - 3.0 * math.sqrt(1.25) * noise) / total
+        keep = ~_sharper_than_stars(r50, surely, star_r50, star_spike)
+    sharp = int(np.count_nonzero(~keep))
+    if max_stars is not None:
+        keep &= np.cumsum(keep) <= max_stars
     columns = {
         "x": x, "y": y, "x_win": x_win, "y_win": y_win,
         "flux": objects["flux"].astype(np.float64),
-        "peak": objects["peak"].astype(np.float64),
+        "peak": peak,
         "fwhm": fwhm,
         "a": objects["a"].astype(np.float64), "b": objects["b"].astype(np.float64),
         "theta": objects["theta"].astype(np.float64),
@@ -257,7 +309,133 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
         "background": level[ypeak, xpeak].astype(np.float64),
         "flags": flags, "extraction_flags": sep_flags,
     }
-    return _table(columns, len(objects), wcs)
+    columns = {name: values[keep] for name, values in columns.items()}
+    return _table(columns, int(np.count_nonzero(keep)), wcs, fwhm=2.0 * star_r50, sharp=sharp)
+
+
+def _peak_excess(data, xpeak, ypeak) -> np.ndarray:
+    """Each detection's brightest pixel less the mean of its 4 neighbours (edges repeat), on
+    the background-subtracted image (NaN next to a masked pixel: not judged)."""
+    ny, nx = data.shape
+    around = sum(data[np.clip(ypeak + dy, 0, ny - 1), np.clip(xpeak + dx, 0, nx - 1)]
+                 for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))) / 4.0
+    return data[ypeak, xpeak].astype(np.float64) - around
+
+
+def _stellar_locus(r50, spike, total, roundness, flags, x, y) -> tuple[float, float]:
+    """Half-light radius and peak spike fraction of the frame's stars (NaN, NaN if none).
+
+    Candidates are not saturated, cut by the edge, nor with a failed centroid, have a spike
+    fraction under _LOCUS_MAX_SPIKE, and have no neighbour
+    brighter than _LOCUS_NEIGHBOUR_FLUX of theirs within 3 FWHM; the round ones are preferred.
+    Of the brightest _LOCUS_STARS, the most compact cluster of half-light radii (a factor
+    _LOCUS_HALF_WIDTH either side) holding 3 or more and at least half as many as the densest is
+    the stars':
+    hot pixels and cosmic rays fall below it, galaxies and blends above it. With no cluster of
+    3, the brightest candidate's radius is taken.
+    """
+    # BLENDED is allowed: a hot pixel or a hit on a star's wing makes sep split it off; the
+    # isolation test below keeps out stars blended with stars.
+    usable = (((flags & ~_BLENDED) == 0) & np.isfinite(r50) & (r50 > 0) & np.isfinite(total)
+              & (total > 0) & (spike < _LOCUS_MAX_SPIKE))
+    candidates = np.flatnonzero(usable)
+    candidates = candidates[np.argsort(-total[candidates], kind="stable")]
+    if len(candidates) == 0:
+        return math.nan, math.nan
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(np.column_stack([x, y]))
+    isolated = []
+    for i in candidates[: 4 * _LOCUS_STARS]:
+        near = tree.query_ball_point((x[i], y[i]), 6.0 * r50[i])
+        if all(j == i or total[j] < _LOCUS_NEIGHBOUR_FLUX * total[i] for j in near):
+            isolated.append(i)
+    candidates = np.asarray(isolated if isolated else candidates, dtype=np.intp)
+    round_ones = candidates[roundness[candidates] > _LOCUS_ROUNDNESS]
+    if len(round_ones):
+        candidates = round_ones  # else every star is trailed
+    candidates = candidates[:_LOCUS_STARS]
+    log_r50 = np.log(r50[candidates])
+    width = math.log(_LOCUS_HALF_WIDTH)
+    density = (np.abs(log_r50[:, None] - log_r50[None, :]) <= width).sum(axis=1)
+    if density.max() >= 3:
+        # Stars are the most compact of the well-populated clusters: compact galaxies can
+        # outnumber them a little above their radius.
+        centre = float(np.min(log_r50[density >= max(3, 0.5 * density.max())]))
+    else:
+        centre = float(log_r50[0])  # too few to cluster: the brightest is a star
+    members = candidates[np.abs(log_r50 - centre) <= width]
+    return float(np.median(r50[members])), float(np.median(spike[members]))
+
+
+def _sharper_than_stars(r50, spike, star_r50, star_spike) -> np.ndarray:
+    """True for detections sharper than the frame's stars allow (see SHARP_RADIUS_FRACTION);
+    none without a stellar locus to compare with."""
+    if not (math.isfinite(star_r50) and math.isfinite(star_spike)):
+        return np.zeros(len(r50), dtype=bool)
+    limit = max(SHARP_PEAK_FACTOR * star_spike, SPIKE_FRACTION)
+    with np.errstate(invalid="ignore"):
+        return (r50 < SHARP_RADIUS_FRACTION * star_r50) | (spike > limit)
+
+
+def frame_fwhm(stars: pa.Table) -> float:
+    """The frame's FWHM (pixels) as `detect_stars` measured it from its stars (2 x their
+    half-light radius); NaN when it found none to measure."""
+    metadata = stars.schema.metadata or {}
+    if b"fwhm" not in metadata:
+        raise EngineValueError("this star table does not come from detect_stars: no frame FWHM")
+    return float(metadata[b"fwhm"])
+
+
+def cosmic_ray_mask(image, fwhm: float, *, threshold: float = 6.0, mask=None) -> np.ndarray:
+    """Boolean mask of the pixels sharper than a star of this FWHM can make them: cosmic-ray
+    hits, and hot pixels the calibration did not remove (tell the two apart by persistence:
+    a hot pixel is sharp on every frame, a cosmic ray on one).
+
+    A pixel is sharp when it stands `threshold` noise sigmas above the mean of its four
+    neighbours (L.A.Cosmic's fine structure, van Dokkum 2001) and that excess is more than
+    twice the share of its height above the background that a star centred on it could give:
+    a Gaussian of `fwhm` / 1.5, as peaked as a Moffat (beta ~2.5) core whose half-light
+    diameter is `fwhm` (detect_stars' FWHM). That share is 45 % of the peak at `fwhm` 3 px and
+    8 % at 10 px; below ~2.5 px a star drops as steeply as a hit and nothing is flagged.
+    Unlike L.A.Cosmic, no gain is needed: the bound scales with the pixel's height, so bright
+    star cores stay clear. The 8 neighbours of a sharp pixel that
+    stand 3 sigma above the background are flagged with it (the rest of a track, charge
+    spread). `mask`: True where pixels are already known bad (left out of the background).
+    """
+    import sep
+    from scipy import ndimage
+    from scipy.special import erf
+
+    fwhm = _positive("fwhm", fwhm)
+    threshold = _positive("threshold", threshold)
+    data = _image(image)
+    bad = _mask(mask, data.shape)
+    nonfinite = ~np.isfinite(data)
+    if nonfinite.any():
+        bad = nonfinite if bad is None else (bad | nonfinite)
+        data[nonfinite] = 0.0
+    ny, nx = data.shape
+    background = _sep_call(sep.Background, data, mask=bad, bw=min(64, nx), bh=min(64, ny))
+    noise = float(background.globalrms)
+    if not (math.isfinite(noise) and noise > 0.0):
+        return np.zeros(data.shape, dtype=bool)
+    height = data - background.back().astype(data.dtype, copy=False)
+    padded = np.pad(data, 1, mode="edge")
+    neighbours = 0.25 * (padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2]
+                         + padded[1:-1, 2:])
+    fine = data - neighbours
+    # A pixel-integrated Gaussian centred on a pixel: the neighbours' mean over the peak.
+    root = fwhm / 1.5 / _GAUSSIAN_FWHM_PER_SIGMA * math.sqrt(2.0)
+    centre = erf(0.5 / root)
+    drop = 1.0 - 0.5 * (erf(1.5 / root) - centre) / centre
+    sharp = (fine > threshold * noise * math.sqrt(1.25)) & (fine > 2.0 * drop * height)
+    if bad is not None:
+        sharp &= ~bad
+    if sharp.any():
+        sharp |= ndimage.binary_dilation(sharp, structure=np.ones((3, 3), bool)) & (
+            height > 3.0 * noise)
+    return sharp
 
 
 def _half_light_radius(data, objects, bad) -> np.ndarray:
@@ -267,6 +445,7 @@ def _half_light_radius(data, objects, bad) -> np.ndarray:
     semi-axes); the half-light radius is searched out to 6 semi-major axes (at least 3 px). For a
     Gaussian star FWHM = 2 r50 exactly, and SExtractor's window for XWIN is sigma = 2 r50 / 2.35.
     Where FLUX_AUTO is unusable, the flux within that radius normalises instead.
+    Returns (r50, the normalising flux).
     """
     import sep
 
@@ -289,16 +468,19 @@ def _half_light_radius(data, objects, bad) -> np.ndarray:
         own, _ = _sep_call(sep.flux_radius, data, x[~usable], y[~usable], rmax[~usable], 0.5,
                            mask=bad, subpix=5)
         r50[~usable] = own
-    return r50
+    return r50, np.where(usable, flux_auto, np.nan)
 
 
-def _table(columns: dict, n: int, wcs) -> pa.Table:
+def _table(columns: dict, n: int, wcs, *, fwhm: float = math.nan, sharp: int = 0) -> pa.Table:
     arrays = {"star_id": np.arange(n, dtype=np.int64)}
     for field in STAR_SCHEMA:
         if field.name != "star_id":
             arrays[field.name] = columns.get(field.name,
                                              np.zeros(0, dtype=field.type.to_pandas_dtype()))
-    table = pa.table(arrays, schema=STAR_SCHEMA)
+    # The frame's FWHM and the count of detections left out as sharper than its stars travel
+    # with the table (schema metadata: equality with STAR_SCHEMA ignores it).
+    table = pa.table(arrays, schema=STAR_SCHEMA.with_metadata(
+        {"fwhm": repr(float(fwhm)), "sharp_rejected": str(int(sharp))}))
     if wcs is not None:
         ra, dec = _sky(wcs, arrays["x_win"], arrays["y_win"])
         table = table.append_column("ra", pa.array(ra, pa.float64()))

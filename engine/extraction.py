@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 
 from engine.checks import integer, one_of, positive
-from engine.detection import detect_stars, star_positions
+from engine.detection import cosmic_ray_mask, detect_stars, frame_fwhm, star_positions
 from engine.errors import EngineValueError
-from engine.flags import MeasurementFlag
+from engine.flags import MeasurementFlag, PixelFlag
 from engine.noise import scintillation_sigma
 from engine.photometry import aperture_photometry_frames
 from engine.progress import progress
@@ -131,21 +131,46 @@ def _column(frames: pa.Table, name: str, default: float) -> np.ndarray:
 
 
 def _choose_reference(data, candidates: list[int], config: ExtractionConfig, threads):
-    """The candidate frame with the sharpest stars among those with enough of them."""
-    best = None
+    """The candidate frame with the sharpest stars among those with enough of them (each
+    frame's FWHM measured on its stars: hot pixels and cosmic rays are not stars). A FWHM
+    under half the candidates' median is a failed measurement, not a sharp frame."""
+    measured = []
     for index in candidates:
         image = np.asarray(data[index], dtype=np.float32)
         stars = detect_stars(image, config.detection_threshold, max_stars=config.max_stars,
                              threads=threads)
-        if stars.num_rows < 3:
-            continue
-        fwhm = np.asarray(stars.column("fwhm").to_numpy(zero_copy_only=False), dtype=float)
-        sharpness = float(np.nanmedian(fwhm[: max(3, min(50, len(fwhm)))]))
-        if best is None or sharpness < best[0]:
-            best = (sharpness, index, stars)
-    if best is None:
+        if stars.num_rows >= 3:
+            measured.append((frame_fwhm(stars), index, stars))
+    if not measured:
         raise EngineValueError("no frame of this run shows 3 or more stars to measure")
-    return best[1], best[2], best[0]
+    typical = np.nanmedian([m[0] for m in measured]) if any(
+        math.isfinite(m[0]) for m in measured) else math.nan
+    plausible = [m for m in measured if m[0] >= 0.5 * typical] or measured
+    # A measured FWHM beats a NaN.
+    fwhm, index, stars = min(plausible, key=lambda m: (math.isnan(m[0]), m[0]))
+    return index, stars, fwhm
+
+
+def _persistent_sharp_pixels(data, candidates: list[int], fwhm: float) -> np.ndarray | None:
+    """Pixels sharp on two or more of the candidate frames: hot pixels the calibration left
+    (a cosmic ray rarely strikes one pixel twice), not to be flagged as cosmic rays. None with
+    fewer than two frames to compare."""
+    if len(candidates) < 2:
+        return None
+    counts = sum(cosmic_ray_mask(np.asarray(data[index], dtype=np.float32), fwhm,
+                                 threshold=3.0).astype(np.uint8) for index in candidates)
+    return counts >= 2
+
+
+def _with_cosmic_rays(block: np.ndarray, block_mask, fwhm: float, persistent) -> np.ndarray:
+    """The block's pixel flags with each frame's cosmic-ray hits (COSMIC_RAY) added."""
+    flags = (np.zeros(block.shape, dtype=np.uint8) if block_mask is None
+             else np.array(block_mask, dtype=np.uint8))
+    for k in range(block.shape[0]):
+        known = flags[k] != 0 if persistent is None else (flags[k] != 0) | persistent
+        hits = cosmic_ray_mask(block[k], fwhm, mask=known)
+        flags[k][hits] |= np.uint8(PixelFlag.COSMIC_RAY)
+    return flags
 
 
 def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None, annulus=None,
@@ -178,6 +203,7 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     if not math.isfinite(fwhm) or fwhm <= 0:
         fwhm = 3.0
         notes.append("the reference FWHM could not be measured: 3 px assumed")
+    persistent = _persistent_sharp_pixels(data, candidates, fwhm)
     tracker = FrameTracker(reference_stars, fwhm=fwhm, threshold=config.detection_threshold,
                            max_stars=config.max_stars, tracking_stars=config.tracking_stars,
                            min_stars=config.tracking_min_stars, max_rms=config.tracking_max_rms,
@@ -221,7 +247,8 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
         for start in range(0, n_frames, config.block_frames):
             stop = min(n_frames, start + config.block_frames)
             block = np.ascontiguousarray(np.asarray(data[start:stop]), dtype=np.float32)
-            block_mask = None if mask is None else np.asarray(mask[start:stop])
+            block_mask = _with_cosmic_rays(block, None if mask is None else mask[start:stop],
+                                           fwhm, persistent)
             x = np.full((stop - start, n_stars), np.nan)
             y = np.full((stop - start, n_stars), np.nan)
             centroid_flags = np.zeros((stop - start, n_stars), dtype=np.uint32)

@@ -136,3 +136,24 @@ def test_masters_are_fits_files_with_provenance(masters, tmp_path):
     assert bias.kind == "bias" and bias.ncombine == 8 and bias.binning == (1, 1)
     np.testing.assert_array_equal(bias.data, masters["bias"].data)
     assert fits.getheader(paths["bias"])["IMAGETYP"] == "MASTER BIAS"
+
+
+def test_implausible_levels_reject_empty_saturated_and_stray_frames_only():
+    from engine.calibration.masters import implausible_levels
+
+    def record(kind, level, exptime=0.0, dtype="uint16"):
+        return {"frame_type": kind, "median_adu": level, "exptime": exptime, "dtype": dtype,
+                "saturation": 65535.0}
+
+    records = ([record("bias", v) for v in (805.0, 806.0, 804.0, 805.5)]
+               + [record("bias", 0.0), record("bias", 1400.0)]
+               + [record("dark", v, 60.0) for v in (900.0, 902.0, 901.0)]
+               + [record("dark", 2500.0, 300.0)]
+               + [record("flat", v, 5.0) for v in (9000.0, 21000.0, 40000.0)]
+               + [record("flat", 65000.0, 5.0), record("bias", 0.0, dtype="float32")])
+    found = implausible_levels(records)
+    # Flats of any level below saturation stay; float data at 0 are no empty readout, but
+    # that bias is still far from its siblings.
+    assert sorted(found) == [4, 5, 13, 14]
+    assert "empty" in found[4] and "siblings" in found[5] and "saturation" in found[13]
+    assert "siblings" in found[14]

@@ -133,3 +133,87 @@ def test_integer_lights_without_a_saturation_keyword_flag_their_measured_adc_top
     camera = json.loads(result.report_path.read_text())["runs"][run_id]["camera"]
     assert camera["saturation"] == 65535 and "ADC full scale, 16-bit" in \
         camera["saturation_source"]
+
+
+def _copy_frames(names, folder, *, offset=0, cards=None, zero=False, stem="frame"):
+    """Copies of real AST443 frames written with astropy (raw uint16 with BZERO as the camera
+    wrote them), shifted by `offset` ADU, with header `cards` set; `zero`: an empty readout."""
+    folder.mkdir(exist_ok=True)
+    written = []
+    for k, name in enumerate(names):
+        with fits.open(AST443 / name) as hdul:
+            header, data = hdul[0].header.copy(), hdul[0].data.astype(np.int64)
+        for key, value in (cards or {}).items():
+            header[key] = value
+        data = np.zeros_like(data) if zero else np.clip(data + offset, 0, 65535)
+        path = folder / f"{stem}{k}.fits"
+        hdu = fits.PrimaryHDU(header=header)
+        hdu.data = data.astype(np.uint16)  # astropy stores it as BITPIX 16 + BZERO 32768
+        hdu.writeto(path)
+        written.append(path)
+    return written
+
+
+BIASES = [f"biases-Neg5-Vis.0000000{k}.BIAS.FIT" for k in range(8)]
+FLATS = [f"flat-expos23s-Neg5-Vis.0000000{k}.FIT" for k in range(8)]
+
+
+@pytest.mark.skipif(not AST443.is_dir(), reason=f"real data not found at {AST443}")
+def test_two_cameras_with_one_telescope_name_at_two_sites_get_their_own_masters(tmp_path):
+    from engine.ingest import ingest
+
+    raw = tmp_path / "raw"
+    site_a = {"TELESCOP": "C14", "SITELAT": 40.0, "SITELONG": 10.0}
+    site_b = {"TELESCOP": "C14", "SITELAT": 45.5, "SITELONG": 11.0}
+    _copy_frames(BIASES[:4], raw, cards=site_a, stem="a-bias")
+    _copy_frames(BIASES[4:], raw, offset=400, cards=site_b, stem="b-bias")
+    ingested = ingest([raw], tmp_path / "out")
+    assert len({r["run_id"] for r in ingested.frames.to_pylist()}) == 1  # one ingest run
+    result = calibrate(ingested, tmp_path / "out", threads=1)
+    masters = sorted(p for p in result.masters if p.endswith("master_bias.fits"))
+    assert len(masters) == 2 and masters[0].endswith("camera1_master_bias.fits"), masters
+    levels = []
+    for name in masters:
+        with fits.open(result.masters[name]) as hdul:
+            assert hdul[0].header["NCOMBINE"] == 4
+            levels.append(float(np.median(hdul[0].data)))
+    real = np.median([np.median(fits.getdata(AST443 / n).astype(float)) for n in BIASES])
+    assert sorted(levels) == pytest.approx([real, real + 400.0], abs=3.0)
+    (run_id,) = {r["run_id"] for r in ingested.frames.to_pylist()}
+    assert any("2 cameras" in note for note in result.notes[run_id])
+
+
+@pytest.mark.skipif(not AST443.is_dir(), reason=f"real data not found at {AST443}")
+def test_an_empty_bias_readout_is_rejected_and_the_master_keeps_its_level(tmp_path, caplog):
+    from engine.ingest import ingest
+
+    raw = tmp_path / "raw"
+    _copy_frames(BIASES, raw, stem="bias")
+    (empty,) = _copy_frames(BIASES[:1], raw, zero=True, stem="empty-bias")
+    with caplog.at_level("WARNING", logger="engine.calibration"):
+        result = calibrate(ingest([raw], tmp_path / "out"), tmp_path / "out", threads=1)
+    reasons = dict(result.rejected)
+    assert "empty" in reasons[str(empty)] and str(empty) in caplog.text
+    report = json.loads(result.report_path.read_text())
+    assert [str(empty), reasons[str(empty)]] in report["rejected"]
+    (name,) = [p for p in result.masters if p.endswith("master_bias.fits")]
+    with fits.open(result.masters[name]) as hdul:
+        assert hdul[0].header["NCOMBINE"] == 8
+        level = float(np.median(hdul[0].data))
+    real = np.median([np.median(fits.getdata(AST443 / n).astype(float)) for n in BIASES])
+    assert level == pytest.approx(real, abs=2.0)  # averaged with the zeros it would be 7/8
+
+
+@pytest.mark.skipif(not AST443.is_dir(), reason=f"real data not found at {AST443}")
+def test_a_saturated_flat_is_rejected(tmp_path):
+    from engine.ingest import ingest
+
+    raw = tmp_path / "raw"
+    _copy_frames(BIASES[:3], raw, stem="bias")
+    _copy_frames(FLATS[:4], raw, stem="flat")
+    (saturated,) = _copy_frames(FLATS[4:5], raw, offset=65535, stem="bright-flat")
+    result = calibrate(ingest([raw], tmp_path / "out"), tmp_path / "out", threads=1)
+    reasons = dict(result.rejected)
+    assert "saturation" in reasons[str(saturated)], reasons
+    (name,) = [p for p in result.masters if "master_flat" in p]
+    assert fits.getheader(result.masters[name])["NCOMBINE"] == 4

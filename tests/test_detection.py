@@ -12,7 +12,7 @@ from scipy.spatial import cKDTree
 from scipy.special import erf
 
 import engine
-from engine.detection import STAR_SCHEMA, detect_stars, star_positions
+from engine.detection import STAR_SCHEMA, cosmic_ray_mask, detect_stars, frame_fwhm, star_positions
 from engine.flags import MeasurementFlag
 
 NTT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "sep_ntt_emmi"
@@ -65,8 +65,9 @@ def test_ntt_matches_sextractor(ntt):
     image, catalogue = ntt
     # SExtractor's settings of default.sex: DETECT_THRESH 1.5, BACK_SIZE 64, BACK_FILTERSIZE 3,
     # DETECT_MINAREA 5, the 3x3 pyramid filter; deblending off as in sep's own comparison.
+    # SExtractor keeps every detection: reject_sharp=False does too.
     stars = detect_stars(image, 1.5, background_box=64, background_filter=3, min_area=5,
-                         deblend_cont=1.0)
+                         deblend_cont=1.0, reject_sharp=False)
     assert stars.num_rows == len(catalogue) == 65
     found = columns(stars)
     # Pair each catalogue object with its nearest detection: one-to-one.
@@ -99,6 +100,23 @@ def test_ntt_matches_sextractor(ntt):
     assert found["star_id"].tolist() == list(range(65))
     truncated = (found["extraction_flags"] & 2) != 0
     assert np.all((found["flags"][truncated] & MeasurementFlag.NEAR_EDGE) != 0)
+
+
+def test_ntt_frame_fwhm_is_the_stars_and_its_two_sharp_hits_are_left_out(ntt):
+    image, catalogue = ntt
+    stars = detect_stars(image, 1.5, background_box=64, background_filter=3, min_area=5,
+                         deblend_cont=1.0)
+    # SExtractor's own half-light diameters: the stellar locus of this galaxy field is at
+    # 2 x FLUX_RADIUS ~2.45 px (the bright unsaturated point sources); two objects are far
+    # sharper than any star (0.82 and 1.02 px: cosmic-ray hits on the summed exposures).
+    diameter = 2.0 * catalogue[:, R50]
+    stellar = np.median(diameter[(diameter > 2.3) & (diameter < 2.6)])
+    assert frame_fwhm(stars) == pytest.approx(stellar, rel=0.05)
+    sharp = catalogue[(diameter > 0) & (diameter < 0.5 * stellar)]
+    assert len(sharp) == 2 and stars.num_rows == 63
+    found = np.c_[columns(stars)["x"], columns(stars)["y"]]
+    assert cKDTree(found).query(sharp[:, [X, Y]] - 1.0)[0].min() > 5.0
+    assert stars.schema.metadata[b"sharp_rejected"] == b"2"
 
 
 def test_ntt_big_endian_and_integer_copies_agree(ntt):
@@ -239,3 +257,94 @@ def test_star_positions_refuses_what_is_not_positions():
         star_positions(np.zeros((4, 3)))
     with pytest.raises(engine.EngineValueError):
         star_positions(pa.table({"ra": [1.0]}))
+
+
+# ------------------------------------------------------------------------------------------------
+# Hot pixels and cosmic rays
+# ------------------------------------------------------------------------------------------------
+
+def _hits(rng, shape, count, frame_stars):
+    """Cosmic-ray hits: single pixels and short tracks of 2-5 pixels, 300-5000 above the sky,
+    away from the stars; returns (image of the hits, list of their pixels)."""
+    ny, nx = shape
+    image = np.zeros(shape)
+    pixels = []
+    while len(pixels) < count:
+        x0, y0 = rng.uniform(5, nx - 10), rng.uniform(5, ny - 10)
+        if np.min(np.hypot(frame_stars[:, 0] - x0, frame_stars[:, 1] - y0)) < 12:
+            continue
+        angle, length = rng.uniform(0, 2 * np.pi), rng.integers(0, 5)
+        track = {(int(y0 + t * np.sin(angle)), int(x0 + t * np.cos(angle)))
+                 for t in np.linspace(0, length, 2 * length + 1)}
+        for j, i in track:
+            image[j, i] += rng.uniform(300, 5000)
+        pixels.append(sorted(track))
+    return image, pixels
+
+
+def test_injected_hot_pixels_and_cosmic_rays_leave_the_stars_and_their_fwhm():
+    rng = np.random.default_rng(11)
+    shape, fwhm = (200, 240), 6.0
+    xy = rng.uniform(15, [225, 185], (25, 2))
+    image = render(shape, xy, rng.uniform(2e4, 2e5, 25), fwhm, background=100.0, noise=5.0,
+                   rng=rng)  # peaks 500-5000
+    # 0.4 % hot pixels, 30-1000 above the sky (6-200 sigma): as bright as the stars' peaks.
+    hot = np.c_[rng.integers(0, 240, 200), rng.integers(0, 200, 200)]
+    image[hot[:, 1], hot[:, 0]] += 10.0 ** rng.uniform(1.5, 3.0, 200)
+    cosmics, tracks = _hits(rng, shape, 30, xy)
+    image += cosmics
+    everything = detect_stars(image, 5.0, reject_sharp=False)
+    assert np.median(columns(everything)["fwhm"]) < 2.0  # the spikes outnumber the stars
+    stars = detect_stars(image, 5.0)
+    assert frame_fwhm(stars) == pytest.approx(fwhm, rel=0.1)
+    found = np.c_[columns(stars)["x"], columns(stars)["y"]]
+    distance, _ = cKDTree(xy).query(found)
+    assert np.all(distance < 3.0)                         # every detection kept is a star
+    assert np.mean(cKDTree(found).query(xy)[0] < 1.0) > 0.8  # and most stars are kept
+
+    mask = cosmic_ray_mask(image, frame_fwhm(stars))
+    assert all(any(mask[j, i] for j, i in track) for track in tracks)
+    assert mask[hot[:, 1], hot[:, 0]].mean() > 0.8       # hot pixels are as sharp
+    ny, nx = np.mgrid[0:200, 0:240]
+    near_star = np.min(np.hypot(nx[..., None] - xy[:, 0], ny[..., None] - xy[:, 1]), axis=-1) < 2
+    clean = np.ones(shape, bool)
+    clean[hot[:, 1], hot[:, 0]] = False
+    assert not (mask & near_star & clean).any()          # no star core is flagged
+    assert not cosmic_ray_mask(render(shape, xy, rng.uniform(2e4, 2e5, 25), 2.0, 100.0, 5.0,
+                                      rng), 2.0).any()   # undersampled: nothing can be told
+
+
+SARA = NTT.parent / "sara_raw_calibration"
+
+
+@pytest.mark.skipif(not (SARA / "raw").is_dir(), reason=f"real data not found at {SARA}")
+def test_raw_sara_frames_fwhm_is_the_stars_and_what_is_left_out_is_transient():
+    from astropy.io import fits
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # padding after the last HDU
+        frames = [fits.getdata(SARA / "raw" / f"wasp19-00{k}.fits") for k in range(3)]
+        calib = {name: fits.getdata(SARA / "calib" / f"{name}.fits").astype(np.float64)
+                 for name in ("bias", "dark", "flat")}
+    raw = frames[1]
+    kept = detect_stars(raw, 5.0)
+    everything = detect_stars(raw, 5.0, reject_sharp=False)
+    # The same frame calibrated (bias, dark scaled to 25 s, flat): the stars' FWHM is the same.
+    dark_rate = (calib["dark"] - calib["bias"]) / 200.0
+    response = calib["flat"] - calib["bias"]
+    response = np.where(response > 0, response / np.median(response), np.nan)
+    calibrated = (raw - calib["bias"] - 25.0 * dark_rate) / response  # NaN: masked
+    reference = frame_fwhm(detect_stars(calibrated, 5.0))
+    assert 2.0 < frame_fwhm(kept) < 4.0
+    assert frame_fwhm(kept) == pytest.approx(reference, rel=0.05)
+    assert np.min(columns(kept)["fwhm"]) > 0.5 * frame_fwhm(kept)
+    assert np.sum(columns(everything)["fwhm"] < 0.5 * frame_fwhm(kept)) >= 5
+    # What was left out is not on the neighbouring frames (stars drift < 0.2 px): cosmic rays.
+    left_out = np.c_[columns(everything)["x"], columns(everything)["y"]]
+    left_out = left_out[cKDTree(np.c_[columns(kept)["x"], columns(kept)["y"]]).query(left_out)[0]
+                        > 0.01]
+    assert len(left_out) >= 5
+    for other in (frames[0], frames[2]):
+        others = detect_stars(other, 5.0, reject_sharp=False)
+        distance, _ = cKDTree(np.c_[columns(others)["x"], columns(others)["y"]]).query(left_out)
+        assert np.mean(distance > 2.0) >= 0.8

@@ -567,9 +567,12 @@ def test_unknown_preset_and_override_are_refused(tmp_path):
 
 def test_presets():
     assert set(PRESETS) == {"tiny", "demo", "variable", "large", "lco", "lco_processed", "jd_mid",
-                            "cmos12", "mixed_bitpix", "bayer"}
+                            "cmos12", "mixed_bitpix", "bayer", "hotpixels"}
     assert {PRESETS[name].sites[0].camera.software for name in ("lco", "lco_processed")} == {"lco"}
     assert PRESETS["jd_mid"].sites[0].camera.jd_reference == "mid"
+    hot = PRESETS["hotpixels"].sites[0]
+    assert (hot.n_bias, hot.n_dark, hot.n_flat) == (0, 0, 0)  # nothing to calibrate with
+    assert hot.camera.hot_pixel_fraction >= 1e-3
     demo = PRESETS["demo"]
     assert len(demo.sites) == 3 and all(40 <= s.n_lights <= 80 for s in demo.sites)
     assert {s.camera.software for s in demo.sites} == {"nina", "maxim", "observatory"}

@@ -1,12 +1,16 @@
 """The calibrate stage over an ingest's output: masters per camera, then the light runs.
 
 `calibrate(ingested, out_dir)` reads the frames table and cubes an ingest wrote and:
-1. groups frames by camera (site, telescope, instrument, binning, frame shape); calibration sets
-   (bias, dark, flat per filter: ingest's run ids) serve the light runs of their camera, the set
-   of the same night first, else of the nearest night;
+1. groups frames by camera identity (site name and position, telescope, instrument, gain
+   setting, binning, frame shape: `_camera`), frame by frame: an ingest run of calibration
+   frames that holds several cameras (two sites with the same TELESCOP, say) is split into one
+   set per camera (RUN_ID_camera1, ...). Calibration sets (bias, dark, flat per filter) serve
+   the light runs of their camera, the set of the same night first, else of the nearest night;
 2. checks every calibration frame against its set (shape, binning, sensor temperature within
-   `temperature_tolerance` of the set's median; `check_frames`) and every set against the light
-   run (its median set point); rejected frames and sets are listed with their reasons;
+   `temperature_tolerance` of the set's median, and a plausible level: not empty, not
+   saturated, not far from its siblings; `check_frames`) and every set against the light run
+   (its median set point); rejected frames and sets are listed with their reasons (report and
+   log) and never combined;
 3. builds the masters (bias; dark rate or matched darks, decided by measurement; flat per filter;
    bad-pixel mask) with the lights' trim and overscan sections (ingest's TRIMSEC / BIASSEC; a
    row-wise overscan strip is not used, and said) and writes them under `out_dir/masters/`;
@@ -115,10 +119,56 @@ def _frames_table(ingested):
     return rows, cubes, folder
 
 
+#: Frames whose site positions differ by more than this (degrees of latitude or longitude,
+#: ~1 km) come from different places, whatever their TELESCOP says.
+SITE_POSITION_DEGREES = 0.01
+
+
 def _camera(row) -> tuple:
-    return (row.get("site"), row.get("telescope"), row.get("instrument"),
-            int(row.get("binning_x") or 1), int(row.get("binning_y") or 1),
+    """The identity of the camera that took a frame: site (name and position), telescope,
+    instrument, gain setting, then binning and frame shape (the last three entries)."""
+    position = tuple(None if row.get(name) is None else
+                     round(float(row[name]) / SITE_POSITION_DEGREES)
+                     for name in ("site_latitude_deg", "site_longitude_deg"))
+    gain_setting = row.get("gain_setting")
+    if gain_setting is not None and not math.isfinite(float(gain_setting)):
+        gain_setting = None
+    return (row.get("site"), position, row.get("telescope"), row.get("instrument"),
+            gain_setting, int(row.get("binning_x") or 1), int(row.get("binning_y") or 1),
             tuple(row.get("shape") or ()))
+
+
+def _split_by_camera(by_run: dict[str, list[dict]], cubes: dict, result) -> dict:
+    """camera -> {set or run id -> rows}. A calibration run holding several cameras' frames
+    becomes one set per camera (RUN_ID_cameraK), read from the run's cube (added to `cubes`)."""
+    cameras: dict[tuple, dict[str, list[dict]]] = {}
+    for run_id, run_rows in by_run.items():
+        split: dict[tuple, list[dict]] = {}
+        for row in run_rows:
+            split.setdefault(_camera(row), []).append(row)
+        if len(split) == 1 or run_rows[0]["frame_type"] == "light":
+            cameras.setdefault(_camera(run_rows[0]), {})[run_id] = run_rows
+            continue
+        names = []
+        for k, (camera, rows) in enumerate(sorted(split.items(), key=lambda c: str(c[0])), 1):
+            set_id = f"{run_id}_camera{k}"
+            cubes[set_id] = cubes[run_id]
+            cameras.setdefault(camera, {})[set_id] = rows
+            names.append(f"{set_id}: {len(rows)} frames of {_describe(camera)}")
+        text = f"frames of {len(split)} cameras, one set each: " + "; ".join(names)
+        result.notes.setdefault(run_id, []).append(text)
+        log.warning("calibration run %s holds %s", run_id, text)
+    return cameras
+
+
+def _describe(camera: tuple) -> str:
+    site, position, telescope, instrument, gain_setting = camera[:5]
+    parts = [f"site {site}" if site else None,
+             f"at {position[0] * SITE_POSITION_DEGREES:.2f}, "
+             f"{position[1] * SITE_POSITION_DEGREES:.2f} deg" if None not in position else None,
+             telescope, instrument,
+             f"gain setting {gain_setting:g}" if gain_setting is not None else None]
+    return " ".join(p for p in parts if p)
 
 
 def _night_distance(a: str | None, b: str | None) -> float:
@@ -204,8 +254,12 @@ class _Sets:
 
     def _accepted(self, set_id):
         rows = self.sets[set_id]
+        saturation = _median(r.get("saturation") for r in rows)
+        if saturation is None and rows[0].get("dtype"):
+            saturation = _assumed_saturation(rows[0]["dtype"])
         accepted, rejected = check_frames(rows, _reference(rows),
-                                          temperature_tolerance=self.tolerance)
+                                          temperature_tolerance=self.tolerance,
+                                          saturation=saturation)
         for path, reason in rejected:
             self.result.rejected.append((path, reason))
             log.warning("calibration frame %s rejected: %s", path, reason)
@@ -231,7 +285,7 @@ class _Sets:
             if rows:
                 master = master_bias(
                     _cube(self.cubes, set_id), frames=[r["cube_index"] for r in rows],
-                    names=[r["path"] for r in rows], binning=_binning(rows),
+                    names=_names(rows), binning=_binning(rows),
                     temperatures=[r.get("temperature") for r in rows],
                     camera=rows[0].get("instrument"), threads=self.threads, **geometry)
                 self._notes(set_id, master.notes)
@@ -247,7 +301,7 @@ class _Sets:
             if rows:
                 model = master_dark(
                     _cube(self.cubes, set_id), [r["exptime"] for r in rows],
-                    frames=[r["cube_index"] for r in rows], names=[r["path"] for r in rows],
+                    frames=[r["cube_index"] for r in rows], names=_names(rows),
                     bias=bias, gain=_median(r.get("gain") for r in rows),
                     binning=_binning(rows), temperatures=[r.get("temperature") for r in rows],
                     camera=rows[0].get("instrument"), threads=self.threads, **geometry)
@@ -266,7 +320,7 @@ class _Sets:
                 try:
                     master = master_flat(
                         _cube(self.cubes, set_id), frames=[r["cube_index"] for r in rows],
-                        names=[r["path"] for r in rows], filter=rows[0].get("filter"),
+                        names=_names(rows), filter=rows[0].get("filter"),
                         exptimes=[r["exptime"] for r in rows], bias=bias, dark=dark,
                         saturation=saturation, binning=_binning(rows),
                         temperatures=[r.get("temperature") for r in rows],
@@ -349,6 +403,15 @@ def _already_applied(rows, notes: list[str]) -> set[str]:
     return done
 
 
+def _names(rows) -> list[str]:
+    """The frames' paths indexed by cube index, as the master builders read them (a set may
+    be part of its cube: another camera's frames or rejected ones are not in it)."""
+    names = [""] * (max(int(r["cube_index"]) for r in rows) + 1)
+    for row in rows:
+        names[int(row["cube_index"])] = row["path"]
+    return names
+
+
 def _binning(rows) -> tuple[int, int]:
     return (int(rows[0].get("binning_x") or 1), int(rows[0].get("binning_y") or 1))
 
@@ -379,9 +442,8 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
         by_run.setdefault(row["run_id"], []).append(row)
     for run_rows in by_run.values():
         run_rows.sort(key=lambda r: r["cube_index"])
-    cameras: dict[tuple, dict[str, list[dict]]] = {}
-    for run_id, run_rows in by_run.items():
-        cameras.setdefault(_camera(run_rows[0]), {})[run_id] = run_rows
+    cubes = dict(cubes)
+    cameras = _split_by_camera(by_run, cubes, result)
     report: dict[str, object] = {"format": _FORMAT, "runs": {}, "masters_only": {}}
     from engine.io.cube import cube_attributes
 
@@ -392,7 +454,7 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
             if light_rows[0]["frame_type"] != "light":
                 continue
             for other, other_runs in cameras.items():
-                if other == camera or other[:3] != camera[:3]:
+                if other == camera or other[:-3] != camera[:-3]:  # same camera, other shape
                     continue
                 for set_id, set_rows in other_runs.items():
                     if set_rows[0]["frame_type"] == "light":

@@ -113,6 +113,8 @@ class Camera:
     amp_glow_index: float = 0.6
     amp_glow_scale_px: float = 40.0
     hot_pixel_fraction: float = 2e-4
+    #: Dark current of the hot pixels, e-/s: drawn log-uniformly between these two.
+    hot_pixel_e_per_s: tuple[float, float] = (0.2, 20.0)
     hot_columns: int = 0
     prnu: float = 0.005
     vignetting: float = 0.15
@@ -393,6 +395,9 @@ def validate(config: SimulationConfig) -> None:
                                    "(and a colour camera has no overscan strip)")
         if c.overscan_side not in ("left", "right"):
             raise EngineValueError(f"{where}: overscan_side must be 'left' or 'right'")
+        if not 0.0 < c.hot_pixel_e_per_s[0] <= c.hot_pixel_e_per_s[1]:
+            raise EngineValueError(f"{where}: hot_pixel_e_per_s must be (low, high) with "
+                                   f"0 < low <= high")
         if c.gain_e_per_adu <= 0 or c.read_noise_e < 0 or c.full_well_e <= 0:
             raise EngineValueError(f"{where}: gain and full well must be > 0, read noise >= 0")
         if s.n_lights < 1 or s.exptime_s <= 0:

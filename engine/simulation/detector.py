@@ -50,13 +50,14 @@ class Detector:
         self.bias_structure = (columns[None, :] + ramp + gradient).astype(np.float32)
         self.bias_level_native = cam.bias_level_adu / scale
 
-        # Dark current: uniform rate with 5% texture, hot pixels (log-uniform 0.2-20 e-/s),
-        # hot columns.
+        # Dark current: uniform rate with 5% texture, hot pixels (log-uniform in the camera's
+        # hot_pixel_e_per_s), hot columns.
         dark = cam.dark_e_per_s * (1.0 + 0.05 * rng.standard_normal((ny, nx)))
         n_hot = int(round(cam.hot_pixel_fraction * ny * nx))
         hot_y = rng.integers(0, ny, n_hot)
         hot_x = rng.integers(0, nx, n_hot)
-        dark[hot_y, hot_x] += 10.0 ** rng.uniform(math.log10(0.2), math.log10(20.0), n_hot)
+        low, high = cam.hot_pixel_e_per_s
+        dark[hot_y, hot_x] += 10.0 ** rng.uniform(math.log10(low), math.log10(high), n_hot)
         self.hot_pixels = np.stack([hot_x, hot_y], axis=1)
         hot_columns = rng.choice(nx, size=min(cam.hot_columns, nx), replace=False) \
             if cam.hot_columns else np.zeros(0, dtype=int)

@@ -1,4 +1,4 @@
-"""The named simulated nights: tiny, demo, variable, large.
+"""The named simulated nights: tiny, demo, variable, large, hotpixels.
 
 The network presets (tiny, demo, large) watch one transit of a hot Jupiter ("SIM-1 b") around a
 G = 12.2 Sun-like star at RA 06h18m, Dec +24d47m on the night of 2024 December 14/15, from:
@@ -18,7 +18,9 @@ The windows overlap by about an hour, every site observes at night (Sun below -2
 target above 38 deg. `variable` is one site (a backyard in Germany, MaxIm DL, V) watching a
 high-amplitude delta Scuti star through a winter night; `large` is the La Palma CMOS alone,
 1000 frames of 2048 x 2048. `lco`, `lco_processed` and `jd_mid` are one tiny site each whose
-files follow a convention that trips readers (see `_conventions`).
+files follow a convention that trips readers (see `_conventions`). `hotpixels` is the raw
+night the calibration could not help: a warm, uncooled CMOS on a long-focus SCT (stars 7.5 px
+wide) with thousands of bright hot pixels, frequent cosmic rays and no calibration frames.
 
 Camera profiles, each the tiny La Palma night with another camera: `cmos12` (a 12-bit CMOS
 stored as it counts, no gain in its headers), `mixed_bitpix` (a 16-bit CCD night with one
@@ -73,6 +75,18 @@ CCD_OBSERVATORY = Camera(
     dark_e_per_s=0.002, set_temp_c=-80.0, hot_pixel_fraction=1e-4, prnu=0.008,
     vignetting=0.08, dust_donuts=3, overscan_columns=32, overscan_side="left", bloom=True,
     compress=True, wcs=True, readout_s=12.0)
+
+#: An uncooled planetary / guide camera (ZWO ASI290MM-like) at ambient temperature: a warm
+#: sensor's hot pixels (0.2 % of them, 5-200 e-/s) and a cosmic-ray rate raised so that most
+#: small frame holds several hits.
+CMOS_UNCOOLED = Camera(
+    name="asi290", model="ZWO ASI290MM", software="nina", sensor="cmos",
+    width=400, height=300, binning=1, pixel_size_um=2.9,
+    gain_e_per_adu=3.6 / 16.0, gain_setting=0, offset_setting=20, read_noise_e=3.2,
+    adc_bits=12, full_well_e=14600.0, bias_level_adu=320.0, bias_jitter_adu=2.0,
+    bias_column_rms_adu=2.0, bias_ramp_adu=0.0, dark_e_per_s=0.5, set_temp_c=25.0,
+    hot_pixel_fraction=2e-3, hot_pixel_e_per_s=(5.0, 200.0), prnu=0.006, vignetting=0.1,
+    dust_donuts=1, readout_s=0.5, cosmic_ray_rate=4.0)
 
 # ----------------------------------------------------------------------------------------------
 # Sites of the network night (demo counts)
@@ -231,6 +245,18 @@ def _bayer() -> SimulationConfig:
     camera = dataclasses.replace(CMOS_NINA, width=256, height=192, bayer_pattern="RGGB",
                                  amp_glow_e=0.0)
     return _camera_night("bayer", camera, "a colour (Bayer RGGB) CMOS with saturated stars")
+def _hotpixels() -> SimulationConfig:
+    site = dataclasses.replace(
+        LAPALMA, name="backyard", camera=CMOS_UNCOOLED, filter="V", telescope="0.2-m SCT f/10",
+        aperture_m=0.2, central_obstruction=0.34, focal_length_mm=2000.0, seeing_arcsec=1.8,
+        seeing_variation=0.05, window_start_h=-0.4, window_end_h=0.4, n_lights=12,
+        exptime_s=60.0, n_bias=0, n_dark=0, n_flat=0, n_flat_dark=0, extra_flat_filters=(),
+        camera_angle_deg=0.0, parity=1, pointing_offset_arcsec=(3.0, -2.0),
+        drift_px_per_hour=(3.0, 2.0), meridian_flip=False, cirrus=(), observer="D. Warm")
+    return SimulationConfig(
+        name="hotpixels", reference_utc=_REFERENCE_UTC, planet=PLANET, sites=(site,),
+        field=dataclasses.replace(FIELD, n_stars=120, n_comparisons=4, n_saturated=0),
+        description="raw frames of an uncooled CMOS: hot pixels and cosmic rays, no calibration")
 
 
 #: Named configurations; copy one with dataclasses.replace (or .with_sites / .with_cameras).
@@ -264,4 +290,5 @@ PRESETS: dict[str, SimulationConfig] = {
     "cmos12": _cmos12(),
     "mixed_bitpix": _mixed_bitpix(),
     "bayer": _bayer(),
+    "hotpixels": _hotpixels(),
 }
