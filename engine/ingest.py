@@ -57,16 +57,16 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from engine.cext import default_threads
 from engine.calibration.camera import saturation_level
+from engine.cext import default_threads
 from engine.config import Config, Site
 from engine.errors import EngineFileError, EngineValueError, HeaderError
 from engine.io import bayer as _bayer
-from engine.io.cube import (CubeWriter, bad_pixel_cube_path, cube_attributes, open_cube,
-                            remove_stale_temporaries)
+from engine.io.cube import CubeWriter, cube_attributes, open_cube, remove_stale_temporaries
 from engine.io.fits import FitsImage, find_fits_files, open_image, read_image
 from engine.io.frame_type import classify_frame
 from engine.io.headers import identity_values, normalise_header, parse_dec, parse_ra
+from engine.io.layout import CUBES_FOLDER, FRAMES_TABLE, PRODUCT_FOLDERS, bad_pixel_cube_path
 from engine.io.processing import bad_pixel_hdu, calibrated_state, pedestal
 from engine.io.tables import FRAMES_SCHEMA, read_parquet, write_parquet
 from engine.io.timestamps import header_timestamps, mid_from_stamps, run_convention
@@ -76,8 +76,6 @@ __all__ = ["IngestResult", "ingest", "parse_target"]
 
 log = logging.getLogger("engine.ingest")
 
-FRAMES_FILE = "frames.parquet"
-CUBES_FOLDER = "cubes"
 _FORMAT_VERSION = "ingest-2"
 _LATER_CODES = {"all_nan", "shape_mismatch", "duplicate"}
 _GEOCENTRE_NOTE = "site unknown: geocentric BJD_TDB (up to 0.021 s off)"
@@ -740,7 +738,6 @@ def _to_table(rows: list[dict]) -> pa.Table:
 
 
 #: Folders under an output folder that hold the engine's products, never inputs.
-_PRODUCT_FOLDERS = (CUBES_FOLDER, "masters", "calibrated", "photometry")
 
 
 def ingest(paths, out_dir, target=None, config: Config | None = None, *,
@@ -772,10 +769,10 @@ def ingest(paths, out_dir, target=None, config: Config | None = None, *,
     files = find_fits_files(paths if not isinstance(paths, (str, os.PathLike)) else [paths])
     # The engine's own products (masters are FITS) are never inputs; raw frames kept inside the
     # output folder (as the demo keeps them in raw/) are.
-    products = [out_dir / name for name in _PRODUCT_FOLDERS]
+    products = [out_dir / name for name in PRODUCT_FOLDERS]
     files = [f for f in files if not any(folder in f.parents for folder in products)]
     cubes_dir = out_dir / CUBES_FOLDER
-    frames_path = out_dir / FRAMES_FILE
+    frames_path = out_dir / FRAMES_TABLE
     try:
         cubes_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -42,6 +42,9 @@ from engine.extraction import ExtractionConfig, extract_run
 from engine.ingest import ingest
 from engine.io.atomic import atomic_path
 from engine.io.cube import open_cube
+from engine.io.layout import (LIGHTCURVES_TABLE, LOG_FILE, PHOTOMETRY_TABLE, REPORT, STARS_TABLE,
+                              mask_cube_path, run_photometry, run_registration, run_sky_header,
+                              run_stars)
 from engine.io.tables import concat_parquet, read_parquet, write_parquet
 from engine.progress import progress, quiet
 from engine.registration import Transform
@@ -51,11 +54,8 @@ __all__ = ["PipelineConfig", "ReduceResult", "reduce"]
 
 log = logging.getLogger("engine.pipeline")
 
-PHOTOMETRY_FOLDER = "photometry"
-SKY_FOLDER = "sky"
 #: Photometry columns the ensemble does not read (run_id: one run per file).
 _NOT_FOR_THE_ENSEMBLE = ("run_id", "area", "background_std", "background_pixels")
-LOG_FILE = "reduce.log"
 
 
 @dataclass(frozen=True)
@@ -109,19 +109,19 @@ def _measure_run(run_id: str, cube_path: str, frames: pa.Table, config: Extracti
     if on_worker:
         with quiet():
             return _measure_run(run_id, cube_path, frames, config, out_dir, threads)
-    folder = Path(out_dir) / PHOTOMETRY_FOLDER
     data = open_cube(cube_path)
-    mask_path = Path(str(cube_path).removesuffix(".zarr") + "_mask.zarr")
+    mask_path = mask_cube_path(cube_path)
     mask = open_cube(mask_path) if mask_path.exists() else None
     result = extract_run(data, frames, mask=mask, config=config, threads=threads)
     run = pa.array([run_id] * result.photometry.num_rows)
     write_parquet(result.stars.append_column("run_id", pa.array([run_id] * result.stars.num_rows)),
-                  folder / f"{run_id}.stars.parquet")
-    write_parquet(result.registration, folder / f"{run_id}.registration.parquet")
+                  run_stars(out_dir, run_id))
+    write_parquet(result.registration, run_registration(out_dir, run_id))
     meta = {"reference_frame": result.reference_frame, "fwhm": result.fwhm,
             "notes": result.notes, "settings": _settings(config)}
     return str(write_parquet(result.photometry.append_column("run_id", run),
-                             folder / f"{run_id}.parquet", metadata={"engine": json.dumps(meta)}))
+                             run_photometry(out_dir, run_id),
+                             metadata={"engine": json.dumps(meta)}))
 
 
 def _settings(config: ExtractionConfig) -> str:
@@ -232,7 +232,7 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     start = time.perf_counter()
     jobs = []
     for run_id in runs:
-        product = out / PHOTOMETRY_FOLDER / f"{run_id}.parquet"
+        product = run_photometry(out, run_id)
         if _up_to_date(product, Path(calibrated.runs[run_id]), _settings(config.extraction)):
             continue
         jobs.append((run_id, str(calibrated.runs[run_id]), _run_frames(frames, run_id),
@@ -260,7 +260,7 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     for run_id in runs:
         report["runs"].setdefault(run_id, {})["camera"] = _camera_report(
             _run_frames(frames, run_id))
-    write_report(report, out / "report.json")
+    write_report(report, out / REPORT)
     return ReduceResult(out_dir=out, runs=runs, lightcurves=lightcurves, report=report,
                         timings_s=timings)
 
@@ -358,15 +358,14 @@ def _target_radec(target, frames: pa.Table):
 def _run_stars(out: Path, run_id: str, frames: pa.Table) -> RunStars:
     """A measured run as the sky stage sees it: its star table, reference frame and FWHM, and
     the transform of its first frame (for target pixel positions)."""
-    folder = out / PHOTOMETRY_FOLDER
-    meta = json.loads((pq.read_schema(folder / f"{run_id}.parquet").metadata or {})
+    meta = json.loads((pq.read_schema(run_photometry(out, run_id)).metadata or {})
                       .get(b"engine", b"{}"))
-    registration = read_parquet(folder / f"{run_id}.registration.parquet").slice(0, 1)
+    registration = read_parquet(run_registration(out, run_id)).slice(0, 1)
     first = registration.to_pylist()[0] if registration.num_rows else {}
     transform = None
     if first.get("status") == "ok":
         transform = Transform(first["a"], first["b"], first["tx"], first["ty"], first["parity"])
-    return RunStars(run_id=run_id, stars=read_parquet(folder / f"{run_id}.stars.parquet"),
+    return RunStars(run_id=run_id, stars=read_parquet(run_stars(out, run_id)),
                     frames=_run_frames(frames, run_id),
                     reference_frame=int(meta.get("reference_frame", 0)),
                     fwhm=float(meta.get("fwhm", math.nan)), first_transform=transform)
@@ -382,7 +381,7 @@ def _locate(out: Path, runs: list[str], frames: pa.Table, target_radec, target_x
     stars = sky_star_columns(measured, skies, catalogue, config)
     for run_id, sky in skies.items():
         if sky.solution is not None:
-            with atomic_path(out / SKY_FOLDER / f"{run_id}.wcs.fits", ".fits") as temporary:
+            with atomic_path(run_sky_header(out, run_id), ".fits") as temporary:
                 from astropy.io import fits
 
                 fits.PrimaryHDU(header=sky.solution.to_header()).writeto(temporary)
@@ -403,7 +402,7 @@ def _write_views(out: Path, lightcurves: pa.Table, report: dict) -> list[str]:
         "weights.png": lambda path: plot_comparison_weights(report, path),
         "transparency.png": lambda path: plot_transparency(lightcurves, path),
         "noise_budget.png": lambda path: plot_noise_budget(
-            pq.read_table(out / "photometry.parquet", filters=[("star", "in", targets)]), path,
+            pq.read_table(out / PHOTOMETRY_TABLE, filters=[("star", "in", targets)]), path,
             lightcurves=lightcurves),
     }
     for name, draw in plots.items():
@@ -445,7 +444,6 @@ def _run_jobs(jobs, workers, scheduler) -> None:
 
 def _ensemble(out: Path, runs: list[str], frames: pa.Table, skies, stars: dict, catalogue,
               config: EnsembleConfig, threads):
-    folder = out / PHOTOMETRY_FOLDER
     results = []
     report: dict = {"runs": {}}
     for run_id in runs:
@@ -453,16 +451,16 @@ def _ensemble(out: Path, runs: list[str], frames: pa.Table, skies, stars: dict, 
         if sky.skipped:
             report["runs"][run_id] = {"skipped": sky.skipped, "sky": sky.report()}
             continue
-        result, diagnostics = _run_lightcurve(folder / f"{run_id}.parquet", run_id,
+        result, diagnostics = _run_lightcurve(run_photometry(out, run_id), run_id,
                                               stars[run_id], sky.target,
                                               _run_frames(frames, run_id), config, threads)
         diagnostics["sky"] = sky.report()
         report["runs"][run_id] = diagnostics
         if result is not None:
             results.append(result)
-    concat_parquet([folder / f"{run_id}.parquet" for run_id in runs], out / "photometry.parquet")
+    concat_parquet([run_photometry(out, run_id) for run_id in runs], out / PHOTOMETRY_TABLE)
     write_parquet(pa.concat_tables([stars[run_id] for run_id in runs], promote_options="default"),
-                  out / "stars.parquet")
+                  out / STARS_TABLE)
     if not results:
         reasons = "; ".join(f"{run_id}: {report['runs'][run_id].get('skipped', '?')}"
                             for run_id in runs)
@@ -474,5 +472,5 @@ def _ensemble(out: Path, runs: list[str], frames: pa.Table, skies, stars: dict, 
     except EngineValueError as exc:  # e.g. no shared stars between runs
         lightcurves = pa.concat_tables([r.table for r in results], promote_options="default")
         report["merge"] = {"skipped": str(exc)}
-    write_lightcurves(lightcurves, out / "lightcurves.parquet")
+    write_lightcurves(lightcurves, out / LIGHTCURVES_TABLE)
     return lightcurves, report

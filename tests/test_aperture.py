@@ -4,9 +4,9 @@ import math
 
 import numpy as np
 import pytest
-import reference
 
 import engine
+import reference
 from engine.cext import _core, aperture_sums
 from engine.flags import MeasurementFlag, PixelFlag
 

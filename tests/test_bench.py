@@ -11,14 +11,8 @@ import pytest
 
 import engine
 from bench import bench_overlap
-from bench.harness import (
-    Benchmark,
-    Case,
-    Registry,
-    ResultMismatchError,
-    max_abs_difference,
-    run_benchmarks,
-)
+from bench.harness import (Benchmark, Case, Registry, ResultMismatchError, max_abs_difference,
+                           run_benchmarks)
 
 RECORD_TYPES = {
     "name": str, "size": str, "threads": int, "engine_s": float, "engine_min_s": float,

@@ -9,17 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import reference
 from astropy.io import fits
 
-from engine.calibration import (
-    bad_pixel_mask,
-    load_master,
-    master_bias,
-    master_dark,
-    master_flat,
-    write_master,
-)
+import reference
+from engine.calibration import (bad_pixel_mask, load_master, master_bias, master_dark, master_flat,
+                                write_master)
 from engine.flags import PixelFlag
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "ast443_stl1001e"

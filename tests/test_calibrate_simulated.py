@@ -11,15 +11,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine.calibration import (
-    DarkModel,
-    bad_pixel_mask,
-    calibrate_cube,
-    check_frames,
-    master_bias,
-    master_dark,
-    master_flat,
-)
+from engine.calibration import (DarkModel, bad_pixel_mask, calibrate_cube, check_frames,
+                                master_bias, master_dark, master_flat)
 from engine.simulation.detector import Detector
 from engine.simulation.presets import CCD_OBSERVATORY, CMOS_NINA, NEGEV
 

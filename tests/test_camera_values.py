@@ -10,13 +10,8 @@ import pytest
 from astropy.io import fits
 
 from engine.calibration import calibrate_cube
-from engine.calibration.camera import (
-    gain_from_lights,
-    measure_noise,
-    photon_transfer,
-    read_noise_from_bias,
-    saturation_level,
-)
+from engine.calibration.camera import (gain_from_lights, measure_noise, photon_transfer,
+                                       read_noise_from_bias, saturation_level)
 from engine.config import Site
 from engine.config_file import default_config_toml, parse_config
 from engine.errors import EngineValueError

@@ -9,9 +9,9 @@ import warnings
 
 import numpy as np
 import pytest
-import reference
 from astropy.stats import sigma_clip
 
+import reference
 from engine.errors import EngineValueError
 from engine.kernels.combine import sigma_clip_combine, sorting_network
 

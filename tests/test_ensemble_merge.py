@@ -8,13 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 import synthetic_photometry as synthetic
 
-from engine.ensemble import (
-    EnsembleConfig,
-    build_run_lightcurve,
-    merge_runs,
-    read_reference_catalogue,
-    write_lightcurves,
-)
+from engine.ensemble import (EnsembleConfig, build_run_lightcurve, merge_runs,
+                             read_reference_catalogue, write_lightcurves)
 from engine.errors import EngineValueError, InputNotFoundError
 
 

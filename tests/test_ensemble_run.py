@@ -9,13 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import synthetic_photometry as synthetic
 
-from engine.ensemble import (
-    LIGHTCURVES_SCHEMA,
-    EnsembleConfig,
-    build_run_lightcurve,
-    write_lightcurves,
-    write_report,
-)
+from engine.ensemble import (LIGHTCURVES_SCHEMA, EnsembleConfig, build_run_lightcurve,
+                             write_lightcurves, write_report)
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
 

@@ -7,12 +7,7 @@ from astropy.io import fits
 from engine.config import Config, Site
 from engine.errors import EngineValueError
 from engine.io import bayer
-from engine.io.frame_type import (
-    classify_frame,
-    header_frame_type,
-    name_exptime,
-    name_frame_type,
-)
+from engine.io.frame_type import classify_frame, header_frame_type, name_exptime, name_frame_type
 from engine.io.headers import normalise_header, parse_dec, parse_ra, parse_section
 
 SHAPE = (100, 120)

@@ -191,8 +191,8 @@ def independent_bjd(jd_utc: float, ra_deg: float, dec_deg: float, lon: float, la
     tdb = t.tdb
     pv_helio, pv_bary = erfa.epv00(tdb.jd1, tdb.jd2)
     earth = pv_bary["p"]  # au
-    import astropy.units as u
     from astropy.coordinates import EarthLocation
+    import astropy.units as u
 
     site = EarthLocation.from_geodetic(lon * u.deg, lat * u.deg, height * u.m)
     gcrs = site.get_gcrs_posvel(t)[0].xyz.to_value(u.au)

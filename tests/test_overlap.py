@@ -5,9 +5,9 @@ import threading
 
 import numpy as np
 import pytest
-import reference
 
 import engine
+import reference
 from engine.cext import _core
 
 

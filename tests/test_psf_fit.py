@@ -13,13 +13,8 @@ from engine.cext.psf import psf_fit, psf_fit_shape, psf_pixel_grid
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag, PixelFlag
 from engine.kernels.psf import add_stars
-from engine.psf import (
-    PSFModel,
-    fit_psf_model,
-    parameters_from_shape,
-    psf_photometry,
-    shape_from_parameters,
-)
+from engine.psf import (PSFModel, fit_psf_model, parameters_from_shape, psf_photometry,
+                        shape_from_parameters)
 
 # (model, fwhm, beta, ellipticity, angle): round and elliptical, wide and undersampled, shallow
 # and steep wings.

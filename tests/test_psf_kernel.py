@@ -4,9 +4,9 @@ import math
 
 import numpy as np
 import pytest
-import reference
 from scipy.special import erf
 
+import reference
 from engine.errors import EngineValueError
 from engine.kernels import psf
 

@@ -9,13 +9,8 @@ import pytest
 import engine
 from engine.flags import MeasurementFlag
 from engine.kernels.psf import add_stars
-from engine.psf import (
-    PSFModel,
-    fit_psf_model,
-    fit_psf_models,
-    psf_photometry,
-    psf_photometry_frames,
-)
+from engine.psf import (PSFModel, fit_psf_model, fit_psf_models, psf_photometry,
+                                   psf_photometry_frames)
 
 FWHM, BETA = 3.0, 2.5
 SKY, READ_NOISE = 150.0, 5.0

@@ -18,7 +18,8 @@ from engine.calibration import calibrate
 from engine.config import Config, Site
 from engine.flags import PixelFlag
 from engine.ingest import ingest
-from engine.io.cube import bad_pixel_cube_path, open_cube
+from engine.io.cube import open_cube
+from engine.io.layout import bad_pixel_cube_path
 from engine.io.timestamps import header_timestamps, mid_from_stamps, run_convention
 from engine.simulation import simulate
 

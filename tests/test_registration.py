@@ -10,26 +10,17 @@ import zlib
 import numpy as np
 import pyarrow as pa
 import pytest
-import reference
 from scipy.special import erf
 
 import engine
+import reference
 from engine.detection import detect_stars
 from engine.errors import RegistrationError
 from engine.flags import MeasurementFlag
 from engine.kernels import centroid
-from engine.registration import (
-    Transform,
-    identify_target,
-    match_catalogue,
-    match_transform,
-    recentre,
-    register_frames,
-    register_images,
-    registrations_table,
-    sky_to_pixels,
-    stack_reference,
-)
+from engine.registration import (Transform, identify_target, match_catalogue, match_transform,
+                                 recentre, register_frames, register_images, registrations_table,
+                                 sky_to_pixels, stack_reference)
 
 SIZE = 2048
 

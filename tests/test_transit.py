@@ -4,16 +4,12 @@ import math
 
 import numpy as np
 import pytest
-import reference
 from scipy import special
 
+import reference
 from engine.errors import EngineValueError
 from engine.kernels import transit
-from engine.kernels.transit import (
-    occulted_flux,
-    projected_separation,
-    transit_light_curve,
-)
+from engine.kernels.transit import occulted_flux, projected_separation, transit_light_curve
 
 # (u1, u2): uniform, linear only, typical solar-type, strong, quadratic only, non-physical pair.
 LIMB_DARKENING = [(0.0, 0.0), (0.6, 0.0), (0.4, 0.25), (1.0, 0.0), (0.0, 1.0), (0.9, -0.3)]

@@ -18,6 +18,7 @@ import numpy as np
 from engine.calibration.masters import _BUDGET, DarkModel, Master, _note
 from engine.errors import EngineValueError
 from engine.flags import PixelFlag
+from engine.io.layout import mask_cube_path, sigma_cube_path
 from engine.kernels.calibrate import calibrate_frames
 from engine.progress import progress
 
@@ -102,14 +103,13 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
     writers = []
     if out is not None:
         out = Path(out)
-        base = out.name[:-5] if out.name.endswith(".zarr") else out.name
         attrs = dict(attributes or {})
         attrs["calibration_notes"] = list(notes)
         writers.append(CubeWriter(out, shape, np.float32, nframes, attrs))
-        writers.append(CubeWriter(out.with_name(base + "_mask.zarr"), shape, np.uint8, nframes,
+        writers.append(CubeWriter(mask_cube_path(out), shape, np.uint8, nframes,
                                   {"flags": "engine.flags.PixelFlag"}))
         if uncertainty:
-            writers.append(CubeWriter(out.with_name(base + "_sigma.zarr"), shape, np.float32,
+            writers.append(CubeWriter(sigma_cube_path(out), shape, np.float32,
                                       nframes, {"unit": "adu, 1 sigma"}))
         arrays = None
     else:

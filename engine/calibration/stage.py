@@ -47,16 +47,14 @@ from engine.calibration.masters import (DarkModel, Master, bad_pixel_mask, check
                                         master_bias, master_dark, master_flat)
 from engine.calibration.runs import calibrate_cube
 from engine.errors import EngineFileError, EngineValueError
-from engine.io.cube import bad_pixel_cube_path
 from engine.io.atomic import write_text
+from engine.io.layout import (CALIBRATED_FOLDER, CALIBRATION_REPORT, CUBES_FOLDER, FRAMES_TABLE,
+                              MASTERS_FOLDER, bad_pixel_cube_path)
 
 __all__ = ["CalibrationResult", "calibrate"]
 
 log = logging.getLogger("engine.calibration")
 
-MASTERS_FOLDER = "masters"
-CALIBRATED_FOLDER = "calibrated"
-REPORT_FILE = "calibration.json"
 _FORMAT = "calibrate-1"
 #: Without SATURATE or DATAMAX in the headers, stored values above this fraction of an integer
 #: format's range count as saturated: full wells and ADCs clip near the top of the range, and
@@ -106,14 +104,14 @@ def _frames_table(ingested):
         return ingested.frames.to_pylist(), {k: Path(v) for k, v in ingested.cubes.items()}, \
             Path(ingested.out_dir)
     folder = Path(ingested)
-    table_path = folder / "frames.parquet"
+    table_path = folder / FRAMES_TABLE
     if not table_path.is_file():
         raise EngineFileError(f"{folder}: no frames.parquet (run ingest first)")
     rows = read_parquet(table_path).to_pylist()
     cubes = {}
     for row in rows:
         if row.get("status") == "ok" and row.get("run_id"):
-            path = folder / "cubes" / f"{row['run_id']}.zarr"
+            path = folder / CUBES_FOLDER / f"{row['run_id']}.zarr"
             if path.is_dir():
                 cubes[row["run_id"]] = path
     return rows, cubes, folder
@@ -551,7 +549,7 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
                 "up_to_date": run_id in result.skipped_runs}
     report["masters"] = sorted(result.masters)
     report["rejected"] = [list(item) for item in result.rejected]
-    result.report_path = out / REPORT_FILE
+    result.report_path = out / CALIBRATION_REPORT
     _write_json(result.report_path, report)
     return result
 

@@ -50,7 +50,7 @@ from zarr.codecs import BloscCodec
 
 from engine.errors import EngineFileError, EngineValueError
 
-__all__ = ["CUBE_COMPRESSION", "CubeWriter", "bad_pixel_cube_path", "cube_attributes",
+__all__ = ["CUBE_COMPRESSION", "CubeWriter", "cube_attributes",
            "open_cube", "remove_stale_temporaries"]
 
 CUBE_COMPRESSION = "blosc-lz4-bitshuffle-5"
@@ -173,13 +173,6 @@ def open_cube(path: str | os.PathLike) -> zarr.Array:
         return zarr.open_array(str(path), mode="r")
     except Exception as exc:  # zarr raises several types for a missing or broken array
         raise EngineFileError(f"{path}: not a readable frame cube ({exc})") from None
-
-
-def bad_pixel_cube_path(cube_path: str | os.PathLike) -> Path:
-    """Where a run's own bad-pixel masks (the files' BPM extensions, frame by frame, uint8,
-    1 = bad) lie beside its cube: RUN_ID_bpm.zarr."""
-    cube_path = Path(cube_path)
-    return cube_path.with_name(cube_path.name.removesuffix(".zarr") + "_bpm.zarr")
 
 
 def cube_attributes(path: str | os.PathLike) -> dict | None:

@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
 __all__ = [
     "HeaderRecord",
     "identity_values",

@@ -5,22 +5,9 @@ This module only re-exports. `simulate(out_dir, preset, seed, **overrides)` writ
 dataclasses from `engine.simulation.config` that `dataclasses.replace` copies with changes.
 """
 
-from engine.simulation.config import (
-                                      FILTERS,
-                                      Camera,
-                                      Cirrus,
-                                      Field,
-                                      Planet,
-                                      SimulationConfig,
-                                      Site,
-                                      Variability,
-)
-from engine.simulation.night import (
-                                      SimulationResult,
-                                      resolve_config,
-                                      simulate,
-                                      target_positions,
-)
+from engine.simulation.config import (FILTERS, Camera, Cirrus, Field, Planet, SimulationConfig,
+                                      Site, Variability)
+from engine.simulation.night import SimulationResult, resolve_config, simulate, target_positions
 from engine.simulation.presets import PRESETS
 
 __all__ = [

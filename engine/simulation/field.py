@@ -13,12 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.simulation.config import (
-    Field,
-    SimulationConfig,
-    Variability,
-    filter_magnitude,
-)
+from engine.simulation.config import Field, SimulationConfig, Variability, filter_magnitude
 
 __all__ = ["StarField", "make_field", "variability_flux"]
 

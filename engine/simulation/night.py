@@ -28,23 +28,11 @@ from astropy.time import Time
 from engine.errors import EngineValueError
 from engine.kernels import psf
 from engine.noise import aperture_noise
-from engine.simulation.config import (
-    Camera,
-    Field,
-    SimulationConfig,
-    Site,
-    filter_magnitude,
-    validate,
-)
+from engine.simulation.config import (Camera, Field, SimulationConfig, Site, filter_magnitude,
+                                      validate)
 from engine.simulation.detector import Detector
 from engine.simulation.field import StarField, make_field, variability_flux
-from engine.simulation.headers import (
-    build_header,
-    file_name,
-    night_date,
-    write_fits,
-    write_lco,
-)
+from engine.simulation.headers import build_header, file_name, night_date, write_fits, write_lco
 from engine.simulation.observing import RunPlan, first_frame_wcs, frame_wcs, plan_run
 from engine.simulation.presets import PRESETS
 

@@ -31,15 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine.simulation.config import (
-    Camera,
-    Cirrus,
-    Field,
-    Planet,
-    SimulationConfig,
-    Site,
-    Variability,
-)
+from engine.simulation.config import (Camera, Cirrus, Field, Planet, SimulationConfig, Site,
+                                      Variability)
 
 __all__ = ["PRESETS"]
 
