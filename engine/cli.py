@@ -97,8 +97,8 @@ def _add_reduce(sub) -> None:
 
 
 def _run_reduce(args) -> int:
-    from engine.config_file import load_config
     from engine.pipeline import reduce
+    from engine.settings.file import load_config
 
     _quiet_logging()
     config = load_config(args.config) if args.config else None
@@ -116,7 +116,7 @@ def _add_config(sub) -> None:
 
 
 def _run_config(args) -> int:
-    from engine.config_file import default_config_toml
+    from engine.settings.file import default_config_toml
 
     print(default_config_toml())
     return 0

@@ -16,10 +16,10 @@ import json
 import time
 from pathlib import Path
 
-from engine.config import Config, Site
 from engine.io.atomic import write_text
-from engine.pipeline import PipelineConfig, reduce
+from engine.pipeline import reduce
 from engine.plots import plot_transit_fit
+from engine.settings import IngestConfig, PipelineConfig, Site
 from engine.simulation import simulate
 from engine.transit_fit import fit_transit
 
@@ -32,7 +32,7 @@ def network_config(truth: dict) -> PipelineConfig:
     its aperture diameter, for the scintillation term of the noise model."""
     sites = tuple(Site(name, match=(site["telescope"],), aperture_diameter_m=site["aperture_m"])
                   for name, site in truth["sites"].items())
-    return PipelineConfig(ingest=Config(sites=sites))
+    return PipelineConfig(ingest=IngestConfig(sites=sites))
 
 
 def run_demo(out_dir: Path, seed: int = 0, preset: str = "demo", workers: int | None = None,

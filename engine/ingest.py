@@ -59,7 +59,6 @@ import pyarrow as pa
 
 from engine.calibration.camera import saturation_level
 from engine.cext import default_threads
-from engine.config import Config, Site
 from engine.errors import EngineFileError, EngineValueError, HeaderError
 from engine.io import bayer as _bayer
 from engine.io.cube import CubeWriter, cube_attributes, open_cube, remove_stale_temporaries
@@ -71,6 +70,7 @@ from engine.io.processing import bad_pixel_hdu, calibrated_state, pedestal
 from engine.io.tables import FRAMES_SCHEMA, read_parquet, write_parquet
 from engine.io.timestamps import header_timestamps, mid_from_stamps, run_convention
 from engine.progress import progress
+from engine.settings.ingest import IngestConfig, Site
 
 __all__ = ["IngestResult", "ingest", "parse_target"]
 
@@ -285,7 +285,7 @@ def _bayer_units(row: dict, mode: str) -> None:
                 row[f"{column}_source"] += f" x {factor:.4g} for the {mode} Bayer extraction"
 
 
-def _scan_safely(path: Path, config: Config) -> _Scanned:
+def _scan_safely(path: Path, config: IngestConfig) -> _Scanned:
     """`_scan`, with any unexpected failure turned into a skipped row: one broken file must not
     stop the night."""
     try:
@@ -301,7 +301,7 @@ def _scan_safely(path: Path, config: Config) -> _Scanned:
         return _Scanned(_skip(row, "unreadable", f"{path}: cannot be read ({exc})"))
 
 
-def _scan(path: Path, config: Config) -> _Scanned:
+def _scan(path: Path, config: IngestConfig) -> _Scanned:
     """Everything the header says about one file, as a frames-table row (pixels unread, except
     for the rare frame whose type only its level can tell)."""
     row = _new_row(path)
@@ -740,23 +740,23 @@ def _to_table(rows: list[dict]) -> pa.Table:
 #: Folders under an output folder that hold the engine's products, never inputs.
 
 
-def ingest(paths, out_dir, target=None, config: Config | None = None, *,
+def ingest(paths, out_dir, target=None, config: IngestConfig | None = None, *,
            workers: int | None = None) -> IngestResult:
     """Ingest FITS files (or folders of them, searched recursively) into `out_dir`.
 
     target: (ra, dec) of the target for BJD_TDB and airmass: degrees, or strings 'HH:MM:SS' and
         '±DD:MM:SS'; default: the configuration's, else each run's median header pointing.
-    config: engine.config.Config (sites with locations and clock offsets, frame-type overrides,
-        Bayer mode); default: Config().
+    config: engine.settings.IngestConfig (sites with locations and clock offsets, frame-type overrides,
+        Bayer mode); default: IngestConfig().
     workers: threads reading files (default: the cores this process may use).
 
     Returns an IngestResult (the frames table, the cubes). See the module docstring for what is
     skipped and what raises.
     """
-    config = Config() if config is None else config
-    if not isinstance(config, Config):
+    config = IngestConfig() if config is None else config
+    if not isinstance(config, IngestConfig):
         raise EngineValueError(
-            f"config must be an engine.config.Config, got {type(config).__name__}")
+            f"config must be an engine.settings.IngestConfig, got {type(config).__name__}")
     threads = default_threads(workers, "workers")
     parsed = parse_target(target)
     target_source = "argument" if parsed is not None else None

@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.calibration import calibrate
-from engine.config import Config
-from engine.ensemble import (EnsembleConfig, build_run_lightcurve, merge_runs, write_lightcurves,
-                             write_report)
+from engine.ensemble import build_run_lightcurve, merge_runs, write_lightcurves, write_report
 from engine.errors import EngineValueError
-from engine.extraction import ExtractionConfig, extract_run
+from engine.extraction import extract_run
 from engine.ingest import ingest
 from engine.io.atomic import atomic_path
 from engine.io.cube import open_cube
@@ -48,24 +46,15 @@ from engine.io.layout import (LIGHTCURVES_TABLE, LOG_FILE, PHOTOMETRY_TABLE, REP
 from engine.io.tables import concat_parquet, read_parquet, write_parquet
 from engine.progress import progress, quiet
 from engine.registration import Transform
-from engine.sky import RunStars, SkyConfig, locate_runs, sky_star_columns
+from engine.settings import EnsembleConfig, ExtractionConfig, PipelineConfig, SkyConfig
+from engine.sky import RunStars, locate_runs, sky_star_columns
 
-__all__ = ["PipelineConfig", "ReduceResult", "reduce"]
+__all__ = ["ReduceResult", "reduce"]
 
 log = logging.getLogger("engine.pipeline")
 
 #: Photometry columns the ensemble does not read (run_id: one run per file).
 _NOT_FOR_THE_ENSEMBLE = ("run_id", "area", "background_std", "background_pixels")
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Everything `reduce` can be told; each part documents its own defaults."""
-
-    ingest: Config = field(default_factory=Config)
-    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-    sky: SkyConfig = field(default_factory=SkyConfig)
 
 
 @dataclass
@@ -221,7 +210,10 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     timings["ingest"] = time.perf_counter() - start
     log.info("ingest done in %.1f s:\n%s", timings["ingest"], ingested.summary())
     start = time.perf_counter()
-    calibrated = calibrate(ingested, out, threads=threads)
+    calibrated = calibrate(ingested, out, threads=threads,
+                           temperature_tolerance=config.calibration.temperature_tolerance,
+                           uncertainty=config.calibration.uncertainty,
+                           chunk_bytes=config.calibration.chunk_bytes)
     timings["calibrate"] = time.perf_counter() - start
     log.info("calibrate done in %.1f s:\n%s", timings["calibrate"], calibrated.summary())
     frames = _with_camera_values(ingested, calibrated.camera)

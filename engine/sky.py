@@ -31,55 +31,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.checks import number, positive
-from engine.errors import EngineError, EngineValueError
+from engine.errors import EngineError
+from engine.settings.sky import SkyConfig
 
-__all__ = ["RunSky", "SkyConfig", "locate_runs", "sky_star_columns"]
+__all__ = ["RunSky", "RunStars", "locate_runs", "sky_star_columns"]
 
 log = logging.getLogger("engine.sky")
-
-
-@dataclass(frozen=True)
-class SkyConfig:
-    """Settings of the sky stage (defaults in brackets)."""
-
-    #: Reference catalogue (CSV or Parquet; RA/Dec in degrees, a magnitude, optionally a colour
-    #: and an id) for sky solutions and standardisation [none].
-    catalogue: str | None = None
-    #: The target's pixel position (x, y, 0-based) in the first light frame, per run id or per
-    #: site name, for runs that cannot be put on the sky [none].
-    target_xy: tuple[tuple[str, tuple[float, float]], ...] = ()
-    #: Allowed error of the header pixel scale, as a fraction [0.1].
-    scale_tolerance: float = 0.1
-    #: Stars of different runs closer than this on the sky are one star [2 arcsec].
-    match_radius_arcsec: float = 2.0
-    #: The target must lie within this many FWHM of its predicted position [1.5] ...
-    target_tolerance_fwhm: float = 1.5
-    #: ... plus three times the sky solution's rms.
-
-    def __post_init__(self):
-        for name in ("match_radius_arcsec", "target_tolerance_fwhm"):
-            object.__setattr__(self, name, positive(f"sky {name}", getattr(self, name)))
-        object.__setattr__(self, "scale_tolerance", number(
-            "sky scale_tolerance", self.scale_tolerance, above=0.0, high=0.9))
-        if self.catalogue is not None and not isinstance(self.catalogue, str):
-            object.__setattr__(self, "catalogue", str(self.catalogue))
-        pairs = []
-        for entry in self.target_xy:
-            try:
-                key, (x, y) = entry
-                pair = (str(key), (float(x), float(y)))
-            except (TypeError, ValueError):
-                raise EngineValueError(f"sky target_xy entries are name = [x, y], got "
-                                       f"{entry!r}") from None
-            if not all(math.isfinite(v) for v in pair[1]):
-                raise EngineValueError(f"sky target_xy for {pair[0]!r} is not finite: {pair[1]}")
-            pairs.append(pair)
-        object.__setattr__(self, "target_xy", tuple(pairs))
-
-    def target_xy_for(self, run_id: str, site: str | None):
-        given = dict(self.target_xy)
-        return given.get(run_id, given.get(site) if site else None)
 
 
 @dataclass

@@ -12,14 +12,14 @@ from astropy.io import fits
 from engine.calibration import calibrate_cube
 from engine.calibration.camera import (gain_from_lights, measure_noise, photon_transfer,
                                        read_noise_from_bias, saturation_level)
-from engine.config import Site
-from engine.config_file import default_config_toml, parse_config
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag, PixelFlag
 from engine.ingest import ingest
 from engine.io import bayer
 from engine.io.headers import normalise_header
 from engine.pipeline import reduce
+from engine.settings.file import default_config_toml, parse_config
+from engine.settings.ingest import Site
 from engine.simulation import PRESETS, simulate, target_positions
 
 GAIN, READ_NOISE, BIAS = 2.5, 6.0, 400.0  # e-/ADU, e-, ADU

@@ -7,10 +7,9 @@ import pytest
 
 from engine.checks import (integer, non_negative, non_negative_array, number, one_of, positive,
                            positive_array)
-from engine.config_file import parse_config
 from engine.errors import EngineValueError
-from engine.extraction import ExtractionConfig
-from engine.sky import SkyConfig
+from engine.settings import ExtractionConfig, SkyConfig
+from engine.settings.file import parse_config
 
 
 @pytest.mark.parametrize("check, value", [
@@ -61,6 +60,11 @@ def test_extraction_settings_are_refused_where_they_are_read(settings):
 def test_the_configuration_file_names_the_bad_setting():
     with pytest.raises(EngineValueError, match="block_frames"):
         parse_config("[extraction]\nblock_frames = 0\n")
+    with pytest.raises(EngineValueError, match="temperature_tolerance"):
+        parse_config("[calibration]\ntemperature_tolerance = 0\n")
+    with pytest.raises(EngineValueError, match="chunk_bytes"):
+        parse_config("[calibration]\nchunk_bytes = 0.5\n")
+    assert parse_config("[calibration]\nuncertainty = true\n").calibration.uncertainty is True
     with pytest.raises(EngineValueError, match="scale_tolerance"):
         parse_config("[sky]\nscale_tolerance = 1.5\n")
     with pytest.raises(EngineValueError, match="target_xy"):

@@ -2,10 +2,10 @@
 
 import pytest
 
-from engine.config import Site
-from engine.config_file import default_config_toml, load_config, parse_config
 from engine.errors import EngineFileError, EngineValueError
-from engine.pipeline import PipelineConfig
+from engine.settings import PipelineConfig
+from engine.settings.file import default_config_toml, load_config, parse_config
+from engine.settings.ingest import Site
 
 
 def test_the_printed_defaults_parse_back_to_the_defaults():

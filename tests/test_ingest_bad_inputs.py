@@ -299,10 +299,10 @@ def test_bayer_frames_are_extracted_by_configuration(tmp_path):
     raw.mkdir()
     data = pixels(0, (32, 40))
     write(raw / "colour.fits", data, light_header(0, BAYERPAT="RGGB", BIASSEC="[1:4,1:32]"))
-    from engine.config import Config
+    from engine.settings.ingest import IngestConfig
 
-    green = ingest([raw], tmp_path / "g", config=Config(bayer="green"))
-    superpixel = ingest([raw], tmp_path / "s", config=Config(bayer="superpixel"))
+    green = ingest([raw], tmp_path / "g", config=IngestConfig(bayer="green"))
+    superpixel = ingest([raw], tmp_path / "s", config=IngestConfig(bayer="superpixel"))
     row = green.frames.to_pylist()[0]
     assert row["bayer_pattern"] == "RGGB" and row["shape"] == [16, 20]
     assert row["overscan_section"] == [0, 16, 0, 2]

@@ -12,8 +12,8 @@ from astropy.coordinates import EarthLocation, SkyCoord
 from astropy.io import fits
 from astropy.time import Time, TimeDelta
 
-from engine.config import Config, Site
 from engine.ingest import ingest
+from engine.settings.ingest import IngestConfig, Site
 
 TARGET = SkyCoord(300.1822 * u.deg, 22.7086 * u.deg)  # RA 20:00:43.7, Dec +22:42:31
 SHAPE = (24, 32)
@@ -158,7 +158,7 @@ def night_config(with_offsets=True):
                      "localclock": "Newt local"}[name]
         sites.append(Site(name, longitude_deg=site[0], latitude_deg=site[1], height_m=site[2],
                           clock_offset_s=site[3] if with_offsets else 0.0, match=(telescope,)))
-    return Config(sites=tuple(sites))
+    return IngestConfig(sites=tuple(sites))
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +252,7 @@ def simulated_config(truth, with_offsets=True, aperture_of=()):
              clock_offset_s=truth["clock_offsets_s"][name] if with_offsets else 0.0,
              aperture_diameter_m=s["aperture_m"] if name in aperture_of else None)
         for name, s in truth["sites"].items())
-    return Config(sites=sites)
+    return IngestConfig(sites=sites)
 
 
 def test_simulated_night_classified_and_timed_against_truth(simulated):

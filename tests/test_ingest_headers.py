@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from engine.config import Config, Site
 from engine.errors import EngineValueError
 from engine.io import bayer
 from engine.io.frame_type import classify_frame, header_frame_type, name_exptime, name_frame_type
 from engine.io.headers import normalise_header, parse_dec, parse_ra, parse_section
+from engine.settings.ingest import IngestConfig, Site
 
 SHAPE = (100, 120)
 
@@ -425,7 +425,7 @@ def test_override_wins_and_unknown_type_stays_unknown():
 def test_config_validation_and_matching():
     site = Site("Sutherland", longitude_deg=20.81, latitude_deg=-32.38, height_m=1798,
                 clock_offset_s=0.5, match=("SAAO 1.0m", "*/saao/*"))
-    config = Config(sites=(site,), frame_types=(("*/twilight/*", "flat"),))
+    config = IngestConfig(sites=(site,), frame_types=(("*/twilight/*", "flat"),))
     assert config.site_for("/x/saao/a.fits", {}) is site
     assert config.site_for("/x/a.fits", {"TELESCOP": " saao 1.0M "}) is site
     assert config.site_for("/x/a.fits", {"TELESCOP": "other"}) is None
@@ -433,13 +433,13 @@ def test_config_validation_and_matching():
     assert slashed.matches("/raw/a.fits", {"TELESCOP": "0.2-m f/5 Newtonian"})
     assert Site("negev").matches("/raw/a.fits", {"OBSERVAT": "NEGEV"})
     assert config.frame_type_override("/d/twilight/a.fits") == ("flat", "*/twilight/*")
-    assert config.fingerprint() == Config(sites=(site,),
+    assert config.fingerprint() == IngestConfig(sites=(site,),
                                           frame_types=(("*/twilight/*", "flat"),)).fingerprint()
-    assert config.fingerprint() != Config().fingerprint()
+    assert config.fingerprint() != IngestConfig().fingerprint()
     for bad in (dict(bayer="blue"), dict(frame_types=(("*", "science"),)),
                 dict(target_ra_deg=10.0), dict(sites=(site, site))):
         with pytest.raises(EngineValueError):
-            Config(**bad)
+            IngestConfig(**bad)
     with pytest.raises(ValueError):
         Site("x", longitude_deg=10.0)
     with pytest.raises(ValueError):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from engine.config import Config, Site
 from engine.ingest import ingest
 from engine.io.fits import open_image, read_image
+from engine.settings.ingest import IngestConfig, Site
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 AST443 = DATA / "ast443_stl1001e"
@@ -100,7 +100,7 @@ def test_ast443_header_values_and_pixels(ast443):
 def test_saao_sections_gain_time_and_airmass(tmp_path):
     site = Site("Sutherland", longitude_deg=20.8107, latitude_deg=-32.3792, height_m=1798.0,
                 match=("SAAO 1.0m",))
-    result = ingest([SAAO], tmp_path, config=Config(sites=(site,)), workers=1)
+    result = ingest([SAAO], tmp_path, config=IngestConfig(sites=(site,)), workers=1)
     row = result.frames.to_pylist()[0]
     assert row["status"] == "ok" and row["frame_type"] == "light"
     # BIASSEC '[4:13,1:520]' and TRIMSEC '[17:528,1:520]' (IRAF, 1-based inclusive).

@@ -11,10 +11,10 @@ import pytest
 from astropy.io import fits
 from astropy.time import Time
 
-from engine.config import Config, Site
 from engine.errors import HeaderError
 from engine.ingest import _night, ingest
 from engine.io.timestamps import exposure_mid, header_timestamps
+from engine.settings.ingest import IngestConfig, Site
 
 DAY = 86400.0
 
@@ -191,8 +191,8 @@ def independent_bjd(jd_utc: float, ra_deg: float, dec_deg: float, lon: float, la
     tdb = t.tdb
     pv_helio, pv_bary = erfa.epv00(tdb.jd1, tdb.jd2)
     earth = pv_bary["p"]  # au
-    from astropy.coordinates import EarthLocation
     import astropy.units as u
+    from astropy.coordinates import EarthLocation
 
     site = EarthLocation.from_geodetic(lon * u.deg, lat * u.deg, height * u.m)
     gcrs = site.get_gcrs_posvel(t)[0].xyz.to_value(u.au)
@@ -246,7 +246,7 @@ def test_configured_site_and_clock_offset_drive_bjd(tmp_path):
     write_light(raw / "a.fits", "2024-05-02T04:30:10.500", 30.0, SITELAT=10.0, SITELONG=10.0)
     site = Site("kitt", longitude_deg=-111.5967, latitude_deg=31.9583, height_m=2096.0,
                 clock_offset_s=1.75, match=("T1",))
-    config = Config(sites=(site,), target_ra_deg=297.6958, target_dec_deg=8.8683)
+    config = IngestConfig(sites=(site,), target_ra_deg=297.6958, target_dec_deg=8.8683)
     row = ingest([raw], tmp_path / "out", config=config, workers=1).frames.to_pylist()[0]
     mid = Time("2024-05-02T04:30:10.500", scale="utc").jd + (15.0 - 1.75) / DAY
     assert row["jd_utc_mid"] == pytest.approx(mid, abs=1e-8)

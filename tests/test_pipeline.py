@@ -159,8 +159,7 @@ def test_command_line_reduce_and_fit_transit(night, tmp_path, capsys):
 
 
 def test_psf_photometry_joins_the_photometry_table(night, tmp_path):
-    from engine.extraction import ExtractionConfig
-    from engine.pipeline import PipelineConfig
+    from engine.settings import ExtractionConfig, PipelineConfig
 
     raw, truth = night
     target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
@@ -181,8 +180,7 @@ def test_psf_photometry_joins_the_photometry_table(night, tmp_path):
 
 
 def test_changed_settings_redo_the_photometry(reduced, night):
-    from engine.extraction import ExtractionConfig
-    from engine.pipeline import PipelineConfig
+    from engine.settings import ExtractionConfig, PipelineConfig
 
     out, result, positions, target = reduced
     raw, _ = night

@@ -15,12 +15,12 @@ from astropy.io import fits
 from astropy.time import Time
 
 from engine.calibration import calibrate
-from engine.config import Config, Site
 from engine.flags import PixelFlag
 from engine.ingest import ingest
 from engine.io.cube import open_cube
 from engine.io.layout import bad_pixel_cube_path
 from engine.io.timestamps import header_timestamps, mid_from_stamps, run_convention
+from engine.settings.ingest import IngestConfig, Site
 from engine.simulation import simulate
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
@@ -191,7 +191,7 @@ def test_site_pedestal_and_frame_type_words_are_configurable(tmp_path):
     _write(tmp_path / "raw" / "b.fits", data, IMAGETYP="Focus", TELESCOP="T9")
     site = Site("t9", match=("T9",), pedestal_adu=200.0, clock_uncertainty_s=0.5,
                 frame_types=(("focus", "light"),))
-    row = ingest([tmp_path / "raw"], tmp_path / "out", config=Config(sites=(site,)),
+    row = ingest([tmp_path / "raw"], tmp_path / "out", config=IngestConfig(sites=(site,)),
                  workers=1).frames.to_pylist()[0]
     assert row["frame_type"] == "light" and "site rule" in row["frame_type_evidence"]
     assert row["pedestal_adu"] == 200.0 and row["median_adu"] == 1000.0
@@ -333,7 +333,7 @@ def test_bulge_every_file_is_an_already_flat_fielded_light_with_the_observatory_
     root = DATA / "saao_microlensing_bulge"
     site = Site("Sutherland", longitude_deg=20.8107, latitude_deg=-32.3792, height_m=1798.0,
                 match=("SAAO 1.0m",))
-    rows = _by_file(ingest([root], tmp_path, config=Config(sites=(site,)), workers=2), root)
+    rows = _by_file(ingest([root], tmp_path, config=IngestConfig(sites=(site,)), workers=2), root)
     assert sorted(rows) == sorted(name for name, *_ in BULGE)
     location = EarthLocation.from_geodetic(20.8107 * u.deg, -32.3792 * u.deg, 1798.0 * u.m)
     target = SkyCoord("18:15:29", "-25:17:06", unit=(u.hourangle, u.deg))

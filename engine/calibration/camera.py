@@ -1,7 +1,7 @@
 """What a camera's numbers are when its headers do not say: gain, read noise, saturation level.
 
 Each value comes, in this order, from the header (engine.io.headers), the site's configuration
-(engine.config.Site), or a measurement here; its source is kept beside it, in words, so that no
+(engine.settings.Site), or a measurement here; its source is kept beside it, in words, so that no
 value is ever assumed silently.
 
 - `saturation_level(frame)`: the level at which a raw frame's values stop growing. The ADC's

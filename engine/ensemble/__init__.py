@@ -7,11 +7,11 @@ weighted ensemble, zero points and cloud flags, aperture choice, detrending, noi
 reference catalogue); `write_lightcurves` / `write_report` write the products.
 """
 
-from engine.ensemble.config import EnsembleConfig
 from engine.ensemble.io import read_reference_catalogue, write_lightcurves, write_report
 from engine.ensemble.lightcurve import RunLightCurve, build_run_lightcurve
 from engine.ensemble.schema import LIGHTCURVES_SCHEMA, STARS_SCHEMA
 from engine.ensemble.standardise import merge_runs
+from engine.settings.ensemble import EnsembleConfig
 
 __all__ = [
     "EnsembleConfig",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.ensemble.config import EnsembleConfig
+from engine.settings.ensemble import EnsembleConfig
 
 __all__ = ["ColourExtinction", "TargetFit", "baseline_mask", "colour_extinction", "fit_target"]
 

@@ -25,9 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from engine.ensemble.config import EnsembleConfig
-from engine.ensemble.detrend import (ColourExtinction, baseline_mask,
-                                     colour_extinction, fit_target)
+from engine.ensemble.detrend import ColourExtinction, baseline_mask, colour_extinction, fit_target
 from engine.ensemble.inputs import RunData, prepare_run, usable
 from engine.ensemble.io import jsonable
 from engine.ensemble.noise import noise_summary
@@ -38,6 +36,7 @@ from engine.ensemble.weights import Ensemble, row_nanmedian, solve_ensemble
 from engine.ensemble.zeropoints import FrameQuality, frame_quality
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag, describe
+from engine.settings.ensemble import EnsembleConfig
 
 __all__ = ["RunLightCurve", "build_run_lightcurve"]
 

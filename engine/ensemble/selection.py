@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.ensemble.config import EnsembleConfig
 from engine.ensemble.inputs import RunData, usable
 from engine.ensemble.weights import row_nanmedian
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
+from engine.settings.ensemble import EnsembleConfig
 
 __all__ = ["Selection", "instrumental_magnitudes", "select_stars"]
 

@@ -29,12 +29,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.ensemble.config import EnsembleConfig
 from engine.ensemble.io import jsonable
 from engine.ensemble.lightcurve import RunLightCurve
 from engine.ensemble.schema import LIGHTCURVES_SCHEMA
 from engine.errors import EngineValueError
 from engine.io.catalogue import BANDS, filter_band
+from engine.settings.ensemble import EnsembleConfig
 
 __all__ = ["merge_runs"]
 

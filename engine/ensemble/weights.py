@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.ensemble.config import EnsembleConfig
 from engine.kernels.ensemble import EnsembleFit, weighted_ensemble
+from engine.settings.ensemble import EnsembleConfig
 
 __all__ = ["Ensemble", "MEDIAN_CHI2_1", "row_nanmedian", "solve_ensemble"]
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.ensemble.config import EnsembleConfig
 from engine.flags import MeasurementFlag
+from engine.settings.ensemble import EnsembleConfig
 
 __all__ = ["FrameQuality", "frame_quality"]
 

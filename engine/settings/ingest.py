@@ -1,14 +1,15 @@
-"""The engine's configuration: what the headers cannot say, in one typed place.
+"""Settings of ingest: what the headers cannot say, per site and for the whole night.
 
-`reduce --config FILE` fills them from TOML (engine/config_file.py); in Python:
+`reduce --config FILE` fills them from TOML (engine/settings/file.py); in Python:
 
-    Config(sites=(Site("ctio", longitude_deg=-70.815, latitude_deg=-30.165, height_m=2207,
-                       clock_offset_s=1.2, match=("CTIO-0.4m",)),),
-           frame_types=(("*/twilight/*.fits", "flat"),),
-           bayer="green")
+    IngestConfig(sites=(Site("ctio", longitude_deg=-70.815, latitude_deg=-30.165,
+                             height_m=2207, clock_offset_s=1.2, match=("CTIO-0.4m",)),),
+                 frame_types=(("*/twilight/*.fits", "flat"),),
+                 bayer="green")
 
-Everything is validated on construction (EngineValueError) and immutable, so one Config can be
-shared by threads and hashed into the fingerprint that decides whether earlier products are reused.
+Everything is validated on construction (EngineValueError) and immutable, so one IngestConfig
+can be shared by threads and hashed into the fingerprint that decides whether earlier products
+are reused.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Site:
     frame_types: the site's own frame-type words: (header value, type) pairs, e.g.
         (("EXPOSE", "light"), ("Focus", "light")); matched against IMAGETYP, OBSTYPE, ...
         without case, blanks or punctuation, before the built-in vocabularies. (Path globs for
-        single files are Config.frame_types.)
+        single files are IngestConfig.frame_types.)
     match: which frames belong to the site: each entry is compared with the header values
         TELESCOP, OBSERVAT, SITENAME, SITE and INSTRUME (without case and surrounding blanks; so
         'C14 f/11' works) and used as a glob on the frame's absolute path ('*/florida/*').
@@ -149,7 +150,7 @@ class Site:
 
 
 @dataclass(frozen=True)
-class Config:
+class IngestConfig:
     """Everything ingest (and later stages) take from the user rather than from the headers.
 
     sites: the known sites, first match wins (see Site.match).
@@ -172,7 +173,7 @@ class Config:
         for site in sites:
             if not isinstance(site, Site):
                 raise EngineValueError(
-                    f"Config.sites holds Site records, got {type(site).__name__}")
+                    f"IngestConfig.sites holds Site records, got {type(site).__name__}")
         names = [s.name for s in sites]
         if len(set(names)) != len(names):
             raise EngineValueError(f"site names must be unique, got {names}")

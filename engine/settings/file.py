@@ -3,10 +3,11 @@
 The file has three tables, each mapping onto one typed settings class, whose docstring is the
 documentation of every option and its default:
 
-    [ingest]       engine.config.Config (sites, frame-type overrides, Bayer mode, target)
-    [extraction]   engine.extraction.ExtractionConfig (detection, apertures, registration, PSF)
-    [ensemble]     engine.ensemble.EnsembleConfig (comparisons, weights, clouds, detrending)
-    [sky]          engine.sky.SkyConfig (reference catalogue, target pixel positions per run or
+    [ingest]       engine.settings.IngestConfig (sites, frame-type overrides, Bayer mode, target)
+    [calibration]  engine.settings.CalibrationConfig (temperature tolerance, uncertainty cubes)
+    [extraction]   engine.settings.ExtractionConfig (detection, apertures, registration, PSF)
+    [ensemble]     engine.settings.EnsembleConfig (comparisons, weights, clouds, detrending)
+    [sky]          engine.settings.SkyConfig (reference catalogue, target pixel positions per run or
                    site, sky-solution tolerances)
 
 `python -m engine config` prints a file holding every option at its default (options whose
@@ -30,12 +31,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from engine.config import Config, Site
-from engine.ensemble import EnsembleConfig
 from engine.errors import EngineFileError, EngineValueError
-from engine.extraction import ExtractionConfig
-from engine.pipeline import PipelineConfig
-from engine.sky import SkyConfig
+from engine.settings import (CalibrationConfig, EnsembleConfig, ExtractionConfig, IngestConfig,
+                             PipelineConfig, Site, SkyConfig)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,7 +42,8 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = ["default_config_toml", "load_config", "parse_config"]
 
-_SECTIONS = {"ingest": Config, "extraction": ExtractionConfig, "ensemble": EnsembleConfig,
+_SECTIONS = {"ingest": IngestConfig, "calibration": CalibrationConfig,
+             "extraction": ExtractionConfig, "ensemble": EnsembleConfig,
              "sky": SkyConfig}
 
 
@@ -95,7 +94,8 @@ def parse_config(text: str) -> PipelineConfig:
     sky["target_xy"] = tuple((name, tuple(xy) if isinstance(xy, list) else xy)
                              for name, xy in target_xy.items())
     return PipelineConfig(
-        ingest=_build(Config, ingest, "ingest"),
+        ingest=_build(IngestConfig, ingest, "ingest"),
+        calibration=_build(CalibrationConfig, document.get("calibration", {}), "calibration"),
         extraction=_build(ExtractionConfig, document.get("extraction", {}), "extraction"),
         ensemble=_build(EnsembleConfig, document.get("ensemble", {}), "ensemble"),
         sky=_build(SkyConfig, sky, "sky"))
@@ -129,9 +129,9 @@ def _toml_value(value) -> str:
 def default_config_toml() -> str:
     """A configuration file holding every option at its default value."""
     lines = ["# The engine's configuration for `python -m engine reduce --config FILE`.",
-             "# Every option is shown at its default; see the docstrings of engine.config.Config,",
-             "# engine.config.Site, engine.extraction.ExtractionConfig and",
-             "# engine.ensemble.EnsembleConfig for what each one does.", ""]
+             "# Every option is shown at its default; the classes of engine.settings (one per",
+             "# table: IngestConfig and Site, CalibrationConfig, ExtractionConfig, SkyConfig,",
+             "# EnsembleConfig) say what each one does.", ""]
     for section, cls in _SECTIONS.items():
         lines.append(f"[{section}]")
         defaults = cls()

@@ -1,0 +1,36 @@
+"""Every setting of the engine, in one home: one frozen, validated class per stage, and
+`PipelineConfig`, what `reduce` can be told. A bad value is refused where it is read, with the
+setting's name (engine.checks).
+
+- `ingest.IngestConfig` and `ingest.Site`: sites (location, clock, camera values, frame-type
+  words), frame-type overrides, Bayer mode, the target;
+- `calibration.CalibrationConfig`: temperature tolerance, uncertainty cubes, chunk size;
+- `extraction.ExtractionConfig`: detection, apertures, registration, scintillation, PSF;
+- `sky.SkyConfig`: reference catalogue, target pixel positions, solution tolerances;
+- `ensemble.EnsembleConfig`: comparisons, weights, clouds, detrending, the merge;
+- `file`: the TOML file that holds them all (`python -m engine config` prints one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.settings.calibration import CalibrationConfig
+from engine.settings.ensemble import EnsembleConfig
+from engine.settings.extraction import ExtractionConfig
+from engine.settings.ingest import IngestConfig, Site
+from engine.settings.sky import SkyConfig
+
+__all__ = ["CalibrationConfig", "EnsembleConfig", "ExtractionConfig", "IngestConfig",
+           "PipelineConfig", "Site", "SkyConfig"]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything `reduce` can be told; each part documents its own defaults."""
+
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    sky: SkyConfig = field(default_factory=SkyConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
