@@ -43,8 +43,18 @@ def test_adc_depth_of_a_12_bit_camera_as_counted_and_scaled():
     assert saturation_level(frame * np.uint16(16))[0] == 4095 * 16
     assert "stored x16" in saturation_level(frame * np.uint16(16))[1]
     assert saturation_level(frame * np.uint16(4))[0] == 4095 * 4
-    frame[0, 0] = 9000  # no longer fits 12 bits: a 14-bit ADC
+    frame[0, 0] = 16383  # a 14-bit ADC's top
     assert saturation_level(frame)[0] == 2 ** 14 - 1
+
+
+def test_a_frame_below_every_adc_ceiling_does_not_tell_its_depth():
+    """A faint frame of a 16-bit camera (SAAO's STE3, brightest pixel 1715) is no 12-bit
+    one: nothing reaches a ceiling, so the frame says nothing and its camera's level rules."""
+    rng = np.random.default_rng(4)
+    frame = rng.integers(100, 1715, (64, 64)).astype(np.uint16)
+    assert saturation_level(frame) is None
+    frame[0, 0] = 9000  # fits 14 bits, but reaches no ceiling either
+    assert saturation_level(frame) is None
 
 
 def test_pile_up_below_the_adc_top_wins_and_runs_down_its_noise():
@@ -58,7 +68,9 @@ def test_pile_up_below_the_adc_top_wins_and_runs_down_its_noise():
 def test_a_bias_or_a_flat_is_not_a_pile_up():
     rng = np.random.default_rng(3)
     bias = rng.normal(1000, 8, (128, 128)).round().astype(np.uint16)
-    assert "full scale" in saturation_level(bias)[1]
+    assert saturation_level(bias) is None  # no pile-up, and no ceiling reached
+    flat = rng.normal(30000, 170, (128, 128)).round().astype(np.uint16)
+    assert "full scale, 16-bit" in saturation_level(flat)[1]
 
 
 def test_float_frames_are_measured_only_when_they_hold_counts():

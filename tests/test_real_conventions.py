@@ -374,3 +374,27 @@ def test_ast443_every_file_type_and_time(tmp_path):
         assert abs(row["jd_utc_mid"] - _mid_jd(mid)) * 86400.0 < 1e-3
         if frame_type == "flat":  # 'Light Frame' in the header; the name and the level agree
             assert "level 30% of full scale" in row["frame_type_evidence"]
+
+
+@needs_data
+def test_the_single_frame_sets_overscan_and_ntt(tmp_path):
+    """saao_overscan: IMAGETYP 'object', DATE-OBS the date and UT 'at start' the time (MJD-OBS
+    is the bare day, 56486.0), GAIN 1.9 e-/ADU and RDNOISE 5.0 e-; its brightest pixel (1715)
+    reaches no ADC ceiling, so the frame does not tell its saturation. sep_ntt_emmi: no type
+    keyword, DATE-OBS '26/10/92' a date only, MJD-OBS to 1e-5 d whose comment ('MIDAS desc.')
+    says nothing of the middle; DATAMAX is the level."""
+    overscan = ingest([DATA / "saao_overscan"], tmp_path / "overscan").frames.to_pylist()[0]
+    assert (overscan["frame_type"], overscan["exptime"]) == ("light", 150.04)
+    assert (overscan["time_keyword"], overscan["time_reference"], overscan["time_basis"]) == (
+        "DATE-OBS+UT", "start", "stated")
+    start = Time("2013-07-13T00:57:33", scale="utc")
+    assert abs(overscan["jd_utc_mid"] - (start + 75.02 * u.s).jd) * 86400.0 < 1e-3
+    assert (overscan["gain"], overscan["read_noise"]) == (1.9, 5.0)
+    assert overscan["gain_source"].startswith("header GAIN")
+    assert overscan["read_noise_source"] == "header RDNOISE"
+    assert overscan["saturation"] is None
+    ntt = ingest([DATA / "sep_ntt_emmi" / "image.fits"], tmp_path / "ntt").frames.to_pylist()[0]
+    assert (ntt["frame_type"], ntt["exptime"]) == ("light", 1200.0)
+    assert (ntt["time_keyword"], ntt["time_reference"], ntt["time_basis"]) == (
+        "MJD-OBS", "start", "assumed")
+    assert ntt["saturation_source"] == "header DATAMAX" and ntt["gain"] is None

@@ -80,7 +80,13 @@ def saturation_level(frame: np.ndarray) -> tuple[float, str] | None:
         return float(level), f"pile-up from {level} ADU ({count} pixels; ADC {adc})"
     if depth is None:
         return float(highest), f"highest value {highest} ({adc})"
-    return float((2 ** depth - 1) * scale), f"ADC full scale, {adc} (highest value {highest})"
+    ceiling = (2 ** depth - 1) * scale
+    # The depth shows when a pixel reaches the ceiling, when values are stored scaled (a 12-bit
+    # ADC written x16), or at 16 bits; a faint frame of a 16-bit camera that stays below 4095
+    # shows nothing, and its camera's level comes from its other frames.
+    if highest == ceiling or scale > 1 or depth == ADC_BITS[-1]:
+        return float(ceiling), f"ADC full scale, {adc} (highest value {highest})"
+    return None
 
 
 def _pile_up(data: np.ndarray, highest: int, scale: int,

@@ -146,7 +146,8 @@ def _comment(header, key: str) -> str:
 
 
 def _stated_reference(comment: str) -> str | None:
-    if re.search(r"\bmid|middle|cent(er|re)|average", comment):
+    # Whole words: ESO's 'MIDAS desc.' says nothing of the middle of the exposure.
+    if re.search(r"\bmid(?:dle|point|exp\w*)?\b|\bmid-|\bcent(?:er|re)\b|\baverage\b", comment):
         return "mid"
     if re.search(r"\bend\b|\bstop", comment):
         return "end"
