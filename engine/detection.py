@@ -28,6 +28,7 @@ import math
 import numpy as np
 import pyarrow as pa
 
+from engine.checks import integer, positive
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
 from engine.kernels import centroid as _centroid
@@ -86,18 +87,6 @@ _LOCUS_HALF_WIDTH = 1.15
 _LOCUS_NEIGHBOUR_FLUX = 0.2
 
 
-def _positive(name: str, value, *, integer: bool = False) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise EngineValueError(f"{name} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not (math.isfinite(number) and number > 0):
-        raise EngineValueError(f"{name} must be finite and > 0, got {value!r}")
-    if integer and number != int(number):
-        raise EngineValueError(f"{name} must be an integer, got {value!r}")
-    return number
-
-
 def _image(image) -> np.ndarray:
     """A private, native-order, C-contiguous float copy of a 2-D real image."""
     if not isinstance(image, np.ndarray):
@@ -113,6 +102,21 @@ def _image(image) -> np.ndarray:
         raise EngineValueError(f"image is too small to search for stars: shape {image.shape}")
     dtype = np.float32 if image.dtype == np.float32 else np.float64
     return np.array(image, dtype=np.dtype(dtype).newbyteorder("="), order="C", copy=True)
+
+
+def _prepared(image, mask) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image as `_image` copies it and its unusable pixels (masked or non-finite, set to 0),
+    None when every pixel is usable."""
+    data = _image(image)
+    bad = _mask(mask, data.shape)
+    nonfinite = ~np.isfinite(data)
+    if nonfinite.any():
+        bad = nonfinite if bad is None else (bad | nonfinite)
+    if bad is not None:
+        if bad.all():
+            raise EngineValueError("image has no usable pixel (all masked or non-finite)")
+        data[bad] = 0.0
+    return data, bad
 
 
 def _mask(mask, shape) -> np.ndarray | None:
@@ -199,22 +203,14 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
     """
     import sep
 
-    threshold = _positive("threshold", threshold)
-    data = _image(image)
-    bad = _mask(mask, data.shape)
-    nonfinite = ~np.isfinite(data)
-    if nonfinite.any():
-        bad = nonfinite if bad is None else (bad | nonfinite)
-    if bad is not None:
-        if bad.all():
-            raise EngineValueError("image has no usable pixel (all masked or non-finite)")
-        data[bad] = 0.0
-    box = int(_positive("background_box", background_box, integer=True))
-    filter_size = int(_positive("background_filter", background_filter, integer=True))
-    min_area = int(_positive("min_area", min_area, integer=True))
+    threshold = positive("threshold", threshold)
+    data, bad = _prepared(image, mask)
+    box = integer("background_box", background_box, least=1)
+    filter_size = integer("background_filter", background_filter, least=1)
+    min_area = integer("min_area", min_area, least=1)
     if not 0.0 <= float(deblend_cont) <= 1.0:
         raise EngineValueError(f"deblend_cont must be in [0, 1], got {deblend_cont!r}")
-    deblend_nthresh = int(_positive("deblend_nthresh", deblend_nthresh, integer=True))
+    deblend_nthresh = integer("deblend_nthresh", deblend_nthresh, least=1)
     if isinstance(filter_kernel, str):
         if filter_kernel != "default":
             raise EngineValueError(f"filter_kernel must be 'default', None or an array, "
@@ -228,7 +224,7 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
             raise EngineValueError("filter_kernel must be a finite 2-D array")
         kernel_args = {"filter_kernel": kernel}
     if max_stars is not None:
-        max_stars = int(_positive("max_stars", max_stars, integer=True))
+        max_stars = integer("max_stars", max_stars, least=1)
 
     ny, nx = data.shape
     background = _sep_call(sep.Background, data, mask=bad, bw=min(box, nx), bh=min(box, ny),
@@ -239,7 +235,7 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
             raise EngineValueError(
                 f"the background noise measured by sep is {noise!r}: pass noise= explicitly")
     else:
-        noise = _positive("noise", noise)
+        noise = positive("noise", noise)
     level = background.back()
     data -= level.astype(data.dtype, copy=False)
     if bad is not None:
@@ -407,14 +403,9 @@ def cosmic_ray_mask(image, fwhm: float, *, threshold: float = 6.0, mask=None) ->
     from scipy import ndimage
     from scipy.special import erf
 
-    fwhm = _positive("fwhm", fwhm)
-    threshold = _positive("threshold", threshold)
-    data = _image(image)
-    bad = _mask(mask, data.shape)
-    nonfinite = ~np.isfinite(data)
-    if nonfinite.any():
-        bad = nonfinite if bad is None else (bad | nonfinite)
-        data[nonfinite] = 0.0
+    fwhm = positive("fwhm", fwhm)
+    threshold = positive("threshold", threshold)
+    data, bad = _prepared(image, mask)
     ny, nx = data.shape
     background = _sep_call(sep.Background, data, mask=bad, bw=min(64, nx), bh=min(64, ny))
     noise = float(background.globalrms)
