@@ -365,10 +365,10 @@ def _run_gaia_query(query: str) -> pa.Table:
     """The query's answer from the ESA Gaia archive, as an Arrow table of numeric columns."""
     try:
         from astroquery.gaia import Gaia
-    except ImportError:
+    except ImportError as exc:
         raise MissingToolError(
-            "fetching Gaia DR3 needs astroquery: pip install 'photometry-engine[gaia]', or give "
-            "a catalogue file with --catalogue FILE") from None
+            f"fetching Gaia DR3 needs astroquery ({exc}): pip install 'photometry-engine[gaia]', "
+            "or give a catalogue file with --catalogue FILE") from None
     from http.client import HTTPException
 
     try:
