@@ -291,12 +291,12 @@ def _cross_check_headers(header_runs, skies: dict, config: SkyConfig) -> set[str
     good = {r for r in agree if agree[r] and len(agree[r]) >= len(disagree[r])}
     refused = {r for r in agree if len(disagree[r]) > len(agree[r])
                and any(other in good for other in disagree[r])}
-    for run_id in refused:
+    for run_id in sorted(refused):
         skies[run_id].notes.append(
             f"header WCS refused: it disagrees with runs {', '.join(disagree[run_id])} and "
             f"agrees with {len(agree[run_id])}; solved from another run instead")
         log.warning("run %s: header WCS refused (it disagrees with the other runs')", run_id)
-    for run_id in set(agree) - refused - good:
+    for run_id in sorted(set(agree) - refused - good):
         if disagree[run_id]:
             log.warning("run %s: header WCS disagrees with runs %s; kept, nothing says which "
                         "is right", run_id, ", ".join(disagree[run_id]))

@@ -132,7 +132,7 @@ def test_missing_and_unreadable_files(tmp_path):
 
 def _selected_columns(query: str) -> list[str]:
     """The column names a query's answer has (SELECT g.a, s.b ... -> a, b)."""
-    select = re.search(r"SELECT (.*?)\nFROM", query, re.S).group(1)
+    select = re.search(r"SELECT (.*?)\nFROM", query, re.DOTALL).group(1)
     return [item.strip().split(".")[-1] for item in select.split(",")]
 
 
@@ -149,9 +149,9 @@ def test_gaia_query_text():
     assert "JOIN" not in plain and "jkc" not in plain
     # RA wraps; the same field is the same query (and the same cache file).
     assert gaia_query(-0.5, 10, 0.1) == gaia_query(359.5, 10, 0.1)
-    for bad in [dict(dec_deg=91.0), dict(radius_deg=0.0), dict(radius_deg=20.0),
-                dict(ra_deg=float("nan"))]:
-        args = dict(ra_deg=10.0, dec_deg=10.0, radius_deg=0.1) | bad
+    for bad in [{"dec_deg": 91.0}, {"radius_deg": 0.0}, {"radius_deg": 20.0},
+                {"ra_deg": float("nan")}]:
+        args = {"ra_deg": 10.0, "dec_deg": 10.0, "radius_deg": 0.1} | bad
         with pytest.raises(EngineValueError):
             gaia_query(**args)
 

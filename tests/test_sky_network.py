@@ -201,7 +201,7 @@ def test_catalogue_gaia_on_the_command_line_reads_each_runs_field_from_the_cache
     assert main(args) == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     assert len(report["runs"]) == 3
-    for run_id, run in report["runs"].items():
+    for run in report["runs"].values():
         assert "skipped" not in run, run
         # Solved against the fetched catalogue, or a header WCS checked against it (negev).
         solution = run["sky"]["solution"]

@@ -40,8 +40,8 @@ from engine.checks import number
 from engine.errors import (CatalogueError, CatalogueFetchError, EngineFileError,
                            InputNotFoundError, MissingToolError)
 
-__all__ = ["BANDS", "ReferenceCatalogue", "combine_catalogues", "fetch_gaia", "gaia_cache_path",
-           "gaia_query", "filter_band", "read_catalogue"]
+__all__ = ["BANDS", "ReferenceCatalogue", "combine_catalogues", "fetch_gaia", "filter_band",
+           "gaia_cache_path", "gaia_query", "read_catalogue"]
 
 log = logging.getLogger(__name__)
 
