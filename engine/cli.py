@@ -84,9 +84,11 @@ def _add_reduce(sub) -> None:
                    help="target position in the first light frame of a one-run night (0-based "
                         "column, row); for several runs, give --target-ra/--target-dec or "
                         "[sky] target_xy per run or site in the --config file")
-    p.add_argument("--catalogue", type=Path, metavar="FILE",
+    p.add_argument("--catalogue", metavar="FILE|gaia",
                    help="reference catalogue (CSV or Parquet: ra, dec in degrees, magnitudes; "
-                        "Gaia DR3 names understood) for sky solutions and standardisation")
+                        "Gaia DR3 names understood) for sky solutions and standardisation; "
+                        "'gaia' fetches Gaia DR3 for each run's field (needs the network and "
+                        "pip install 'photometry-engine[gaia]'; kept in OUT/catalogues)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, help="measure runs on a local Dask cluster of N workers")
     group.add_argument("--scheduler", metavar="ADDRESS", help="measure runs on this Dask cluster")

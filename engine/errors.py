@@ -15,7 +15,10 @@ anyway, so `except ValueError` keeps working around engine calls:
   - SolveError(RegistrationError): no sky solution (WCS) for a field; says why.
 - CatalogueError(EngineValueError): a reference catalogue lacks a column (ra, dec, a
   magnitude), has none of its rows usable, or holds impossible coordinates; names the file.
-- MissingToolError(ImportError): an optional tool (a benchmark anchor) is not installed.
+- CatalogueFetchError(EngineError, ConnectionError): a reference catalogue could not be fetched
+  from an online archive (offline, archive down); says what failed and how to go on offline.
+- MissingToolError(ImportError): an optional tool (a benchmark anchor, astroquery for
+  `--catalogue gaia`) is not installed; names the extra that installs it.
 """
 
 
@@ -50,6 +53,10 @@ class SolveError(RegistrationError):
 
 class CatalogueError(EngineValueError):
     """A reference catalogue whose columns or values cannot be used (names the file)."""
+
+
+class CatalogueFetchError(EngineError, ConnectionError):
+    """A reference catalogue that could not be fetched from an online archive."""
 
 
 class MissingToolError(EngineError, ImportError):

@@ -11,7 +11,8 @@ by RA/Dec (or a pixel position) and gives the stars of all runs one identity, so
 can tie the runs together. A run that cannot be solved or whose target is not found is reported
 and skipped; the others go on.
 
-Products: frames.parquet and cubes (ingest), masters/ and calibrated/ (calibrate),
+Products: frames.parquet and cubes (ingest), catalogues/ (Gaia DR3 fetched for `--catalogue
+gaia`, one Parquet file per field), masters/ and calibrated/ (calibrate),
 photometry/RUN.parquet plus photometry.parquet and stars.parquet (all runs), sky/RUN.wcs.fits
 (each solved run's WCS as a FITS header), lightcurves.parquet and report.json (ensemble and
 merge), reduce.log, lightcurves.csv and the plots weights.png, transparency.png and
@@ -40,19 +41,21 @@ from engine.extraction import extract_run
 from engine.ingest import ingest
 from engine.io.atomic import atomic_path
 from engine.io.cube import open_cube
-from engine.io.layout import (LIGHTCURVES_TABLE, LOG_FILE, PHOTOMETRY_TABLE, REPORT, STARS_TABLE,
-                              mask_cube_path, run_photometry, run_registration, run_sky_header,
-                              run_stars)
+from engine.io.layout import (CATALOGUE_FOLDER, LIGHTCURVES_TABLE, LOG_FILE, PHOTOMETRY_TABLE,
+                              REPORT, STARS_TABLE, mask_cube_path, run_photometry,
+                              run_registration, run_sky_header, run_stars)
 from engine.io.tables import concat_parquet, read_parquet, write_parquet
 from engine.progress import progress, quiet
 from engine.registration import Transform
 from engine.settings import EnsembleConfig, ExtractionConfig, PipelineConfig, SkyConfig
-from engine.sky import RunStars, locate_runs, sky_star_columns
+from engine.sky import RunStars, fetch_field_catalogue, locate_runs, sky_star_columns
 
 __all__ = ["ReduceResult", "reduce"]
 
 log = logging.getLogger("engine.pipeline")
 
+#: `catalogue="gaia"` (`--catalogue gaia`): Gaia DR3 fetched for the runs' fields.
+GAIA = "gaia"
 #: Photometry columns the ensemble does not read (run_id: one run per file).
 _NOT_FOR_THE_ENSEMBLE = ("run_id", "area", "background_std", "background_pixels")
 
@@ -140,7 +143,9 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
         dict run_id -> (x, y) (the configuration's `[sky] target_xy` also takes site names).
     catalogue : a reference catalogue file (CSV or Parquet) or a ReferenceCatalogue, for sky
         solutions and standardisation (default: the configuration's `[sky] catalogue`). It is
-        read before any other work: a bad file stops nothing half-done.
+        read before any other work: a bad file stops nothing half-done. The word "gaia" fetches
+        Gaia DR3 for each run's field right after ingest (it needs the pointings), before any
+        calibration; the answers are kept in catalogues/ and a rerun reads them from there.
     workers / scheduler : measure runs in parallel on a local Dask cluster of `workers`
         processes, or on the cluster at `scheduler`.
     """
@@ -154,9 +159,10 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
 
 
 def _catalogue(source):
-    """The reference catalogue from a path (read and checked now) or as given."""
-    if source is None:
-        return None
+    """The reference catalogue from a path (read and checked now) or as given; GAIA stays the
+    word until ingest has found the runs' fields."""
+    if source is None or source == GAIA:
+        return source
     from engine.io.catalogue import ReferenceCatalogue, read_catalogue
 
     return source if isinstance(source, ReferenceCatalogue) else read_catalogue(source)
@@ -209,6 +215,11 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     ingested = ingest(paths, out, target=target, config=config.ingest)
     timings["ingest"] = time.perf_counter() - start
     log.info("ingest done in %.1f s:\n%s", timings["ingest"], ingested.summary())
+    if catalogue == GAIA:
+        start = time.perf_counter()
+        catalogue = fetch_field_catalogue(ingested.frames, out / CATALOGUE_FOLDER,
+                                          mag_limit=config.sky.gaia_mag_limit)
+        timings["catalogue"] = time.perf_counter() - start
     start = time.perf_counter()
     calibrated = calibrate(ingested, out, threads=threads,
                            temperature_tolerance=config.calibration.temperature_tolerance,

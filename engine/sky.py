@@ -13,6 +13,17 @@ solution is, in order of preference:
 3. without one, a match of the run's stars to a solved run's (`solve_from_reference`, the scale
    ratio from the two header pixel scales): one site with a WCS anchors the others.
 
+Without a catalogue, the header WCS of two or more runs are checked against each other: each
+pair whose fields overlap is judged by whether their stars land on each other's on the sky
+(`header_agreement_arcsec`). A header WCS that disagrees with more runs than it agrees with, one
+of them a run in good standing (agreeing with at least as many as it disagrees with), is refused
+and the run is solved from another run as in 3. Two runs that only disagree with each other are
+both kept, with a note: nothing says which is right.
+
+`--catalogue gaia` fetches Gaia DR3 for the runs' fields instead of reading a file:
+`catalogue_fields` gives each run's cone (header pointing, field size plus a margin for the
+pointing error) and `fetch_field_catalogue` fetches or reads from the cache.
+
 The target is then the star nearest its RA/Dec (or a pixel position given per run or site, or one
 `--target-xy` for a one-run night), within a tolerance that follows the run's FWHM. Stars of all
 runs that fall within `match_radius_arcsec` of each other share one `star_id` (the catalogue's id
@@ -34,7 +45,8 @@ import pyarrow.compute as pc
 from engine.errors import EngineError
 from engine.settings.sky import SkyConfig
 
-__all__ = ["RunSky", "RunStars", "locate_runs", "sky_star_columns"]
+__all__ = ["RunSky", "RunStars", "catalogue_fields", "fetch_field_catalogue", "locate_runs",
+           "sky_star_columns"]
 
 log = logging.getLogger("engine.sky")
 
@@ -157,6 +169,89 @@ def _rotation_deg(wcs) -> float:
     return float(np.degrees(np.arctan2(m[1, 0], m[1, 1])))
 
 
+#: Two runs' header WCS are judged only where each sees this many stars in the other's field.
+_MIN_SHARED_STARS = 6
+#: ... and agree when this fraction of the fewer stars has a partner within the distance.
+_AGREEING_FRACTION = 0.3
+
+
+def _sky_points(run: RunStars, wcs):
+    """The run's stars as unit vectors on the sky through `wcs` (rows of non-finite ones NaN)."""
+    xy = run.xy()
+    ra, dec = wcs.pixel_to_world_values(xy[:, 0], xy[:, 1])
+    return _unit_vectors(np.asarray(ra, dtype=float), np.asarray(dec, dtype=float))
+
+
+def _inside(run: RunStars, wcs, points) -> np.ndarray:
+    """Which sky points fall on the run's image through its WCS."""
+    ra = np.degrees(np.arctan2(points[:, 1], points[:, 0])) % 360.0
+    dec = np.degrees(np.arcsin(np.clip(points[:, 2], -1.0, 1.0)))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # points behind the tangent plane
+        x, y = (np.asarray(v, dtype=float) for v in wcs.world_to_pixel_values(ra, dec))
+    rows, columns = run.shape()
+    return (x >= -0.5) & (x <= columns - 0.5) & (y >= -0.5) & (y <= rows - 0.5)
+
+
+def _headers_agree(first, second, config: SkyConfig):
+    """(verdict, why) for two runs' header WCS: True when their stars land on each other's on
+    the sky, False when not, None when their fields share too few stars to judge."""
+    from scipy.spatial import cKDTree
+
+    (run_a, solution_a), (run_b, solution_b) = first, second
+    points_a, points_b = _sky_points(run_a, solution_a.wcs), _sky_points(run_b, solution_b.wcs)
+    shared_a = points_a[_inside(run_b, solution_b.wcs, points_a)]
+    shared_b = points_b[_inside(run_a, solution_a.wcs, points_b)]
+    fewer = min(len(shared_a), len(shared_b))
+    if fewer < _MIN_SHARED_STARS:
+        return None, f"{fewer} stars in both fields"
+    coarser = max(solution_a.pixel_scale_arcsec, solution_b.pixel_scale_arcsec)
+    radius_arcsec = max(config.header_agreement_arcsec, 2.0 * coarser)
+    chord = 2.0 * math.sin(math.radians(radius_arcsec / 3600.0) / 2.0)
+    distance, _ = cKDTree(shared_b).query(shared_a, distance_upper_bound=chord)
+    matched = int(np.isfinite(distance).sum())
+    # Chance pairs at b's star density in the shared area (a's field times the fraction of
+    # a's stars in it): crowded fields make many.
+    rows, columns = run_a.shape()
+    field_arcsec2 = rows * columns * solution_a.pixel_scale_arcsec ** 2
+    chance = len(points_a) * len(shared_b) * math.pi * radius_arcsec ** 2 / field_arcsec2
+    why = (f"{matched} of {len(shared_a)} stars within {radius_arcsec:.1f} arcsec "
+           f"({chance:.1f} by chance)")
+    agree = matched >= max(_MIN_SHARED_STARS, _AGREEING_FRACTION * fewer, 3.0 * chance)
+    return agree, why
+
+
+def _cross_check_headers(header_runs, skies: dict, config: SkyConfig) -> set[str]:
+    """Run ids whose header WCS is refused by the other runs' (see the module docstring); the
+    runs' notes say what each comparison found."""
+    agree = {run.run_id: [] for run, _ in header_runs}
+    disagree = {run.run_id: [] for run, _ in header_runs}
+    for i, first in enumerate(header_runs):
+        for second in header_runs[i + 1:]:
+            verdict, why = _headers_agree(first, second, config)
+            a, b = first[0].run_id, second[0].run_id
+            if verdict is None:
+                continue
+            (agree if verdict else disagree)[a].append(b)
+            (agree if verdict else disagree)[b].append(a)
+            word = "agrees" if verdict else "disagrees"
+            skies[a].notes.append(f"header WCS {word} with run {b}'s: {why}")
+            skies[b].notes.append(f"header WCS {word} with run {a}'s: {why}")
+    good = {r for r in agree if agree[r] and len(agree[r]) >= len(disagree[r])}
+    refused = {r for r in agree if len(disagree[r]) > len(agree[r])
+               and any(other in good for other in disagree[r])}
+    for run_id in sorted(refused):
+        skies[run_id].notes.append(
+            f"header WCS refused: it disagrees with runs {', '.join(disagree[run_id])} and "
+            f"agrees with {len(agree[run_id])}; solved from another run instead")
+        log.warning("run %s: header WCS refused (it disagrees with the other runs')", run_id)
+    for run_id in sorted(set(agree) - refused - good):
+        if disagree[run_id]:
+            log.warning("run %s: header WCS disagrees with runs %s; kept, nothing says which "
+                        "is right", run_id, ", ".join(disagree[run_id]))
+    return refused
+
+
 def _anchor(run: RunStars, anchors: list[tuple[RunStars, object]], notes: list[str]):
     """Solve a run by matching its stars to an already solved run's (best anchors first)."""
     from engine.registration.solve import solve_from_reference
@@ -235,6 +330,12 @@ def locate_runs(runs: list[RunStars], *, catalogue=None, target_radec=None, targ
             sky.notes.append(f"no sky solution: {exc}")
         if sky.solution is not None:
             solved.append((run, sky.solution))
+    header_runs = [pair for pair in solved if pair[1].method == "header"]
+    if catalogue is None and len(header_runs) > 1:
+        refused = _cross_check_headers(header_runs, skies, config)
+        for run_id in refused:
+            skies[run_id].solution = None
+        solved = [pair for pair in solved if pair[0].run_id not in refused]
     # Runs without a solution of their own are matched to the solved ones, the run with the
     # most matched (or most) stars first.
     solved.sort(key=lambda pair: (-pair[1].n_matched, -len(pair[0].xy())))
@@ -256,6 +357,63 @@ def locate_runs(runs: list[RunStars], *, catalogue=None, target_radec=None, targ
             log.info("run %s on the sky: %s, %d stars matched, rms %.2f arcsec", run.run_id,
                      sky.solution.method, sky.solution.n_matched, sky.solution.rms_arcsec)
     return skies
+
+
+#: Added to a run's field radius for the Gaia fetch: solve_field searches up to 12 arcmin from
+#: the header pointing.
+POINTING_MARGIN_DEG = 0.2
+
+
+def catalogue_fields(frames: pa.Table) -> dict[str, tuple[float, float, float]]:
+    """The sky cone a reference catalogue must cover for each run: run_id -> (ra, dec, radius)
+    in degrees, from the header pointing (the median of the run's good light frames) and the
+    field's half-diagonal (shape x pixel scale) plus POINTING_MARGIN_DEG. Runs without a
+    pointing or a pixel scale are left out (logged): another run's solution can anchor them."""
+    lights = frames.filter(pc.and_(pc.equal(frames.column("frame_type"), "light"),
+                                   pc.equal(frames.column("status"), "ok")))
+    fields = {}
+    columns = ("run_id", "ra_deg", "dec_deg", "pixel_scale_arcsec", "shape")
+    by_run: dict[str, list] = {}
+    for row in lights.select(list(columns)).to_pylist():
+        by_run.setdefault(row["run_id"], []).append(row)
+    for run_id, rows in sorted(by_run.items()):
+        usable = [r for r in rows if r["ra_deg"] is not None and r["dec_deg"] is not None
+                  and r["pixel_scale_arcsec"] and r["shape"]]
+        if not usable:
+            log.warning("run %s: no header pointing and pixel scale: no catalogue fetched for "
+                        "its field", run_id)
+            continue
+        ra = np.array([r["ra_deg"] for r in usable])
+        # Median RA about the first one, so that a field astride RA 0 stays whole.
+        ra = (ra[0] + np.median((ra - ra[0] + 180.0) % 360.0 - 180.0)) % 360.0
+        dec = float(np.median([r["dec_deg"] for r in usable]))
+        half_diagonal = max(0.5 * math.hypot(*r["shape"]) * r["pixel_scale_arcsec"] / 3600.0
+                            for r in usable)
+        fields[run_id] = (float(ra), dec, half_diagonal + POINTING_MARGIN_DEG)
+    return fields
+
+
+def fetch_field_catalogue(frames: pa.Table, cache_dir, *, mag_limit: float = 18.0):
+    """Gaia DR3 for every run's field (`catalogue_fields`), one ReferenceCatalogue; each field's
+    answer is kept in `cache_dir` and read from there when present (no network then).
+
+    Raises CatalogueError when no run has a pointing and pixel scale, MissingToolError /
+    CatalogueFetchError from `engine.io.catalogue.fetch_gaia` when a field must be fetched and
+    cannot be."""
+    from engine.errors import CatalogueError
+    from engine.io.catalogue import combine_catalogues, fetch_gaia
+
+    fields = catalogue_fields(frames)
+    if not fields:
+        raise CatalogueError("no run has a header pointing and pixel scale to fetch Gaia DR3 "
+                             "for: give a catalogue file with --catalogue FILE")
+    catalogues = []
+    for run_id, (ra, dec, radius) in fields.items():
+        catalogue = fetch_gaia(ra, dec, radius, cache_dir=cache_dir, mag_limit=mag_limit)
+        log.info("run %s: Gaia DR3, %d stars within %.3f deg of (%.5f, %+.5f) from %s", run_id,
+                 len(catalogue), radius, ra, dec, catalogue.path)
+        catalogues.append(catalogue)
+    return combine_catalogues(catalogues)
 
 
 def _unit_vectors(ra, dec) -> np.ndarray:

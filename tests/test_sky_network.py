@@ -4,6 +4,7 @@ standardised light curve."""
 
 import dataclasses
 import json
+import sys
 import warnings
 
 import numpy as np
@@ -15,10 +16,14 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from engine.cli import main
 from engine.demo import network_config
 from engine.errors import EngineError
+from engine.io.catalogue import gaia_cache_path, gaia_query
 from engine.pipeline import reduce
 from engine.simulation import PRESETS, simulate
+from engine.settings import SkyConfig
+from engine.sky import POINTING_MARGIN_DEG, catalogue_fields
 
 PRESET = "tiny"
 
@@ -114,6 +119,45 @@ def test_one_site_with_a_wcs_anchors_the_others_without_a_catalogue(tmp_path):
     assert "skipped" not in result.report["merge"], result.report["merge"]
 
 
+def _shift_header_wcs(raw, site, arcsec):
+    """Move one site's header WCS north by `arcsec` (CRVAL2), as a bad plate solve would."""
+    shifted = 0
+    for path in sorted((raw / site).rglob("*")):
+        if not path.is_file():
+            continue
+        with fits.open(path, mode="update") as hdul:
+            for hdu in hdul:
+                if "CRVAL2" in hdu.header:
+                    hdu.header["CRVAL2"] += arcsec / 3600.0
+                    shifted += 1
+    assert shifted >= 5, shifted
+    return shifted
+
+
+def test_a_header_wcs_that_disagrees_with_the_other_runs_is_refused_and_solved_again(tmp_path):
+    truth = _night(tmp_path, wcs_sites=("negev", "lapalma", "florida"))
+    _shift_header_wcs(tmp_path / "raw", "florida", 30.0)
+    target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
+    out = tmp_path / "out"
+    result = reduce([tmp_path / "raw"], out, target=target, config=network_config(truth))
+    frames = pq.read_table(out / "frames.parquet", columns=["run_id", "site"]).to_pylist()
+    site_of = {row["run_id"]: row["site"] for row in frames if row["run_id"] in result.runs}
+    assert sorted(site_of.values()) == ["florida", "lapalma", "negev"], site_of
+    for run_id in result.runs:
+        sky = result.report["runs"][run_id]["sky"]
+        notes = " | ".join(sky["notes"])
+        if site_of[run_id] == "florida":
+            assert sky["solution"]["method"].startswith("run "), sky
+            assert "header WCS refused" in notes, notes
+        else:  # the two good headers agree with each other and are kept as they are
+            assert sky["solution"]["method"] == "header", sky
+            assert "header WCS agrees with run" in notes, notes
+            assert "refused" not in notes, notes
+    # The re-solved run finds the target on its true position (a 30 arcsec error would not).
+    _check_targets(out, truth, result)
+    assert "skipped" not in result.report["merge"], result.report["merge"]
+
+
 def test_a_run_that_cannot_be_solved_is_skipped_and_the_others_go_on(tmp_path):
     truth = _night(tmp_path, wcs_sites=("negev",))
     target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
@@ -128,6 +172,46 @@ def test_a_run_that_cannot_be_solved_is_skipped_and_the_others_go_on(tmp_path):
                catalogue=tmp_path / "far.csv", config=network_config(truth))
     report = tmp_path / "out" / "reduce.log"
     assert "target not found" in report.read_text()
+
+
+def test_catalogue_gaia_on_the_command_line_reads_each_runs_field_from_the_cache(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "astroquery", None)  # no query may be sent
+    simulation = simulate(tmp_path / "raw", preset=PRESET, seed=3)
+    truth = simulation.truth
+    ra0, dec0 = truth["target"]["ra_deg"], truth["target"]["dec_deg"]
+    out = tmp_path / "out"
+    args = ["reduce", str(tmp_path / "raw"), "--out", str(out), "--catalogue", "gaia",
+            "--target-ra", str(ra0), "--target-dec", str(dec0)]
+    # Nothing cached: the fetch needs astroquery. It stops after ingest, before calibration.
+    assert main(args) == 2
+    assert "photometry-engine[gaia]" in capsys.readouterr().err
+    assert (out / "frames.parquet").is_file() and not (out / "calibrated").exists()
+    # Each run's field, from its header pointing and field size: the archive's answer for it
+    # (the simulator's Gaia extract) is put where the fetch keeps it.
+    fields = catalogue_fields(pq.read_table(out / "frames.parquet"))
+    assert len(fields) == 3
+    gaia = pacsv.read_csv(simulation.catalogue_path)
+    for ra, dec, radius in fields.values():
+        assert _angular_arcsec(ra, dec, ra0, dec0) / 3600.0 < radius - POINTING_MARGIN_DEG
+        path = gaia_cache_path(gaia_query(ra, dec, radius,
+                                          mag_limit=SkyConfig().gaia_mag_limit),
+                               out / "catalogues")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(gaia, path)
+    assert main(args) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["runs"]) == 3
+    for run in report["runs"].values():
+        assert "skipped" not in run, run
+        # Solved against the fetched catalogue, or a header WCS checked against it (negev).
+        solution = run["sky"]["solution"]
+        assert solution["method"] in ("catalogue", "header") and solution["n_matched"] >= 6, \
+            run["sky"]
+    # The target carries the catalogue's id in every run.
+    target_ids = pq.read_table(out / "lightcurves.parquet").filter(
+        pc.equal(pc.field("role"), "target")).column("star_id").to_numpy()
+    assert set(target_ids.tolist()) == {1_000_000 + truth["target"]["id"]}
 
 
 def test_a_bad_catalogue_stops_before_any_work(tmp_path):

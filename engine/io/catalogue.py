@@ -17,21 +17,31 @@ U/u, R/r, I/i. Bands are named G, BP, RP, U, B, V, R, I, u, g, r, i, z.
 The primary magnitude is a column named `mag` when there is one, else G, else V, else the first
 band found. The colour is BP-RP (a column, else BP minus RP), else B-V likewise, else a plain
 colour column, else NaN.
+
+`fetch_gaia(ra, dec, radius, cache_dir=...)` fetches Gaia DR3 for a field from the ESA archive
+(astroquery, the `[gaia]` extra) with the synthetic Johnson-Cousins and SDSS magnitudes, keeps
+it as a Parquet file in the cache folder (named by the query: the same query is never sent
+twice) and reads it back with `read_catalogue`. It is the only function here that touches the
+network, and only when the cache lacks the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from engine.errors import CatalogueError, EngineFileError, InputNotFoundError
+from engine.checks import number
+from engine.errors import (CatalogueError, CatalogueFetchError, EngineFileError,
+                           InputNotFoundError, MissingToolError)
 
-__all__ = ["BANDS", "ReferenceCatalogue", "filter_band", "read_catalogue"]
+__all__ = ["BANDS", "ReferenceCatalogue", "combine_catalogues", "fetch_gaia", "filter_band",
+           "gaia_cache_path", "gaia_query", "read_catalogue"]
 
 log = logging.getLogger(__name__)
 
@@ -266,3 +276,114 @@ def read_catalogue(path) -> ReferenceCatalogue:
     if table.num_rows == 0:
         raise CatalogueError(f"{path}: the catalogue has no rows")
     return ReferenceCatalogue.from_table(table, path=path)
+
+
+def combine_catalogues(catalogues) -> ReferenceCatalogue:
+    """One catalogue from several (e.g. the fields of several runs): a star in more than one
+    keeps its first row (stars are the same when their ids are)."""
+    catalogues = list(catalogues)
+    if len(catalogues) == 1:
+        return catalogues[0]
+    if not catalogues:
+        raise CatalogueError("no catalogue to combine")
+    table = pa.concat_tables([c.to_table() for c in catalogues], promote_options="default")
+    combined = ReferenceCatalogue.from_table(table)
+    _, first = np.unique(combined.ids, return_index=True)
+    notes = tuple(note for c in catalogues for note in c.notes)
+    return replace(combined.take(np.sort(first)), notes=notes)
+
+
+# ------------------------------------------------------------------------------------------------
+# Gaia DR3 from the ESA archive
+# ------------------------------------------------------------------------------------------------
+
+GAIA_SOURCE_TABLE = "gaiadr3.gaia_source"
+GAIA_SYNTHETIC_TABLE = "gaiadr3.synthetic_photometry_gspc"
+_GAIA_COLUMNS = ("source_id", "ra", "dec", "phot_g_mean_mag", "phot_bp_mean_mag",
+                 "phot_rp_mean_mag", "bp_rp")
+#: Johnson-Kron-Cousins U B V R I and SDSS u g r i z from the XP spectra (G < ~17.65 only).
+_SYNTHETIC_COLUMNS = (tuple(f"{band}_jkc_mag" for band in "ubvri")
+                      + tuple(f"{band}_sdss_mag" for band in "ugriz"))
+#: The widest cone a query may ask for: wider fields are not a small telescope's, and the
+#: answer would be millions of rows.
+MAX_GAIA_RADIUS_DEG = 5.0
+
+
+def gaia_query(ra_deg, dec_deg, radius_deg, *, mag_limit: float = 18.0,
+               synthetic: bool = True) -> str:
+    """The ADQL query for Gaia DR3 stars within `radius_deg` of (ra_deg, dec_deg), G <=
+    mag_limit, brightest first; with `synthetic`, joined (left: stars without XP spectra keep
+    their row) with the synthetic Johnson-Cousins and SDSS magnitudes. Positions are Gaia's
+    (ICRS, epoch J2016.0)."""
+    ra = number("ra_deg", ra_deg) % 360.0
+    dec = number("dec_deg", dec_deg, low=-90.0, high=90.0)
+    radius = number("radius_deg", radius_deg, above=0.0, high=MAX_GAIA_RADIUS_DEG)
+    limit = number("mag_limit", mag_limit)
+    columns = [f"g.{name}" for name in _GAIA_COLUMNS]
+    join = ""
+    if synthetic:
+        columns += [f"s.{name}" for name in _SYNTHETIC_COLUMNS]
+        join = f"LEFT OUTER JOIN {GAIA_SYNTHETIC_TABLE} AS s ON s.source_id = g.source_id\n"
+    return (f"SELECT {', '.join(columns)}\n"
+            f"FROM {GAIA_SOURCE_TABLE} AS g\n{join}"
+            f"WHERE 1 = CONTAINS(POINT('ICRS', g.ra, g.dec), "
+            f"CIRCLE('ICRS', {ra:.7f}, {dec:.7f}, {radius:.6f}))\n"
+            f"AND g.phot_g_mean_mag <= {limit:.3f}\n"
+            f"ORDER BY g.phot_g_mean_mag")
+
+
+def gaia_cache_path(query: str, cache_dir) -> Path:
+    """Where the answer to `query` is kept in `cache_dir`: a name made of the query's hash."""
+    digest = hashlib.sha256(query.encode("utf-8")).hexdigest()[:20]
+    return Path(cache_dir) / f"gaia_dr3_{digest}.parquet"
+
+
+def fetch_gaia(ra_deg, dec_deg, radius_deg, *, cache_dir, mag_limit: float = 18.0,
+               synthetic: bool = True) -> ReferenceCatalogue:
+    """Gaia DR3 around (ra_deg, dec_deg) as a ReferenceCatalogue (see `gaia_query`), from the
+    cache folder when it holds this query's answer, else from the ESA archive (then kept there).
+
+    Raises MissingToolError when astroquery is needed and not installed, CatalogueFetchError
+    when the archive cannot be reached, CatalogueError when the field has no star.
+    """
+    query = gaia_query(ra_deg, dec_deg, radius_deg, mag_limit=mag_limit, synthetic=synthetic)
+    path = gaia_cache_path(query, cache_dir)
+    if not path.is_file():
+        table = _run_gaia_query(query)
+        if table.num_rows == 0:
+            raise CatalogueError(f"Gaia DR3 has no star of G <= {mag_limit:g} within "
+                                 f"{radius_deg:g} deg of RA {ra_deg:.5f}, Dec {dec_deg:+.5f}")
+        from engine.io.tables import write_parquet
+
+        write_parquet(table, path, metadata={"query": query, "source": "Gaia DR3 (ESA archive)"})
+        log.info("Gaia DR3: %d stars within %.3f deg of (%.5f, %+.5f) kept in %s",
+                 table.num_rows, radius_deg, ra_deg, dec_deg, path)
+    return read_catalogue(path)
+
+
+def _run_gaia_query(query: str) -> pa.Table:
+    """The query's answer from the ESA Gaia archive, as an Arrow table of numeric columns."""
+    try:
+        from astroquery.gaia import Gaia
+    except ImportError as exc:
+        raise MissingToolError(
+            f"fetching Gaia DR3 needs astroquery ({exc}): pip install 'photometry-engine[gaia]', "
+            "or give a catalogue file with --catalogue FILE") from None
+    from http.client import HTTPException
+
+    try:
+        result = Gaia.launch_job_async(query, verbose=False).get_results()
+    except (OSError, HTTPException) as exc:  # requests' errors are OSErrors
+        raise CatalogueFetchError(
+            f"cannot fetch Gaia DR3 from the ESA archive ({type(exc).__name__}: {exc}); check "
+            "the network connection, or give a catalogue file with --catalogue FILE") from None
+    columns = {}
+    for name in result.colnames:
+        column = result[name]
+        mask = np.ma.getmaskarray(column)
+        if column.dtype.kind in "iu":
+            columns[name.lower()] = pa.array(np.ma.getdata(column).astype(np.int64),
+                                             pa.int64(), mask=mask)
+        elif column.dtype.kind == "f":
+            columns[name.lower()] = np.ma.filled(np.ma.asarray(column, dtype=np.float64), np.nan)
+    return pa.table(columns)

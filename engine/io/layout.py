@@ -10,6 +10,7 @@
     OUT/photometry/RUN.parquet    photometry: the run's measurements (RUN.stars.parquet: its
                                   reference stars; RUN.registration.parquet: its transforms)
     OUT/sky/RUN.wcs.fits          sky: the run's sky solution as a FITS header
+    OUT/catalogues/*.parquet      sky: Gaia DR3 answers for the runs' fields (`--catalogue gaia`)
     OUT/photometry.parquet, OUT/stars.parquet   every run's, concatenated
     OUT/lightcurves.parquet, OUT/report.json, OUT/reduce.log, plots and CSV   ensemble, merge
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["CALIBRATED_FOLDER", "CALIBRATION_REPORT", "CUBES_FOLDER", "FRAMES_TABLE",
+__all__ = ["CALIBRATED_FOLDER", "CALIBRATION_REPORT", "CATALOGUE_FOLDER", "CUBES_FOLDER", "FRAMES_TABLE",
            "LIGHTCURVES_TABLE", "LOG_FILE", "MASTERS_FOLDER", "PHOTOMETRY_FOLDER",
            "PHOTOMETRY_TABLE", "PRODUCT_FOLDERS", "REPORT", "SKY_FOLDER", "STARS_TABLE",
            "bad_pixel_cube_path", "mask_cube_path", "run_photometry", "run_registration",
@@ -32,6 +33,7 @@ CALIBRATED_FOLDER = "calibrated"
 CALIBRATION_REPORT = "calibration.json"
 PHOTOMETRY_FOLDER = "photometry"
 SKY_FOLDER = "sky"
+CATALOGUE_FOLDER = "catalogues"
 PHOTOMETRY_TABLE = "photometry.parquet"
 STARS_TABLE = "stars.parquet"
 LIGHTCURVES_TABLE = "lightcurves.parquet"
@@ -39,7 +41,7 @@ REPORT = "report.json"
 LOG_FILE = "reduce.log"
 #: Folders the stages write (never an input folder: ingest skips them when it scans OUT).
 PRODUCT_FOLDERS = (CUBES_FOLDER, MASTERS_FOLDER, CALIBRATED_FOLDER, PHOTOMETRY_FOLDER,
-                   SKY_FOLDER)
+                   SKY_FOLDER, CATALOGUE_FOLDER)
 
 
 def _beside(cube_path, suffix: str) -> Path:

@@ -17,8 +17,11 @@ class SkyConfig:
     """Settings of the sky stage (defaults in brackets)."""
 
     #: Reference catalogue (CSV or Parquet; RA/Dec in degrees, a magnitude, optionally a colour
-    #: and an id) for sky solutions and standardisation [none].
+    #: and an id) for sky solutions and standardisation, or "gaia": Gaia DR3 fetched for each
+    #: run's field (the [gaia] extra and the network; kept under the output folder) [none].
     catalogue: str | None = None
+    #: Faintest Gaia G magnitude fetched for "gaia" [18].
+    gaia_mag_limit: float = 18.0
     #: The target's pixel position (x, y, 0-based) in the first light frame, per run id or per
     #: site name, for runs that cannot be put on the sky [none].
     target_xy: tuple[tuple[str, tuple[float, float]], ...] = ()
@@ -29,9 +32,14 @@ class SkyConfig:
     #: The target must lie within this many FWHM of its predicted position [1.5] ...
     target_tolerance_fwhm: float = 1.5
     #: ... plus three times the sky solution's rms.
+    #: Without a catalogue, two runs' header WCS agree when their stars lie within this of each
+    #: other on the sky (at least 2 pixels of the coarser camera) [5 arcsec].
+    header_agreement_arcsec: float = 5.0
 
     def __post_init__(self):
-        for name in ("match_radius_arcsec", "target_tolerance_fwhm"):
+        object.__setattr__(self, "gaia_mag_limit", number("sky gaia_mag_limit",
+                                                          self.gaia_mag_limit))
+        for name in ("match_radius_arcsec", "target_tolerance_fwhm", "header_agreement_arcsec"):
             object.__setattr__(self, name, positive(f"sky {name}", getattr(self, name)))
         object.__setattr__(self, "scale_tolerance", number(
             "sky scale_tolerance", self.scale_tolerance, above=0.0, high=0.9))

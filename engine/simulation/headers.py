@@ -165,6 +165,7 @@ def _nina(site: Site, f: dict) -> fits.Header:
     h["ROWORDER"] = ("TOP-DOWN", "FITS Image Orientation")
     h["EQUINOX"] = (2000.0, "Equinox of celestial coordinate system")
     h["SWCREATE"] = ("N.I.N.A. 3.1.2.9001 (x64)", "Software that created this file")
+    _plate_solution(h, f)
     return h
 
 
@@ -213,6 +214,7 @@ def _maxim(site: Site, f: dict) -> fits.Header:
                         "Nominal Right Ascension of center of image")
         h["OBJCTDEC"] = (sexagesimal(dec, decimals=0, sign=True),
                          "Nominal Declination of center of image")
+    _plate_solution(h, f)
     return h
 
 
@@ -265,21 +267,28 @@ def _observatory(site: Site, f: dict) -> fits.Header:
         h["BIASSEC"] = (bias, "Overscan section")
         h["TRIMSEC"] = (trim, "Section of useful data")
         h["DATASEC"] = (trim, "Image data section")
-    if ftype == "light" and f.get("wcs") is not None:
-        w = f["wcs"].wcs
-        h["WCSAXES"] = (2, "Number of WCS axes")
-        h["CTYPE1"] = ("RA---TAN", "Gnomonic projection")
-        h["CTYPE2"] = ("DEC--TAN", "Gnomonic projection")
-        h["CRVAL1"] = (float(w.crval[0]), "[deg] RA at the reference pixel")
-        h["CRVAL2"] = (float(w.crval[1]), "[deg] Dec at the reference pixel")
-        h["CRPIX1"] = (float(w.crpix[0]), "Reference pixel (1-based)")
-        h["CRPIX2"] = (float(w.crpix[1]), "Reference pixel (1-based)")
-        cd = w.cd
-        for i in range(2):
-            for j in range(2):
-                h[f"CD{i + 1}_{j + 1}"] = (float(cd[i, j]), "[deg/pixel]")
-        h["RADESYS"] = ("ICRS", "Reference frame")
+    _plate_solution(h, f)
     return h
+
+
+def _plate_solution(h: fits.Header, f: dict) -> None:
+    """A light frame's TAN WCS, as a plate solver writes it into the header (cameras with
+    wcs=True: an observatory pipeline, or N.I.N.A. / MaxIm DL after a plate solve)."""
+    if f["frame_type"] != "light" or f.get("wcs") is None:
+        return
+    w = f["wcs"].wcs
+    h["WCSAXES"] = (2, "Number of WCS axes")
+    h["CTYPE1"] = ("RA---TAN", "Gnomonic projection")
+    h["CTYPE2"] = ("DEC--TAN", "Gnomonic projection")
+    h["CRVAL1"] = (float(w.crval[0]), "[deg] RA at the reference pixel")
+    h["CRVAL2"] = (float(w.crval[1]), "[deg] Dec at the reference pixel")
+    h["CRPIX1"] = (float(w.crpix[0]), "Reference pixel (1-based)")
+    h["CRPIX2"] = (float(w.crpix[1]), "Reference pixel (1-based)")
+    cd = w.cd
+    for i in range(2):
+        for j in range(2):
+            h[f"CD{i + 1}_{j + 1}"] = (float(cd[i, j]), "[deg/pixel]")
+    h["RADESYS"] = ("ICRS", "Reference frame")
 
 
 def _lco(site: Site, f: dict) -> fits.Header:
