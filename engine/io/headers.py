@@ -654,4 +654,15 @@ def normalise_header(header, shape: tuple[int, int]) -> HeaderRecord:
         # MaxIm DL and ACP write APTDIA in mm; a value under 5 can only be metres.
         record.aperture_diameter_m = value if value < 5.0 else value / 1000.0
         record.sources["aperture_diameter"] = key
+    else:
+        _aperture_from_focal_ratio(header, record)
     return record
+
+
+def _aperture_from_focal_ratio(header, record) -> None:
+    """Aperture = FOCALLEN / FOCRATIO (mm), as N.I.N.A. writes them without APTDIA."""
+    focal_mm, _ = _first_number(header, ("FOCALLEN",), record)
+    ratio, _ = _first_number(header, ("FOCRATIO",), record)
+    if focal_mm and ratio and focal_mm > 0 and ratio > 0:
+        record.aperture_diameter_m = focal_mm / ratio / 1000.0
+        record.sources["aperture_diameter"] = "FOCALLEN/FOCRATIO"
