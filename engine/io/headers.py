@@ -49,7 +49,10 @@ import numpy as np
 
 
 __all__ = [
+    "SITE_POSITION_DEGREES",
     "HeaderRecord",
+    "camera_identity",
+    "describe_camera",
     "identity_values",
     "normalise_header",
     "parse_dec",
@@ -76,6 +79,8 @@ _POINTING_KEYS = (("OBJCTRA", "OBJCTDEC"), ("RA", "DEC"), ("RA_OBJ", "DEC_OBJ"),
 _SATURATION_KEYS = ("SATURATE", "SATLEVEL", "MAXADU", "DATAMAX")
 _AIRMASS_KEYS = ("AIRMASS", "SECZ", "AIRM")
 _IDENTITY_KEYS = ("TELESCOP", "OBSERVAT", "SITENAME", "SITE", "INSTRUME")
+#: Readout mode names: N.I.N.A.'s READOUTM, MaxIm DL's READMODE.
+_READOUT_MODE_KEYS = ("READOUTM", "READMODE")
 _BAYER_KEYS = ("BAYERPAT", "COLORTYP", "BAYERPATTERN", "CFA-PAT", "CFAPATT")
 _BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 
@@ -104,6 +109,7 @@ class HeaderRecord:
     exptime: float | None = None
     gain: float | None = None
     gain_setting: float | None = None
+    readout_mode: str | None = None
     read_noise: float | None = None
     binning: tuple[int, int] = (1, 1)
     temperature: float | None = None
@@ -259,6 +265,40 @@ def identity_values(header) -> dict[str, str]:
         if text:
             values[key] = text
     return values
+
+
+#: Frames whose site positions differ by more than this (degrees of latitude or longitude,
+#: ~1 km) come from different places, whatever their TELESCOP says.
+SITE_POSITION_DEGREES = 0.01
+
+
+def camera_identity(row, *, shape: bool = True) -> tuple:
+    """The identity of the camera that took a frame, from its frames-table row: site (name and
+    position), telescope, instrument, gain setting, readout mode, then binning and frame shape
+    (the last three entries; shape=False leaves the shape out). Frames of two identities never
+    share a light run (ingest, without the shape: a frame of another shape in a run is skipped
+    there) or a calibration set (calibration)."""
+    position = tuple(None if row.get(name) is None else
+                     round(float(row[name]) / SITE_POSITION_DEGREES)
+                     for name in ("site_latitude_deg", "site_longitude_deg"))
+    gain_setting = row.get("gain_setting")
+    if gain_setting is not None and not math.isfinite(float(gain_setting)):
+        gain_setting = None
+    return (row.get("site"), position, row.get("telescope"), row.get("instrument"),
+            gain_setting, row.get("readout_mode"), int(row.get("binning_x") or 1),
+            int(row.get("binning_y") or 1)) + ((tuple(row.get("shape") or ()),) if shape else ())
+
+
+def describe_camera(camera: tuple) -> str:
+    """A `camera_identity` in words (binning and shape left out)."""
+    site, position, telescope, instrument, gain_setting, readout_mode = camera[:6]
+    parts = [f"site {site}" if site else None,
+             f"at {position[0] * SITE_POSITION_DEGREES:.2f}, "
+             f"{position[1] * SITE_POSITION_DEGREES:.2f} deg" if None not in position else None,
+             telescope, instrument,
+             f"gain setting {gain_setting:g}" if gain_setting is not None else None,
+             f"readout mode {readout_mode}" if readout_mode else None]
+    return " ".join(p for p in parts if p)
 
 
 def _software(header) -> str:
@@ -625,7 +665,8 @@ def normalise_header(header, shape: tuple[int, int]) -> HeaderRecord:
     record = HeaderRecord()
     for attribute, keys in (("telescope", ("TELESCOP",)), ("instrument", ("INSTRUME", "CAMERA")),
                             ("observatory", ("OBSERVAT", "SITENAME", "SITE")),
-                            ("object", _OBJECT_KEYS), ("filter", _FILTER_KEYS)):
+                            ("object", _OBJECT_KEYS), ("filter", _FILTER_KEYS),
+                            ("readout_mode", _READOUT_MODE_KEYS)):
         text, key = _text(header, keys)
         if text:
             setattr(record, attribute, text)

@@ -79,6 +79,8 @@ FRAMES_SCHEMA = pa.schema([
            "where the gain came from: header keyword (and how it was read), configuration, or "
            "measurement (photon transfer, the lights' sky)"),
     _field("gain_setting", pa.float64(), "the camera's gain setting (CMOS), not e-/ADU"),
+    _field("readout_mode", pa.string(),
+           "the camera's readout mode name (READOUTM, READMODE), null when the header has none"),
     _field("read_noise", pa.float64(), "read noise, e-"),
     _field("read_noise_source", pa.string(),
            "where the read noise came from: header keyword, configuration, or measurement"),
