@@ -64,7 +64,8 @@ from engine.io import bayer as _bayer
 from engine.io.cube import CubeWriter, cube_attributes, open_cube, remove_stale_temporaries
 from engine.io.fits import FitsImage, find_fits_files, open_image, read_image
 from engine.io.frame_type import classify_frame
-from engine.io.headers import identity_values, normalise_header, parse_dec, parse_ra
+from engine.io.headers import (camera_identity, identity_values, normalise_header, parse_dec,
+                               parse_ra)
 from engine.io.layout import CUBES_FOLDER, FRAMES_TABLE, PRODUCT_FOLDERS, bad_pixel_cube_path
 from engine.io.processing import bad_pixel_hdu, calibrated_state, pedestal
 from engine.io.tables import FRAMES_SCHEMA, read_parquet, write_parquet
@@ -327,6 +328,7 @@ def _scan(path: Path, config: IngestConfig) -> _Scanned:
     row["object"] = record.object
     row["filter"] = record.filter
     row["gain_setting"] = record.gain_setting
+    row["readout_mode"] = record.readout_mode
     raw_saturation = _camera_values(row, record, site)
     row["temperature"], row["set_temperature"] = record.temperature, record.set_temperature
     row["binning_x"], row["binning_y"] = record.binning
@@ -469,6 +471,14 @@ def _run_times(members: list[_Scanned]) -> None:
 # Grouping
 
 def _group_key(row: dict) -> tuple:
+    """(readable parts of the run id, camera): light runs are split by `camera_identity`, so
+    two cameras never share one; calibration frames are split into sets per camera by the
+    calibration stage (with the same identity), which names each set."""
+    camera = camera_identity(row, shape=False) if row["frame_type"] == "light" else None
+    return _readable_key(row), camera
+
+
+def _readable_key(row: dict) -> tuple:
     frame_type = row["frame_type"]
     filter_name = row["filter"] or "nofilter"
     parts = []
@@ -485,10 +495,12 @@ def _group_key(row: dict) -> tuple:
 
 
 def _run_ids(keys: Iterable[tuple]) -> dict[tuple, str]:
+    """Run id of each (readable parts, camera) key: the parts joined; a second key with the same
+    id (another camera, or parts that sanitise alike) gets a suffix from its hash."""
     ids: dict[tuple, str] = {}
     taken: dict[str, tuple] = {}
-    for key in sorted(set(keys)):
-        run_id = "_".join(_sanitise(part) for part in key)
+    for key in sorted(set(keys), key=repr):
+        run_id = "_".join(_sanitise(part) for part in key[0])
         if run_id in taken and taken[run_id] != key:
             run_id += "-" + hashlib.sha256(repr(key).encode()).hexdigest()[:6]
         taken[run_id] = key

@@ -303,3 +303,56 @@ def test_simulated_night_without_clock_offsets_is_off_by_them(simulated, tmp_pat
             error = (rows[frame["file"]]["time_bjd_tdb"] - frame["mid_bjd_tdb"]) * 86400.0
             offset = truth["clock_offsets_s"][frame["site"]]
             assert error == pytest.approx(offset, abs=0.01)
+
+
+# ----------------------------------------------------------------------------------------------
+# Light runs follow the camera identity (engine.io.headers.camera_identity)
+
+def _camera_light(path, k, seed=None, **cards):
+    h = fits.Header()
+    h["IMAGETYP"], h["EXPTIME"], h["FILTER"] = "Light Frame", 30.0, "R"
+    h["DATE-OBS"] = f"2024-05-02T04:{10 + k:02d}:00.000"
+    h["TELESCOP"], h["INSTRUME"] = "C14", "ZWO ASI2600MM Pro"
+    h["SITELAT"], h["SITELONG"] = 31.9583, -111.5967
+    h.update(cards)
+    data = np.random.default_rng(k if seed is None else seed).integers(
+        900, 1100, (24, 32)).astype(np.uint16)
+    fits.PrimaryHDU(data, h).writeto(path)
+
+
+def _light_runs(folder, out):
+    table = ingest([folder], out).frames
+    rows = [r for r in table.to_pylist() if r["frame_type"] == "light"]
+    return {r["path"].rsplit("/", 1)[1]: r for r in rows}
+
+
+def test_one_camera_per_site_keeps_its_run_id(tmp_path):
+    (tmp_path / "raw").mkdir()
+    for k in range(3):
+        _camera_light(tmp_path / "raw" / f"a{k}.fits", k)
+    rows = _light_runs(tmp_path / "raw", tmp_path / "out")
+    assert {r["run_id"] for r in rows.values()} == {"C14_2024-05-01_R"}
+    assert all(r["readout_mode"] is None for r in rows.values())
+
+
+def test_same_telescope_name_at_two_sites_or_two_readout_modes_never_shares_a_run(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for k in range(3):
+        _camera_light(raw / f"arizona{k}.fits", k)
+        # The same TELESCOP and camera 1,200 km away, the same night.
+        _camera_light(raw / f"texas{k}.fits", k, 20 + k, SITELAT=30.6714, SITELONG=-104.0225)
+        # Back in Arizona with the camera in another readout mode (N.I.N.A.'s READOUTM).
+        _camera_light(raw / f"mode{k}.fits", 10 + k, READOUTM="High Gain Mode")
+    rows = _light_runs(raw, tmp_path / "out")
+    assert len(rows) == 9 and all(r["status"] == "ok" for r in rows.values())
+    runs = {name: r["run_id"] for name, r in rows.items()}
+    groups = {prefix: {runs[f"{prefix}{k}.fits"] for k in range(3)}
+              for prefix in ("arizona", "texas", "mode")}
+    assert all(len(ids) == 1 for ids in groups.values()), groups
+    assert len(set.union(*groups.values())) == 3, groups
+    assert all(run_id.startswith("C14_2024-05-01_R") for run_id in runs.values())
+    assert rows["mode0.fits"]["readout_mode"] == "High Gain Mode"
+    # Run ids are stable: a rerun on the same files gives the same ones.
+    again = _light_runs(raw, tmp_path / "out2")
+    assert {name: r["run_id"] for name, r in again.items()} == runs

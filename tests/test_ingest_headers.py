@@ -18,6 +18,27 @@ SHAPE = (100, 120)
 # --------------------------------------------------------------------------- telescope
 
 
+def test_aperture_diameter_from_focal_length_and_ratio_without_aptdia():
+    h = fits.Header()
+    h["FOCALLEN"], h["FOCRATIO"] = 1000.0, 5.0   # N.I.N.A.: no APTDIA
+    record = normalise_header(h, SHAPE)
+    assert record.aperture_diameter_m == pytest.approx(0.2)
+    assert record.sources["aperture_diameter"] == "FOCALLEN/FOCRATIO"
+    h["APTDIA"] = 280.0                           # APTDIA wins when both are there
+    assert normalise_header(h, SHAPE).aperture_diameter_m == pytest.approx(0.28)
+    del h["FOCRATIO"], h["APTDIA"]
+    assert normalise_header(h, SHAPE).aperture_diameter_m is None
+
+
+@pytest.mark.parametrize("key", ["READOUTM", "READMODE"])
+def test_readout_mode_from_nina_or_maxim(key):
+    h = fits.Header()
+    h[key] = ("High Gain Mode 16BIT ", "Sensor readout mode")
+    record = normalise_header(h, SHAPE)
+    assert record.readout_mode == "High Gain Mode 16BIT" and record.sources["readout_mode"] == key
+    assert normalise_header(fits.Header(), SHAPE).readout_mode is None
+
+
 @pytest.mark.parametrize("value, expected", [(279.4, 0.2794), (600, 0.6), (0.4, 0.4)])
 def test_aperture_diameter_from_aptdia_in_mm_or_metres(value, expected):
     h = fits.Header()

@@ -48,6 +48,7 @@ from engine.calibration.masters import (DarkModel, Master, bad_pixel_mask, check
 from engine.calibration.runs import calibrate_cube
 from engine.errors import EngineFileError, EngineValueError
 from engine.io.atomic import write_text
+from engine.io.headers import camera_identity, describe_camera
 from engine.io.layout import (CALIBRATED_FOLDER, CALIBRATION_REPORT, CUBES_FOLDER, FRAMES_TABLE,
                               MASTERS_FOLDER, bad_pixel_cube_path)
 
@@ -117,25 +118,6 @@ def _frames_table(ingested):
     return rows, cubes, folder
 
 
-#: Frames whose site positions differ by more than this (degrees of latitude or longitude,
-#: ~1 km) come from different places, whatever their TELESCOP says.
-SITE_POSITION_DEGREES = 0.01
-
-
-def _camera(row) -> tuple:
-    """The identity of the camera that took a frame: site (name and position), telescope,
-    instrument, gain setting, then binning and frame shape (the last three entries)."""
-    position = tuple(None if row.get(name) is None else
-                     round(float(row[name]) / SITE_POSITION_DEGREES)
-                     for name in ("site_latitude_deg", "site_longitude_deg"))
-    gain_setting = row.get("gain_setting")
-    if gain_setting is not None and not math.isfinite(float(gain_setting)):
-        gain_setting = None
-    return (row.get("site"), position, row.get("telescope"), row.get("instrument"),
-            gain_setting, int(row.get("binning_x") or 1), int(row.get("binning_y") or 1),
-            tuple(row.get("shape") or ()))
-
-
 def _split_by_camera(by_run: dict[str, list[dict]], cubes: dict, result) -> dict:
     """camera -> {set or run id -> rows}. A calibration run holding several cameras' frames
     becomes one set per camera (RUN_ID_cameraK), read from the run's cube (added to `cubes`)."""
@@ -143,30 +125,20 @@ def _split_by_camera(by_run: dict[str, list[dict]], cubes: dict, result) -> dict
     for run_id, run_rows in by_run.items():
         split: dict[tuple, list[dict]] = {}
         for row in run_rows:
-            split.setdefault(_camera(row), []).append(row)
+            split.setdefault(camera_identity(row), []).append(row)
         if len(split) == 1 or run_rows[0]["frame_type"] == "light":
-            cameras.setdefault(_camera(run_rows[0]), {})[run_id] = run_rows
+            cameras.setdefault(camera_identity(run_rows[0]), {})[run_id] = run_rows
             continue
         names = []
         for k, (camera, rows) in enumerate(sorted(split.items(), key=lambda c: str(c[0])), 1):
             set_id = f"{run_id}_camera{k}"
             cubes[set_id] = cubes[run_id]
             cameras.setdefault(camera, {})[set_id] = rows
-            names.append(f"{set_id}: {len(rows)} frames of {_describe(camera)}")
+            names.append(f"{set_id}: {len(rows)} frames of {describe_camera(camera)}")
         text = f"frames of {len(split)} cameras, one set each: " + "; ".join(names)
         result.notes.setdefault(run_id, []).append(text)
         log.warning("calibration run %s holds %s", run_id, text)
     return cameras
-
-
-def _describe(camera: tuple) -> str:
-    site, position, telescope, instrument, gain_setting = camera[:5]
-    parts = [f"site {site}" if site else None,
-             f"at {position[0] * SITE_POSITION_DEGREES:.2f}, "
-             f"{position[1] * SITE_POSITION_DEGREES:.2f} deg" if None not in position else None,
-             telescope, instrument,
-             f"gain setting {gain_setting:g}" if gain_setting is not None else None]
-    return " ".join(p for p in parts if p)
 
 
 def _night_distance(a: str | None, b: str | None) -> float:

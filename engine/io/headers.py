@@ -48,7 +48,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
+    "SITE_POSITION_DEGREES",
     "HeaderRecord",
+    "camera_identity",
+    "describe_camera",
     "identity_values",
     "normalise_header",
     "parse_dec",
@@ -75,6 +78,8 @@ _POINTING_KEYS = (("OBJCTRA", "OBJCTDEC"), ("RA", "DEC"), ("RA_OBJ", "DEC_OBJ"),
 _SATURATION_KEYS = ("SATURATE", "SATLEVEL", "MAXADU", "DATAMAX")
 _AIRMASS_KEYS = ("AIRMASS", "SECZ", "AIRM")
 _IDENTITY_KEYS = ("TELESCOP", "OBSERVAT", "SITENAME", "SITE", "INSTRUME")
+#: Readout mode names: N.I.N.A.'s READOUTM, MaxIm DL's READMODE.
+_READOUT_MODE_KEYS = ("READOUTM", "READMODE")
 _BAYER_KEYS = ("BAYERPAT", "COLORTYP", "BAYERPATTERN", "CFA-PAT", "CFAPATT")
 _BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 
@@ -103,6 +108,7 @@ class HeaderRecord:
     exptime: float | None = None
     gain: float | None = None
     gain_setting: float | None = None
+    readout_mode: str | None = None
     read_noise: float | None = None
     binning: tuple[int, int] = (1, 1)
     temperature: float | None = None
@@ -258,6 +264,40 @@ def identity_values(header) -> dict[str, str]:
         if text:
             values[key] = text
     return values
+
+
+#: Frames whose site positions differ by more than this (degrees of latitude or longitude,
+#: ~1 km) come from different places, whatever their TELESCOP says.
+SITE_POSITION_DEGREES = 0.01
+
+
+def camera_identity(row, *, shape: bool = True) -> tuple:
+    """The identity of the camera that took a frame, from its frames-table row: site (name and
+    position), telescope, instrument, gain setting, readout mode, then binning and frame shape
+    (the last three entries; shape=False leaves the shape out). Frames of two identities never
+    share a light run (ingest, without the shape: a frame of another shape in a run is skipped
+    there) or a calibration set (calibration)."""
+    position = tuple(None if row.get(name) is None else
+                     round(float(row[name]) / SITE_POSITION_DEGREES)
+                     for name in ("site_latitude_deg", "site_longitude_deg"))
+    gain_setting = row.get("gain_setting")
+    if gain_setting is not None and not math.isfinite(float(gain_setting)):
+        gain_setting = None
+    return (row.get("site"), position, row.get("telescope"), row.get("instrument"),
+            gain_setting, row.get("readout_mode"), int(row.get("binning_x") or 1),
+            int(row.get("binning_y") or 1)) + ((tuple(row.get("shape") or ()),) if shape else ())
+
+
+def describe_camera(camera: tuple) -> str:
+    """A `camera_identity` in words (binning and shape left out)."""
+    site, position, telescope, instrument, gain_setting, readout_mode = camera[:6]
+    parts = [f"site {site}" if site else None,
+             f"at {position[0] * SITE_POSITION_DEGREES:.2f}, "
+             f"{position[1] * SITE_POSITION_DEGREES:.2f} deg" if None not in position else None,
+             telescope, instrument,
+             f"gain setting {gain_setting:g}" if gain_setting is not None else None,
+             f"readout mode {readout_mode}" if readout_mode else None]
+    return " ".join(p for p in parts if p)
 
 
 def _software(header) -> str:
@@ -624,7 +664,8 @@ def normalise_header(header, shape: tuple[int, int]) -> HeaderRecord:
     record = HeaderRecord()
     for attribute, keys in (("telescope", ("TELESCOP",)), ("instrument", ("INSTRUME", "CAMERA")),
                             ("observatory", ("OBSERVAT", "SITENAME", "SITE")),
-                            ("object", _OBJECT_KEYS), ("filter", _FILTER_KEYS)):
+                            ("object", _OBJECT_KEYS), ("filter", _FILTER_KEYS),
+                            ("readout_mode", _READOUT_MODE_KEYS)):
         text, key = _text(header, keys)
         if text:
             setattr(record, attribute, text)
@@ -653,4 +694,15 @@ def normalise_header(header, shape: tuple[int, int]) -> HeaderRecord:
         # MaxIm DL and ACP write APTDIA in mm; a value under 5 can only be metres.
         record.aperture_diameter_m = value if value < 5.0 else value / 1000.0
         record.sources["aperture_diameter"] = key
+    else:
+        _aperture_from_focal_ratio(header, record)
     return record
+
+
+def _aperture_from_focal_ratio(header, record) -> None:
+    """Aperture = FOCALLEN / FOCRATIO (mm), as N.I.N.A. writes them without APTDIA."""
+    focal_mm, _ = _first_number(header, ("FOCALLEN",), record)
+    ratio, _ = _first_number(header, ("FOCRATIO",), record)
+    if focal_mm and ratio and focal_mm > 0 and ratio > 0:
+        record.aperture_diameter_m = focal_mm / ratio / 1000.0
+        record.sources["aperture_diameter"] = "FOCALLEN/FOCRATIO"

@@ -44,8 +44,8 @@ FRAMES_SCHEMA = pa.schema([
     _field("frame_type", pa.string(), "bias, dark, flat or light"),
     _field("frame_type_evidence", pa.string(), "what decided the frame type"),
     _field("run_id", pa.string(),
-           "the run (lights: telescope x night x filter) or calibration set the frame belongs "
-           "to; also the name of its cube"),
+           "the run (lights: one camera, engine.io.headers.camera_identity, x night x filter) or "
+           "calibration set the frame belongs to; also the name of its cube"),
     _field("cube_index", pa.int32(), "index of the frame in its run's cube (null when skipped)"),
     _field("site", pa.string(), "configured site name, else OBSERVAT / SITENAME"),
     _field("telescope", pa.string(), "TELESCOP, else INSTRUME, else the site"),
@@ -79,6 +79,8 @@ FRAMES_SCHEMA = pa.schema([
            "where the gain came from: header keyword (and how it was read), configuration, or "
            "measurement (photon transfer, the lights' sky)"),
     _field("gain_setting", pa.float64(), "the camera's gain setting (CMOS), not e-/ADU"),
+    _field("readout_mode", pa.string(),
+           "the camera's readout mode name (READOUTM, READMODE), null when the header has none"),
     _field("read_noise", pa.float64(), "read noise, e-"),
     _field("read_noise_source", pa.string(),
            "where the read noise came from: header keyword, configuration, or measurement"),
