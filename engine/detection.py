@@ -104,18 +104,20 @@ def _image(image) -> np.ndarray:
     return np.array(image, dtype=np.dtype(dtype).newbyteorder("="), order="C", copy=True)
 
 
-def _prepared(image, mask) -> tuple[np.ndarray, np.ndarray | None]:
-    """The image as `_image` copies it and its unusable pixels (masked or non-finite, set to 0),
-    None when every pixel is usable."""
+def _prepared(image, mask, *, zero_masked: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image as `_image` copies it and its unusable pixels (masked or non-finite), None when
+    every pixel is usable. Non-finite pixels are set to 0, masked ones too unless `zero_masked`
+    is False (a Laplacian would see the hole a zeroed pixel leaves as a sharp source; such a
+    caller also accepts an image with no usable pixel)."""
     data = _image(image)
     bad = _mask(mask, data.shape)
     nonfinite = ~np.isfinite(data)
     if nonfinite.any():
         bad = nonfinite if bad is None else (bad | nonfinite)
     if bad is not None:
-        if bad.all():
+        if bad.all() and zero_masked:
             raise EngineValueError("image has no usable pixel (all masked or non-finite)")
-        data[bad] = 0.0
+        data[bad if zero_masked else nonfinite] = 0.0
     return data, bad
 
 
@@ -405,7 +407,7 @@ def cosmic_ray_mask(image, fwhm: float, *, threshold: float = 6.0, mask=None) ->
 
     fwhm = positive("fwhm", fwhm)
     threshold = positive("threshold", threshold)
-    data, bad = _prepared(image, mask)
+    data, bad = _prepared(image, mask, zero_masked=False)
     ny, nx = data.shape
     background = _sep_call(sep.Background, data, mask=bad, bw=min(64, nx), bh=min(64, ny))
     noise = float(background.globalrms)
