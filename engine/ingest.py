@@ -26,7 +26,7 @@ folder without FITS files), EngineValueError (a bad target or configuration), En
 
 Camera values: gain, read noise and saturation level come from the header, else the site's
 configuration, each with its source in the table; a saturation level neither gives is measured
-on each frame's raw pixels (engine.calibration.camera.saturation_level: the ADC's depth or a
+on each frame's raw pixels (engine.io.adc.saturation_level: the ADC's depth or a
 pile-up) before any dtype promotion or Bayer extraction, and shared across the camera's frames
 where one frame cannot tell. Gain and read noise that neither gives are measured later, by
 calibration (photon transfer, else the lights' sky).
@@ -57,10 +57,10 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from engine.calibration.camera import saturation_level
 from engine.cext import default_threads
 from engine.errors import EngineFileError, EngineValueError, HeaderError
 from engine.io import bayer as _bayer
+from engine.io.adc import saturation_level
 from engine.io.cube import CubeWriter, cube_attributes, open_cube, remove_stale_temporaries
 from engine.io.fits import FitsImage, find_fits_files, open_image, read_image
 from engine.io.frame_type import classify_frame

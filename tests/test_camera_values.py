@@ -11,11 +11,12 @@ from astropy.io import fits
 
 from engine.calibration import calibrate_cube
 from engine.calibration.camera import (gain_from_lights, measure_noise, photon_transfer,
-                                       read_noise_from_bias, saturation_level)
+                                       read_noise_from_bias)
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag, PixelFlag
 from engine.ingest import ingest
 from engine.io import bayer
+from engine.io.adc import saturation_level
 from engine.io.headers import normalise_header
 from engine.pipeline import reduce
 from engine.settings.file import default_config_toml, parse_config
