@@ -23,8 +23,6 @@ star_id when every run has one, else positions (ra, dec) matched within match_ra
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -278,33 +276,45 @@ def _band_catalogue(catalogue: pa.Table, column: str) -> pa.Table:
 
 
 def _run_band(run, catalogue: pa.Table, bands: dict[str, str], config: EnsembleConfig):
-    """(band, how) for a run: its filter's band when the catalogue has it, else the band whose
-    linear colour transformation leaves the smallest residuals (the detected filter)."""
+    """(band, how) for a run: its filter's band when the catalogue has it, else the detected
+    band: the one its stars' instrumental magnitudes follow most closely.
+
+    A camera's colour term against its own band is small (a few hundredths of a magnitude per
+    magnitude of colour); against a neighbouring band it is the bands' difference, several
+    tenths. So the detection scores each band by the robust scatter of (instrumental - catalogue)
+    over the run's stars after one offset, with no colour term to absorb a wrong band (a fitted,
+    clipped transformation would flatter every band alike)."""
     named = filter_band(run.diagnostics.get("filter"))
     if named in bands:
         return named, "filter name"
     if len(bands) == 1:
         return next(iter(bands)), "the catalogue's only band"
-    linear = dataclasses.replace(config, colour_degree=1)
-    scores, why = {}, []
+    scores = {}
     for band, column in bands.items():
-        try:
-            _, diagnostics = _merge([run], _band_catalogue(catalogue, column), linear, band)
-        except EngineValueError as exc:
-            why.append(f"{band}: {exc}")
-            continue
-        # chi2 per star, not the rms of the precise stars: a short run may have none of those.
-        score = diagnostics["runs"][0]["residual_chi2_per_star"]
+        score = _band_scatter(run, _band_catalogue(catalogue, column), config)
         if score is not None:
             scores[band] = score
     if not scores:
-        raise EngineValueError(f"run {run.run_id!r}: no catalogue band fits its magnitudes "
-                               f"({'; '.join(why) or 'too few stars with catalogue magnitudes'})")
+        raise EngineValueError(f"run {run.run_id!r}: too few stars with catalogue magnitudes "
+                               "to tell its band")
     best = min(scores, key=scores.get)
-    return best, (f"detected (filter {run.diagnostics.get('filter')!r}; chi2 per star of a "
-                  "linear colour transformation by band: "
-                  + ", ".join(f"{b} {v:.3g}" for b, v in sorted(scores.items(),
-                                                                key=lambda kv: kv[1])) + ")")
+    return best, (f"detected (filter {run.diagnostics.get('filter')!r}; scatter of "
+                  "instrumental - catalogue by band: "
+                  + ", ".join(f"{b} {v:.3f}" for b, v in sorted(scores.items(),
+                                                                key=lambda kv: kv[1])) + " mag)")
+
+
+def _band_scatter(run, catalogue: pa.Table, config: EnsembleConfig) -> float | None:
+    """1.4826 x the median absolute deviation of (run mean - catalogue) over the run's
+    well-measured stars in one band, or None with fewer than 5 of them."""
+    stars = _Stars([run], catalogue, config)
+    reference = stars.catalogue_mag[stars.global_index]
+    use = ((stars.role != "target") & np.isfinite(stars.mag) & np.isfinite(reference)
+           & (stars.frames >= 3))
+    if np.count_nonzero(use) < 5:
+        return None
+    difference = stars.mag[use] - reference[use]
+    return float(1.4826 * np.median(np.abs(difference - np.median(difference))))
 
 
 def _merge(runs, catalogue: pa.Table | None, config: EnsembleConfig, band: str | None):
