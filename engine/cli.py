@@ -81,9 +81,10 @@ def _add_reduce(sub) -> None:
     _add_inputs(p)
     _add_target_coordinates(p)
     p.add_argument("--target-xy", nargs=2, type=float, metavar=("X", "Y"),
-                   help="target position in the first light frame of a one-run night (0-based "
-                        "column, row); for several runs, give --target-ra/--target-dec or "
-                        "[sky] target_xy per run or site in the --config file")
+                   help="target position (0-based column, row) in the first light frame of "
+                        "the night's first run; the other runs find the target by matching "
+                        "their stars to that run's (or give --target-ra/--target-dec, or "
+                        "[sky] target_xy per run or site in the --config file)")
     p.add_argument("--catalogue", metavar="FILE|gaia",
                    help="reference catalogue (CSV or Parquet: ra, dec in degrees, magnitudes; "
                         "Gaia DR3 names understood) for sky solutions and standardisation; "

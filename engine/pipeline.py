@@ -139,8 +139,9 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
 
     target : (ra, dec) of the target (degrees or sexagesimal strings): BJD_TDB, and the target
         star in every run with a sky solution.
-    target_xy : (x, y) of the target in each run's first light frame as stored (0-based), or a
-        dict run_id -> (x, y) (the configuration's `[sky] target_xy` also takes site names).
+    target_xy : (x, y) of the target in the first light frame (as stored, 0-based) of the
+        night's first run, which the other runs find by matching their stars to that run's; or
+        a dict run_id -> (x, y) (the configuration's `[sky] target_xy` also takes site names).
     catalogue : a reference catalogue file (CSV or Parquet) or a ReferenceCatalogue, for sky
         solutions and standardisation (default: the configuration's `[sky] catalogue`). It is
         read before any other work: a bad file stops nothing half-done. The word "gaia" fetches

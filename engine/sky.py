@@ -24,8 +24,10 @@ both kept, with a note: nothing says which is right.
 `catalogue_fields` gives each run's cone (header pointing, field size plus a margin for the
 pointing error) and `fetch_field_catalogue` fetches or reads from the cache.
 
-The target is then the star nearest its RA/Dec (or a pixel position given per run or site, or one
-`--target-xy` for a one-run night), within a tolerance that follows the run's FWHM. Stars of all
+The target is then the star nearest its RA/Dec, or a pixel position given per run or site, within
+a tolerance that follows the run's FWHM. One `--target-xy` belongs to the night's first run; a
+run whose target is still unknown finds it by matching its stars to a run whose target is known
+(pixels to pixels: a multi-night series from one telescope needs no sky solution). Stars of all
 runs that fall within `match_radius_arcsec` of each other share one `star_id` (the catalogue's id
 when the catalogue has them). A run that cannot be solved or whose target cannot be found is
 reported and skipped; the others go on.
@@ -272,6 +274,43 @@ def _anchor(run: RunStars, anchors: list[tuple[RunStars, object]], notes: list[s
     return None
 
 
+def _start_time(run: RunStars) -> float:
+    value = run.value("jd_utc_mid", 0)
+    return float(value) if value is not None else math.inf
+
+
+def _target_from_runs(run: RunStars, found: list[RunStars], skies: dict, config: SkyConfig):
+    """The target's row found by matching the run's stars to a run whose target is known
+    (pixels to pixels, any rotation or mirror image, the scale from the header pixel scales):
+    (row, why) or (None, why)."""
+    from engine.registration import match_transform
+
+    mine = run.value("pixel_scale_arcsec")
+    why = []
+    for other in found:
+        theirs = other.value("pixel_scale_arcsec")
+        ratio = theirs / mine if mine and theirs else 1.0
+        try:
+            transform = match_transform(other.xy() * ratio, run.xy(), ref_flux=other.flux(),
+                                        flux=run.flux(), allow_reflection=True,
+                                        scale_range=(0.9, 1.1) if mine and theirs else (0.5, 2.0),
+                                        min_matches=6)
+        except EngineError as exc:
+            why.append(f"{other.run_id}: {exc}")
+            continue
+        point = transform.apply(other.xy()[skies[other.run_id].target] * ratio)
+        distance = np.hypot(*(run.xy() - point).T)
+        best = int(np.argmin(distance))
+        fwhm = run.fwhm if math.isfinite(run.fwhm) and run.fwhm > 0 else 3.0
+        tolerance = config.target_tolerance_fwhm * fwhm
+        if distance[best] <= tolerance:
+            return best, (f"target found by matching the stars of run {other.run_id} (whose "
+                          f"target is known), {distance[best]:.2f} px from the prediction")
+        why.append(f"{other.run_id}: no star within {tolerance:.1f} px of the target's "
+                   f"matched position (nearest {distance[best]:.1f} px)")
+    return None, "target not found from the other runs (" + "; ".join(why) + ")"
+
+
 def _target(run: RunStars, sky: RunSky, target_radec, given_xy, config: SkyConfig):
     """The target's row in the run's star table (sky.target), or the reason it is not found."""
     xy = run.xy()
@@ -315,9 +354,10 @@ def locate_runs(runs: list[RunStars], *, catalogue=None, target_radec=None, targ
                 config: SkyConfig | None = None) -> dict[str, RunSky]:
     """Sky solutions and targets of a network's runs (see the module docstring).
 
-    target_radec : (ra, dec) degrees, or None. target_xy : one (x, y) for every run (a one-run
-    night's `--target-xy`), a dict run_id -> (x, y), or None; `config.target_xy` adds positions
-    per run or site. Pixel positions win over RA/Dec for the runs that have one.
+    target_radec : (ra, dec) degrees, or None. target_xy : one (x, y) in the first run's first
+    frame (`--target-xy`; the first run in time), a dict run_id -> (x, y), or None;
+    `config.target_xy` adds positions per run or site. Pixel positions win over RA/Dec for the
+    runs that have one; runs left without a target match their stars to a run that has one.
     """
     config = SkyConfig() if config is None else config
     skies = {run.run_id: RunSky(run.run_id) for run in runs}
@@ -343,16 +383,30 @@ def locate_runs(runs: list[RunStars], *, catalogue=None, target_radec=None, targ
         sky = skies[run.run_id]
         if sky.solution is None and solved:
             sky.solution = _anchor(run, solved, sky.notes)
+    # One pixel position for several runs belongs to the first run (in time): the others find
+    # the target by matching their stars to that run's, as a multi-night series from one
+    # telescope must (its pointing moves by tens of pixels between nights, and in a crowded
+    # field the star nearest the same pixel is another star).
+    first = min(runs, key=_start_time) if runs else None
     for run in runs:
         sky = skies[run.run_id]
-        given = target_xy.get(run.run_id) if isinstance(target_xy, dict) else target_xy
+        if isinstance(target_xy, dict):
+            given = target_xy.get(run.run_id)
+        else:
+            given = target_xy if run is first else None
         if given is None:
             given = config.target_xy_for(run.run_id, run.value("site"))
         sky.target, why = _target(run, sky, target_radec, given, config)
         sky.notes.append(why)
+    found = [run for run in runs if skies[run.run_id].target is not None]
+    for run in runs:
+        sky = skies[run.run_id]
+        if sky.target is None and found:
+            sky.target, why = _target_from_runs(run, found, skies, config)
+            sky.notes.append(why)
         if sky.target is None:
-            sky.skipped = why
-            log.warning("run %s: target not found: %s", run.run_id, why)
+            sky.skipped = sky.notes[-1]
+            log.warning("run %s: target not found: %s", run.run_id, sky.skipped)
         if sky.solution is not None:
             log.info("run %s on the sky: %s, %d stars matched, rms %.2f arcsec", run.run_id,
                      sky.solution.method, sky.solution.n_matched, sky.solution.rms_arcsec)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -286,3 +287,27 @@ def test_runs_whose_only_sky_information_is_a_pointing_ten_arcmin_off(tmp_path):
         solution = result.report["runs"][run_id]["sky"]["solution"]
         assert solution["method"] == "catalogue" and solution["rms_arcsec"] < 0.5, solution
         assert solution["mirrored"] == ("lapalma" in run_id)
+
+
+BULGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / \
+    "saao_microlensing_bulge"
+
+
+@pytest.mark.skipif(not BULGE.is_dir(), reason="../shared/data is not present")
+def test_one_target_pixel_finds_the_target_on_every_night_of_a_crowded_series(tmp_path):
+    """The real SAAO bulge series: 21 nights, no WCS, no catalogue, a pointing that moves by
+    tens of pixels between nights in a crowded field. One --target-xy (in the first night's
+    first frame) is matched star to star into every other night; the same pixel on another
+    night would land on other stars."""
+    result = reduce([BULGE], tmp_path / "out", target=("18:15:29", "-25:17:06"),
+                    target_xy=(257.0, 243.5))
+    assert len(result.runs) == 21
+    first = min(result.runs)  # run ids carry the night: the first is the earliest
+    for run_id in result.runs:
+        notes = result.report["runs"][run_id]["sky"]["notes"]
+        assert "skipped" not in result.report["runs"][run_id], notes
+        if run_id == first:
+            assert notes[-1].startswith("target found from pixel (257.0, 243.5)")
+        else:
+            assert f"matching the stars of run {first}" in notes[-1], notes
+            assert float(notes[-1].split(", ")[-1].split(" px")[0]) < 1.0
