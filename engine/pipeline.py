@@ -47,7 +47,7 @@ from engine.io.layout import (CATALOGUE_FOLDER, LIGHTCURVES_TABLE, LOG_FILE, PHO
 from engine.io.tables import concat_parquet, read_parquet, write_parquet
 from engine.progress import progress, quiet
 from engine.registration import Transform
-from engine.settings import EnsembleConfig, ExtractionConfig, PipelineConfig, SkyConfig
+from engine.settings import EnsembleConfig, ExtractionConfig, PipelineConfig
 from engine.sky import RunStars, fetch_field_catalogue, locate_runs, sky_star_columns
 
 __all__ = ["ReduceResult", "reduce"]
@@ -247,7 +247,7 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
 
     start = time.perf_counter()
     skies, stars = _locate(out, runs, frames, _target_radec(target, frames), target_xy,
-                           catalogue, config.sky)
+                           catalogue, config)
     timings["sky"] = time.perf_counter() - start
     log.info("sky done in %.1f s", timings["sky"])
 
@@ -376,13 +376,14 @@ def _run_stars(out: Path, run_id: str, frames: pa.Table) -> RunStars:
 
 
 def _locate(out: Path, runs: list[str], frames: pa.Table, target_radec, target_xy, catalogue,
-            config: SkyConfig):
+            config: PipelineConfig):
     """Sky solutions, targets and network star ids of every run (engine.sky); each solved run's
     WCS is written as sky/RUN.wcs.fits."""
     measured = [_run_stars(out, run_id, frames) for run_id in runs]
     skies = locate_runs(measured, catalogue=catalogue, target_radec=target_radec,
-                        target_xy=target_xy, config=config)
-    stars = sky_star_columns(measured, skies, catalogue, config)
+                        target_xy=target_xy, config=config.sky)
+    stars = sky_star_columns(measured, skies, catalogue,
+                             match_radius_arcsec=config.ensemble.match_radius_arcsec)
     for run_id, sky in skies.items():
         if sky.solution is not None:
             with atomic_path(run_sky_header(out, run_id), ".fits") as temporary:

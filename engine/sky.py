@@ -123,13 +123,13 @@ def _header_wcs(run: RunStars):
 
 def _solve_run(run: RunStars, catalogue, config: SkyConfig, notes: list[str]):
     """A run's sky solution from its own header or the catalogue, or None (notes say why)."""
-    from engine.registration.solve import check_wcs, solve_field
+    from engine.registration.solve import check_wcs, header_solution, solve_field
 
     wcs = _header_wcs(run)
     xy, flux, shape = run.xy(), run.flux(), run.shape()
     if wcs is not None:
         if catalogue is None:
-            return _header_solution(wcs, xy)
+            return header_solution(wcs, len(xy))
         checked = check_wcs(wcs, xy, flux, catalogue, shape=shape, reasons=notes)
         if checked is not None:
             return checked
@@ -152,23 +152,6 @@ def _solve_run(run: RunStars, catalogue, config: SkyConfig, notes: list[str]):
     except EngineError as exc:
         notes.append(f"no sky solution from the catalogue: {exc}")
         return None
-
-
-def _header_solution(wcs, xy):
-    """A header WCS taken as it is (no catalogue to check it against)."""
-    from engine.registration.solve import SkySolution
-
-    scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600.0
-    return SkySolution(wcs=wcs, method="header", n_matched=0, rms_arcsec=math.nan,
-                       pixel_scale_arcsec=scale, rotation_deg=_rotation_deg(wcs),
-                       mirrored=bool(np.linalg.det(wcs.pixel_scale_matrix) > 0),
-                       catalogue_index=np.full(len(xy), -1, dtype=np.int64),
-                       notes=("header WCS, not checked (no catalogue)",))
-
-
-def _rotation_deg(wcs) -> float:
-    m = wcs.pixel_scale_matrix
-    return float(np.degrees(np.arctan2(m[1, 0], m[1, 1])))
 
 
 #: Two runs' header WCS are judged only where each sees this many stars in the other's field.
@@ -475,19 +458,19 @@ def _unit_vectors(ra, dec) -> np.ndarray:
     return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
 
 
-def sky_star_columns(runs: list[RunStars], skies: dict[str, RunSky], catalogue=None,
-                     config: SkyConfig | None = None) -> dict[str, pa.Table]:
+def sky_star_columns(runs: list[RunStars], skies: dict[str, RunSky], catalogue=None, *,
+                     match_radius_arcsec: float = 2.0) -> dict[str, pa.Table]:
     """Each run's star table with `ra`, `dec` (deg), a network-wide `star_id` and, where a
     catalogue star matches, `catalogue_id`, `catalogue_mag` and `colour` (the catalogue's).
 
     Stars within `match_radius_arcsec` of a star already seen (catalogue stars first, then the
     runs in order) take its id: the catalogue's id when it has one, else a number above them.
     Runs without a sky solution keep their tables unchanged (no star_id: their own numbers).
+    The radius is the merge's (EnsembleConfig.match_radius_arcsec): one rule for one star.
     """
     from scipy.spatial import cKDTree
 
-    config = SkyConfig() if config is None else config
-    radius = 2.0 * math.sin(math.radians(config.match_radius_arcsec / 3600.0) / 2.0)
+    radius = 2.0 * math.sin(math.radians(match_radius_arcsec / 3600.0) / 2.0)
     known_points = np.zeros((0, 3))
     known_ids = np.zeros(0, dtype=np.int64)
     n_catalogue = 0

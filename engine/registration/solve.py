@@ -37,7 +37,8 @@ from engine.registration.asterisms import match_transform
 from engine.registration.catalogue import _tangent_plane
 from engine.registration.transform import Transform
 
-__all__ = ["SkySolution", "check_wcs", "solve_field", "solve_from_reference"]
+__all__ = ["SkySolution", "check_wcs", "header_solution", "solve_field",
+           "solve_from_reference"]
 
 log = logging.getLogger(__name__)
 
@@ -565,6 +566,14 @@ def check_wcs(wcs, xy, flux, catalogue, *, shape, match_radius: float = 3.0,
     residual = xy[bright][star] - predicted[cat]
     return _solution(wcs, "header", len(xy), bright[star], cat, residual,
                      [f"{len(star)} stars within {match_radius:g} px of the catalogue"])
+
+
+def header_solution(wcs, n_stars: int) -> SkySolution:
+    """The header's WCS taken as it is, for runs with nothing to check it against (no
+    catalogue, no other run): no stars matched, rms unknown."""
+    empty = np.zeros(0, dtype=np.intp)
+    return _solution(wcs.celestial, "header", n_stars, empty, empty, np.zeros((0, 2)),
+                     ["header WCS, not checked (no catalogue)"])
 
 
 def _separation_deg(catalogue, centre) -> np.ndarray:

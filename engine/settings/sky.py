@@ -27,8 +27,6 @@ class SkyConfig:
     target_xy: tuple[tuple[str, tuple[float, float]], ...] = ()
     #: Allowed error of the header pixel scale, as a fraction [0.1].
     scale_tolerance: float = 0.1
-    #: Stars of different runs closer than this on the sky are one star [2 arcsec].
-    match_radius_arcsec: float = 2.0
     #: The target must lie within this many FWHM of its predicted position [1.5] ...
     target_tolerance_fwhm: float = 1.5
     #: ... plus three times the sky solution's rms.
@@ -39,7 +37,7 @@ class SkyConfig:
     def __post_init__(self):
         object.__setattr__(self, "gaia_mag_limit", number("sky gaia_mag_limit",
                                                           self.gaia_mag_limit))
-        for name in ("match_radius_arcsec", "target_tolerance_fwhm", "header_agreement_arcsec"):
+        for name in ("target_tolerance_fwhm", "header_agreement_arcsec"):
             object.__setattr__(self, name, positive(f"sky {name}", getattr(self, name)))
         object.__setattr__(self, "scale_tolerance", number(
             "sky scale_tolerance", self.scale_tolerance, above=0.0, high=0.9))
