@@ -312,6 +312,13 @@ def test_injected_hot_pixels_and_cosmic_rays_leave_the_stars_and_their_fwhm():
     assert not (mask & near_star & clean).any()          # no star core is flagged
     assert not cosmic_ray_mask(render(shape, xy, rng.uniform(2e4, 2e5, 25), 2.0, 100.0, 5.0,
                                       rng), 2.0).any()   # undersampled: nothing can be told
+    # A frame of 256 px or more takes its background from every 4th pixel: the same scene
+    # tiled 2 x 2 gives the same verdicts in each quadrant.
+    tiled = cosmic_ray_mask(np.tile(image, (2, 2)), frame_fwhm(stars))
+    for quadrant in (tiled[:200, :240], tiled[200:, :240], tiled[:200, 240:], tiled[200:, 240:]):
+        assert all(any(quadrant[j, i] for j, i in track) for track in tracks)
+        assert quadrant[hot[:, 1], hot[:, 0]].mean() > 0.8
+        assert not (quadrant & near_star & clean).any()
 
 
 SARA = NTT.parent / "sara_raw_calibration"
