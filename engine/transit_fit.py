@@ -4,14 +4,21 @@ Partial transits from several sites fit together: one planet (mid-time, Rp/Rs, a
 inclination; the period fixed) and, per run, a baseline `offset * (1 + slope * regressor)` with
 the regressor the airmass (default) or time, so that each site's own zero point and trend are
 fitted beside the transit. The model is `engine.kernels.transit.transit_light_curve`, integrated
-over each exposure. Limb darkening is fixed per filter (generic quadratic coefficients for a
-Sun-like star unless the caller gives them).
+over each exposure.
+
+Limb darkening is quadratic and fixed per filter: the caller's coefficients, else the grey-atmosphere
+model of `engine.limb_darkening` at the star's Teff when it is given, else generic coefficients for
+a Sun-like dwarf; FIT.json says which, per filter.
 
 Uncertainties come from the covariance of the weighted least-squares solution (Gauss-Newton:
-(J^T W J)^-1), scaled by the reduced chi-square when it exceeds one, so that under-estimated
-error bars widen the intervals rather than shrink them. Their coverage is checked in the tests on
-simulated injections. Per-run timing residuals refit the mid-time on each run alone with the
-shape held at the joint solution: a site's clock error shows there.
+(J^T W J)^-1), then widened, never shrunk: by sqrt(reduced chi-square) when it exceeds one
+(under-estimated error bars) and by beta, the red-noise factor of the time-averaging method
+(Pont, Zucker & Queloz 2006; Winn et al. 2008): the residuals of each run are binned over 10-30
+minutes, and beta is the median ratio of the binned scatter to what white noise would give
+(beta >= 1). A parameter that ends on a bound of the fit (an inclination of 90 degrees) has no
+symmetric error: it is reported as a limit, its error null with the reason. Coverage is checked in
+the tests on simulated injections. Per-run timing residuals refit the mid-time on each run alone
+with the shape held at the joint solution: a site's clock error shows there.
 """
 
 from __future__ import annotations
@@ -24,9 +31,33 @@ import pyarrow as pa
 from scipy.optimize import least_squares
 
 from engine.errors import EngineValueError
-from engine.kernels.transit import transit_light_curve
+from engine.kernels.transit import projected_separation, transit_light_curve
+from engine.limb_darkening import band_wavelength_nm, grey_atmosphere_coefficients
 
-__all__ = ["DEFAULT_LIMB_DARKENING", "TransitFit", "fit_transit"]
+__all__ = ["DEFAULT_LIMB_DARKENING", "FIT_UNITS", "TransitFit", "fit_transit", "red_noise_beta",
+           "weak_shape_reason"]
+
+#: The time scale of every time in a fit (inputs and FIT.json).
+TIME_SCALE = "BJD_TDB"
+
+#: Units of FIT.json's quantities (the `units` map it carries).
+FIT_UNITS = {
+    "tmid": "d (BJD_TDB)", "tmid_err": "d", "tmid_err_fit": "d", "tmid_err_timing": "d",
+    "rp_rs": "stellar radii", "rp_rs_err": "stellar radii", "a_rs": "stellar radii",
+    "a_rs_err": "stellar radii", "inc": "deg", "inc_err": "deg",
+    "depth": "fraction of the out-of-transit flux ((Rp/Rs)^2)", "period": "d",
+    "o_minus_c_days": "d", "o_minus_c_err_days": "d", "chi2_reduced": "dimensionless",
+    "beta": "dimensionless", "error_scale": "dimensionless",
+    "residual_rms": "relative flux", "timing_err_s": "s", "timing_residual_s": "s",
+    "timing_residual_err_s": "s", "teff": "K", "logg": "log10(cm s^-2)", "feh": "dex",
+    "beta_bin_minutes": "min",
+}
+
+#: Widths (minutes) over which residuals are binned for the red-noise factor beta.
+BETA_BIN_MINUTES = (10.0, 15.0, 20.0, 25.0, 30.0)
+
+#: The shape parameters of the fit, in the order of its parameter vector after the mid-time.
+FIT_PARAMETERS = ("tmid", "rp_rs", "a_rs", "inc")
 
 #: Quadratic limb darkening (u1, u2) by filter for a Sun-like dwarf (rounded from Claret-style
 #: tables); a fit takes these unless given its own.
@@ -40,7 +71,8 @@ _FALLBACK_LIMB_DARKENING = (0.42, 0.25)
 
 @dataclass
 class TransitFit:
-    """The result of `fit_transit`; `to_dict()` is what FIT.json holds."""
+    """The result of `fit_transit`; `to_dict()` is what FIT.json holds. Errors are NaN for a
+    parameter at a bound (see `at_bound`), and include the chi-square and red-noise widening."""
 
     tmid: float
     tmid_err: float
@@ -59,19 +91,59 @@ class TransitFit:
     o_minus_c_err: float | None = None
     tmid_err_fit: float | None = None
     tmid_err_timing: float | None = None
+    #: Red-noise factor (>= 1) and the total factor the covariance errors were multiplied by.
+    beta: float = 1.0
+    error_scale: float = 1.0
+    #: FIT_PARAMETERS name -> (lower, upper) bound of the fit, and "lower"/"upper"/None.
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    at_bound: dict[str, str | None] = field(default_factory=dict)
+    #: Correlation coefficients of the shape parameters, e.g. {"rp_rs~a_rs": 0.93}.
+    correlations: dict[str, float] = field(default_factory=dict)
+    #: filter -> {"law", "u1", "u2", "source"}: the coefficients the fit used.
+    limb_darkening: dict[str, dict] = field(default_factory=dict)
+    star: dict | None = None
+    priors: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: The per-run baseline's regressor ('airmass': airmass - 1; 'time': time - time_origin).
+    baseline: str = "airmass"
+    time_origin: float = 0.0
+
+    def parameter_report(self, name: str) -> dict:
+        """One parameter as FIT.json's `parameters` entry: value, error, unit, and either the
+        error's widening or, at a bound, the limit and why there is no error."""
+        value, error = getattr(self, name), getattr(self, f"{name}_err")
+        entry = {"value": value, "error": error, "unit": FIT_UNITS[name],
+                 "at_bound": self.at_bound.get(name), "prior": self.priors.get(name)}
+        side = self.at_bound.get(name)
+        if side:
+            limit = self.bounds[name][0 if side == "lower" else 1]
+            entry["error"] = None
+            entry["error_note"] = (
+                f"at the fit's {side} bound ({limit:g}): the data only give a limit "
+                f"({name} {'>=' if side == 'lower' else '<='} ~{value:g}), no symmetric error")
+        return entry
 
     def to_dict(self) -> dict:
         """JSON-ready: NaN (an error undefined at a bound) becomes null."""
+        from engine import __version__
+
         return _json_ready({
             "tmid": self.tmid, "tmid_err": self.tmid_err, "rp_rs": self.rp_rs,
             "rp_rs_err": self.rp_rs_err, "a_rs": self.a_rs, "a_rs_err": self.a_rs_err,
             "inc": self.inc, "inc_err": self.inc_err, "depth": self.depth, "period": self.period,
-            "chi2_reduced": self.chi2_reduced, "n_points": self.n_points,
+            "residual_rms": {run: info["residual_rms"] for run, info in self.runs.items()},
+            "time_scale": TIME_SCALE, "units": FIT_UNITS, "software_version": __version__,
+            "chi2_reduced": self.chi2_reduced, "beta": self.beta, "error_scale": self.error_scale,
+            "error_note": ("errors are the covariance errors times error_scale = "
+                           "sqrt(max(1, chi2_reduced)) * beta (beta: red noise from residuals "
+                           f"binned over {BETA_BIN_MINUTES[0]:g}-{BETA_BIN_MINUTES[-1]:g} min)"),
+            "parameters": {name: self.parameter_report(name) for name in FIT_PARAMETERS},
+            "correlations": self.correlations, "limb_darkening": self.limb_darkening,
+            "star": self.star, "n_points": self.n_points,
             "o_minus_c_days": self.o_minus_c, "o_minus_c_err_days": self.o_minus_c_err,
             "tmid_err_fit": self.tmid_err_fit, "tmid_err_timing": self.tmid_err_timing,
             "tmid_err_note": ("tmid_err is the fit's error and the runs' timing errors "
                               "(time_err_s: stamp resolution, clock uncertainty) in quadrature"),
-            "runs": self.runs,
+            "baseline": self.baseline, "runs": self.runs,
         })
 
 
@@ -83,15 +155,50 @@ def _json_ready(value):
     return value
 
 
-def limb_darkening_for(filter_name: str, given: dict | None) -> tuple[float, float]:
-    """(u1, u2) for a filter: the caller's value, else DEFAULT_LIMB_DARKENING, else a fallback."""
+def limb_darkening_for(filter_name: str, given: dict | None = None,
+                       star: dict | None = None) -> tuple[float, float]:
+    """(u1, u2) for a filter; see `limb_darkening_choice` for the order of the sources."""
+    choice = limb_darkening_choice(filter_name, given, star)
+    return choice["u1"], choice["u2"]
+
+
+def limb_darkening_choice(filter_name: str, given: dict | None = None,
+                          star: dict | None = None) -> dict:
+    """The quadratic coefficients for a filter and where they come from: the caller's `given`
+    {filter: (u1, u2)}, else the grey-atmosphere model at star['teff'] (K) for a known band, else
+    DEFAULT_LIMB_DARKENING (a Sun-like dwarf), else a generic fallback."""
     if given and filter_name in given:
-        return tuple(given[filter_name])  # type: ignore[return-value]
+        u1, u2 = (float(u) for u in given[filter_name])
+        return {"law": "quadratic", "u1": u1, "u2": u2, "source": "given by the caller"}
+    wavelength = band_wavelength_nm(filter_name)
+    teff = (star or {}).get("teff")
+    if teff is not None and wavelength is not None:
+        u1, u2 = grey_atmosphere_coefficients(float(teff), wavelength)
+        return {"law": "quadratic", "u1": u1, "u2": u2,
+                "source": f"grey Eddington atmosphere at Teff {float(teff):.0f} K, "
+                          f"{wavelength:g} nm (engine.limb_darkening; log g and [Fe/H] do "
+                          "not enter it)"}
     key = (filter_name or "").strip()
     for candidate in (key, key.upper(), key[:1].upper()):
         if candidate in DEFAULT_LIMB_DARKENING:
-            return DEFAULT_LIMB_DARKENING[candidate]
-    return _FALLBACK_LIMB_DARKENING
+            u1, u2 = DEFAULT_LIMB_DARKENING[candidate]
+            why = "no Teff given" if teff is None else "no wavelength known for this filter"
+            return {"law": "quadratic", "u1": u1, "u2": u2,
+                    "source": f"default for a Sun-like dwarf ({why}; engine.transit_fit."
+                              "DEFAULT_LIMB_DARKENING)"}
+    u1, u2 = _FALLBACK_LIMB_DARKENING
+    return {"law": "quadratic", "u1": u1, "u2": u2,
+            "source": "generic fallback (filter unknown to the engine)"}
+
+
+def _star(teff, logg, feh) -> dict | None:
+    """The star's parameters as FIT.json records them; None when none is given."""
+    star = {name: float(value) for name, value in (("teff", teff), ("logg", logg), ("feh", feh))
+            if value is not None}
+    for name, value in star.items():
+        if not math.isfinite(value):
+            raise EngineValueError(f"the star's {name} must be finite, got {value}")
+    return star or None
 
 
 def _as_arrays(lightcurves: pa.Table) -> dict[str, np.ndarray]:
@@ -127,7 +234,9 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
                 a_rs: float = 10.0, inc: float = 89.0, limb_darkening: dict | None = None,
                 baseline: str = "airmass", t0_window: float | None = None,
                 ephemeris: tuple[float, float] | None = None,
-                priors: dict[str, tuple[float, float]] | None = None) -> TransitFit:
+                priors: dict[str, tuple[float, float]] | None = None,
+                teff: float | None = None, logg: float | None = None,
+                feh: float | None = None) -> TransitFit:
     """Fit one transit jointly over every run in `lightcurves`.
 
     Parameters
@@ -147,6 +256,9 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
     priors : {name: (mean, sigma)} Gaussian priors on 'rp_rs', 'a_rs' or 'inc' (degrees), e.g.
         a published a/Rs and inclination, which partial transits alone constrain poorly. They
         enter the fit as extra residuals, so the quoted errors include them.
+    teff, logg, feh : the star's effective temperature (K), surface gravity (log10 cgs) and
+        metallicity (dex): with teff, filters without given coefficients take the
+        grey-atmosphere model's (engine.limb_darkening); all three are recorded in FIT.json.
     """
     if not (period > 0 and math.isfinite(period) and math.isfinite(t0)):
         raise EngineValueError("period must be > 0 and t0 finite")
@@ -159,7 +271,10 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
         raise EngineValueError("too few good target measurements to fit a transit")
     run_index = np.array([runs.index(r) for r in data["run_id"]])
     n_runs = len(runs)
-    ld = np.array([limb_darkening_for(str(f), limb_darkening) for f in data["filter"]])
+    star = _star(teff, logg, feh)
+    ld_used = {str(f): limb_darkening_choice(str(f), limb_darkening, star)
+               for f in set(data["filter"].tolist())}
+    ld = np.array([(ld_used[str(f)]["u1"], ld_used[str(f)]["u2"]) for f in data["filter"]])
     time = data["time_bjd_tdb"]
     flux = data["rel_flux"]
     sigma = data["rel_flux_err"]
@@ -215,16 +330,24 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
     params = solution.x
     dof = max(1, len(flux) - len(params))
     chi2_reduced = float(np.sum(solution.fun[:len(flux)] ** 2) / dof)
-    errors = _parameter_errors(solution.jac, chi2_reduced, at_bound=solution.active_mask != 0)
+    residual = flux - model(params)
+    beta_by_run = {run: red_noise_beta(time[run_index == k], residual[run_index == k])
+                   for k, run in enumerate(runs)}
+    beta = red_noise_beta_of_runs([(time[run_index == k], residual[run_index == k])
+                                   for k in range(n_runs)])
+    error_scale = math.sqrt(max(1.0, chi2_reduced)) * beta
+    errors, covariance = _parameter_errors(solution.jac, at_bound=solution.active_mask != 0)
+    errors = errors * error_scale
 
     run_report = {}
     timing = data["time_err_s"]
     for k, run in enumerate(runs):
         mine = run_index == k
-        resid = flux[mine] - model(params)[mine]
         run_report[run] = {
             "n_points": int(np.count_nonzero(mine)),
-            "residual_rms": float(np.std(resid)),
+            "residual_rms": float(np.std(residual[mine])),
+            "beta": beta_by_run[run],
+            "filter": str(data["filter"][mine][0]),
             "offset": float(params[4 + k]),
             "slope": float(params[4 + n_runs + k]) if n_slopes else 0.0,
             **_run_timing(t0, params, k, mine, time, flux, sigma, exptime, ld, regressor,
@@ -240,12 +363,83 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
         epoch = round((tmid - ephemeris[0]) / ephemeris[1])
         o_minus_c = tmid - (ephemeris[0] + epoch * ephemeris[1])
         o_minus_c_err = tmid_err
+    bounds = {name: (lower[i] + (t0 if i == 0 else 0.0), upper[i] + (t0 if i == 0 else 0.0))
+              for i, name in enumerate(FIT_PARAMETERS)}
+    at_bound = {name: {-1: "lower", 1: "upper"}.get(int(solution.active_mask[i]))
+                for i, name in enumerate(FIT_PARAMETERS)}
     return TransitFit(tmid=tmid, tmid_err=tmid_err, rp_rs=p, rp_rs_err=float(errors[1]),
                       a_rs=a, a_rs_err=float(errors[2]), inc=inc_fit, inc_err=float(errors[3]),
                       depth=depth, period=float(period), chi2_reduced=chi2_reduced,
                       n_points=int(len(flux)), runs=run_report, o_minus_c=o_minus_c,
                       o_minus_c_err=o_minus_c_err, tmid_err_fit=float(errors[0]),
-                      tmid_err_timing=timing_err)
+                      tmid_err_timing=timing_err, beta=beta, error_scale=error_scale,
+                      bounds=bounds, at_bound=at_bound,
+                      correlations=_shape_correlations(covariance), limb_darkening=ld_used,
+                      star=star, priors={FIT_PARAMETERS[i]: (m, w) for i, m, w in prior_terms},
+                      baseline=baseline, time_origin=float(t0))
+
+
+def red_noise_beta(time: np.ndarray, residuals: np.ndarray,
+                   bin_minutes=BETA_BIN_MINUTES) -> float:
+    """The red-noise factor beta of one series of fit residuals (time in days): >= 1, 1 for
+    white noise. See `red_noise_beta_of_runs`."""
+    return red_noise_beta_of_runs([(time, residuals)], bin_minutes)
+
+
+def red_noise_beta_of_runs(series, bin_minutes=BETA_BIN_MINUTES) -> float:
+    """Beta by time averaging (Pont et al. 2006; Winn et al. 2008) over (time, residuals) pairs:
+    each series is cut into bins of each width in `bin_minutes`; the scatter of the bin means is
+    compared with white noise's expectation, sigma_1^2 <1 / n_bin> (sigma_1 the unbinned scatter;
+    unbiased estimators, so uneven bins need no M/(M-1) factor); beta is the median of the ratios
+    over widths and series, at least 1. Widths that leave fewer than 3 bins of 2+ points are
+    skipped; with none left beta is 1 (too short a series to tell)."""
+    ratios = []
+    for time, residuals in series:
+        order = np.argsort(time)
+        t, r = np.asarray(time, float)[order], np.asarray(residuals, float)[order]
+        if r.size < 6:
+            continue
+        sigma1 = np.std(r, ddof=1)
+        if not sigma1 > 0:
+            continue
+        for minutes in bin_minutes:
+            index = np.floor((t - t[0]) / (minutes / 1440.0)).astype(np.int64)
+            counts = np.bincount(index)
+            means = np.bincount(index, r)[counts >= 2] / counts[counts >= 2]
+            if means.size < 3:
+                continue
+            expected = sigma1 * math.sqrt(float(np.mean(1.0 / counts[counts >= 2])))
+            ratios.append(float(np.std(means, ddof=1)) / expected)
+    return max(1.0, float(np.median(ratios))) if ratios else 1.0
+
+
+def _shape_correlations(covariance: np.ndarray) -> dict[str, float]:
+    """Correlation coefficients between the transit parameters (NaN where one is at a bound)."""
+    result = {}
+    for i in range(4):
+        for j in range(i + 1, 4):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                value = covariance[i, j] / math.sqrt(covariance[i, i] * covariance[j, j])
+            result[f"{FIT_PARAMETERS[i]}~{FIT_PARAMETERS[j]}"] = float(value)
+    return result
+
+
+def weak_shape_reason(fit: TransitFit, relative_limit: float = 0.1,
+                      correlation_limit: float = 0.9) -> str | None:
+    """Why the night leaves the transit's shape (a/Rs, inclination) weakly constrained, or None:
+    a parameter at a bound, an a/Rs error above `relative_limit` of its value, a correlation
+    with Rp/Rs above `correlation_limit`, or no run covering ingress or egress."""
+    reasons = [f"{name} at its {fit.at_bound[name]} bound" for name in ("a_rs", "inc")
+               if fit.at_bound.get(name)]
+    if math.isfinite(fit.a_rs_err) and fit.a_rs_err > relative_limit * fit.a_rs:
+        reasons.append(f"a/Rs error {100 * fit.a_rs_err / fit.a_rs:.0f}% of its value")
+    for pair in ("rp_rs~a_rs", "rp_rs~inc"):
+        value = fit.correlations.get(pair, float("nan"))
+        if math.isfinite(value) and abs(value) > correlation_limit:
+            reasons.append(f"correlation {pair} {value:+.2f}")
+    if not any(run.get("covers_contact") for run in fit.runs.values()):
+        reasons.append("no run covers ingress or egress")
+    return "; ".join(reasons) or None
 
 
 def _timing_error(run_report: dict) -> float:
@@ -285,20 +479,23 @@ def _prior_terms(priors) -> list[tuple[int, float, float]]:
     return terms
 
 
-def _parameter_errors(jacobian: np.ndarray, chi2_reduced: float, at_bound=None) -> np.ndarray:
-    """Standard errors from (J^T J)^-1 (J of the normalised residuals), widened by chi2 > 1.
+def _parameter_errors(jacobian: np.ndarray, at_bound=None) -> tuple[np.ndarray, np.ndarray]:
+    """Standard errors and covariance from (J^T J)^-1 (J of the normalised residuals), before
+    any widening.
 
     A parameter that ended on a bound (e.g. an inclination of exactly 90 degrees) has no
-    symmetric error: it gets NaN and the others are computed with it held fixed."""
+    symmetric error: it gets NaN (row and column of the covariance too) and the others are
+    computed with it held fixed."""
     free = np.ones(jacobian.shape[1], dtype=bool) if at_bound is None else ~np.asarray(at_bound)
-    errors = np.full(jacobian.shape[1], np.nan)
     jtj = jacobian[:, free].T @ jacobian[:, free]
     try:
-        covariance = np.linalg.inv(jtj)
+        inverse = np.linalg.inv(jtj)
     except np.linalg.LinAlgError:
-        covariance = np.linalg.pinv(jtj)
-    errors[free] = np.sqrt(np.clip(np.diag(covariance), 0.0, None) * max(1.0, chi2_reduced))
-    return errors
+        inverse = np.linalg.pinv(jtj)
+    covariance = np.full((jacobian.shape[1],) * 2, np.nan)
+    covariance[np.ix_(free, free)] = inverse
+    errors = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    return np.where(free, errors, np.nan), covariance
 
 
 def _run_timing(t0, params, k, mine, time, flux, sigma, exptime, ld, regressor, period, n_runs,
@@ -319,12 +516,15 @@ def _run_timing(t0, params, k, mine, time, flux, sigma, exptime, ld, regressor, 
     fit = least_squares(residuals, start, x_scale="jac",
                         bounds=([-window, 0.0, -np.inf], [window, np.inf, np.inf]))
     dof = max(1, len(f) - 3)
-    errors = _parameter_errors(fit.jac, float(np.sum(fit.fun ** 2) / dof),
-                               at_bound=fit.active_mask != 0)
+    errors, _ = _parameter_errors(fit.jac, at_bound=fit.active_mask != 0)
+    errors *= math.sqrt(max(1.0, float(np.sum(fit.fun ** 2) / dof)))
     in_transit = np.any(transit_light_curve(t, tmid, period, p, a, inc, u1, u2) < 1.0)
+    # Ingress or egress: the planet's disk crosses the star's limb, 1 - p < z < 1 + p.
+    separation = projected_separation(t, tmid, period, a, inc)
+    contact = np.any((separation > 1.0 - p) & (separation < 1.0 + p))
     total = math.hypot(float(errors[0]), timing_err_s / 86400.0)
     return {"tmid": float(tmid + fit.x[0]), "tmid_err": total, "tmid_err_fit": float(errors[0]),
             "timing_err_s": timing_err_s,
             "timing_residual_s": float(fit.x[0] * 86400.0),
             "timing_residual_err_s": total * 86400.0,
-            "covers_transit": bool(in_transit)}
+            "covers_transit": bool(in_transit), "covers_contact": bool(contact)}
