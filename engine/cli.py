@@ -141,22 +141,31 @@ def _add_fit_transit(sub) -> None:
                    metavar=("NAME", "MEAN", "SIGMA"),
                    help="Gaussian prior on rp_rs, a_rs or inc (deg); repeatable, e.g. "
                         "--prior a_rs 9.0 0.3 --prior inc 87.5 0.8")
-    p.add_argument("--out", required=True, type=Path, help="FIT.json to write")
+    p.add_argument("--teff", type=float, help="the star's effective temperature, K: limb "
+                   "darkening per filter from it (default: coefficients for a Sun-like dwarf)")
+    p.add_argument("--logg", type=float, help="the star's log g (cgs), recorded in FIT.json")
+    p.add_argument("--feh", type=float, help="the star's [Fe/H], dex, recorded in FIT.json")
+    p.add_argument("--out", required=True, type=Path,
+                   help="FIT.json to write; the plot FIT.png is written beside it")
     p.set_defaults(func=_run_fit_transit)
 
 
 def _run_fit_transit(args) -> int:
     from engine.io.atomic import write_text
     from engine.io.tables import read_parquet
+    from engine.plots import plot_transit_fit
     from engine.transit_fit import fit_transit
 
-    fit = fit_transit(read_parquet(args.lightcurves), period=args.period, t0=args.t0,
-                      rp_rs=args.rp_rs, a_rs=args.a_rs, inc=args.inc, baseline=args.baseline,
+    lightcurves = read_parquet(args.lightcurves)
+    fit = fit_transit(lightcurves, period=args.period, t0=args.t0, rp_rs=args.rp_rs,
+                      a_rs=args.a_rs, inc=args.inc, baseline=args.baseline,
                       ephemeris=tuple(args.ephemeris) if args.ephemeris else None,
-                      priors=_priors(args.prior))
+                      priors=_priors(args.prior), teff=args.teff, logg=args.logg, feh=args.feh)
     write_text(args.out, json.dumps(fit.to_dict(), indent=2) + "\n")
+    plot = plot_transit_fit(lightcurves, fit, Path(args.out).with_suffix(".png"))
     print(f"mid-transit BJD_TDB {fit.tmid:.6f} +- {fit.tmid_err * 86400:.1f} s, Rp/Rs "
-          f"{fit.rp_rs:.4f} +- {fit.rp_rs_err:.4f}; written to {args.out}")
+          f"{fit.rp_rs:.4f} +- {fit.rp_rs_err:.4f} (errors x{fit.error_scale:.2f}: chi2_red "
+          f"{fit.chi2_reduced:.2f}, beta {fit.beta:.2f}); written to {args.out} and {plot}")
     return 0
 
 

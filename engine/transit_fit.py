@@ -273,7 +273,7 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
     n_runs = len(runs)
     star = _star(teff, logg, feh)
     ld_used = {str(f): limb_darkening_choice(str(f), limb_darkening, star)
-               for f in set(data["filter"].tolist())}
+               for f in sorted(set(data["filter"].tolist()))}
     ld = np.array([(ld_used[str(f)]["u1"], ld_used[str(f)]["u2"]) for f in data["filter"]])
     time = data["time_bjd_tdb"]
     flux = data["rel_flux"]
