@@ -46,6 +46,10 @@ NOISE_TERMS = (
     ("var_dark", "dark (part of background)"),
 )
 
+#: Colours of the noise budget outside the terms' C0-C5: the scatter measured, the chosen star.
+MEASURED_COLOUR = "C6"
+CHOSEN_COLOUR = "C9"
+
 
 def _pyplot():
     import matplotlib
@@ -240,7 +244,8 @@ def _comparisons_by_run(source) -> dict[str, list[dict]]:
 def plot_comparison_weights(stars_or_summary, path) -> Path:
     """Per run, a bar chart of each comparison star's share of the ensemble weight (largest
     first) and, where the scatter is known, its scatter over the noise model's expectation
-    (1 = as expected; above 2, red: the ensemble's test for a suspected variable).
+    (1 = as expected). Red bars, in both panels, are suspected variables: named by the ensemble or
+    with a scatter above twice the expected; a legend above the panels says so.
 
     stars_or_summary : the report dict `reduce` returns / writes (report.json; per run
         weights.comparisons with weight_share, rms_mag, expected_rms_mag), a star summary table
@@ -260,19 +265,20 @@ def plot_comparison_weights(stars_or_summary, path) -> Path:
         rows = sorted(rows, key=lambda r: -r["weight_share"])
         position = np.arange(len(rows))
         labels = [str(r["star_id"]) for r in rows]
-        colours = ["C3" if r["suspect"] else "C0" for r in rows]
+        with np.errstate(all="ignore"):
+            ratio = np.array([r["scatter"] / r["expected"] for r in rows])
+        # The same stars are red in both panels: named by the ensemble, or scatter above 2x.
+        suspect = [r["suspect"] or v > 2.0 for v, r in zip(ratio, rows)]
         left = axes[row, 0]
-        left.bar(position, [100.0 * r["weight_share"] for r in rows], color=colours)
+        left.bar(position, [100.0 * r["weight_share"] for r in rows],
+                 color=["C3" if s else "C0" for s in suspect])
         left.set_xticks(position, labels, fontsize=7, rotation=90 if len(rows) > 12 else 0)
         left.set_ylabel("weight share (%)")
         left.set_title(run, fontsize=8)
         if with_scatter:
             right = axes[row, 1]
-            with np.errstate(all="ignore"):
-                ratio = np.array([r["scatter"] / r["expected"] for r in rows])
             right.bar(position, np.where(np.isfinite(ratio), ratio, 0.0),
-                      color=["C3" if (v > 2.0 or r["suspect"]) else "C2"
-                             for v, r in zip(ratio, rows)])
+                      color=["C3" if s else "C2" for s in suspect])
             right.axhline(1.0, color="k", lw=0.8)
             right.axhline(2.0, color="C3", lw=0.8, ls="--")
             right.set_xticks(position, labels, fontsize=7, rotation=90 if len(rows) > 12 else 0)
@@ -280,8 +286,25 @@ def plot_comparison_weights(stars_or_summary, path) -> Path:
             right.set_title("scatter over the noise model (dashed: 2)", fontsize=8)
     for ax in axes[-1]:
         ax.set_xlabel("comparison star (star_id)")
-    figure.tight_layout()
+    _weights_legend(figure, with_scatter)
+    figure.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.5 / figure.get_figheight()))
     return _save(figure, path)
+
+
+def _weights_legend(figure, with_scatter: bool) -> None:
+    """One legend above the panels saying what the bar colours and lines mean."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="C0", label="comparison star: its share of the weight"),
+               Patch(color="C3", label="suspected variable (named by the ensemble, or "
+                                       "scatter > 2x expected)")]
+    if with_scatter:
+        handles += [Patch(color="C2", label="scatter within 2x of the noise model"),
+                    Line2D([], [], color="k", lw=0.8, label="scatter = expected"),
+                    Line2D([], [], color="C3", lw=0.8, ls="--", label="2x expected: threshold")]
+    figure.legend(handles=handles, loc="upper center", ncol=3 if with_scatter else 2,
+                  fontsize=7, frameon=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -446,7 +469,7 @@ def plot_noise_budget(photometry: pa.Table, path, *, lightcurves: pa.Table | Non
                                   np.full(lightcurves.num_rows, np.nan))
 
     plt = _pyplot()
-    figure, axes = plt.subplots(len(runs), 1, squeeze=False, figsize=(9, 3.4 * len(runs) + 0.6))
+    figure, axes = plt.subplots(len(runs), 1, squeeze=False, figsize=(11, 3.4 * len(runs) + 0.6))
     for ax, run in zip(axes[:, 0], runs):
         in_run = phot_runs == run
         chosen_star, chosen_radius = _star_and_radius(run, in_run, columns, curves, stars, star,
@@ -461,12 +484,25 @@ def plot_noise_budget(photometry: pa.Table, path, *, lightcurves: pa.Table | Non
         else:
             _budget_by_magnitude(ax, at_radius, phot_flags, run, chosen_star, columns,
                                  variances, terms, curves)
-        ax.set_yscale("log")
+        _readable_log_y(ax)
         ax.set_ylabel("noise / flux (ppt)")
         ax.set_title(title, fontsize=8)
-        ax.legend(fontsize=6, loc="best", ncol=2)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def _readable_log_y(ax) -> None:
+    """A log y axis labelled with plain numbers at 1, 2, 5 x 10^n (0.2, 0.5, 1, 2, 5, ...), the
+    minor ticks unlabelled: matplotlib's default labels a span under a decade '6x10^0'."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    axis = ax.yaxis
+    axis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_locator(LogLocator(base=10.0, subs=np.arange(2, 10) * 1.0))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _star_and_radius(run, in_run, columns, curves, stars, star, radius):
@@ -532,7 +568,7 @@ def _budget_in_time(ax, rows, run, chosen_star, columns, variances, terms, curve
         ax.plot(x, 1e3 * light_error, ":", color="k", lw=1.2,
                 label="light-curve error (ensemble included)")
     if measured is not None and np.isfinite(measured):
-        ax.axhline(1e3 * measured, color="C3", lw=1.4,
+        ax.axhline(1e3 * measured, color=MEASURED_COLOUR, lw=1.4,
                    label=f"measured point-to-point scatter ({1e3 * measured:.2f} ppt)")
     ax.set_xlabel(xlabel)
 
@@ -566,7 +602,7 @@ def _budget_by_magnitude(ax, rows, phot_flags, run, chosen_star, columns, varian
         total = per_star(columns["flux_err"][rows] / columns["flux"][rows])
     ax.plot(magnitude, 1e3 * total, "o", mfc="none", color="k", ms=5, label="total (flux_err)")
     chosen = ids == chosen_star
-    ax.plot(magnitude[chosen], 1e3 * total[chosen], "o", mfc="none", color="C3", ms=12,
+    ax.plot(magnitude[chosen], 1e3 * total[chosen], "o", mfc="none", color=CHOSEN_COLOUR, ms=12,
             mew=1.5, label=f"star {chosen_star}")
     if curves is not None:
         mine = curves["run_id"] == run
@@ -579,6 +615,6 @@ def _budget_by_magnitude(ax, rows, phot_flags, run, chosen_star, columns, varian
                 points.append((magnitude[k[0]], _point_to_point(curves["rel_flux"][good][order])))
         if points:
             points = np.array(points)
-            ax.plot(points[:, 0], 1e3 * points[:, 1], "*", color="C3", ms=8,
+            ax.plot(points[:, 0], 1e3 * points[:, 1], "*", color=MEASURED_COLOUR, ms=8,
                     label="measured point-to-point scatter (light curves)")
     ax.set_xlabel("instrumental magnitude (-2.5 log10 e-)")
