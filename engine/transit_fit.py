@@ -111,8 +111,10 @@ class TransitFit:
         """One parameter as FIT.json's `parameters` entry: value, error, unit, and either the
         error's widening or, at a bound, the limit and why there is no error."""
         value, error = getattr(self, name), getattr(self, f"{name}_err")
+        prior = self.priors.get(name)
         entry = {"value": value, "error": error, "unit": FIT_UNITS[name],
-                 "at_bound": self.at_bound.get(name), "prior": self.priors.get(name)}
+                 "at_bound": self.at_bound.get(name),
+                 "prior": None if prior is None else {"mean": prior[0], "sigma": prior[1]}}
         side = self.at_bound.get(name)
         if side:
             limit = self.bounds[name][0 if side == "lower" else 1]

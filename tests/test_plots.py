@@ -232,3 +232,43 @@ def test_noise_budget_errors(tmp_path):
     with pytest.raises(EngineValueError, match="versus"):
         plots.plot_noise_budget(photometry, tmp_path / "n.png", star=5, versus="airmass")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_transit_fit_plot_shows_runs_model_binned_points_and_time_scale(tmp_path, figures):
+    from engine.kernels.transit import transit_light_curve
+    from engine.transit_fit import fit_transit
+
+    rng = np.random.default_rng(3)
+    columns = {k: [] for k in ("run_id", "time_bjd_tdb", "rel_flux", "rel_flux_err", "airmass",
+                               "filter")}
+    tmid = 2460000.6
+    for run, band, start, stop in (("early", "V", -0.1, 0.02), ("late", "I", -0.01, 0.1)):
+        t = tmid + np.arange(start, stop, 60 / 86400)
+        airmass = 1.1 + 0.3 * (t - t[0])
+        model = transit_light_curve(t, tmid, 3.0, 0.1, 9.0, 88.0, 0.4, 0.25)
+        columns["run_id"] += [run] * t.size
+        columns["time_bjd_tdb"] += t.tolist()
+        columns["rel_flux"] += (model * (1 + 0.02 * (airmass - 1))
+                                + rng.normal(0, 1e-3, t.size)).tolist()
+        columns["rel_flux_err"] += [1e-3] * t.size
+        columns["airmass"] += airmass.tolist()
+        columns["filter"] += [band] * t.size
+    table = pa.table(columns)
+    fit = fit_transit(table, period=3.0, t0=tmid, a_rs=9.0, inc=88.0)
+    path = plots.plot_transit_fit(table, fit, tmp_path / "FIT.png", bin_minutes=10)
+    assert _is_png(path)
+    figure, axes = figures[-1]
+    top, bottom = axes[0][0], axes[1][0]
+    legend = [text.get_text() for text in top.get_legend().get_texts()]
+    assert legend[:2] == ["early (V)", "late (I)"]  # in the order observed, each its colour
+    assert "binned over 10 min" in legend and "transit model (joint fit)" in legend
+    assert "BJD_TDB" in bottom.get_xlabel() and "mid-transit" in bottom.get_xlabel()
+    # Hours from the fitted mid-transit: the early run starts ~2.4 h before it.
+    xmin = min(line.get_xdata().min() for line in top.get_lines() if len(line.get_xdata()))
+    assert xmin == pytest.approx(-0.1 * 24 - (fit.tmid - tmid) * 24, abs=0.05)
+    # The residual panel's binned points: one per 10 min of the 2.9 h and 2.6 h runs (18 + 16),
+    # scattered ~1 ppt / sqrt(10) each.
+    binned = [c for c in bottom.containers]
+    assert len(binned) == 2
+    means = np.concatenate([c.lines[0].get_ydata() for c in binned])
+    assert means.size == 34 and np.std(means) < 0.6

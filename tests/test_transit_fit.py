@@ -6,7 +6,8 @@ import pytest
 
 from engine.errors import EngineValueError
 from engine.kernels.transit import transit_light_curve
-from engine.transit_fit import fit_transit
+from engine.limb_darkening import TEFF_RANGE_K, band_wavelength_nm, grey_atmosphere_coefficients
+from engine.transit_fit import fit_transit, red_noise_beta
 
 PERIOD, TMID, RP, AR, INC = 3.2, 2460659.6105, 0.12, 9.5, 88.5
 LD = {"V": (0.47, 0.24), "R": (0.38, 0.26), "I": (0.29, 0.27)}
@@ -116,3 +117,166 @@ def test_bad_inputs_raise():
         fit_transit(table.drop_columns(["rel_flux"]), period=PERIOD, t0=TMID)
     with pytest.raises(EngineValueError):
         fit_transit(table.slice(0, 3), period=PERIOD, t0=TMID)
+
+
+# ------------------------------------------------------------------------------------------------
+# Honest errors: red noise, chi-square, bounds; limb darkening; FIT.json
+# ------------------------------------------------------------------------------------------------
+
+def _two_minute_series(n=240):
+    """Eight hours of 2-minute cadence (days)."""
+    return TMID + np.arange(n) * 120.0 / 86400.0
+
+
+def test_beta_is_one_for_white_noise_and_above_one_for_correlated_noise():
+    rng = np.random.default_rng(11)
+    time = _two_minute_series()
+    white = [red_noise_beta(time, rng.normal(0, 1e-3, time.size)) for _ in range(40)]
+    # beta >= 1 by construction; white noise leaves it at ~1 (the median ratio scatters ~10%).
+    assert min(white) >= 1.0 and np.median(white) < 1.08 and max(white) < 1.35
+    # Add an AR(1) process with a 30-minute correlation time, as strong as the white noise: binned
+    # over N points its variance stays ~ (1 + 2 tau / dt) / N larger than white noise predicts.
+    phi = np.exp(-2.0 / 30.0)
+    red = np.zeros(time.size)
+    for k in range(1, time.size):
+        red[k] = phi * red[k - 1] + rng.normal(0, 1e-3 * np.sqrt(1 - phi ** 2))
+    beta = red_noise_beta(time, rng.normal(0, 1e-3, time.size) + red)
+    assert beta > 2.0
+    # Too short a series to bin over 10-30 minutes: no claim, beta = 1.
+    assert red_noise_beta(time[:5], rng.normal(0, 1e-3, 5)) == 1.0
+
+
+def test_errors_widen_by_sqrt_chi2_and_by_beta():
+    rng = np.random.default_rng(12)
+    table = _network_night(rng, noise=0.002)
+    honest = fit_transit(table, period=PERIOD, t0=TMID, limb_darkening=LD)
+    # The same points with error bars claimed three times too small: chi2_red ~ 9, and the
+    # quoted errors must come out as large as with the honest bars, not three times smaller.
+    errors = table.column("rel_flux_err").to_numpy() / 3.0
+    claimed = fit_transit(table.set_column(table.column_names.index("rel_flux_err"),
+                                           "rel_flux_err", pa.array(errors)),
+                          period=PERIOD, t0=TMID, limb_darkening=LD)
+    assert claimed.chi2_reduced == pytest.approx(9 * honest.chi2_reduced, rel=1e-3)
+    assert claimed.error_scale == pytest.approx(np.sqrt(claimed.chi2_reduced) * claimed.beta)
+    # Covariance errors a third as large, times sqrt(9 chi2_honest): the honest errors again
+    # (times sqrt(chi2_honest) where the honest fit, below 1, was not widened).
+    widening = np.sqrt(honest.chi2_reduced) / max(1.0, np.sqrt(honest.chi2_reduced))
+    for name in ("rp_rs_err", "a_rs_err", "inc_err", "tmid_err_fit"):
+        assert getattr(claimed, name) == pytest.approx(getattr(honest, name) * widening
+                                                       * claimed.beta / honest.beta, rel=0.02)
+
+    # A slow wave in the flux that no baseline removes: beta > 1 and every error widened by it.
+    time = table.column("time_bjd_tdb").to_numpy()
+    wavy = table.column("rel_flux").to_numpy() + 0.002 * np.sin(2 * np.pi * time / (50 / 1440))
+    red = fit_transit(table.set_column(table.column_names.index("rel_flux"), "rel_flux",
+                                       pa.array(wavy)), period=PERIOD, t0=TMID, limb_darkening=LD)
+    assert red.beta > 1.3
+    assert red.error_scale == pytest.approx(np.sqrt(max(1.0, red.chi2_reduced)) * red.beta)
+    assert all(run["beta"] >= 1.0 for run in red.runs.values())
+
+
+def test_inclination_at_its_bound_is_reported_as_a_limit():
+    rng = np.random.default_rng(13)
+    # A central transit (inclination 90): the fit ends on its upper bound.
+    columns = {"run_id": [], "time_bjd_tdb": [], "rel_flux": [], "rel_flux_err": [],
+               "filter": []}
+    t = TMID + np.arange(-0.12, 0.12, 90.0 / 86400.0)
+    model = transit_light_curve(t, TMID, PERIOD, RP, AR, 90.0, *LD["R"])
+    columns["run_id"] = ["full-site"] * t.size
+    columns["time_bjd_tdb"] = t.tolist()
+    columns["rel_flux"] = (model + rng.normal(0, 2e-4, t.size)).tolist()
+    columns["rel_flux_err"] = [2e-4] * t.size
+    columns["filter"] = ["R"] * t.size
+    fit = fit_transit(pa.table(columns), period=PERIOD, t0=TMID, inc=89.9, limb_darkening=LD,
+                      baseline="offset")
+    assert fit.at_bound["inc"] == "upper" and np.isnan(fit.inc_err)
+    report = fit.to_dict()
+    inc = report["parameters"]["inc"]
+    assert inc["at_bound"] == "upper" and inc["error"] is None
+    assert inc["value"] == pytest.approx(90.0) and "upper bound (90)" in inc["error_note"]
+    assert report["inc_err"] is None
+    # The others keep finite errors, and none of them is at a bound.
+    assert report["parameters"]["rp_rs"]["at_bound"] is None
+    assert report["rp_rs_err"] > 0 and report["tmid_err"] > 0
+
+
+def test_limb_darkening_from_teff_is_in_range_and_monotone():
+    temperatures = np.linspace(*TEFF_RANGE_K, 14)
+    for band in ("U", "B", "V", "R", "I", "g", "r", "i", "z", "TESS", "Clear"):
+        wavelength = band_wavelength_nm(band)
+        coefficients = np.array([grey_atmosphere_coefficients(t, wavelength)
+                                 for t in temperatures])
+        u1, u2 = coefficients.T
+        # A physical quadratic law: positive at the limb, falling from centre to limb.
+        assert np.all(u1 + u2 < 1.0) and np.all(u1 > 0) and np.all(u1 + 2 * u2 > 0)
+        # Hotter stars are less darkened: the limb contrast u1 + u2 falls with Teff.
+        assert np.all(np.diff(u1 + u2) < 0)
+    # Redder bands are less darkened at a given Teff.
+    contrast = [sum(grey_atmosphere_coefficients(5800.0, band_wavelength_nm(b)))
+                for b in "UBVRI"]
+    assert np.all(np.diff(contrast) < 0)
+    # The Sun in V: u1 + u2 within 0.1 of model-atmosphere tables' ~0.70.
+    assert sum(grey_atmosphere_coefficients(5772.0, band_wavelength_nm("V"))) == pytest.approx(
+        0.70, abs=0.1)
+    with pytest.raises(EngineValueError, match="Teff"):
+        grey_atmosphere_coefficients(2000.0, 550.0)
+
+
+def test_limb_darkening_sources_in_fit_json():
+    rng = np.random.default_rng(14)
+    table = _network_night(rng)
+    given = {"V": (0.47, 0.24)}
+    fit = fit_transit(table, period=PERIOD, t0=TMID, limb_darkening=given, teff=4500.0,
+                      logg=4.6, feh=-0.2)
+    used = fit.to_dict()["limb_darkening"]
+    assert set(used) == {"V", "R", "I"}
+    assert used["V"]["source"] == "given by the caller" and used["V"]["u1"] == 0.47
+    assert "Teff 4500 K" in used["R"]["source"] and used["R"]["law"] == "quadratic"
+    assert (used["R"]["u1"], used["R"]["u2"]) == pytest.approx(
+        grey_atmosphere_coefficients(4500.0, band_wavelength_nm("R")))
+    assert fit.to_dict()["star"] == {"teff": 4500.0, "logg": 4.6, "feh": -0.2}
+    default = fit_transit(table, period=PERIOD, t0=TMID).to_dict()["limb_darkening"]
+    assert all("no Teff given" in entry["source"] for entry in default.values())
+
+
+def test_fit_json_carries_units_time_scale_and_version():
+    import engine
+
+    rng = np.random.default_rng(15)
+    report = fit_transit(_network_night(rng), period=PERIOD, t0=TMID, limb_darkening=LD,
+                         priors={"a_rs": (AR, 0.3)}).to_dict()
+    for key in ("tmid", "tmid_err", "rp_rs", "rp_rs_err", "depth", "a_rs", "inc"):
+        assert isinstance(report[key], float) and key in report["units"]
+    assert report["time_scale"] == "BJD_TDB" and report["units"]["tmid"] == "d (BJD_TDB)"
+    assert report["units"]["inc"] == "deg"
+    assert report["software_version"] == engine.__version__
+    assert set(report["residual_rms"]) == {"ingress-site", "middle-site", "egress-site"}
+    assert all(isinstance(v, float) for v in report["residual_rms"].values())
+    assert report["beta"] >= 1.0 and report["chi2_reduced"] > 0
+    assert report["parameters"]["a_rs"]["prior"] == {"mean": AR, "sigma": 0.3}
+    assert set(report["parameters"]) == {"tmid", "rp_rs", "a_rs", "inc"}
+    assert all(p["unit"] for p in report["parameters"].values())
+    assert -1.0 <= report["correlations"]["rp_rs~a_rs"] <= 1.0
+
+
+def test_command_line_writes_fit_json_and_its_plot(tmp_path, capsys):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from engine.cli import main
+
+    rng = np.random.default_rng(16)
+    pq.write_table(_network_night(rng), tmp_path / "lightcurves.parquet")
+    code = main(["fit-transit", str(tmp_path / "lightcurves.parquet"), "--period", str(PERIOD),
+                 "--t0", str(TMID + 0.005), "--teff", "6200", "--logg", "4.3",
+                 "--out", str(tmp_path / "FIT.json")])
+    assert code == 0
+    report = json.loads((tmp_path / "FIT.json").read_text())
+    assert report["star"] == {"teff": 6200.0, "logg": 4.3}
+    assert all("Teff 6200 K" in entry["source"] for entry in report["limb_darkening"].values())
+    assert (tmp_path / "FIT.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "FIT.png" in capsys.readouterr().out
+    assert main(["fit-transit", str(tmp_path / "lightcurves.parquet"), "--period", str(PERIOD),
+                 "--t0", str(TMID), "--teff", "1500", "--out", str(tmp_path / "bad.json")]) == 2
+    assert not (tmp_path / "bad.json").exists()
