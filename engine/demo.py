@@ -105,8 +105,8 @@ def run_demo(out_dir: Path, seed: int = 0, preset: str = "demo", workers: int | 
 def _fit_night(lightcurves, planet: dict, limb_darkening: dict, echo) -> TransitFit:
     """The joint fit, free first; if the night leaves the shape weakly constrained, again with
     a/Rs from the period and the star's catalogue density (said in one line)."""
-    settings = dict(period=planet["period_days"],
-                    t0=planet["t0_bjd_tdb"] + EPHEMERIS_ERROR_DAYS, limb_darkening=limb_darkening)
+    settings = {"period": planet["period_days"],
+                "t0": planet["t0_bjd_tdb"] + EPHEMERIS_ERROR_DAYS, "limb_darkening": limb_darkening}
     fit = fit_transit(lightcurves, **settings)
     reason = weak_shape_reason(fit)
     if reason is None:

@@ -35,7 +35,7 @@ from engine.kernels.transit import projected_separation, transit_light_curve
 from engine.limb_darkening import band_wavelength_nm, grey_atmosphere_coefficients
 
 __all__ = ["DEFAULT_LIMB_DARKENING", "FIT_UNITS", "TransitFit", "fit_transit", "red_noise_beta",
-           "weak_shape_reason"]
+           "red_noise_beta_of_runs", "weak_shape_reason"]
 
 #: The time scale of every time in a fit (inputs and FIT.json).
 TIME_SCALE = "BJD_TDB"
@@ -249,7 +249,8 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
     period : orbital period, days (fixed).
     t0 : the predicted mid-transit BJD_TDB (the starting point of the fit).
     rp_rs, a_rs, inc : starting values (inclination in degrees).
-    limb_darkening : {filter: (u1, u2)}; other filters take DEFAULT_LIMB_DARKENING.
+    limb_darkening : {filter: (u1, u2)}; other filters take the grey-atmosphere model's at
+        `teff`, or without it DEFAULT_LIMB_DARKENING (see `limb_darkening_choice`).
     baseline : 'airmass' (offset and slope in airmass), 'time' (offset and slope in time) or
         'offset' per run.
     t0_window : the mid-time is bounded to t0 +- this (days; default a quarter of the duration
@@ -430,12 +431,14 @@ def weak_shape_reason(fit: TransitFit, relative_limit: float = 0.1,
                       correlation_limit: float = 0.9) -> str | None:
     """Why the night leaves the transit's shape (a/Rs, inclination) weakly constrained, or None:
     a parameter at a bound, an a/Rs error above `relative_limit` of its value, a correlation
-    with Rp/Rs above `correlation_limit`, or no run covering ingress or egress."""
+    above `correlation_limit` between a/Rs and the inclination (only their combination, the
+    impact parameter and duration, is measured: the curvature errors then understate how far
+    each can go) or of either with Rp/Rs, or no run covering ingress or egress."""
     reasons = [f"{name} at its {fit.at_bound[name]} bound" for name in ("a_rs", "inc")
                if fit.at_bound.get(name)]
     if math.isfinite(fit.a_rs_err) and fit.a_rs_err > relative_limit * fit.a_rs:
         reasons.append(f"a/Rs error {100 * fit.a_rs_err / fit.a_rs:.0f}% of its value")
-    for pair in ("rp_rs~a_rs", "rp_rs~inc"):
+    for pair in ("a_rs~inc", "rp_rs~a_rs", "rp_rs~inc"):
         value = fit.correlations.get(pair, float("nan"))
         if math.isfinite(value) and abs(value) > correlation_limit:
             reasons.append(f"correlation {pair} {value:+.2f}")

@@ -257,7 +257,7 @@ def test_transit_fit_plot_shows_runs_model_binned_points_and_time_scale(tmp_path
     fit = fit_transit(table, period=3.0, t0=tmid, a_rs=9.0, inc=88.0)
     path = plots.plot_transit_fit(table, fit, tmp_path / "FIT.png", bin_minutes=10)
     assert _is_png(path)
-    figure, axes = figures[-1]
+    _, axes = figures[-1]
     top, bottom = axes[0][0], axes[1][0]
     legend = [text.get_text() for text in top.get_legend().get_texts()]
     assert legend[:2] == ["early (V)", "late (I)"]  # in the order observed, each its colour
