@@ -2,12 +2,13 @@
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute
 import pytest
 
 from engine.errors import EngineValueError
 from engine.kernels.transit import transit_light_curve
 from engine.limb_darkening import TEFF_RANGE_K, band_wavelength_nm, grey_atmosphere_coefficients
-from engine.transit_fit import fit_transit, red_noise_beta
+from engine.transit_fit import fit_transit, red_noise_beta, weak_shape_reason
 
 PERIOD, TMID, RP, AR, INC = 3.2, 2460659.6105, 0.12, 9.5, 88.5
 LD = {"V": (0.47, 0.24), "R": (0.38, 0.26), "I": (0.29, 0.27)}
@@ -280,3 +281,28 @@ def test_command_line_writes_fit_json_and_its_plot(tmp_path, capsys):
     assert main(["fit-transit", str(tmp_path / "lightcurves.parquet"), "--period", str(PERIOD),
                  "--t0", str(TMID), "--teff", "1500", "--out", str(tmp_path / "bad.json")]) == 2
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_weak_shape_is_named_and_a_density_prior_gives_a_rs():
+    from engine.demo import a_rs_prior
+
+    # Kepler's third law: the Sun's mean density (1.408 g/cm3) and a year give a/Rs = 215.03
+    # (1 au / R_sun), and a 10% density error a third of that on a/Rs.
+    a_rs, error = a_rs_prior(365.25636, 1.408, 0.1408)
+    assert a_rs == pytest.approx(215.03, rel=2e-3) and error == pytest.approx(a_rs * 0.1 / 3)
+
+    rng = np.random.default_rng(17)
+    table = _network_night(rng, noise=0.003)
+    free = fit_transit(table, period=PERIOD, t0=TMID, limb_darkening=LD)
+    assert "a_rs~inc" in weak_shape_reason(free)  # partial transits: only b and T14 measured
+    pinned = fit_transit(table, period=PERIOD, t0=TMID, limb_darkening=LD,
+                         priors={"a_rs": (AR, 0.05)})
+    assert weak_shape_reason(pinned) is None
+    # A run inside the flat bottom (contacts 2 and 3 at ~ -+0.046 d) cannot show the shape.
+    middle = table.filter(pa.compute.equal(table.column("run_id"), "middle-site"))
+    inside = middle.filter(pa.compute.less(middle.column("time_bjd_tdb"), TMID + 0.035))
+    lone = fit_transit(inside, period=PERIOD, t0=TMID, limb_darkening=LD, baseline="offset",
+                       t0_window=0.003, priors={"rp_rs": (RP, 0.001), "a_rs": (AR, 0.01),
+                                                "inc": (INC, 0.01)})
+    assert not lone.runs["middle-site"]["covers_contact"]
+    assert "no run covers ingress or egress" in weak_shape_reason(lone)
