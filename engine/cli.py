@@ -146,7 +146,7 @@ def _add_fit_transit(sub) -> None:
     p.add_argument("--logg", type=float, help="the star's log g (cgs), recorded in FIT.json")
     p.add_argument("--feh", type=float, help="the star's [Fe/H], dex, recorded in FIT.json")
     p.add_argument("--out", required=True, type=Path,
-                   help="FIT.json to write; the plot FIT.png is written beside it")
+                   help="FIT.json to write; its plot (same name, .png: FIT.png) is written beside it")
     p.set_defaults(func=_run_fit_transit)
 
 
