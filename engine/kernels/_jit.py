@@ -3,6 +3,10 @@
 Every kernel in engine.kernels is made by `jit` so that caching, the error model and fastmath
 flags are the same everywhere. The fastmath set leaves out `nnan` and `ninf`: kernels test for
 NaN (masked pixels, failed fits) and those tests must keep working.
+
+A kernel made by `jit` without a signature is also a CUDA device function: a numba.cuda kernel
+may call it, and numba compiles the same Python function for the device (fast-math there when it
+is on here). That is how one scalar core serves both targets (engine.kernels.sigma_clip).
 """
 
 from __future__ import annotations

@@ -26,10 +26,9 @@ Two implementations:
   pass over the tile. One iteration about the mean (ccdproc.combine's clipping) is a single
   pass over the row. Results equal astropy's to rounding (~1e-15 relative in float64); a value
   within rounding of a clipping bound could in principle fall the other way.
-- `exact=True` ports astropy's C code pixel by pixel (the same Wirth selection, which reorders
-  the values it sums, the same sums in the same order, no fast-math): clipping bounds, and so the
-  kept values, are bit-for-bit astropy's; the mean then sums the kept values in frame order, as
-  `numpy.ma.mean` does. It is several times slower.
+- `exact=True` runs engine.kernels.combine_exact: the engine's one sigma-clipping core
+  (engine.kernels.sigma_clip, a port of astropy's C code) pixel by pixel: clipping bounds, and so
+  the kept values, are bit-for-bit astropy's. It is several times slower.
 
 Values are combined in float64 whatever the stack's type; a float32 or integer stack is sorted
 in float32 (exact for those values), a float64 stack in float64. Work is split over blocks of rows
@@ -46,6 +45,8 @@ from numba import prange
 
 from engine.errors import EngineValueError
 from engine.kernels._jit import jit, set_threads
+from engine.kernels.combine_exact import combine_exact
+from engine.kernels.sigma_clip import MAD_SCALE
 
 __all__ = ["Combined", "STACK_DTYPES", "sigma_clip_combine", "sorting_network"]
 
@@ -53,7 +54,6 @@ __all__ = ["Combined", "STACK_DTYPES", "sigma_clip_combine", "sorting_network"]
 STACK_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.int32, np.uint32,
                                            np.float32, np.float64))
 _OUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_MAD_SCALE = 1.482602218505602  # 1 / Phi^-1(3/4), as astropy's C code writes it
 _TILE = 128  # pixels side by side: a tile of 30 frames in float32 is 15 KB and stays in L1
 _LARGEST = np.finfo(np.float64).max
 _STATE = 17  # per-pixel state arrays of a tile (see _combine_tile)
@@ -330,7 +330,7 @@ def _combine_tile(buf, x0, width, row_ref, valid, row_total, row_squares, sorted
                 std = np.sqrt(max(squares[t] / c - mean_d * mean_d, 0.0))
                 median = _run_median(buf, x0 + t, below[t], c)
                 if use_mad_std:
-                    std = _run_mad(buf, x0 + t, below[t], c, median, scratch) * _MAD_SCALE
+                    std = _run_mad(buf, x0 + t, below[t], c, median, scratch) * MAD_SCALE
                 cen = median if use_median else ref[t] + mean_d
                 low[t] = cen - sigma_lower * std
                 high[t] = cen + sigma_upper * std
@@ -478,132 +478,6 @@ def _combine_rows(stack, all_finite, buf_proto, pairs, sorted_values, use_median
 
 
 # ---------------------------------------------------------------------------------------------
-# Exact path: astropy's C code (astropy/stats/src/compute_bounds.c, wirth_select.c), pixel by
-# pixel, compiled without fast-math so that every operation rounds as the C code's does.
-# ---------------------------------------------------------------------------------------------
-
-
-@jit(fastmath=False)
-def _kth_smallest(a, n, k):
-    """Wirth's selection of the k-th smallest of a[:n]; reorders a[:n] exactly as astropy's C."""
-    lo = 0
-    hi = n - 1
-    while lo < hi:
-        x = a[k]
-        i = lo
-        j = hi
-        while True:
-            while a[i] < x:
-                i += 1
-            while x < a[j]:
-                j -= 1
-            if i <= j:
-                tmp = a[i]
-                a[i] = a[j]
-                a[j] = tmp
-                i += 1
-                j -= 1
-            if i > j:
-                break
-        if j < k:
-            lo = i
-        if k < i:
-            hi = j
-    return a[k]
-
-
-@jit(fastmath=False)
-def _wirth_median(a, n):
-    if n % 2 == 0:
-        return 0.5 * (_kth_smallest(a, n, n // 2) + _kth_smallest(a, n, n // 2 - 1))
-    return _kth_smallest(a, n, (n - 1) // 2)
-
-
-@jit(fastmath=False)
-def _exact_bounds(data, count, use_median, use_mad_std, maxiters, sigma_lower, sigma_upper,
-                  mad):
-    """astropy's compute_sigma_clipped_bounds on data[:count] (reordered and packed in place).
-
-    maxiters -1 means no limit. Returns (lower, upper).
-    """
-    median = 0.0
-    mean = 0.0
-    iteration = 0
-    while True:
-        if use_median or use_mad_std:
-            median = _wirth_median(data, count)
-        if not use_median or not use_mad_std:
-            mean = 0.0
-            for i in range(count):
-                mean += data[i]
-            mean /= count
-        cen = median if use_median else mean
-        if use_mad_std:
-            for i in range(count):
-                mad[i] = abs(data[i] - median)
-            std = _wirth_median(mad, count) * _MAD_SCALE
-        else:
-            std = 0.0
-            for i in range(count):
-                std += (data[i] - mean) * (data[i] - mean)
-            std = np.sqrt(std / count)
-        lower = cen - sigma_lower * std
-        upper = cen + sigma_upper * std
-        new_count = 0
-        for i in range(count):
-            if data[i] >= lower and data[i] <= upper:
-                data[new_count] = data[i]
-                new_count += 1
-        if new_count == count or new_count == 0:
-            return lower, upper
-        count = new_count
-        iteration += 1
-        if maxiters != -1 and iteration >= maxiters:
-            return lower, upper
-
-
-@jit(parallel=True, fastmath=False)
-def _combine_exact(stack, use_median, use_mad_std, maxiters, sigma_lower, sigma_upper,
-                   median_output, out, counts, want_counts):
-    """The exact path over rows: stack (n, ny, nx) into out (ny, nx) (and counts)."""
-    n, ny, nx = stack.shape
-    for y in prange(ny):
-        data = np.empty(n)
-        mad = np.empty(n)
-        kept = np.empty(n)
-        for x in range(nx):
-            count = 0
-            for k in range(n):
-                v = np.float64(stack[k, y, x])
-                if np.isfinite(v):
-                    data[count] = v
-                    count += 1
-            c = 0
-            total = 0.0
-            if count > 0:
-                lower, upper = _exact_bounds(data, count, use_median, use_mad_std, maxiters,
-                                             sigma_lower, sigma_upper, mad)
-                for k in range(n):
-                    v = np.float64(stack[k, y, x])
-                    if v >= lower and v <= upper:  # False for NaN and for +-inf
-                        kept[c] = v
-                        total += v
-                        c += 1
-            if c == 0:
-                value = np.nan
-            elif median_output:
-                values = kept[:c]
-                values.sort()
-                half = c // 2
-                value = values[half] if c % 2 == 1 else (values[half - 1] + values[half]) / 2
-            else:
-                value = total / c
-            out[y, x] = value
-            if want_counts:
-                counts[y, x] = c
-
-
-# ---------------------------------------------------------------------------------------------
 # The array driver.
 # ---------------------------------------------------------------------------------------------
 
@@ -651,7 +525,7 @@ def sigma_clip_combine(stack, *, method: str = "mean", sigma: float = 3.0,
     use_mad_std = job.stdfunc == "mad_std"
     median_output = job.method == "median"
     if exact:
-        _combine_exact(stack3, use_median, use_mad_std, iterations, sigma_lower, sigma_upper,
+        combine_exact(stack3, use_median, use_mad_std, iterations, sigma_lower, sigma_upper,
                        median_output, out2, counts2, kept is not None)
     else:
         sorted_values = use_median or use_mad_std or median_output

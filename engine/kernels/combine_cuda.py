@@ -3,9 +3,9 @@
 What it promises: `sigma_clip_combine_cuda` takes the arguments of `sigma_clip_combine` (it runs
 the same validation) and returns the same Combined(data, counts): astropy's sigma_clip along axis
 0, as the combine module's docstring states it, then the mean or median of the kept values. One
-GPU thread per pixel runs the exact path's algorithm (astropy's C code: Wirth's selection, the
-same sums) in float64 on the device; the device may fuse multiply-adds, so results equal the CPU
-kernels to rounding (~1e-12), not bit for bit. Inputs are copied to the device and results back.
+GPU thread per pixel runs the exact path's sigma-clipping core (engine.kernels.sigma_clip, the
+same Python function numba compiles for the CPU) in float64 on the device; the device may fuse
+multiply-adds, so results equal the CPU kernels to rounding (~1e-12), not bit for bit. Inputs are copied to the device and results back.
 
 Limits: at most 128 frames per stack (each thread keeps a pixel's values in local memory).
 
@@ -22,26 +22,14 @@ import numpy as np
 from numba import cuda, float64
 
 from engine.errors import EngineValueError
-from engine.kernels import combine as _combine_cpu
 from engine.kernels.combine import Combined, _prepare
+from engine.kernels.sigma_clip import clipped_bounds, wirth_median
 
 __all__ = ["MAX_FRAMES", "sigma_clip_combine_cuda"]
 
 #: The most frames a stack may have on the GPU.
 MAX_FRAMES = 128
 _THREADS_PER_BLOCK = 128
-_MAD_SCALE = 1.482602218505602
-
-
-# Wirth's selection, the very function the CPU's exact path runs, compiled for the device.
-_kth_smallest = cuda.jit(device=True)(_combine_cpu._kth_smallest.py_func)
-
-
-@cuda.jit(device=True)
-def _median(a, n):
-    if n % 2 == 0:
-        return 0.5 * (_kth_smallest(a, n, n // 2) + _kth_smallest(a, n, n // 2 - 1))
-    return _kth_smallest(a, n, (n - 1) // 2)
 
 
 @cuda.jit
@@ -64,39 +52,10 @@ def _combine_pixels(stack, use_median, use_mad_std, maxiters, sigma_lower, sigma
             count += 1
     lower = math.nan
     upper = math.nan
-    iteration = 0
-    median = 0.0
-    mean = 0.0
-    while count > 0:
-        if use_median or use_mad_std:
-            median = _median(data, count)
-        mean = 0.0
-        for j in range(count):
-            mean += data[j]
-        mean /= count
-        center = median if use_median else mean
-        if use_mad_std:
-            for j in range(count):
-                scratch[j] = abs(data[j] - median)
-            std = _median(scratch, count) * _MAD_SCALE
-        else:
-            std = 0.0
-            for j in range(count):
-                std += (data[j] - mean) * (data[j] - mean)
-            std = math.sqrt(std / count)
-        lower = center - sigma_lower * std
-        upper = center + sigma_upper * std
-        new_count = 0
-        for j in range(count):
-            if data[j] >= lower and data[j] <= upper:
-                data[new_count] = data[j]
-                new_count += 1
-        if new_count == count or new_count == 0:
-            break
-        count = new_count
-        iteration += 1
-        if maxiters != -1 and iteration >= maxiters:
-            break
+    if count > 0:
+        # The CPU's core, compiled for the device by numba (see engine.kernels.sigma_clip).
+        lower, upper = clipped_bounds(data, count, use_median, use_mad_std, maxiters,
+                                      sigma_lower, sigma_upper, scratch)
     # The result: every finite value inside the last bounds, in frame order.
     kept = 0
     total = 0.0
@@ -109,7 +68,7 @@ def _combine_pixels(stack, use_median, use_mad_std, maxiters, sigma_lower, sigma
     if kept == 0:
         value = math.nan
     elif median_output:
-        value = _median(scratch, kept)
+        value = wirth_median(scratch, kept)
     else:
         value = total / kept
     out[y, x] = value
