@@ -2,18 +2,15 @@
 #include "engine/aperture.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <exception>
 #include <limits>
-#include <mutex>
 #include <numeric>
-#include <thread>
 #include <vector>
 
 #include "engine/flags.hpp"
 #include "engine/overlap.hpp"
+#include "engine/parallel.hpp"
 
 namespace engine {
 namespace {
@@ -661,9 +658,8 @@ void aperture_photometry(const T* frames, const std::uint8_t* pixel_flags, std::
         });
     }
     const Measurer<T> measurer(frames, pixel_flags, ny, nx, x, y, n_stars, config, out, order);
-    const int n_threads = static_cast<int>(
-        std::max<std::int64_t>(1, std::min<std::int64_t>(threads, n_frames * n_stars)));
-    std::vector<Scratch> scratch(static_cast<std::size_t>(n_threads));
+    const std::int64_t total = n_frames * n_stars;
+    std::vector<Scratch> scratch(static_cast<std::size_t>(worker_count(total, threads)));
     const std::size_t max_neighbours = static_cast<std::size_t>(std::min<std::int64_t>(n_stars, 4096));
     for (auto& s : scratch) {
         const std::size_t rows = measurer.row_capacity();  // also the most columns
@@ -679,36 +675,17 @@ void aperture_photometry(const T* frames, const std::uint8_t* pixel_flags, std::
         s.row_neighbour_y.resize(max_neighbours);
     }
 
-    const std::int64_t total = n_frames * n_stars;
     constexpr std::int64_t kChunk = 16;
     constexpr std::int64_t kAhead = 2;  // how many stars ahead pixels are prefetched
-    std::atomic<std::int64_t> next{0};
-    auto work = [&](Scratch& s) noexcept {
-        for (;;) {
-            const std::int64_t start = next.fetch_add(kChunk);
-            if (start >= total) return;
-            const std::int64_t stop = std::min(total, start + kChunk);
-            // Stars in y order: consecutive stars share image rows, which then stay in cache.
-            auto star_at = [&](std::int64_t w) {
-                const std::int64_t frame = w / n_stars;
-                return order[static_cast<std::size_t>(frame * n_stars + w % n_stars)];
-            };
-            for (std::int64_t w = start; w < stop; ++w) {
-                if (w + kAhead < total) measurer.prefetch((w + kAhead) / n_stars, star_at(w + kAhead));
-                measurer.measure(w / n_stars, star_at(w), s);
-            }
-        }
+    // Stars in y order: consecutive stars share image rows, which then stay in cache.
+    auto star_at = [&](std::int64_t w) {
+        const std::int64_t frame = w / n_stars;
+        return order[static_cast<std::size_t>(frame * n_stars + w % n_stars)];
     };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < n_threads; ++t) {
-        try {
-            pool.emplace_back(work, std::ref(scratch[static_cast<std::size_t>(t)]));
-        } catch (const std::exception&) {
-            break;  // could not start another thread: the ones running share the work
-        }
-    }
-    work(scratch[0]);
-    for (auto& th : pool) th.join();
+    parallel_for(total, threads, scratch, [&](std::int64_t w, Scratch& s) {
+        if (w + kAhead < total) measurer.prefetch((w + kAhead) / n_stars, star_at(w + kAhead));
+        measurer.measure(w / n_stars, star_at(w), s);
+    }, kChunk);
 }
 
 template void aperture_photometry<float>(const float*, const std::uint8_t*, std::int64_t,

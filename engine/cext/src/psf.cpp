@@ -4,21 +4,18 @@
 // integrals; small dense linear algebra (Cholesky with a failure report); the group fit of
 // psf_photometry (grouping, pixel gathering, rendering into a sparse Jacobian, Levenberg-
 // Marquardt); the shape fit of psf_fit_shape (per-star blocks solved through the Schur
-// complement of the shared shape parameters); the thread pools.
+// complement of the shared shape parameters). Both share work over threads with parallel.hpp.
 #include "engine/psf.hpp"
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cmath>
-#include <exception>
 #include <limits>
-#include <mutex>
 #include <numeric>
-#include <thread>
 #include <vector>
 
 #include "engine/flags.hpp"
+#include "engine/parallel.hpp"
 
 namespace engine {
 namespace {
@@ -1101,43 +1098,6 @@ struct DisjointSets {
         parent[at(b)] = a;  // the lower index becomes the root: deterministic
     }
 };
-
-// Runs work(item, scratch) for item in [0, n) on up to `threads` threads, items handed out one at
-// a time. The first exception thrown by any worker stops the others and is rethrown here.
-template <typename S, typename F>
-void parallel_for(std::int64_t n, int threads, std::vector<S>& scratch, F&& work) {
-    const int n_threads = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(threads, n)));
-    scratch.resize(static_cast<std::size_t>(n_threads));
-    std::atomic<std::int64_t> next{0};
-    std::atomic<bool> stop{false};
-    std::exception_ptr error;
-    std::mutex error_mutex;
-    auto run = [&](S& s) noexcept {
-        try {
-            for (;;) {
-                if (stop.load(std::memory_order_relaxed)) return;
-                const std::int64_t item = next.fetch_add(1);
-                if (item >= n) return;
-                work(item, s);
-            }
-        } catch (...) {
-            const std::lock_guard<std::mutex> lock(error_mutex);
-            if (!error) error = std::current_exception();
-            stop = true;
-        }
-    };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < n_threads; ++t) {
-        try {
-            pool.emplace_back(run, std::ref(scratch[static_cast<std::size_t>(t)]));
-        } catch (const std::exception&) {
-            break;  // could not start another thread: the ones running share the work
-        }
-    }
-    run(scratch[0]);
-    for (auto& th : pool) th.join();
-    if (error) std::rethrow_exception(error);
-}
 
 }  // namespace
 
