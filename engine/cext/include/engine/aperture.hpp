@@ -51,8 +51,10 @@ void aperture_photometry(const T* frames, const std::uint8_t* pixel_flags, std::
 
 // Sigma-clipped statistics as astropy's sigma_clipped_stats(cenfunc='median', stdfunc='std'): up
 // to `iterations` passes, each removing values outside median +- sigma * std of those left,
-// stopping early when none is removed. The median is exact. A reusable workspace: fill values()
-// then call run(); it allocates only when constructed or reserved.
+// stopping early when none is removed (or all are). This is the engine's one sigma-clipping rule,
+// engine/kernels/sigma_clip.py, with one sigma and maxiters = iterations; tests/test_sigma_clip.py
+// holds the two equal. The median is exact. A reusable workspace: fill values() then call run();
+// it allocates only when constructed or reserved.
 class SigmaClipper {
    public:
     explicit SigmaClipper(std::int64_t capacity = 0) { reserve(capacity); }
