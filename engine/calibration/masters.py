@@ -4,11 +4,13 @@
 - `master_dark`: the darks grouped by exposure time, each group combined with the bias removed;
   then a linearity test over the exposure times decides between a dark-current rate (ADU/s,
   scaled by each light's exposure) and exposure-matched darks (CMOS amp glow often does not
-  scale). The evidence is kept (`DarkModel.evidence`) and goes into the FITS headers.
+  scale). The evidence is kept (`DarkModel.evidence`) and goes into the FITS headers. The fit,
+  the test and the choice are steps in engine.calibration.dark_model.
 - `master_flat`: per filter, each flat with bias and dark removed and divided by its own median,
   combined, then normalised to a median of 1.
 - `bad_pixel_mask`: hot pixels from the dark rate, dead and low-response pixels from the flat.
-- `check_frames`: which calibration frames fit the lights (shape, binning, temperature).
+- `check_frames`: which calibration frames fit the lights (shape, binning, temperature); it
+  lives in engine.calibration.frame_checks and is re-exported here.
 
 Stacks are NumPy or Zarr arrays (frame, y, x), read a block of rows at a time within a memory
 budget (`combine_stack`), so a large stack is never held whole. The combine defaults are
@@ -23,10 +25,13 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
+from engine.calibration.blocks import local_level, robust_sigma, smooth
+from engine.calibration.dark_model import (DarkModel, dark_cards, dark_mode, exposure_groups,
+                                           fit_dark_line, line_evidence, linearity_test)
+from engine.calibration.frame_checks import check_frames, implausible_levels
 from engine.errors import EngineValueError
 from engine.flags import PixelFlag
 from engine.kernels.calibrate import calibrate_frames
@@ -42,7 +47,6 @@ MIN_FRAMES_TO_CLIP = 3
 _BUDGET = 256 * 1024 * 1024  # bytes of stack (as float32) held at a time
 _IMAGETYP = {"bias": "MASTER BIAS", "dark": "MASTER DARK", "flat": "MASTER FLAT",
              "bad_pixels": "BAD PIXEL MASK"}
-_BLOCK = 32  # pixels a side of the blocks whose medians the dark linearity test compares
 
 
 @dataclass(frozen=True)
@@ -84,181 +88,9 @@ class Master:
         return "adu/s" if self.rate else "adu"
 
 
-@dataclass(frozen=True)
-class DarkModel:
-    """How to remove dark current: a rate scaled by exposure, or darks matched in exposure.
-
-    mode: 'rate' or 'matched'. rate: the dark-current master (ADU/s, bias removed), present in
-    'rate' mode and whenever two or more exposure times allow a fit. matched: exposure time ->
-    combined dark (bias removed; with the bias level in it when no bias was given).
-    includes_bias: the matched darks still hold the bias (no bias frames were given).
-    intercept: without bias frames but with two or more exposure times, the fitted dark at
-    zero exposure, per pixel: it stands in for the bias.
-    offset: in 'rate' mode with a bias, what the darks hold at zero exposure beyond the master
-    bias (a bias level that drifted between the bias frames and the darks, or glow that grows
-    from a floor), smoothed over 32 x 32-pixel blocks so that it adds no pixel noise (float32
-    map, or None); the dark to subtract from a light of exposure t is offset + rate * t.
-    evidence: the linearity test, exposure by exposure (see `master_dark`). notes: what a user
-    should know.
-    """
-
-    mode: str
-    rate: Master | None
-    matched: Mapping[float, Master]
-    includes_bias: bool
-    evidence: Mapping[str, object]
-    notes: tuple[str, ...] = ()
-    intercept: np.ndarray | None = None
-    offset: np.ndarray | None = None
-
-    def for_exposure(self, exptime: float) -> tuple[np.ndarray, float, str | None]:
-        """(dark, scale, note) to subtract from a light of `exptime` s: dark * scale."""
-        if self.mode == "rate":
-            return self.rate.data, float(exptime), None
-        for t, master in self.matched.items():
-            if abs(t - exptime) <= 1e-3 * max(t, 1.0):
-                return master.data, 1.0, None
-        if self.rate is not None and not self.includes_bias:
-            return (self.rate.data, float(exptime),
-                    f"no dark of {exptime:g} s: the dark rate is scaled although the darks "
-                    f"failed the linearity test")
-        nearest = min(self.matched, key=lambda t: abs(t - exptime))
-        master = self.matched[nearest]
-        if self.includes_bias:
-            return (master.data, 1.0,
-                    f"no dark of {exptime:g} s and no bias to scale one: the {nearest:g} s dark "
-                    f"is subtracted as it is")
-        return (master.data, exptime / nearest,
-                f"no dark of {exptime:g} s: the {nearest:g} s dark is scaled by "
-                f"{exptime / nearest:.4g}")
-
-    def masters(self) -> list[Master]:
-        if self.mode == "rate":
-            return [self.rate]
-        return [self.matched[t] for t in sorted(self.matched)]
-
-
 def _note(notes: list[str], text: str) -> None:
     notes.append(text)
     log.info(text)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checking frames against the lights (or each other)
-# ---------------------------------------------------------------------------------------------
-
-
-def _binning(record: Mapping) -> tuple[int, int]:
-    bx, by = record.get("binning_x"), record.get("binning_y")
-    return (int(bx) if bx else 1, int(by) if by else 1)
-
-
-def _temperature(record: Mapping) -> float | None:
-    for key in ("set_temperature", "temperature"):
-        value = record.get(key)
-        if value is not None and math.isfinite(float(value)):
-            return float(value)
-    return None
-
-
-def check_frames(records: Sequence[Mapping], reference: Mapping | None = None, *,
-                 temperature_tolerance: float = 2.0, saturation: float | None = None,
-                 level_tolerance: float = 0.1) -> tuple[list[int], list[tuple[str, str]]]:
-    """Which calibration frames may calibrate frames like `reference`.
-
-    records: one mapping per frame with 'path', 'shape' (rows, columns), 'binning_x',
-    'binning_y', 'temperature' and/or 'set_temperature' (C) - the frames table's columns.
-    reference: the same fields for the lights (default: the first record). A frame is rejected
-    when its shape or binning differs, or when its sensor temperature (the set point when both
-    have one, else the measured one) is more than `temperature_tolerance` C away; a frame or
-    reference without a temperature is not judged on it. Records with a 'median_adu' (the
-    frames table's) are also judged on their level (`implausible_levels`), against
-    `saturation` (raw ADU; default: each record's 'saturation').
-    Returns (accepted indices, [(path, reason), ...] for the rejected).
-    """
-    if not records:
-        return [], []
-    reference = reference if reference is not None else records[0]
-    ref_shape = tuple(reference.get("shape") or ())
-    ref_binning = _binning(reference)
-    ref_temperature = _temperature(reference)
-    accepted, rejected = [], []
-    levels = implausible_levels(records, saturation=saturation, tolerance=level_tolerance)
-    for index, record in enumerate(records):
-        path = str(record.get("path", f"frame {index}"))
-        shape = tuple(record.get("shape") or ())
-        reasons = [levels[index]] if index in levels else []
-        if ref_shape and shape and shape != ref_shape:
-            reasons.append(f"shape {shape[0]}x{shape[1]} differs from {ref_shape[0]}x"
-                           f"{ref_shape[1]}")
-        if _binning(record) != ref_binning:
-            b = _binning(record)
-            reasons.append(f"binning {b[0]}x{b[1]} differs from {ref_binning[0]}x"
-                           f"{ref_binning[1]}")
-        temperature = _temperature(record)
-        if (temperature is not None and ref_temperature is not None
-                and abs(temperature - ref_temperature) > temperature_tolerance):
-            gap = abs(temperature - ref_temperature)
-            reasons.append(f"sensor at {temperature:.1f} C, {gap:.1f} C from "
-                           f"{ref_temperature:.1f} C (tolerance {temperature_tolerance:g} C)")
-        if reasons:
-            rejected.append((path, "; ".join(reasons)))
-        else:
-            accepted.append(index)
-    return accepted, rejected
-
-
-def _level(record: Mapping) -> float | None:
-    value = record.get("median_adu")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def implausible_levels(records: Sequence[Mapping], *, saturation: float | None = None,
-                       tolerance: float = 0.1) -> dict[int, str]:
-    """Calibration frames whose level says they are broken: index -> reason.
-
-    records carry 'median_adu' (the stored frame's median; frames without one are not judged),
-    'frame_type', 'exptime', 'dtype' and 'saturation'. A frame is implausible when
-    - its median reaches 90 % of the saturation level (`saturation`, else the record's): a
-      saturated flat or a light-struck bias;
-    - integer data have a median of 0: an empty readout (cameras add an offset so that the
-      read noise is never clipped at zero);
-    - a bias or dark lies further from the median of its siblings (the same type and, for
-      darks, exposure; 3 or more of them) than 5 robust sigmas (1.4826 MAD) and than
-      `tolerance` of that median. Flats are normalised one by one and their level follows the
-      twilight, so they are judged on the first two tests only.
-    """
-    found: dict[int, str] = {}
-    groups: dict[tuple, list[int]] = {}
-    for index, record in enumerate(records):
-        level = _level(record)
-        if level is None:
-            continue
-        limit = saturation if saturation is not None else record.get("saturation")
-        dtype = str(record.get("dtype") or "")
-        if limit is not None and math.isfinite(float(limit)) and level >= 0.9 * float(limit):
-            found[index] = f"median {level:.0f} ADU is at saturation ({float(limit):.0f})"
-        elif level <= 0 and dtype.startswith(("uint", "int")):
-            found[index] = f"median {level:.0f} ADU: an empty (all-zero) readout"
-        elif record.get("frame_type") in ("bias", "dark"):
-            key = (record["frame_type"], round(float(record.get("exptime") or 0.0), 3))
-            groups.setdefault(key, []).append(index)
-    for (frame_type, _), members in groups.items():
-        if len(members) < 3:
-            continue
-        values = np.array([_level(records[i]) for i in members])
-        centre = float(np.median(values))
-        spread = 1.4826 * float(np.median(np.abs(values - centre)))
-        allowed = max(5.0 * spread, tolerance * abs(centre))
-        for i, value in zip(members, values):
-            if abs(value - centre) > allowed:
-                found[i] = (f"median {value:.0f} ADU is far from its {frame_type} siblings' "
-                            f"{centre:.0f} (allowed +-{allowed:.0f})")
-    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,48 +243,6 @@ def master_bias(stack, *, frames=None, names=(), trim=None, overscan=None,
                   sources=_sources(names, frames))
 
 
-def _block_medians(image: np.ndarray, size: int = _BLOCK) -> np.ndarray:
-    ny, nx = image.shape
-    by, bx = ny // size, nx // size
-    if by == 0 or bx == 0:
-        return np.array([[np.nanmedian(image)]])
-    blocks = image[:by * size, :bx * size].reshape(by, size, bx, size)
-    return np.nanmedian(blocks.transpose(0, 2, 1, 3).reshape(by, bx, size * size), axis=2)
-
-
-def _smooth(image: np.ndarray, size: int = _BLOCK) -> np.ndarray:
-    """Block medians of `image`, interpolated bilinearly between block centres (float32)."""
-    ny, nx = image.shape
-    blocks = _block_medians(image, size)
-    by, bx = blocks.shape
-    cy = (np.arange(by) + 0.5) * (ny / by)
-    cx = (np.arange(bx) + 0.5) * (nx / bx)
-    rows = np.array([np.interp(np.arange(nx), cx, row) for row in blocks])
-    full = np.array([np.interp(np.arange(ny), cy, column) for column in rows.T]).T
-    return full.astype(np.float32)
-
-
-def _block_noise(image: np.ndarray, size: int = _BLOCK) -> float:
-    """The noise of a block median of `image`, measured: half the robust spread, over blocks,
-    of the difference between the medians of a block's even and odd rows. Smooth structure
-    (glow, gradients) cancels in the difference; row-to-row noise (banding) does not."""
-    ny, nx = image.shape
-    by, bx = ny // size, nx // size
-    if by == 0 or bx == 0 or size < 2:
-        return _robust_sigma(image) * 1.2533 / max(1, size)
-    blocks = image[:by * size, :bx * size].reshape(by, size, bx, size).transpose(0, 2, 1, 3)
-    even = np.nanmedian(blocks[:, :, 0::2, :].reshape(by, bx, -1), axis=2)
-    odd = np.nanmedian(blocks[:, :, 1::2, :].reshape(by, bx, -1), axis=2)
-    return _robust_sigma((even - odd).ravel()) / 2.0
-
-
-def _robust_sigma(values: np.ndarray) -> float:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan")
-    return float(1.482602218505602 * np.median(np.abs(values - np.median(values))))
-
-
 def master_dark(stack, exptimes, *, frames=None, names=(), bias: Master | np.ndarray | None = None,
                 trim=None, overscan=None, overscan_method="median", nonlinearity=None,
                 sigma: float = 3.0, maxiters: int | None = 5, cenfunc: str = "median",
@@ -483,22 +273,14 @@ def master_dark(stack, exptimes, *, frames=None, names=(), bias: Master | np.nda
     """
     notes: list[str] = []
     frames = _frames_of(stack, frames)
-    times = np.asarray(exptimes, dtype=np.float64).ravel()
-    if times.size == stack.shape[0] and len(frames) != stack.shape[0]:
-        times = times[frames]
-    if times.size != len(frames):
-        raise EngineValueError(f"{times.size} exposure times for {len(frames)} dark frames")
-    if not np.all(np.isfinite(times)) or np.any(times <= 0):
-        raise EngineValueError("dark exposure times must be finite and > 0")
+    times = _exposure_times(stack, exptimes, frames)
     bias_data = bias.data if isinstance(bias, Master) else bias
     if bias_data is None:
         _note(notes, "no bias frames: the darks keep the bias level")
-    groups: dict[float, list[int]] = {}
-    for frame, t in zip(frames, np.round(times, 3)):
-        groups.setdefault(float(t), []).append(frame)
-    exposures = sorted(groups)
+    groups = exposure_groups(frames, times)
+    counts = {t: len(members) for t, members in groups.items()}
     combined: dict[float, np.ndarray] = {}
-    for t in exposures:
+    for t in sorted(groups):
         group_notes: list[str] = []
         combined[t], _ = combine_stack(
             stack, frames=groups[t], trim=trim, overscan=overscan,
@@ -506,126 +288,55 @@ def master_dark(stack, exptimes, *, frames=None, names=(), bias: Master | np.nda
             sigma=sigma, maxiters=maxiters, cenfunc=cenfunc, budget_bytes=budget_bytes,
             threads=threads, notes=group_notes)
         notes.extend(f"{t:g} s darks: {text}" for text in group_notes)
-    common = dict(binning=binning, temperature=_median_or_none(temperatures), camera=camera,
-                  filter=None)
-    weights = np.array([len(groups[t]) for t in exposures], dtype=np.float64)
-    t_arr = np.array(exposures)
-    rate = intercept = None
-    if len(exposures) >= 2:
-        # Per pixel, the weighted least-squares line dark(t) = intercept + rate * t.
-        sw, st, stt = weights.sum(), np.sum(weights * t_arr), np.sum(weights * t_arr ** 2)
-        sy = sum(w * combined[t].astype(np.float64) for w, t in zip(weights, t_arr))
-        sty = sum(w * t * combined[t].astype(np.float64) for w, t in zip(weights, t_arr))
-        det = sw * stt - st * st
-        rate = ((sw * sty - st * sy) / det).astype(np.float32)
-        intercept = ((stt * sy - st * sty) / det).astype(np.float32)
-    elif bias_data is not None:
-        t = exposures[0]
-        rate = (combined[t] / np.float32(t)).astype(np.float32)
-    offset = None
-    evidence: dict[str, object] = {"exptimes": exposures,
-                                   "frames": [len(groups[t]) for t in exposures]}
-    if rate is not None:
-        median_rate = float(np.nanmedian(rate))
-        evidence["median_rate_adu_per_s"] = median_rate
-        if gain:
-            evidence["median_rate_e_per_s"] = median_rate * float(gain)
-    if intercept is not None:
-        blocks = _block_medians(intercept)
-        evidence["intercept_median_adu"] = float(np.nanmedian(intercept))
-        evidence["intercept_block_range_adu"] = [float(np.nanmin(blocks)),
-                                                 float(np.nanmax(blocks))]
-    testable = len(exposures) >= 3
-    passed = None
-    if testable:
-        rows = []
-        passed = True
-        for t in exposures:
-            # The line's residuals, in blocks. Each exposure's frame-wide level (which jitters
-            # with the bias level from frame to frame) is taken out: what must scale is the
-            # pattern, pixel by pixel, as amp glow often does not.
-            residual = combined[t] - (intercept + rate.astype(np.float64) * t)
-            blocks = _block_medians(residual)
-            level = float(np.nanmedian(blocks))
-            spread = _block_noise(residual)
-            signal = float(np.nanmedian(combined[t] - intercept))
-            allowed = max(significance * spread, tolerance * abs(signal), 1.0)
-            worst = float(np.nanmax(np.abs(blocks - level)))
-            ok = worst <= allowed
-            passed = passed and ok
-            rows.append({"exptime": t, "frames": len(groups[t]), "signal_adu": signal,
-                         "level_adu": level, "worst_block_residual_adu": worst,
-                         "allowed_adu": allowed, "ok": ok})
+    rate, intercept = fit_dark_line(combined, counts, bias_data is not None)
+    evidence = line_evidence(rate, intercept, counts, gain)
+    rows = linearity_test(combined, counts, rate, intercept, significance=significance,
+                          tolerance=tolerance)
+    if rows is not None:
         evidence["groups"] = rows
-    evidence["tested"] = testable
-    evidence["linear"] = passed
-    slope_text = ""
-    if "median_rate_adu_per_s" in evidence:
-        slope_text = f"; median dark current {evidence['median_rate_adu_per_s']:.4g} ADU/s"
-        if "median_rate_e_per_s" in evidence:
-            slope_text += f" = {evidence['median_rate_e_per_s']:.4g} e-/s/pixel"
-    if testable and passed:
-        mode = "rate"
-        _note(notes, f"darks scale linearly with exposure over {exposures[0]:g}-{exposures[-1]:g}"
-                     f" s (block residuals within allowance): dark-current rate used{slope_text}")
-    elif testable:
-        mode = "matched"
-        bad = [r for r in evidence["groups"] if not r["ok"]]
-        _note(notes, "darks do not scale with exposure ("
-              + ", ".join(f"{r['exptime']:g} s off by {r['worst_block_residual_adu']:.3g} ADU "
-                          f"> {r['allowed_adu']:.3g}" for r in bad)
-              + "): exposure-matched darks used")
-    elif bias_data is not None:
-        mode = "rate"
-        _note(notes, f"darks of {len(exposures)} exposure time{'s' if len(exposures) > 1 else ''}"
-                     f" ({', '.join(f'{t:g}' for t in exposures)} s): linearity untested (that "
-                     f"needs three), the dark is scaled as a rate{slope_text}")
-    else:
-        mode = "matched"
-        _note(notes, "darks without bias frames and fewer than three exposure times: used as "
-                     "exposure-matched darks that still hold the bias")
-    model_intercept = None
-    if mode == "rate" and intercept is not None:
-        if bias_data is not None:
-            offset = _smooth(intercept)
-            low, high = evidence["intercept_block_range_adu"]
-            evidence["offset_adu"] = evidence["intercept_median_adu"]
-            _note(notes, f"at zero exposure the darks sit {evidence['offset_adu']:.2f} ADU above "
-                         f"the master bias (blocks {low:.2f} to {high:.2f}): not dark current; "
-                         f"the dark model keeps it, smoothed over 32-pixel blocks")
-        else:
-            model_intercept = intercept
-            _note(notes, "no bias frames: the darks' fitted level at zero exposure stands in "
-                         "for the bias")
-    cards = _combine_cards(sigma, maxiters, cenfunc, True) + (
-        ("DARKMODE", mode.upper(), "RATE: ADU/s scaled by exposure; MATCHED: per exposure"),
-        ("LINTEST", "PASS" if passed else ("FAIL" if passed is False else "UNTESTED"),
-         "dark linearity over exposure times"))
-    if "median_rate_adu_per_s" in evidence:
-        cards += (("DCRATE", round(evidence["median_rate_adu_per_s"], 6),
-                   "median dark current, ADU/s/pixel"),)
-    if "median_rate_e_per_s" in evidence:
-        cards += (("DCRATEE", round(evidence["median_rate_e_per_s"], 6),
-                   "median dark current, e-/s/pixel"),)
-    if offset is not None:
-        cards += (("DCOFFSET", round(evidence["offset_adu"], 4),
-                   "median of the model's 0 s level (extension OFFSET), ADU"),)
-    history = tuple(("HISTORY", f"{r['exptime']:g} s x{r['frames']}: signal "
-                     f"{r['signal_adu']:.2f} ADU, worst block residual "
-                     f"{r['worst_block_residual_adu']:.2f} <= {r['allowed_adu']:.2f}: "
-                     f"{'ok' if r['ok'] else 'FAIL'}", "")
-                    for r in evidence.get("groups", ()))
+    evidence["tested"] = rows is not None
+    evidence["linear"] = None if rows is None else all(r["ok"] for r in rows)
+    mode, why = dark_mode(evidence, bias_data is not None)
+    _note(notes, why)
+    offset = model_intercept = None
+    if mode == "rate" and intercept is not None and bias_data is not None:
+        offset = smooth(intercept)
+        low, high = evidence["intercept_block_range_adu"]
+        evidence["offset_adu"] = evidence["intercept_median_adu"]
+        _note(notes, f"at zero exposure the darks sit {evidence['offset_adu']:.2f} ADU above "
+                     f"the master bias (blocks {low:.2f} to {high:.2f}): not dark current; "
+                     f"the dark model keeps it, smoothed over 32-pixel blocks")
+    elif mode == "rate" and intercept is not None:
+        model_intercept = intercept
+        _note(notes, "no bias frames: the darks' fitted level at zero exposure stands in "
+                     "for the bias")
+    cards = _combine_cards(sigma, maxiters, cenfunc, True) + dark_cards(mode, evidence,
+                                                                        offset is not None)
+    common = dict(binning=binning, temperature=_median_or_none(temperatures), camera=camera,
+                  filter=None, notes=tuple(notes), cards=cards)
     rate_master = None
     if rate is not None:
-        rate_master = Master("dark", rate, len(frames), rate=True, notes=tuple(notes),
-                             cards=cards + history, sources=_sources(names, frames),
+        rate_master = Master("dark", rate, len(frames), rate=True,
+                             sources=_sources(names, frames),
                              extensions=() if offset is None else (("OFFSET", offset),),
                              **common)
-    matched = {t: Master("dark", combined[t], len(groups[t]), exptime=t, notes=tuple(notes),
-                         cards=cards + history, sources=_sources(names, groups[t]), **common)
-               for t in exposures}
+    matched = {t: Master("dark", combined[t], counts[t], exptime=t,
+                         sources=_sources(names, groups[t]), **common)
+               for t in sorted(groups)}
     return DarkModel(mode, rate_master, matched, bias_data is None and mode == "matched",
                      evidence, tuple(notes), model_intercept, offset)
+
+
+def _exposure_times(stack, exptimes, frames: list[int]) -> np.ndarray:
+    """Each dark frame's exposure time, s: one per frame of `stack`, or of `frames`."""
+    times = np.asarray(exptimes, dtype=np.float64).ravel()
+    if times.size == stack.shape[0] and len(frames) != stack.shape[0]:
+        times = times[frames]
+    if times.size != len(frames):
+        raise EngineValueError(f"{times.size} exposure times for {len(frames)} dark frames")
+    if not np.all(np.isfinite(times)) or np.any(times <= 0):
+        raise EngineValueError("dark exposure times must be finite and > 0")
+    return times
 
 
 def _frame_levels(stack, frames, *, trim, overscan, overscan_method, nonlinearity, bias, dark,
@@ -734,15 +445,6 @@ def master_flat(stack, *, frames=None, names=(), filter: str | None = None, expt
                   cards=cards, sources=_sources(names, used))
 
 
-def _local_level(image: np.ndarray, size: int = _BLOCK) -> np.ndarray:
-    """Block medians of `image`, expanded back to its shape (edge blocks repeat)."""
-    ny, nx = image.shape
-    blocks = _block_medians(image, size)
-    rows = np.minimum(np.arange(ny) // size, blocks.shape[0] - 1)
-    cols = np.minimum(np.arange(nx) // size, blocks.shape[1] - 1)
-    return blocks[rows][:, cols]
-
-
 def bad_pixel_mask(*, dark: DarkModel | Master | None = None, flat: Master | None = None,
                    hot_sigma: float = 5.0, hot_factor: float = 10.0, low_response: float = 0.5,
                    high_response: float = 1.5) -> Master:
@@ -773,14 +475,14 @@ def bad_pixel_mask(*, dark: DarkModel | Master | None = None, flat: Master | Non
             rate, sources = (dark.data if dark.rate else dark.data / np.float32(dark.exptime or 1)
                              ), dark.sources
         median = float(np.nanmedian(rate))
-        spread = _robust_sigma(rate)
+        spread = robust_sigma(rate)
         threshold = max(median + hot_sigma * spread, hot_factor * median)
         hot = ~(rate <= threshold)  # NaN counts as hot
         shape = rate
         _note(notes, f"hot: dark rate above {threshold:.4g} ADU/s (median {median:.4g}, robust "
                      f"sigma {spread:.4g}): {int(hot.sum())}")
     if flat is not None:
-        level = _local_level(flat.data)
+        level = local_level(flat.data)
         ratio = flat.data / level
         dead = ~((ratio >= low_response) & (ratio <= high_response))
         shape = flat.data
