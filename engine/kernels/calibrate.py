@@ -32,7 +32,8 @@ are the same as the formulas above up to float rounding (multiplying by 1 / flat
 and dark first).
 
 Thread safety: the kernel keeps no state; concurrent calls on separate outputs are safe. The
-array driver `calibrate_frames` validates and coerces everything; `_calibrate_cube` trusts it.
+array driver `calibrate_frames` validates and coerces everything (engine.kernels.calibrate_args);
+`_calibrate_cube` trusts it.
 """
 
 from __future__ import annotations
@@ -42,18 +43,11 @@ from typing import NamedTuple
 import numpy as np
 from numba import prange
 
-from engine.checks import positive
-from engine.errors import EngineValueError
 from engine.flags import PixelFlag
 from engine.kernels._jit import jit, set_threads
+from engine.kernels.calibrate_args import RAW_DTYPES, prepare
 
 __all__ = ["Calibrated", "RAW_DTYPES", "calibrate_frames"]
-
-#: Raw pixel types the kernel reads (what FITS cameras write, and floats).
-RAW_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.int32, np.uint32,
-                                         np.float32, np.float64))
-_OUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_MASK_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
 _SATURATED = int(PixelFlag.SATURATED)
 _NONFINITE = int(PixelFlag.NONFINITE)
@@ -211,6 +205,63 @@ def _calibrate_row_staged(source, level, bias_row, poly, dark_row, scale, invers
             mask_row[x] = flags
 
 
+@jit
+def _fold_masters(bias, dark, flat, y_start, rows, first_scale, space, stride, second):
+    """Fold a block's rows of the masters into `space`: at r * stride, bias + dark * first_scale;
+    at second + r * stride, 1 / flat (NaN where the flat is not > 0). A master of one row stands
+    for every row (the neutral masters of an absent one)."""
+    nx = flat.shape[1]
+    kind = space.dtype.type
+    nan = kind(np.nan)
+    one = kind(1.0)
+    for r in range(rows):
+        y = y_start + r
+        bias_row = bias[y if bias.shape[0] > 1 else 0]
+        dark_row = dark[y if dark.shape[0] > 1 else 0]
+        flat_row = flat[y if flat.shape[0] > 1 else 0]
+        offset_row = space[r * stride:r * stride + nx]
+        inverse_row = space[second + r * stride:second + r * stride + nx]
+        for x in range(nx):
+            offset_row[x] = bias_row[x] + dark_row[x] * first_scale
+        for x in range(nx):
+            value = flat_row[x]
+            inverse_row[x] = one / value if value > 0 else nan
+
+
+@jit
+def _bad_pixel_list(bad, y_start, rows, wanted):
+    """A block's bad pixels, row by row (CSR): (start (rows + 1,), columns, flags); rows r's
+    pixels are start[r]..start[r + 1]. Empty unless `wanted`."""
+    nx = bad.shape[1]
+    n_bad = 0
+    if wanted:
+        for r in range(rows):
+            bad_row = bad[y_start + r]
+            for x in range(nx):
+                n_bad += 1 if bad_row[x] != 0 else 0
+    bad_start = np.zeros(rows + 1, np.int64)
+    bad_column = np.empty(n_bad, np.int64)
+    bad_flags = np.empty(n_bad, bad.dtype)
+    if n_bad > 0:
+        i = 0
+        for r in range(rows):
+            bad_row = bad[y_start + r]
+            for x in range(nx):
+                if bad_row[x] != 0:
+                    bad_column[i] = x
+                    bad_flags[i] = bad_row[x]
+                    i += 1
+            bad_start[r + 1] = i
+    return bad_start, bad_column, bad_flags
+
+
+@jit
+def _flag_bad(mask_row, start, stop, bad_column, bad_flags):
+    """OR the listed bad pixels start..stop into a row of the mask."""
+    for i in range(start, stop):
+        mask_row[bad_column[i]] |= bad_flags[i]
+
+
 @jit(parallel=True)
 def _calibrate_cube(raw, ty, tx, overscan_x0, overscan_x1, overscan_median,
                     bias, dark, dark_scale, flat, bad, poly, saturation,
@@ -234,7 +285,6 @@ def _calibrate_cube(raw, ty, tx, overscan_x0, overscan_x1, overscan_median,
     staged = poly.shape[0] > 0 or want_error
     by_row_bias = bias.shape[0] > 1
     by_row_dark = dark.shape[0] > 1
-    by_row_flat = flat.shape[0] > 1
     by_row_bad = bad.shape[0] > 1
     first_scale = dark_scale[0]
     uniform = True
@@ -251,40 +301,9 @@ def _calibrate_cube(raw, ty, tx, overscan_x0, overscan_x1, overscan_median,
         stride = nx + 24
         second = rows * stride + 40
         space = np.empty(second + rows * stride, out.dtype)
-        first = kind(first_scale)
-        nan = kind(np.nan)
-        one = kind(1.0)
-        n_bad = 0
-        for r in range(rows):
-            y = y_start + r
-            bias_row = bias[y if by_row_bias else 0]
-            dark_row = dark[y if by_row_dark else 0]
-            flat_row = flat[y if by_row_flat else 0]
-            offset_row = space[r * stride:r * stride + nx]
-            inverse_row = space[second + r * stride:second + r * stride + nx]
-            for x in range(nx):
-                offset_row[x] = bias_row[x] + dark_row[x] * first
-            for x in range(nx):
-                value = flat_row[x]
-                inverse_row[x] = one / value if value > 0 else nan
-            if by_row_bad and want_mask:
-                bad_row = bad[y]
-                for x in range(nx):
-                    n_bad += 1 if bad_row[x] != 0 else 0
-        # The block's bad pixels, row by row (CSR): columns and flags.
-        bad_start = np.zeros(rows + 1, np.int64)
-        bad_column = np.empty(n_bad, np.int64)
-        bad_flags = np.empty(n_bad, bad.dtype)
-        if n_bad > 0:
-            i = 0
-            for r in range(rows):
-                bad_row = bad[y_start + r]
-                for x in range(nx):
-                    if bad_row[x] != 0:
-                        bad_column[i] = x
-                        bad_flags[i] = bad_row[x]
-                        i += 1
-                bad_start[r + 1] = i
+        _fold_masters(bias, dark, flat, y_start, rows, kind(first_scale), space, stride, second)
+        bad_start, bad_column, bad_flags = _bad_pixel_list(bad, y_start, rows,
+                                                           by_row_bad and want_mask)
         work = np.empty(nx, out.dtype)
         zeros = np.zeros(nx, out.dtype)
         scratch = np.empty(max(n_overscan, 1), np.float64)
@@ -310,9 +329,9 @@ def _calibrate_cube(raw, ty, tx, overscan_x0, overscan_x1, overscan_median,
                                         inverse_row, saturation, check_saturation, out[f, y],
                                         out[f + 1, y], mask_row, mask_next, want_mask)
                     if want_mask:
-                        for i in range(bad_start[r], bad_start[r + 1]):
-                            mask_row[bad_column[i]] |= bad_flags[i]
-                            mask_next[bad_column[i]] |= bad_flags[i]
+                        _flag_bad(mask_row, bad_start[r], bad_start[r + 1], bad_column, bad_flags)
+                        _flag_bad(mask_next, bad_start[r], bad_start[r + 1], bad_column,
+                                  bad_flags)
                     continue
                 level = 0.0
                 if n_overscan > 0:
@@ -331,57 +350,13 @@ def _calibrate_cube(raw, ty, tx, overscan_x0, overscan_x1, overscan_median,
                                          saturation, check_saturation, out[f, y], mask_row,
                                          want_mask)
                 if want_mask:
-                    for i in range(bad_start[r], bad_start[r + 1]):
-                        mask_row[bad_column[i]] |= bad_flags[i]
+                    _flag_bad(mask_row, bad_start[r], bad_start[r + 1], bad_column, bad_flags)
             f += 2 if pair else 1
 
 
 # ---------------------------------------------------------------------------------------------
 # The array driver: validation and coercion, then one compiled call.
 # ---------------------------------------------------------------------------------------------
-
-
-def _section(name: str, section, limits: tuple[int, ...]) -> tuple[int, ...]:
-    """Validate a 0-based, half-open section: (y0, y1, x0, x1) or (x0, x1) against its limits."""
-    try:
-        values = tuple(int(v) for v in section)
-        exact = all(float(v) == int(v) for v in section)
-    except (TypeError, ValueError):
-        raise EngineValueError(f"{name} must be a tuple of integers, got {section!r}") from None
-    if not exact or len(values) != 2 * len(limits):
-        raise EngineValueError(
-            f"{name} must be {len(limits)} pairs of integers (start, stop), got {section!r}")
-    for k, limit in enumerate(limits):
-        start, stop = values[2 * k], values[2 * k + 1]
-        if not 0 <= start < stop <= limit:
-            raise EngineValueError(
-                f"{name} {section!r} is empty or outside the raw frame (0..{limit} on axis {k})")
-    return values
-
-
-def _master(name: str, array, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
-    a = np.asarray(array)
-    if a.shape != shape:
-        raise EngineValueError(f"{name} has shape {a.shape}; the calibrated frames are {shape}")
-    if a.dtype.kind not in "biuf":
-        raise EngineValueError(f"{name} must be numeric, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=dtype)
-
-
-def _output(name: str, array, shape: tuple[int, ...], dtypes, raw: np.ndarray) -> np.ndarray:
-    if not isinstance(array, np.ndarray):
-        raise EngineValueError(f"{name} must be a NumPy array, got {type(array).__name__}")
-    if array.shape != shape:
-        raise EngineValueError(f"{name} has shape {array.shape}, expected {shape}")
-    if array.dtype not in dtypes:
-        raise EngineValueError(
-            f"{name} must have dtype {' or '.join(str(d) for d in dtypes)}, got {array.dtype}")
-    if not array.flags.c_contiguous or not array.flags.writeable:
-        raise EngineValueError(f"{name} must be C-contiguous and writeable")
-    if np.may_share_memory(array, raw):
-        raise EngineValueError(f"{name} shares memory with the raw frames (inputs are never "
-                               f"modified)")
-    return array
 
 
 def calibrate_frames(raw, *, bias=None, dark=None, dark_scale=None, flat=None, bad_pixels=None,
@@ -416,11 +391,11 @@ def calibrate_frames(raw, *, bias=None, dark=None, dark_scale=None, flat=None, b
     Returns Calibrated(data, mask, uncertainty); 2-D in, 2-D out. Raises EngineValueError for
     anything inconsistent (shapes, sections, dtypes, missing gain) before any pixel is touched.
     """
-    job = _prepare(raw, bias=bias, dark=dark, dark_scale=dark_scale, flat=flat,
-                   bad_pixels=bad_pixels, saturation=saturation, overscan=overscan,
-                   overscan_method=overscan_method, trim=trim, nonlinearity=nonlinearity,
-                   gain=gain, read_noise=read_noise, out=out, mask=mask,
-                   uncertainty=uncertainty, dtype=dtype)
+    job = prepare(raw, bias=bias, dark=dark, dark_scale=dark_scale, flat=flat,
+                  bad_pixels=bad_pixels, saturation=saturation, overscan=overscan,
+                  overscan_method=overscan_method, trim=trim, nonlinearity=nonlinearity,
+                  gain=gain, read_noise=read_noise, out=out, mask=mask,
+                  uncertainty=uncertainty, dtype=dtype)
     # Small calls run on one thread: waking a second costs more than it saves.
     threads = set_threads(threads if job.out.size >= 2 * _PIXELS_PER_THREAD else 1)
     ny, nx = job.out.shape[1:]
@@ -434,169 +409,4 @@ def calibrate_frames(raw, *, bias=None, dark=None, dark_scale=None, flat=None, b
                     job.out, job.placeholder(job.mask, job.mask_dtype), job.mask is not None,
                     job.placeholder(job.uncertainty, job.out.dtype), job.uncertainty is not None,
                     block_rows)
-    return job.result()
-
-
-class _Job(NamedTuple):
-    """A validated calibration: everything coerced to what the kernels take (see _prepare)."""
-
-    raw: np.ndarray          # (nframes, NY, NX), native byte order, C-contiguous
-    single: bool             # the caller gave one 2-D frame
-    trim: tuple              # (y0, y1, x0, x1)
-    overscan: tuple          # (x0, x1); (0, 0) for none
-    overscan_median: bool
-    bias: np.ndarray | None  # (ny, nx) of the output dtype
-    dark: np.ndarray | None
-    dark_scale: np.ndarray   # (nframes,) float64; zeros without a dark
-    flat: np.ndarray | None
-    bad: np.ndarray | None   # (ny, nx) of the mask dtype
-    poly: np.ndarray         # float64 coefficients, empty for none
-    saturation: float
-    check_saturation: bool
-    gain: float
-    read_noise: float
-    out: np.ndarray          # (nframes, ny, nx) float32 / float64
-    mask: np.ndarray | None  # (nframes, ny, nx) uint8 / uint16
-    uncertainty: np.ndarray | None
-    given: tuple             # the caller's out, mask and uncertainty arguments
-
-    def neutral(self, array, value, dtype=None):
-        """The master itself, or a (1, nx) row of `value` (of the output's dtype unless given)
-        standing for it."""
-        if array is not None:
-            return array
-        return np.full((1, self.out.shape[2]), value, dtype or self.out.dtype)
-
-    @property
-    def mask_dtype(self):
-        return np.dtype(np.uint8) if self.mask is None else self.mask.dtype
-
-    def placeholder(self, array, dtype):
-        """The output itself, or a (1, 1, nx) array standing for an output not asked for."""
-        if array is not None:
-            return array
-        return np.zeros((1, 1, self.out.shape[2]), dtype)
-
-    def result(self) -> Calibrated:
-        def shaped(array, given):
-            if isinstance(given, np.ndarray):
-                return given  # the caller's own array, filled in place
-            return None if array is None else (array[0] if self.single else array)
-
-        return Calibrated(*(shaped(a, g) for a, g in
-                            zip((self.out, self.mask, self.uncertainty), self.given)))
-
-
-def _prepare(raw, *, bias, dark, dark_scale, flat, bad_pixels, saturation, overscan,
-             overscan_method, trim, nonlinearity, gain, read_noise, out, mask, uncertainty,
-             dtype) -> _Job:
-    """Validate and coerce the arguments of `calibrate_frames` (shared with the CUDA driver)."""
-    raw = np.asarray(raw)
-    if raw.ndim not in (2, 3) or 0 in raw.shape:
-        raise EngineValueError(f"raw must be one frame (ny, nx) or a cube (nframes, ny, nx), "
-                               f"got shape {raw.shape}")
-    if raw.dtype.newbyteorder("=") not in RAW_DTYPES:
-        raise EngineValueError(f"raw pixels of dtype {raw.dtype} are not supported "
-                               f"({', '.join(str(d) for d in RAW_DTYPES)})")
-    single = raw.ndim == 2
-    cube = np.ascontiguousarray(raw[None] if single else raw, dtype=raw.dtype.newbyteorder("="))
-    nframes, raw_ny, raw_nx = cube.shape
-
-    ty0, ty1, tx0, tx1 = (0, raw_ny, 0, raw_nx) if trim is None else _section(
-        "trim", trim, (raw_ny, raw_nx))
-    shape2 = (ty1 - ty0, tx1 - tx0)
-    shape3 = (nframes,) + shape2
-    if overscan is None:
-        ox0 = ox1 = 0
-    else:
-        ox0, ox1 = _section("overscan", overscan, (raw_nx,))
-        if ox0 < tx1 and tx0 < ox1:
-            raise EngineValueError(f"overscan columns {ox0}..{ox1} overlap the trimmed data "
-                                   f"columns {tx0}..{tx1}")
-    if overscan_method not in ("mean", "median"):
-        raise EngineValueError(f"overscan_method must be 'mean' or 'median', got "
-                               f"{overscan_method!r}")
-
-    if out is None:
-        out_dtype = np.dtype(dtype)
-        if out_dtype not in _OUT_DTYPES:
-            raise EngineValueError(f"dtype must be float32 or float64, got {out_dtype}")
-        out3 = np.empty(shape3, out_dtype)
-    else:
-        out3 = _output("out", out[None] if single and isinstance(out, np.ndarray) else out,
-                       shape3, _OUT_DTYPES, cube)
-        out_dtype = out3.dtype
-
-    if mask is True:
-        mask3 = np.empty(shape3, np.uint8)
-    elif mask is False or mask is None:
-        mask3 = None
-    else:
-        mask3 = _output("mask", mask[None] if single and isinstance(mask, np.ndarray) else mask,
-                        shape3, _MASK_DTYPES, cube)
-    mask_dtype = np.dtype(np.uint8) if mask3 is None else mask3.dtype
-
-    if uncertainty is True:
-        error3 = np.empty(shape3, out_dtype)
-    elif uncertainty is False or uncertainty is None:
-        error3 = None
-    else:
-        error3 = _output("uncertainty",
-                         uncertainty[None] if single and isinstance(uncertainty, np.ndarray)
-                         else uncertainty, shape3, (out_dtype,), cube)
-    if error3 is not None:
-        gain = positive("gain", gain)
-        read_noise = 0.0 if read_noise is None else float(read_noise)
-        if not np.isfinite(read_noise) or read_noise < 0:
-            raise EngineValueError(f"read_noise must be finite and >= 0, got {read_noise!r}")
-    else:
-        gain, read_noise = 1.0, 0.0
-
-    bias2 = None if bias is None else _master("bias", bias, shape2, out_dtype)
-    flat2 = None if flat is None else _master("flat", flat, shape2, out_dtype)
-    dark2 = None if dark is None else _master("dark", dark, shape2, out_dtype)
-    if dark2 is not None:
-        if dark_scale is None:
-            raise EngineValueError("a dark needs dark_scale: the exposure time (s) for a dark "
-                                   "rate, or 1 for an exposure-matched dark")
-        scale = np.array(np.broadcast_to(np.asarray(dark_scale, dtype=np.float64), (nframes,)))
-        if not np.all(np.isfinite(scale)):
-            raise EngineValueError(f"dark_scale must be finite, got {dark_scale!r}")
-    else:
-        scale = np.zeros(nframes)
-
-    bad2 = None
-    if bad_pixels is not None:
-        bad = np.asarray(bad_pixels)
-        if bad.shape != shape2:
-            raise EngineValueError(f"bad_pixels has shape {bad.shape}; the calibrated frames "
-                                   f"are {shape2}")
-        if bad.dtype == np.bool_:
-            bad = np.where(bad, int(PixelFlag.BAD), 0)
-        if bad.dtype.kind not in "iu" or (bad.size and (bad.min() < 0
-                                                         or bad.max() > np.iinfo(mask_dtype).max)):
-            raise EngineValueError(f"bad_pixels must hold flag bits that fit the {mask_dtype} mask")
-        bad2 = np.ascontiguousarray(bad, dtype=mask_dtype)
-
-    if nonlinearity is None:
-        poly = np.zeros(0)
-    else:
-        poly = np.array(nonlinearity, dtype=np.float64).ravel()
-        if poly.size == 0 or not np.all(np.isfinite(poly)):
-            raise EngineValueError(f"nonlinearity must be finite polynomial coefficients "
-                                   f"(c0, c1, ...), got {nonlinearity!r}")
-
-    if saturation is None:
-        check_saturation = cube.dtype.kind in "iu"
-        saturation = float(np.iinfo(cube.dtype).max) if check_saturation else np.inf
-    else:
-        saturation = float(saturation)
-        if np.isnan(saturation):
-            raise EngineValueError("saturation must be a number, got NaN")
-        check_saturation = True
-
-    if bad2 is not None and mask3 is None:
-        bad2 = None  # nothing to flag them in
-    return _Job(cube, single, (ty0, ty1, tx0, tx1), (ox0, ox1), overscan_method == "median",
-                bias2, dark2, scale, flat2, bad2, poly, saturation, check_saturation, gain,
-                read_noise, out3, mask3, error3, (out, mask, uncertainty))
+    return Calibrated(*job.outputs())

@@ -23,7 +23,8 @@ from numba import cuda, float64
 
 from engine.errors import EngineValueError
 from engine.flags import PixelFlag
-from engine.kernels.calibrate import Calibrated, _prepare
+from engine.kernels.calibrate import Calibrated
+from engine.kernels.calibrate_args import prepare
 
 __all__ = ["calibrate_frames_cuda"]
 
@@ -124,11 +125,11 @@ def calibrate_frames_cuda(raw, *, bias=None, dark=None, dark_scale=None, flat=No
     """`engine.kernels.calibrate.calibrate_frames` on the GPU: same arguments (no thread count),
     same result. Raises EngineValueError as the CPU driver does, and for a median overscan strip
     wider than 128 columns."""
-    job = _prepare(raw, bias=bias, dark=dark, dark_scale=dark_scale, flat=flat,
-                   bad_pixels=bad_pixels, saturation=saturation, overscan=overscan,
-                   overscan_method=overscan_method, trim=trim, nonlinearity=nonlinearity,
-                   gain=gain, read_noise=read_noise, out=out, mask=mask,
-                   uncertainty=uncertainty, dtype=dtype)
+    job = prepare(raw, bias=bias, dark=dark, dark_scale=dark_scale, flat=flat,
+                  bad_pixels=bad_pixels, saturation=saturation, overscan=overscan,
+                  overscan_method=overscan_method, trim=trim, nonlinearity=nonlinearity,
+                  gain=gain, read_noise=read_noise, out=out, mask=mask,
+                  uncertainty=uncertainty, dtype=dtype)
     x0, x1 = job.overscan
     if job.overscan_median and x1 - x0 > _MAX_MEDIAN_OVERSCAN:
         raise EngineValueError(f"a median overscan on the GPU takes at most "
@@ -159,4 +160,4 @@ def calibrate_frames_cuda(raw, *, bias=None, dark=None, dark_scale=None, flat=No
         d_mask.copy_to_host(job.mask)
     if job.uncertainty is not None:
         d_error.copy_to_host(job.uncertainty)
-    return job.result()
+    return Calibrated(*job.outputs())
