@@ -43,17 +43,13 @@ from typing import NamedTuple
 import numpy as np
 from numba import prange
 
-from engine.errors import EngineValueError
 from engine.kernels._jit import jit, set_threads
+from engine.kernels.combine_args import STACK_DTYPES, prepare
 from engine.kernels.combine_exact import combine_exact
 from engine.kernels.sigma_clip import MAD_SCALE
 
 __all__ = ["Combined", "STACK_DTYPES", "sigma_clip_combine", "sorting_network"]
 
-#: Stack pixel types the kernels read.
-STACK_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.int32, np.uint32,
-                                           np.float32, np.float64))
-_OUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _TILE = 128  # pixels side by side: a tile of 30 frames in float32 is 15 KB and stays in L1
 _LARGEST = np.finfo(np.float64).max
 _STATE = 17  # per-pixel state arrays of a tile (see _combine_tile)
@@ -269,26 +265,11 @@ def _sums_next(buf, x0, width, ref, low, high, kept_low, kept_high, count_all, t
 
 
 @jit
-def _combine_tile(buf, x0, width, row_ref, valid, row_total, row_squares, sorted_values,
-                  use_median, use_mad_std, maxiters, sigma_lower, sigma_upper, median_output,
-                  state, scratch, out_row, counts_row, want_counts):
-    """Clip and combine the pixels x0..x0+width of the loaded (and, if needed, sorted) row.
-
-    state: _STATE float64 arrays of _TILE, the per-pixel state (separate allocations: views of
-    one array would keep the compiler from vectorising the loops over them). Writes out_row
-    (and counts_row).
-    A pixel's kept set is its values inside [kept_low, kept_high]; when sorted it is the run of
-    `count` values from index `below`. Its mean and standard deviation come from the sums of
-    d = value - ref and d**2 (ref: the pixel's frame-0 value, so the sums do not cancel). Each
-    iteration is one pass: against the new bounds it sums the next kept set and counts all the
-    values inside. When the kept set stops changing, the result is the values inside the last
-    bounds, which is the kept set unless a value clipped earlier falls back inside (then one more
-    pass sums them); when maxiters is reached, that last pass is the only one.
-    """
-    (ref, kept_low, kept_high, total, squares, count, below, low, high, count_all, total_next,
-     squares_next, count_next, below_next, active, result_count, finished) = state
-    # Flags and counts are float64 (1.0 / 0.0) and reductions are sums, so that every loop
-    # over the tile vectorises; only medians, MADs and re-sums are per pixel.
+def _start_tile(x0, width, row_ref, valid, row_total, row_squares, state, out_row):
+    """Load the per-pixel state of a tile from its row's sums; NaN out pixels with no finite
+    value. Returns how many pixels are active (have values to clip)."""
+    (ref, kept_low, kept_high, total, squares, count, below, low, high, _, _, _, _, _, active,
+     result_count, _) = state
     n_active = 0.0
     for t in range(width):
         ref[t] = row_ref[x0 + t]
@@ -309,94 +290,153 @@ def _combine_tile(buf, x0, width, row_ref, valid, row_total, row_squares, sorted
         result_count[t] = 0.0
     for t in range(width):
         out_row[x0 + t] = out_row[x0 + t] if count[t] > 0 else np.nan
-    iteration = 0
-    while n_active > 0.0:
-        iteration += 1
-        # The bounds of every active pixel (computed for all, kept for the active).
+    return n_active
+
+
+@jit
+def _tile_bounds(buf, x0, width, use_median, use_mad_std, sigma_lower, sigma_upper, state,
+                 scratch):
+    """[low, high] of every active pixel from its kept set (computed for all, kept for the
+    active, so the mean / std loop vectorises; medians and MADs are per pixel)."""
+    (ref, _, _, total, squares, count, below, low, high, _, _, _, _, _, active, _, _) = state
+    for t in range(width):
+        c = count[t]
+        mean_d = total[t] / c
+        std = np.sqrt(max(squares[t] / c - mean_d * mean_d, 0.0))
+        cen = ref[t] + mean_d
+        on = active[t] != 0.0
+        low[t] = cen - sigma_lower * std if on else low[t]
+        high[t] = cen + sigma_upper * std if on else high[t]
+    if use_median or use_mad_std:
         for t in range(width):
+            if active[t] == 0.0:
+                continue
             c = count[t]
             mean_d = total[t] / c
             std = np.sqrt(max(squares[t] / c - mean_d * mean_d, 0.0))
-            cen = ref[t] + mean_d
-            on = active[t] != 0.0
-            low[t] = cen - sigma_lower * std if on else low[t]
-            high[t] = cen + sigma_upper * std if on else high[t]
-        if use_median or use_mad_std:
-            for t in range(width):
-                if active[t] == 0.0:
-                    continue
-                c = count[t]
-                mean_d = total[t] / c
-                std = np.sqrt(max(squares[t] / c - mean_d * mean_d, 0.0))
-                median = _run_median(buf, x0 + t, below[t], c)
-                if use_mad_std:
-                    std = _run_mad(buf, x0 + t, below[t], c, median, scratch) * MAD_SCALE
-                cen = median if use_median else ref[t] + mean_d
-                low[t] = cen - sigma_lower * std
-                high[t] = cen + sigma_upper * std
+            median = _run_median(buf, x0 + t, below[t], c)
+            if use_mad_std:
+                std = _run_mad(buf, x0 + t, below[t], c, median, scratch) * MAD_SCALE
+            cen = median if use_median else ref[t] + mean_d
+            low[t] = cen - sigma_lower * std
+            high[t] = cen + sigma_upper * std
+
+
+@jit
+def _tile_pass(buf, x0, width, last, sorted_values, state):
+    """Sum the values against the new bounds: the next kept set (or, on the last iteration,
+    everything inside the bounds) into the *_next state, and count_all, all values inside."""
+    (ref, kept_low, kept_high, _, _, _, _, low, high, count_all, total_next, squares_next,
+     count_next, below_next, _, _, _) = state
+    for t in range(width):
+        count_all[t] = 0.0
+        total_next[t] = 0.0
+        squares_next[t] = 0.0
+        count_next[t] = 0.0
+        below_next[t] = 0.0
+    if last:
+        # Sums over every value inside the bounds: the result of every pixel still active.
+        _sums_inside(buf, x0, width, ref, low, high, total_next, count_next, below_next,
+                     sorted_values)
+        for t in range(width):
+            count_all[t] = count_next[t]
+    else:
+        _sums_next(buf, x0, width, ref, low, high, kept_low, kept_high, count_all,
+                   total_next, squares_next, count_next, below_next, sorted_values)
+
+
+@jit
+def _advance_tile(width, last, state):
+    """Mark the pixels that stop here (kept set unchanged or empty, or the last iteration);
+    the others take the next kept set. Returns (pixels still active, stopped pixels whose last
+    bounds hold values clipped earlier)."""
+    (_, kept_low, kept_high, total, squares, count, below, low, high, count_all, total_next,
+     squares_next, count_next, below_next, active, _, finished) = state
+    always = 1.0 if last else 0.0
+    n_active = 0.0
+    n_redo = 0.0
+    for t in range(width):
+        on = active[t]
+        same = 1.0 if (count_next[t] == count[t]) | (count_next[t] == 0.0) else 0.0
+        finished[t] = on * max(always, same)
+    for t in range(width):
+        go = active[t] - finished[t]
+        n_redo += finished[t] * (1.0 if count_all[t] != count_next[t] else 0.0)
+        n_active += go
+        active[t] = go
+    for t in range(width):
+        keep = active[t] != 0.0
+        kept_low[t] = max(kept_low[t], low[t]) if keep else kept_low[t]
+        kept_high[t] = min(kept_high[t], high[t]) if keep else kept_high[t]
+    for t in range(width):
+        keep = active[t] != 0.0
+        total[t] = total_next[t] if keep else total[t]
+        squares[t] = squares_next[t] if keep else squares[t]
+    for t in range(width):
+        keep = active[t] != 0.0
+        count[t] = count_next[t] if keep else count[t]
+        below[t] = below_next[t] if keep else below[t]
+    return n_active, n_redo
+
+
+@jit
+def _finish_pixels(buf, x0, width, n_redo, sorted_values, median_output, state, out_row):
+    """Write the results of the pixels that stopped: the mean (or median) of the values inside
+    their last bounds, re-summed first where values clipped earlier fell back inside."""
+    (ref, _, _, _, _, _, _, low, high, count_all, total_next, _, count_next, below_next, _,
+     result_count, finished) = state
+    if n_redo > 0.0:
+        for t in range(width):
+            redo = (finished[t] != 0.0) & (count_all[t] != count_next[t])
+            total_next[t] = 0.0 if redo else total_next[t]
+            count_next[t] = 0.0 if redo else count_next[t]
+            below_next[t] = 0.0 if redo else below_next[t]
+            low[t] = low[t] if redo else np.nan  # nothing is inside NaN bounds
+        _sums_inside(buf, x0, width, ref, low, high, total_next, count_next, below_next,
+                     sorted_values)
+    for t in range(width):
+        done = finished[t] != 0.0
+        c = count_next[t]
+        mean = ref[t] + total_next[t] / c if c > 0 else np.nan
+        out_row[x0 + t] = mean if done else out_row[x0 + t]
+        result_count[t] = c if done else result_count[t]
+    if median_output:
+        for t in range(width):
+            if finished[t] != 0.0 and count_next[t] > 0:
+                out_row[x0 + t] = _run_median(buf, x0 + t, below_next[t], count_next[t])
+
+
+@jit
+def _combine_tile(buf, x0, width, row_ref, valid, row_total, row_squares, sorted_values,
+                  use_median, use_mad_std, maxiters, sigma_lower, sigma_upper, median_output,
+                  state, scratch, out_row, counts_row, want_counts):
+    """Clip and combine the pixels x0..x0+width of the loaded (and, if needed, sorted) row.
+
+    state: _STATE float64 arrays of _TILE, the per-pixel state (separate allocations: views of
+    one array would keep the compiler from vectorising the loops over them). Writes out_row
+    (and counts_row).
+    A pixel's kept set is its values inside [kept_low, kept_high]; when sorted it is the run of
+    `count` values from index `below`. Its mean and standard deviation come from the sums of
+    d = value - ref and d**2 (ref: the pixel's frame-0 value, so the sums do not cancel). Each
+    iteration is one pass: against the new bounds it sums the next kept set and counts all the
+    values inside. When the kept set stops changing, the result is the values inside the last
+    bounds, which is the kept set unless a value clipped earlier falls back inside (then one more
+    pass sums them); when maxiters is reached, that last pass is the only one.
+    Flags and counts are float64 (1.0 / 0.0) and reductions are sums, so that every loop over
+    the tile vectorises; only medians, MADs and re-sums are per pixel.
+    """
+    n_active = _start_tile(x0, width, row_ref, valid, row_total, row_squares, state, out_row)
+    iteration = 0
+    while n_active > 0.0:
+        iteration += 1
+        _tile_bounds(buf, x0, width, use_median, use_mad_std, sigma_lower, sigma_upper, state,
+                     scratch)
         last = iteration >= maxiters
-        for t in range(width):
-            count_all[t] = 0.0
-            total_next[t] = 0.0
-            squares_next[t] = 0.0
-            count_next[t] = 0.0
-            below_next[t] = 0.0
-        if last:
-            # Sums over every value inside the bounds: the result of every pixel still active.
-            _sums_inside(buf, x0, width, ref, low, high, total_next, count_next, below_next,
-                         sorted_values)
-            for t in range(width):
-                count_all[t] = count_next[t]
-        else:
-            _sums_next(buf, x0, width, ref, low, high, kept_low, kept_high, count_all,
-                       total_next, squares_next, count_next, below_next, sorted_values)
-        # Which pixels stop here; the others take the next kept set.
-        always = 1.0 if last else 0.0
-        n_active = 0.0
-        n_redo = 0.0
-        for t in range(width):
-            on = active[t]
-            same = 1.0 if (count_next[t] == count[t]) | (count_next[t] == 0.0) else 0.0
-            finished[t] = on * max(always, same)
-        for t in range(width):
-            go = active[t] - finished[t]
-            n_redo += finished[t] * (1.0 if count_all[t] != count_next[t] else 0.0)
-            n_active += go
-            active[t] = go
-        for t in range(width):
-            keep = active[t] != 0.0
-            kept_low[t] = max(kept_low[t], low[t]) if keep else kept_low[t]
-            kept_high[t] = min(kept_high[t], high[t]) if keep else kept_high[t]
-        for t in range(width):
-            keep = active[t] != 0.0
-            total[t] = total_next[t] if keep else total[t]
-            squares[t] = squares_next[t] if keep else squares[t]
-        for t in range(width):
-            keep = active[t] != 0.0
-            count[t] = count_next[t] if keep else count[t]
-            below[t] = below_next[t] if keep else below[t]
-        if n_redo > 0.0:
-            # Some values clipped earlier are back inside the last bounds: sum them all.
-            for t in range(width):
-                redo = (finished[t] != 0.0) & (count_all[t] != count_next[t])
-                total_next[t] = 0.0 if redo else total_next[t]
-                count_next[t] = 0.0 if redo else count_next[t]
-                below_next[t] = 0.0 if redo else below_next[t]
-                low[t] = low[t] if redo else np.nan  # nothing is inside NaN bounds
-            _sums_inside(buf, x0, width, ref, low, high, total_next, count_next, below_next,
-                         sorted_values)
-        # The results of the pixels that stopped.
-        for t in range(width):
-            done = finished[t] != 0.0
-            c = count_next[t]
-            mean = ref[t] + total_next[t] / c if c > 0 else np.nan
-            out_row[x0 + t] = mean if done else out_row[x0 + t]
-            result_count[t] = c if done else result_count[t]
-        if median_output:
-            for t in range(width):
-                if finished[t] != 0.0 and count_next[t] > 0:
-                    out_row[x0 + t] = _run_median(buf, x0 + t, below_next[t], count_next[t])
+        _tile_pass(buf, x0, width, last, sorted_values, state)
+        n_active, n_redo = _advance_tile(width, last, state)
+        _finish_pixels(buf, x0, width, n_redo, sorted_values, median_output, state, out_row)
     if want_counts:
+        result_count = state[15]
         for t in range(width):
             counts_row[x0 + t] = np.int32(result_count[t])
 
@@ -482,16 +522,6 @@ def _combine_rows(stack, all_finite, buf_proto, pairs, sorted_values, use_median
 # ---------------------------------------------------------------------------------------------
 
 
-def _sigma(name: str, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise EngineValueError(f"{name} must be a number, got {value!r}") from None
-    if not value > 0 or not np.isfinite(value):
-        raise EngineValueError(f"{name} must be finite and > 0, got {value!r}")
-    return value
-
-
 def sigma_clip_combine(stack, *, method: str = "mean", sigma: float = 3.0,
                        sigma_lower: float | None = None, sigma_upper: float | None = None,
                        maxiters: int | None = 5, cenfunc: str = "median", stdfunc: str = "std",
@@ -511,11 +541,12 @@ def sigma_clip_combine(stack, *, method: str = "mean", sigma: float = 3.0,
     threads: the most threads to use (default: every core Numba has); a stack of fewer than 8M
         values is combined on one.
 
-    Returns Combined(data, counts). Raises EngineValueError on bad arguments.
+    Returns Combined(data, counts). Raises EngineValueError on bad arguments (validation:
+    engine.kernels.combine_args).
     """
-    job = _prepare(stack, method=method, sigma=sigma, sigma_lower=sigma_lower,
-                   sigma_upper=sigma_upper, maxiters=maxiters, cenfunc=cenfunc, stdfunc=stdfunc,
-                   out=out, counts=counts, dtype=dtype)
+    job = prepare(stack, method=method, sigma=sigma, sigma_lower=sigma_lower,
+                  sigma_upper=sigma_upper, maxiters=maxiters, cenfunc=cenfunc, stdfunc=stdfunc,
+                  out=out, counts=counts, dtype=dtype)
     stack3, iterations, out2, counts2 = job.stack, job.iterations, job.out, job.counts
     sigma_lower, sigma_upper, kept = job.sigma_lower, job.sigma_upper, job.kept
     n, ny, nx = stack3.shape
@@ -538,82 +569,3 @@ def sigma_clip_combine(stack, *, method: str = "mean", sigma: float = 3.0,
                       use_mad_std, limit, sigma_lower, sigma_upper, median_output, out2, counts2,
                       kept is not None, nblocks)
     return Combined(job.result, kept)
-
-
-class _Job(NamedTuple):
-    """A validated combine: the stack as (n, ny, nx) and the outputs as (ny, nx)."""
-
-    stack: np.ndarray        # C-contiguous, native byte order
-    method: str
-    cenfunc: str
-    stdfunc: str
-    sigma_lower: float
-    sigma_upper: float
-    iterations: int          # -1: until stable
-    result: np.ndarray       # what the caller gets back (shape stack.shape[1:])
-    out: np.ndarray          # result as (ny, nx)
-    kept: np.ndarray | None  # the counts the caller gets back
-    counts: np.ndarray       # kept as (ny, nx), or a (1, nx) placeholder
-
-
-def _prepare(stack, *, method, sigma, sigma_lower, sigma_upper, maxiters, cenfunc, stdfunc,
-             out, counts, dtype) -> _Job:
-    """Validate and coerce the arguments of `sigma_clip_combine` (shared with the CUDA driver)."""
-    stack = np.asarray(stack)
-    if stack.ndim not in (2, 3) or 0 in stack.shape:
-        raise EngineValueError(f"stack must be (n, ny, nx) or (n, m) with n >= 1, got shape "
-                               f"{stack.shape}")
-    if stack.dtype.newbyteorder("=") not in STACK_DTYPES:
-        raise EngineValueError(f"stack of dtype {stack.dtype} is not supported "
-                               f"({', '.join(str(d) for d in STACK_DTYPES)})")
-    flat_input = stack.ndim == 2
-    stack3 = stack[:, None, :] if flat_input else stack
-    stack3 = np.ascontiguousarray(stack3, dtype=stack3.dtype.newbyteorder("="))
-    n, ny, nx = stack3.shape
-    if method not in ("mean", "median"):
-        raise EngineValueError(f"method must be 'mean' or 'median', got {method!r}")
-    if cenfunc not in ("mean", "median"):
-        raise EngineValueError(f"cenfunc must be 'median' or 'mean', got {cenfunc!r}")
-    if stdfunc not in ("std", "mad_std"):
-        raise EngineValueError(f"stdfunc must be 'std' or 'mad_std', got {stdfunc!r}")
-    sigma = _sigma("sigma", sigma)
-    sigma_lower = sigma if sigma_lower is None else _sigma("sigma_lower", sigma_lower)
-    sigma_upper = sigma if sigma_upper is None else _sigma("sigma_upper", sigma_upper)
-    if maxiters is None or maxiters == np.inf:
-        iterations = -1
-    else:
-        if isinstance(maxiters, bool) or int(maxiters) != maxiters or maxiters < 1:
-            raise EngineValueError(f"maxiters must be an integer >= 1 or None, got {maxiters!r}")
-        iterations = int(maxiters)
-
-    shape = stack.shape[1:]
-    if out is None:
-        out_dtype = np.dtype(dtype) if dtype is not None else (
-            np.dtype(np.float64) if stack3.dtype == np.float64 else np.dtype(np.float32))
-        if out_dtype not in _OUT_DTYPES:
-            raise EngineValueError(f"dtype must be float32 or float64, got {out_dtype}")
-        result = np.empty(shape, out_dtype)
-    else:
-        result = out
-        if (not isinstance(result, np.ndarray) or result.shape != shape
-                or result.dtype not in _OUT_DTYPES or not result.flags.c_contiguous
-                or not result.flags.writeable):
-            raise EngineValueError(f"out must be a writeable C-contiguous float32/float64 array "
-                                   f"of shape {shape}")
-        if np.may_share_memory(result, stack3):
-            raise EngineValueError("out shares memory with the stack (inputs are never modified)")
-    if counts is True:
-        kept = np.empty(shape, np.int32)
-    elif counts is False or counts is None:
-        kept = None
-    else:
-        kept = counts
-        if (not isinstance(kept, np.ndarray) or kept.shape != shape or kept.dtype != np.int32
-                or not kept.flags.c_contiguous or not kept.flags.writeable):
-            raise EngineValueError(f"counts must be a writeable C-contiguous int32 array of "
-                                   f"shape {shape}")
-    out2 = result.reshape(ny, nx)
-    counts2 = kept.reshape(ny, nx) if kept is not None else np.zeros((1, nx), np.int32)
-
-    return _Job(stack3, method, cenfunc, stdfunc, sigma_lower, sigma_upper, iterations, result,
-                out2, kept, counts2)

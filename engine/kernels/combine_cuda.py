@@ -22,7 +22,8 @@ import numpy as np
 from numba import cuda, float64
 
 from engine.errors import EngineValueError
-from engine.kernels.combine import Combined, _prepare
+from engine.kernels.combine import Combined
+from engine.kernels.combine_args import prepare
 from engine.kernels.sigma_clip import clipped_bounds, wirth_median
 
 __all__ = ["MAX_FRAMES", "sigma_clip_combine_cuda"]
@@ -84,9 +85,9 @@ def sigma_clip_combine_cuda(stack, *, method: str = "mean", sigma: float = 3.0,
     """`engine.kernels.combine.sigma_clip_combine` on the GPU: same arguments (no thread count,
     no exact mode), same result to rounding. Raises EngineValueError as the CPU driver does, and
     for a stack of more than MAX_FRAMES frames."""
-    job = _prepare(stack, method=method, sigma=sigma, sigma_lower=sigma_lower,
-                   sigma_upper=sigma_upper, maxiters=maxiters, cenfunc=cenfunc, stdfunc=stdfunc,
-                   out=out, counts=counts, dtype=dtype)
+    job = prepare(stack, method=method, sigma=sigma, sigma_lower=sigma_lower,
+                  sigma_upper=sigma_upper, maxiters=maxiters, cenfunc=cenfunc, stdfunc=stdfunc,
+                  out=out, counts=counts, dtype=dtype)
     n, ny, nx = job.stack.shape
     if n > MAX_FRAMES:
         raise EngineValueError(f"the GPU combine takes at most {MAX_FRAMES} frames, got {n}")
