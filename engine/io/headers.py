@@ -35,17 +35,21 @@ each seen in real files:
   with ROWORDER = 'BOTTOM-UP' and an even number of rows its two rows swap.
 
 Nothing here reads pixels or files; functions take an astropy Header (or anything with `get`,
-`__contains__` and `comments`).
+`__contains__` and `comments`). Keyword access and the text parsers live in
+engine.io.header_values (parse_ra, parse_dec, parse_section and parse_sexagesimal are re-exported
+here), the WCS and pixel scale in engine.io.header_wcs.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
+from engine.io.header_values import (first_header_number, first_header_text, header_comment,
+                                     header_number, is_sexagesimal, parse_dec, parse_ra,
+                                     parse_section, parse_sexagesimal)
+from engine.io.header_wcs import pixel_scale, read_wcs
 
 __all__ = [
     "SITE_POSITION_DEGREES",
@@ -82,13 +86,6 @@ _IDENTITY_KEYS = ("TELESCOP", "OBSERVAT", "SITENAME", "SITE", "INSTRUME")
 _READOUT_MODE_KEYS = ("READOUTM", "READMODE")
 _BAYER_KEYS = ("BAYERPAT", "COLORTYP", "BAYERPATTERN", "CFA-PAT", "CFAPATT")
 _BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
-
-_SEXAGESIMAL = re.compile(
-    r"^\s*([+\-\u2212]?)\s*(\d+(?:\.\d*)?)\s*[:hd\u00b0 ]\s*(\d+(?:\.\d*)?)"
-    r"(?:\s*[:m' ]\s*(\d+(?:\.\d*)?))?\s*[s\"]?\s*$", re.IGNORECASE)
-_SECTION = re.compile(
-    r"^\s*\[\s*(\d+|\*)\s*(?::\s*(\d+))?\s*,\s*(\d+|\*)\s*(?::\s*(\d+))?\s*\]\s*$")
-
 
 @dataclass
 class HeaderRecord:
@@ -130,137 +127,12 @@ class HeaderRecord:
     notes: list[str] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------------------------
-# Small parsers (public: the CLI and the tests use them too)
-
-def parse_sexagesimal(text: str) -> float:
-    """'+40 25 13.2', '-00:55:31', '22h04m08s', '12d30m' -> signed value in the first field's
-    unit. Raises ValueError when the text is not sexagesimal."""
-    match = _SEXAGESIMAL.match(str(text))
-    if not match:
-        raise ValueError(f"{text!r} is not a sexagesimal angle")
-    sign, first, minutes, seconds = match.groups()
-    value = float(first) + float(minutes) / 60.0 + (float(seconds) / 3600.0 if seconds else 0.0)
-    # 60 is tolerated: programs that round seconds separately write '12 29 60.00'.
-    if float(minutes) > 60.0 or (seconds and float(seconds) > 60.0):
-        raise ValueError(f"{text!r}: minutes and seconds must not exceed 60")
-    return -value if sign in ("-", "\u2212") else value
-
-
-def _is_sexagesimal(text: str) -> bool:
-    return bool(_SEXAGESIMAL.match(str(text)))
-
-
-def parse_ra(value, *, hours: bool | None = None) -> float:
-    """Right ascension in degrees from a header or command-line value.
-
-    Numbers are degrees unless `hours` is True; sexagesimal strings ('22:04:08', '22 04 08.5',
-    '22h04m08s') are hours unless `hours` is False. Raises ValueError outside [0, 360) deg.
-    """
-    if isinstance(value, str) and _is_sexagesimal(value):
-        degrees = parse_sexagesimal(value) * (1.0 if hours is False else 15.0)
-    else:
-        degrees = float(str(value).strip() if isinstance(value, str) else value)
-        if hours:
-            degrees *= 15.0
-    if not (math.isfinite(degrees) and 0.0 <= degrees < 360.0 + 1e-9):
-        raise ValueError(f"right ascension {value!r} is outside 0-24 h / 0-360 deg")
-    return degrees % 360.0
-
-
-def parse_dec(value) -> float:
-    """Declination in degrees from a number or a sexagesimal string ('-00:55:31', '+40 25 13')."""
-    if isinstance(value, str) and _is_sexagesimal(value):
-        degrees = parse_sexagesimal(value)
-    else:
-        degrees = float(str(value).strip() if isinstance(value, str) else value)
-    if not (math.isfinite(degrees) and -90.0 <= degrees <= 90.0):
-        raise ValueError(f"declination {value!r} is outside -90..+90 deg")
-    return degrees
-
-
-def parse_section(text: str, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """An IRAF section '[x1:x2,y1:y2]' (1-based, inclusive, '*' = whole axis) as 0-based
-    half-open (row_start, row_stop, column_start, column_stop) within an image of `shape`
-    (rows, columns). Reversed ranges are put in order. Raises ValueError when it does not parse
-    or does not fit the image."""
-    match = _SECTION.match(str(text))
-    if not match:
-        raise ValueError(f"section {text!r} is not of the form [x1:x2,y1:y2]")
-    x1, x2, y1, y2 = match.groups()
-    rows, columns = shape
-
-    def axis(first, last, length):
-        if first == "*":
-            return 0, length
-        first = int(first)
-        last = first if last is None else int(last)
-        low, high = min(first, last), max(first, last)
-        if low < 1 or high > length:
-            raise ValueError(f"section {text!r} reaches outside the {rows} x {columns} image")
-        return low - 1, high
-
-    c0, c1 = axis(x1, x2, columns)
-    r0, r1 = axis(y1, y2, rows)
-    return r0, r1, c0, c1
-
-
-# ----------------------------------------------------------------------------------------------
-# Keyword access
-
-def _comment(header, key: str) -> str:
-    try:
-        return str(header.comments[key] or "")
-    except (KeyError, AttributeError, IndexError):
-        return ""
-
-
-def _text(header, keys) -> tuple[str | None, str | None]:
-    for key in keys:
-        if key in header:
-            value = header.get(key)
-            if value is None or isinstance(value, bool):
-                continue
-            text = str(value).strip()
-            if text:
-                return text, key
-    return None, None
-
-
-def _number(header, key: str, record: HeaderRecord | None = None) -> float | None:
-    if key not in header:
-        return None
-    value = header.get(key)
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        value = float(value)
-    else:
-        try:
-            value = float(str(value).strip().replace("D", "E"))
-        except ValueError:
-            if record is not None and str(value).strip():
-                record.notes.append(f"{key} = {value!r} is not a number; ignored")
-            return None
-    if not math.isfinite(value):
-        return None
-    return value
-
-
-def _first_number(header, keys, record: HeaderRecord) -> tuple[float | None, str | None]:
-    for key in keys:
-        value = _number(header, key, record)
-        if value is not None:
-            return value, key
-    return None, None
-
-
 def identity_values(header) -> dict[str, str]:
     """The header values that say which telescope and site took a frame (TELESCOP, OBSERVAT,
     SITENAME, SITE, INSTRUME), for matching configured sites."""
     values = {}
     for key in _IDENTITY_KEYS:
-        text, _ = _text(header, (key,))
+        text, _ = first_header_text(header, (key,))
         if text:
             values[key] = text
     return values
@@ -310,10 +182,10 @@ def _software(header) -> str:
 def _exposure(header, record: HeaderRecord) -> None:
     found = []
     for key in _EXPTIME_KEYS:
-        value = _number(header, key, record)
+        value = header_number(header, key, record)
         if value is None:
             continue
-        comment = _comment(header, key).lower()
+        comment = header_comment(header, key).lower()
         if re.search(r"\bms\b|millisec", comment):
             value /= 1000.0
         found.append((key, value))
@@ -329,14 +201,14 @@ def _exposure(header, record: HeaderRecord) -> None:
 
 def _gain(header, record: HeaderRecord) -> None:
     for key in ("EGAIN", "E-GAIN", "GAIN_E", "GAINE"):
-        value = _number(header, key, record)
+        value = header_number(header, key, record)
         if value is not None and value > 0:
             record.gain, record.sources["gain"] = value, key
             break
-    value = _number(header, "GAIN", record)
+    value = header_number(header, "GAIN", record)
     if value is None:
         return
-    comment = _comment(header, "GAIN").lower()
+    comment = header_comment(header, "GAIN").lower()
     software = _software(header)
     says_electrons = bool(re.search(r"e-?\s*/\s*(adu|dn|count)|electrons?\s*(per|/)", comment))
     says_setting = "setting" in comment or "sensor gain" in comment or "camera gain" in comment
@@ -363,7 +235,7 @@ def _gain(header, record: HeaderRecord) -> None:
 def _binning(header, record: HeaderRecord) -> None:
     for xkey, ykey in (("XBINNING", "YBINNING"), ("CCDXBIN", "CCDYBIN"), ("BINX", "BINY"),
                        ("XBIN", "YBIN"), ("HBIN", "VBIN")):
-        x, y = _number(header, xkey), _number(header, ykey)
+        x, y = header_number(header, xkey), header_number(header, ykey)
         if x is not None or y is not None:
             x = x if x is not None else y
             y = y if y is not None else x
@@ -372,7 +244,7 @@ def _binning(header, record: HeaderRecord) -> None:
                 record.sources["binning"] = f"{xkey}/{ykey}"
                 return
     for key in ("CCDSUM", "BINNING"):
-        text, _ = _text(header, (key,))
+        text, _ = first_header_text(header, (key,))
         if text:
             parts = re.split(r"[\sx,*]+", text.lower().strip())
             try:
@@ -388,13 +260,13 @@ def _binning(header, record: HeaderRecord) -> None:
 
 
 def _temperatures(header, record: HeaderRecord) -> None:
-    value, key = _first_number(header, _TEMPERATURE_KEYS, record)
+    value, key = first_header_number(header, _TEMPERATURE_KEYS, record)
     if value is not None:
         if value > 150.0:
             record.notes.append(f"{key} = {value:g} taken as kelvin ({value - 273.15:.1f} C)")
             value -= 273.15
         record.temperature, record.sources["temperature"] = value, key
-    value, key = _first_number(header, _SET_TEMPERATURE_KEYS, record)
+    value, key = first_header_number(header, _SET_TEMPERATURE_KEYS, record)
     if value is not None:
         record.set_temperature, record.sources["set_temperature"] = value, key
 
@@ -406,7 +278,7 @@ def _pointing(header, record: HeaderRecord) -> None:
         ra_value, dec_value = header.get(ra_key), header.get(dec_key)
         if ra_value in (None, "") or dec_value in (None, "") or isinstance(ra_value, bool):
             continue
-        comment = _comment(header, ra_key).lower()
+        comment = header_comment(header, ra_key).lower()
         hours = True if re.search(r"\bhours?\b|\bhrs?\b|\[h\]", comment) else None
         try:
             ra = parse_ra(ra_value, hours=hours)
@@ -420,7 +292,7 @@ def _pointing(header, record: HeaderRecord) -> None:
 
 
 def _angle_degrees(value) -> float:
-    if isinstance(value, str) and _is_sexagesimal(value):
+    if isinstance(value, str) and is_sexagesimal(value):
         return parse_sexagesimal(value)
     return float(str(value).strip() if isinstance(value, str) else value)
 
@@ -480,13 +352,13 @@ def _site(header, record: HeaderRecord) -> None:
             record.notes.append(
                 f"{lat_key}/{lon_key} = {latitude}, {longitude} out of range; ignored")
             continue
-        west = _west_positive(_comment(header, lon_key), west_default)
+        west = _west_positive(header_comment(header, lon_key), west_default)
         if west:
             longitude = -longitude
         longitude = (longitude + 180.0) % 360.0 - 180.0
         height = None
         for key in height_keys:
-            height = _number(header, key, record)
+            height = header_number(header, key, record)
             if height is not None:
                 break
         record.site_latitude_deg, record.site_longitude_deg = latitude, longitude
@@ -500,7 +372,7 @@ def _sections(header, shape, record: HeaderRecord) -> None:
     for field_name, keys in (("overscan_section", ("BIASSEC",)),
                              ("trim_section", ("TRIMSEC", "DATASEC"))):
         for key in keys:
-            text, _ = _text(header, (key,))
+            text, _ = first_header_text(header, (key,))
             if not text:
                 continue
             try:
@@ -511,105 +383,8 @@ def _sections(header, shape, record: HeaderRecord) -> None:
                 record.notes.append(f"{key}: {exc}; ignored")
 
 
-_PIXEL_SCALE_KEYS = ("PIXSCALE", "SECPIX", "SCALE", "IM_SCALE", "PIXSCAL1")
-_PIXEL_SIZE_KEYS = ("XPIXSZ", "PIXSIZE1", "PIXSIZE")
-_WCS_ERROR_KEYS = ("WCSERR", "WCS_ERR")
-_PIXEL_SCALE_LIMITS = (0.01, 100.0)  # arcsec/px: anything else is a broken WCS or keyword
-
-
-def _wcs_header_problem(header) -> str | None:
-    """Why a header's WCS cannot be trusted before reading it (astropy would refuse a singular
-    CD matrix with a cryptic error, or silently replace a zero one by the unit matrix)."""
-    for key in _WCS_ERROR_KEYS:
-        value = _number(header, key)
-        if value is not None and value != 0:
-            return f"{key} = {value:g} (the observatory's astrometric fit failed)"
-    cd = [_number(header, f"CD{i}_{j}") for i in (1, 2) for j in (1, 2)]
-    if any(v is not None for v in cd):
-        a, b, c, d = (v or 0.0 for v in cd)
-        if a * d - b * c == 0.0:
-            return "its CD matrix is zero or singular"
-    return None
-
-
-def _wcs_scale_problem(wcs) -> str | None:
-    """Why a read WCS cannot be true: a singular PC x CDELT matrix, an impossible pixel scale."""
-    determinant = float(np.linalg.det(wcs.celestial.pixel_scale_matrix))
-    if not math.isfinite(determinant) or determinant == 0.0:
-        return "its PC x CDELT matrix is zero or singular"
-    scale = math.sqrt(abs(determinant)) * 3600.0
-    low, high = _PIXEL_SCALE_LIMITS
-    if not low <= scale <= high:
-        return f"its pixel scale {scale:.4g} arcsec/px is outside {low:g}-{high:g}"
-    return None
-
-
-def _wcs(header, shape, record: HeaderRecord) -> None:
-    ctype1, ctype2 = str(header.get("CTYPE1", "")), str(header.get("CTYPE2", ""))
-    if not (ctype1.upper().startswith("RA") and ctype2.upper().startswith("DEC")):
-        return
-    problem = _wcs_header_problem(header)
-    if problem is not None:
-        record.notes.append(f"WCS not trusted: {problem}; ignored")
-        return
-    try:
-        from astropy.wcs import WCS, FITSFixedWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            wcs = WCS(header, naxis=2, relax=True)
-            if not wcs.has_celestial:
-                return
-            problem = _wcs_scale_problem(wcs)
-            if problem is not None:
-                record.notes.append(f"WCS not trusted: {problem}; ignored")
-                return
-            record.wcs = wcs.to_header_string(relax=True)
-            record.sources["wcs"] = f"{ctype1.strip()}/{ctype2.strip()}"
-            scale = math.sqrt(abs(np.linalg.det(wcs.celestial.pixel_scale_matrix))) * 3600.0
-            record.pixel_scale_arcsec = scale
-            record.sources["pixel_scale"] = "CD matrix" if wcs.wcs.has_cd() else "CDELT"
-            if record.ra_deg is None:  # no pointing keywords: the WCS's centre pixel
-                rows, columns = shape
-                ra, dec = wcs.celestial.all_pix2world([[(columns - 1) / 2, (rows - 1) / 2]], 0)[0]
-                if math.isfinite(ra) and math.isfinite(dec) and -90 <= dec <= 90:
-                    record.ra_deg, record.dec_deg = float(ra) % 360.0, float(dec)
-                    record.sources["pointing"] = "WCS centre"
-    except Exception as exc:  # astropy.wcs raises a zoo of types on broken WCS
-        record.notes.append(f"WCS present but not usable ({exc}); ignored")
-
-
-def _pixel_scale(header, record: HeaderRecord) -> None:
-    """Arcsec per stored pixel from scale keywords, else the WCS (already read), else the
-    pixel size and focal length."""
-    low, high = _PIXEL_SCALE_LIMITS
-    value, key = _first_number(header, _PIXEL_SCALE_KEYS, record)
-    if value is not None and value != 0:
-        if low <= abs(value) <= high:
-            record.pixel_scale_arcsec, record.sources["pixel_scale"] = abs(value), key
-            return
-        record.notes.append(f"{key} = {value:g} arcsec/px is outside {low:g}-{high:g}; ignored")
-    if record.pixel_scale_arcsec is not None:
-        return
-    pixel_um, key = _first_number(header, _PIXEL_SIZE_KEYS, record)
-    focal_mm = _number(header, "FOCALLEN", record)
-    if pixel_um is None or focal_mm is None or pixel_um <= 0 or focal_mm <= 0:
-        return
-    source = f"{key}/FOCALLEN"
-    comment = _comment(header, key).lower()
-    if "unbinned" in comment or "before binning" in comment:
-        pixel_um *= record.binning[0]
-        source += " x binning"
-    scale = 206.265 * pixel_um / focal_mm
-    if low <= scale <= high:
-        record.pixel_scale_arcsec, record.sources["pixel_scale"] = scale, source
-    else:
-        record.notes.append(f"{source} gives {scale:.4g} arcsec/px, outside {low:g}-{high:g}; "
-                            "ignored")
-
-
 def _bayer(header, shape, record: HeaderRecord) -> None:
-    text, key = _text(header, _BAYER_KEYS)
+    text, key = first_header_text(header, _BAYER_KEYS)
     if not text:
         return
     pattern = text.upper().replace(" ", "")
@@ -620,8 +395,8 @@ def _bayer(header, shape, record: HeaderRecord) -> None:
         return
     grid = [[pattern[0], pattern[1]], [pattern[2], pattern[3]]]
     steps = []
-    x_offset = _number(header, "XBAYROFF") or _number(header, "BAYOFFX") or 0.0
-    y_offset = _number(header, "YBAYROFF") or _number(header, "BAYOFFY") or 0.0
+    x_offset = header_number(header, "XBAYROFF") or header_number(header, "BAYOFFX") or 0.0
+    y_offset = header_number(header, "YBAYROFF") or header_number(header, "BAYOFFY") or 0.0
     if int(x_offset) % 2:
         grid = [row[::-1] for row in grid]
         steps.append("x offset 1")
@@ -638,16 +413,16 @@ def _bayer(header, shape, record: HeaderRecord) -> None:
 
 def _format_maximum(header) -> float | None:
     """The largest value the file's BITPIX (with BZERO) can hold, for integer data."""
-    bits = _number(header, "BITPIX")
+    bits = header_number(header, "BITPIX")
     if bits is None or bits <= 0:
         return None
-    zero = _number(header, "BZERO") or 0.0
+    zero = header_number(header, "BZERO") or 0.0
     return float(2 ** (int(bits) - 1) - 1 + zero)
 
 
 def _saturation(header, record: HeaderRecord) -> None:
     for key in _SATURATION_KEYS:
-        value = _number(header, key, record)
+        value = header_number(header, key, record)
         if value is None or value <= 0:
             continue
         if key == "DATAMAX" and value == _format_maximum(header):
@@ -666,15 +441,15 @@ def normalise_header(header, shape: tuple[int, int]) -> HeaderRecord:
                             ("observatory", ("OBSERVAT", "SITENAME", "SITE")),
                             ("object", _OBJECT_KEYS), ("filter", _FILTER_KEYS),
                             ("readout_mode", _READOUT_MODE_KEYS)):
-        text, key = _text(header, keys)
+        text, key = first_header_text(header, keys)
         if text:
             setattr(record, attribute, text)
             record.sources[attribute] = key
-    software, key = _text(header, _SOFTWARE_KEYS)
+    software, key = first_header_text(header, _SOFTWARE_KEYS)
     record.software = software
     _exposure(header, record)
     _gain(header, record)
-    value, key = _first_number(header, _READ_NOISE_KEYS, record)
+    value, key = first_header_number(header, _READ_NOISE_KEYS, record)
     if value is not None and value >= 0:
         record.read_noise, record.sources["read_noise"] = value, key
     _binning(header, record)
@@ -682,14 +457,14 @@ def normalise_header(header, shape: tuple[int, int]) -> HeaderRecord:
     _pointing(header, record)
     _site(header, record)
     _sections(header, shape, record)
-    _wcs(header, shape, record)
-    _pixel_scale(header, record)
+    read_wcs(header, shape, record)
+    pixel_scale(header, record)
     _bayer(header, shape, record)
     _saturation(header, record)
-    value, key = _first_number(header, _AIRMASS_KEYS, record)
+    value, key = first_header_number(header, _AIRMASS_KEYS, record)
     if value is not None and value >= 1.0:
         record.airmass, record.sources["airmass"] = value, key
-    value, key = _first_number(header, ("APTDIA",), record)
+    value, key = first_header_number(header, ("APTDIA",), record)
     if value is not None and value > 0:
         # MaxIm DL and ACP write APTDIA in mm; a value under 5 can only be metres.
         record.aperture_diameter_m = value if value < 5.0 else value / 1000.0
@@ -701,8 +476,8 @@ def normalise_header(header, shape: tuple[int, int]) -> HeaderRecord:
 
 def _aperture_from_focal_ratio(header, record) -> None:
     """Aperture = FOCALLEN / FOCRATIO (mm), as N.I.N.A. writes them without APTDIA."""
-    focal_mm, _ = _first_number(header, ("FOCALLEN",), record)
-    ratio, _ = _first_number(header, ("FOCRATIO",), record)
+    focal_mm, _ = first_header_number(header, ("FOCALLEN",), record)
+    ratio, _ = first_header_number(header, ("FOCRATIO",), record)
     if focal_mm and ratio and focal_mm > 0 and ratio > 0:
         record.aperture_diameter_m = focal_mm / ratio / 1000.0
         record.sources["aperture_diameter"] = "FOCALLEN/FOCRATIO"
