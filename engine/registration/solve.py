@@ -13,7 +13,8 @@ Three ways to a solution, each returning a `SkySolution`:
   refinement: cross-match every detection with the catalogue, fit a TAN WCS by linear least
   squares (CRPIX at the image centre, CRVAL moved to the fitted centre, the CD matrix), shrink
   the pairing radius to a few times the scatter, repeat until the pairs stop changing; then SIP
-  terms (order 2-3) when an F-test says the residuals hold distortion.
+  terms (order 2-3) when an F-test says the residuals hold distortion (the refinement is
+  engine.registration.wcs_fit).
 - `solve_from_reference`: no catalogue, but another run already solved: this run's stars are
   matched to that run's (scale ratio from the two pixel scales, any rotation or mirror image) and
   a fresh TAN WCS is fitted to the matched stars' sky positions.
@@ -34,8 +35,9 @@ from scipy.spatial import cKDTree
 
 from engine.errors import EngineValueError, RegistrationError, SolveError
 from engine.registration.asterisms import match_transform
-from engine.registration.catalogue import _tangent_plane
 from engine.registration.transform import Transform
+from engine.registration.wcs_fit import (in_field, pair_nearest, refine_wcs, sky_to_pixels,
+                                         tangent_degrees)
 
 __all__ = ["SkySolution", "check_wcs", "header_solution", "solve_field",
            "solve_from_reference"]
@@ -45,7 +47,6 @@ log = logging.getLogger(__name__)
 _ARCSEC_PER_RADIAN = 3600.0 * 180.0 / math.pi
 _SCALE_STEP = 1.6            # trial pixel scales when none is known, each covering +-30 %
 _MIN_TILE_STARS = 5
-_SIP_FALSE_ALARM = 1e-3      # F-test: distortion terms are kept when chance explains less
 
 
 @dataclass(frozen=True)
@@ -89,201 +90,6 @@ class SkySolution:
 
 def _sip_order(wcs) -> int:
     return int(wcs.sip.a_order) if wcs.sip is not None else 0
-
-
-# ------------------------------------------------------------------------------------------------
-# Fitting a TAN (+ SIP) WCS to matched stars
-# ------------------------------------------------------------------------------------------------
-
-def _tangent_degrees(ra, dec, crval) -> np.ndarray:
-    xi, eta, cos_c = _tangent_plane(ra, dec, crval[0], crval[1])
-    plane = np.degrees(np.column_stack([xi, eta]))
-    plane[cos_c <= 0] = np.nan
-    return plane
-
-
-def _from_tangent(plane_deg, crval) -> tuple[float, float]:
-    """The sky position of a tangent-plane point (degrees) at crval (inverse gnomonic)."""
-    xi, eta = np.radians(plane_deg)
-    ra0, dec0 = np.radians(crval)
-    rho = math.hypot(xi, eta)
-    c = math.atan(rho)
-    if rho == 0.0:
-        return float(crval[0]), float(crval[1])
-    dec = math.asin(math.cos(c) * math.sin(dec0) + eta * math.sin(c) * math.cos(dec0) / rho)
-    ra = ra0 + math.atan2(xi * math.sin(c),
-                          rho * math.cos(dec0) * math.cos(c) - eta * math.sin(dec0) * math.sin(c))
-    return math.degrees(ra) % 360.0, math.degrees(dec)
-
-
-def _powers(order: int) -> list[tuple[int, int]]:
-    """Exponents (p, q) of u^p v^q with 2 <= p + q <= order (SIP's distortion terms)."""
-    return [(p, t - p) for t in range(2, order + 1) for p in range(t, -1, -1)]
-
-
-def _fit_tan(xy, ra, dec, crpix, crval, sip_order: int = 0):
-    """Least-squares TAN(-SIP) WCS through matched stars; returns (wcs, residual px (n, 2)).
-
-    With CRPIX fixed, a star's tangent-plane position is linear in the CD matrix and the SIP
-    coefficients: (xi, eta) = CD (u + f(u, v), v + g(u, v)), u, v from CRPIX. The constant term
-    of the fit moves CRVAL, and the fit is repeated at the new tangent point.
-    """
-    from astropy.wcs import WCS, Sip
-
-    u = xy[:, 0] + 1.0 - crpix[0]
-    v = xy[:, 1] + 1.0 - crpix[1]
-    powers = _powers(sip_order) if sip_order >= 2 else []
-    design = np.column_stack([np.ones_like(u), u, v] + [u ** p * v ** q for p, q in powers])
-    crval = (float(crval[0]), float(crval[1]))
-    for _ in range(4):
-        plane = _tangent_degrees(ra, dec, crval)
-        coefficients, *_ = np.linalg.lstsq(design, plane, rcond=None)   # (terms, 2)
-        shift = coefficients[0]
-        crval = _from_tangent(shift, crval)
-        if math.hypot(*shift) < 1e-10:
-            break
-    plane = _tangent_degrees(ra, dec, crval)
-    coefficients, *_ = np.linalg.lstsq(design, plane, rcond=None)
-    cd = coefficients[1:3].T                  # [[xi_u, xi_v], [eta_u, eta_v]]
-    wcs = WCS(naxis=2)
-    wcs.wcs.crpix = crpix
-    wcs.wcs.crval = crval
-    wcs.wcs.cd = cd
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    if powers:
-        inverse_cd = np.linalg.inv(cd)
-        distortion = inverse_cd @ coefficients[3:].T                   # (2, terms)
-        a = np.zeros((sip_order + 1, sip_order + 1))
-        b = np.zeros_like(a)
-        for k, (p, q) in enumerate(powers):
-            a[p, q], b[p, q] = distortion[0, k], distortion[1, k]
-        wcs.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
-        wcs.sip = Sip(a, b, None, None, wcs.wcs.crpix)
-    wcs.wcs.set()
-    # Residuals in pixels: the fitted tangent-plane misfit mapped back through CD.
-    misfit = plane - design @ coefficients
-    residual = misfit @ np.linalg.inv(cd).T
-    return wcs, residual
-
-
-def _sky_to_pixels(wcs, ra, dec) -> np.ndarray:
-    """Pixel positions (origin 0) of sky positions; NaN where they do not project."""
-    if len(ra) == 0:
-        return np.zeros((0, 2))
-    if wcs.sip is None:
-        return wcs.wcs_world2pix(np.column_stack([ra, dec]), 0)
-    # A mapping of a point far outside the field can fail to converge: those become NaN.
-    return wcs.all_world2pix(np.column_stack([ra, dec]), 0, quiet=True)
-
-
-def _pair(tree: cKDTree, predicted: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one pairs (star rows, predicted rows) within radius, closest first."""
-    finite = np.flatnonzero(np.isfinite(predicted).all(axis=1))
-    if len(finite) == 0:
-        return np.zeros(0, np.intp), np.zeros(0, np.intp)
-    dist, star = tree.query(predicted[finite], distance_upper_bound=radius)
-    hit = np.isfinite(dist)
-    rows, star, dist = finite[hit], star[hit], dist[hit]
-    order = np.argsort(dist, kind="stable")
-    _, first = np.unique(star[order], return_index=True)
-    keep = order[first]
-    return star[keep], rows[keep]
-
-
-def _in_field(predicted: np.ndarray, shape, margin: float) -> np.ndarray:
-    rows, columns = shape
-    x, y = predicted[:, 0], predicted[:, 1]
-    with np.errstate(invalid="ignore"):
-        return ((x >= -margin) & (x <= columns - 1 + margin) & (y >= -margin)
-                & (y <= rows - 1 + margin))
-
-
-def _sip_pays(residual_low, residual_high, extra_terms: int) -> bool:
-    """F-test: do `extra_terms` more parameters lower the squared residual beyond chance?"""
-    n = residual_high.size
-    dof = n - extra_terms - 6
-    low, high = float(np.sum(residual_low ** 2)), float(np.sum(residual_high ** 2))
-    if dof <= 0 or high <= 0.0 or low <= high:
-        return False
-    f = ((low - high) / extra_terms) / (high / dof)
-    return float(stats.f.sf(f, extra_terms, dof)) < _SIP_FALSE_ALARM
-
-
-def _iterate(tree, xy, ra, dec, crpix, predicted, radius, order, min_matches):
-    """Cross-match and fit until the pairs stop changing, the pairing radius shrinking to a
-    few times the scatter; returns (wcs, star rows, catalogue rows, residual px)."""
-    previous, crval = None, None
-    for _ in range(10):
-        star, cat = _pair(tree, predicted, radius)
-        if len(star) < max(min_matches, 3):
-            raise SolveError(f"only {len(star)} stars pair with the catalogue within "
-                             f"{radius:.2g} px (need {min_matches})")
-        if crval is None:  # start the tangent point at the matched stars' mean position
-            crval = (float(np.degrees(np.arctan2(np.sin(np.radians(ra[cat])).mean(),
-                                                 np.cos(np.radians(ra[cat])).mean())) % 360),
-                     float(np.mean(dec[cat])))
-        wcs, residual = _fit_tan(xy[star], ra[cat], dec[cat], crpix, crval, order)
-        crval = tuple(wcs.wcs.crval)
-        key = (star.tobytes(), cat.tobytes())
-        if key == previous:
-            break
-        previous = key
-        sigma = float(np.median(np.hypot(*residual.T))) / 1.1774  # 2-D Gaussian median radius
-        radius = min(max(4.0 * sigma, 0.5), radius)
-        predicted = _sky_to_pixels(wcs, ra, dec)
-    return wcs, star, cat, residual
-
-
-def _refine(xy, ra, dec, shape, predicted, *, radius: float, sip_order, min_matches: int):
-    """TAN fit from first predicted catalogue positions, then SIP terms when they pay.
-
-    Distortion pushes the field's outer stars beyond the TAN fit's shrinking radius, so the
-    SIP order is chosen on the pairs within the first radius, refined from there, and kept
-    only if it still pays on the final pairs. Returns (wcs, star rows, catalogue rows,
-    residual px, notes); raises SolveError when too few stars pair up.
-    """
-    rows, columns = shape
-    crpix = ((columns + 1) / 2.0, (rows + 1) / 2.0)
-    tree = cKDTree(xy)
-    notes = []
-    tan = _iterate(tree, xy, ra, dec, crpix, predicted, radius, 0, min_matches)
-    star, cat = _pair(tree, _sky_to_pixels(tan[0], ra, dec), radius)
-    _, wide = _fit_tan(xy[star], ra[cat], dec[cat], crpix, tuple(tan[0].wcs.crval), 0)
-    order = _choose_sip(xy[star], ra[cat], dec[cat], crpix, tuple(tan[0].wcs.crval), wide,
-                        sip_order, notes)
-    if not order:
-        return (*tan, notes)
-    wcs, star, cat, residual = _iterate(tree, xy, ra, dec, crpix,
-                                        _sky_to_pixels(tan[0], ra, dec), radius, order,
-                                        min_matches)
-    _, flat = _fit_tan(xy[star], ra[cat], dec[cat], crpix, tuple(wcs.wcs.crval), 0)
-    if sip_order is None and not _sip_pays(flat, residual, 2 * len(_powers(order))):
-        notes[:] = ["SIP terms dropped: they do not pay on the final pairs"]
-        return (*tan, notes)
-    return wcs, star, cat, residual, notes
-
-
-def _choose_sip(xy, ra, dec, crpix, crval, residual, sip_order, notes) -> int:
-    """The SIP order to fit: the one asked for, or (None) each of 2 and 3 in turn, kept when
-    the F-test says it lowers the residuals beyond chance."""
-    if sip_order is not None:
-        order = int(sip_order)
-        needed = 3 * (len(_powers(order)) + 3)
-        if order >= 2 and len(xy) < needed:
-            notes.append(f"SIP order {order} needs {needed} matched stars, {len(xy)} found: "
-                         "TAN only")
-            return 0
-        return order if order >= 2 else 0
-    chosen, best = 0, residual
-    for order in (2, 3):  # a radial distortion is odd: order 3 can pay where 2 does not
-        if len(xy) < 3 * (len(_powers(order)) + 3):
-            break
-        _, trial = _fit_tan(xy, ra, dec, crpix, crval, order)
-        if _sip_pays(best, trial, 2 * (len(_powers(order)) - len(_powers(chosen)))):
-            chosen, best = order, trial
-    if chosen:
-        notes.append(f"SIP order {chosen} fitted (the residuals show distortion)")
-    return chosen
 
 
 def _orientation(wcs) -> tuple[float, float, bool]:
@@ -432,7 +238,7 @@ def solve_field(xy, flux, catalogue, *, pointing=None, pixel_scale=None, shape,
     if len(bright) < max(min_matches, 3):
         raise SolveError(f"only {len(bright)} usable stars detected (need {min_matches})")
     pointing, search_default = _pointing(catalogue, pointing)
-    plane = _tangent_degrees(catalogue.ra, catalogue.dec, pointing) * 3600.0   # arcsec
+    plane = tangent_degrees(catalogue.ra, catalogue.dec, pointing) * 3600.0   # arcsec
     on_plane = np.flatnonzero(np.isfinite(plane).all(axis=1))
     if len(on_plane) < min_matches:
         raise SolveError("the catalogue has no stars on the pointing's side of the sky")
@@ -503,7 +309,7 @@ def _search(xy, flux, bright, plane, by_brightness, tree, trials, catalogue, *, 
         predicted = np.full((len(catalogue), 2), np.nan)
         predicted[by_brightness] = transform.apply(plane[by_brightness] / scale)
         try:
-            wcs, star, cat, residual, notes = _refine(
+            wcs, star, cat, residual, notes = refine_wcs(
                 xy, catalogue.ra, catalogue.dec, shape, predicted, radius=match_radius,
                 sip_order=sip_order, min_matches=min_matches)
         except SolveError as exc:
@@ -543,13 +349,13 @@ def check_wcs(wcs, xy, flux, catalogue, *, shape, match_radius: float = 3.0,
     rows, columns = shape
     centre = wcs.all_pix2world([[(columns - 1) / 2.0, (rows - 1) / 2.0]], 0)[0]
     scale = math.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0
-    near = np.flatnonzero(np.isfinite(_tangent_degrees(catalogue.ra, catalogue.dec, centre))
+    near = np.flatnonzero(np.isfinite(tangent_degrees(catalogue.ra, catalogue.dec, centre))
                           .all(axis=1) & (_separation_deg(catalogue, centre)
                                           <= 1.5 * _field_radius_deg(shape, scale)))
     predicted = np.full((len(catalogue), 2), np.nan)
     if len(near):
-        predicted[near] = _sky_to_pixels(wcs, catalogue.ra[near], catalogue.dec[near])
-    inside = np.flatnonzero(_in_field(predicted, shape, 0.0))
+        predicted[near] = sky_to_pixels(wcs, catalogue.ra[near], catalogue.dec[near])
+    inside = np.flatnonzero(in_field(predicted, shape, 0.0))
     bright = _brightest(xy, flux, max_stars)
     if len(inside) == 0:
         return refuse("no catalogue star falls inside the image")
@@ -557,7 +363,7 @@ def check_wcs(wcs, xy, flux, catalogue, *, shape, match_radius: float = 3.0,
         return refuse(f"only {len(bright)} usable stars detected")
     sub = np.full((len(catalogue), 2), np.nan)
     sub[inside] = predicted[inside]
-    star, cat = _pair(cKDTree(xy[bright]), sub, match_radius)
+    star, cat = pair_nearest(cKDTree(xy[bright]), sub, match_radius)
     expected = len(inside) * len(bright) / (rows * columns) * math.pi * match_radius ** 2
     chance = float(stats.poisson.sf(len(star) - 1, expected))
     if len(star) < min_matches or chance > 1e-3:
@@ -617,7 +423,7 @@ def solve_from_reference(xy, flux, reference_xy, reference_flux, reference_wcs, 
                          f"{exc}") from None
     transform = transform.compose(Transform(ratio, 0.0, 0.0, 0.0))
     sky = reference_wcs.celestial.all_pix2world(reference_xy, 0)
-    wcs, star, cat, residual, notes = _refine(
+    wcs, star, cat, residual, notes = refine_wcs(
         xy, sky[:, 0], sky[:, 1], shape, transform.apply(reference_xy), radius=match_radius,
         sip_order=sip_order, min_matches=min_matches)
     method = f"run {reference_run}" if reference_run else "run"
