@@ -299,17 +299,9 @@ def master_dark(stack, exptimes, *, frames=None, names=(), bias: Master | np.nda
     mode, why = dark_mode(evidence, bias_data is not None)
     _note(notes, why)
     offset = model_intercept = None
-    if mode == "rate" and intercept is not None and bias_data is not None:
-        offset = smooth(intercept)
-        low, high = evidence["intercept_block_range_adu"]
-        evidence["offset_adu"] = evidence["intercept_median_adu"]
-        _note(notes, f"at zero exposure the darks sit {evidence['offset_adu']:.2f} ADU above "
-                     f"the master bias (blocks {low:.2f} to {high:.2f}): not dark current; "
-                     f"the dark model keeps it, smoothed over 32-pixel blocks")
-    elif mode == "rate" and intercept is not None:
-        model_intercept = intercept
-        _note(notes, "no bias frames: the darks' fitted level at zero exposure stands in "
-                     "for the bias")
+    if mode == "rate" and intercept is not None:
+        offset, model_intercept = _zero_exposure_level(intercept, bias_data is not None,
+                                                       evidence, notes)
     cards = _combine_cards(sigma, maxiters, cenfunc, True) + dark_cards(mode, evidence,
                                                                         offset is not None)
     common = dict(binning=binning, temperature=_median_or_none(temperatures), camera=camera,
@@ -325,6 +317,23 @@ def master_dark(stack, exptimes, *, frames=None, names=(), bias: Master | np.nda
                for t in sorted(groups)}
     return DarkModel(mode, rate_master, matched, bias_data is None and mode == "matched",
                      evidence, tuple(notes), model_intercept, offset)
+
+
+def _zero_exposure_level(intercept, has_bias: bool, evidence: dict,
+                         notes: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(offset, intercept) of a rate model from the fitted level at zero exposure: with a bias,
+    what the darks hold above it, smoothed (evidence gets 'offset_adu'); without one, the level
+    itself stands in for the bias."""
+    if not has_bias:
+        _note(notes, "no bias frames: the darks' fitted level at zero exposure stands in "
+                     "for the bias")
+        return None, intercept
+    low, high = evidence["intercept_block_range_adu"]
+    evidence["offset_adu"] = evidence["intercept_median_adu"]
+    _note(notes, f"at zero exposure the darks sit {evidence['offset_adu']:.2f} ADU above "
+                 f"the master bias (blocks {low:.2f} to {high:.2f}): not dark current; "
+                 f"the dark model keeps it, smoothed over 32-pixel blocks")
+    return smooth(intercept), None
 
 
 def _exposure_times(stack, exptimes, frames: list[int]) -> np.ndarray:
@@ -385,43 +394,11 @@ def master_flat(stack, *, frames=None, names=(), filter: str | None = None, expt
     bias_data = bias.data if isinstance(bias, Master) else bias
     if bias_data is None:
         _note(notes, "no master bias: the flat keeps the bias level in its normalisation")
-    dark_data = None
-    if dark is not None:
-        if times is None:
-            raise EngineValueError("a dark needs the flats' exposure times")
-        unique = sorted(set(np.round(times, 3)))
-        if len(unique) > 1 and dark.mode == "matched":
-            _note(notes, "flats of several exposures with matched darks: each group's dark is "
-                         "taken for the longest exposure's")
-        dark_data, scale, text = dark.for_exposure(float(unique[-1]))
-        if text:
-            _note(notes, f"flat: {text}")
-        if dark.mode == "rate":
-            dark_times = times
-        else:
-            dark_times = np.full(len(frames), scale)
-        if dark.includes_bias and bias_data is None:
-            _note(notes, "the flats' dark still holds the bias, which it removes with it")
-    else:
-        dark_times = None
-        _note(notes, "no dark: the flats keep their dark current")
+    dark_data, dark_times = _flat_dark(dark, times, len(frames), bias_data is not None, notes)
     levels = _frame_levels(stack, frames, trim=trim, overscan=overscan,
                            overscan_method=overscan_method, nonlinearity=nonlinearity,
                            bias=bias_data, dark=dark_data, exptimes=dark_times, threads=threads)
-    keep = []
-    for i, k in enumerate(frames):
-        label = names[k] if names else f"frame {k}"
-        if saturation is not None:
-            raw_median = float(np.median(np.asarray(stack[k, ::8, ::8])))
-            if raw_median >= 0.9 * saturation:
-                _note(notes, f"{os.path.basename(str(label))}: left out, median {raw_median:.0f} "
-                             f"ADU is near saturation ({saturation:.0f})")
-                continue
-        if not levels[i] >= min_level:
-            _note(notes, f"{os.path.basename(str(label))}: left out, calibrated median "
-                         f"{levels[i]:.1f} ADU is below {min_level:g}")
-            continue
-        keep.append(i)
+    keep = _usable_flats(stack, frames, names, levels, saturation, min_level, notes)
     if not keep:
         raise EngineValueError("no usable flat frames: " + "; ".join(notes[-len(frames):]))
     used = [frames[i] for i in keep]
@@ -443,6 +420,49 @@ def master_flat(stack, *, frames=None, names=(), filter: str | None = None, expt
     return Master("flat", data, len(used), exptime=exptime, filter=filter, binning=binning,
                   temperature=_median_or_none(temperatures), camera=camera, notes=tuple(notes),
                   cards=cards, sources=_sources(names, used))
+
+
+def _flat_dark(dark: DarkModel | None, times, n_frames: int, has_bias: bool,
+               notes: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(dark, per-frame dark scale) to take off the flats, or (None, None) without a dark: the
+    rate scaled by each flat's exposure, or the dark for the longest exposure."""
+    if dark is None:
+        _note(notes, "no dark: the flats keep their dark current")
+        return None, None
+    if times is None:
+        raise EngineValueError("a dark needs the flats' exposure times")
+    unique = sorted(set(np.round(times, 3)))
+    if len(unique) > 1 and dark.mode == "matched":
+        _note(notes, "flats of several exposures with matched darks: each group's dark is "
+                     "taken for the longest exposure's")
+    dark_data, scale, text = dark.for_exposure(float(unique[-1]))
+    if text:
+        _note(notes, f"flat: {text}")
+    dark_times = times if dark.mode == "rate" else np.full(n_frames, scale)
+    if dark.includes_bias and not has_bias:
+        _note(notes, "the flats' dark still holds the bias, which it removes with it")
+    return dark_data, dark_times
+
+
+def _usable_flats(stack, frames, names, levels, saturation, min_level,
+                  notes: list[str]) -> list[int]:
+    """Indices into `frames` of the flats neither near saturation (raw median) nor too faint
+    (calibrated median under min_level); each one left out is noted."""
+    keep = []
+    for i, k in enumerate(frames):
+        label = os.path.basename(str(names[k] if names else f"frame {k}"))
+        if saturation is not None:
+            raw_median = float(np.median(np.asarray(stack[k, ::8, ::8])))
+            if raw_median >= 0.9 * saturation:
+                _note(notes, f"{label}: left out, median {raw_median:.0f} ADU is near "
+                             f"saturation ({saturation:.0f})")
+                continue
+        if not levels[i] >= min_level:
+            _note(notes, f"{label}: left out, calibrated median {levels[i]:.1f} ADU is below "
+                         f"{min_level:g}")
+            continue
+        keep.append(i)
+    return keep
 
 
 def bad_pixel_mask(*, dark: DarkModel | Master | None = None, flat: Master | None = None,

@@ -287,21 +287,19 @@ def _calibrate_cube(raw, ty, tx, overscan_x0, overscan_x1, overscan_median,
     by_row_dark = dark.shape[0] > 1
     by_row_bad = bad.shape[0] > 1
     first_scale = dark_scale[0]
-    uniform = True
-    for f in range(nframes):
-        uniform = uniform and dark_scale[f] == first_scale
+    uniform = np.all(dark_scale == first_scale)  # one dark scale: folded into the offset rows
     nblocks = (ny + block_rows - 1) // block_rows
     for block in prange(nblocks):
         y_start = block * block_rows
         rows = min(ny, y_start + block_rows) - y_start
-        kind = out.dtype.type
         # Rows padded by 24 elements and the two buffers shifted by 40: row starts that differ
         # by multiples of 4 KB from the output rows stall loads behind unrelated stores (4K
         # aliasing); the padding keeps the streams apart.
         stride = nx + 24
         second = rows * stride + 40
         space = np.empty(second + rows * stride, out.dtype)
-        _fold_masters(bias, dark, flat, y_start, rows, kind(first_scale), space, stride, second)
+        _fold_masters(bias, dark, flat, y_start, rows, out.dtype.type(first_scale), space,
+                      stride, second)
         bad_start, bad_column, bad_flags = _bad_pixel_list(bad, y_start, rows,
                                                            by_row_bad and want_mask)
         work = np.empty(nx, out.dtype)
