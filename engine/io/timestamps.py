@@ -252,17 +252,28 @@ def header_timestamps(header, *, utc_offset_hours: float | None = None
     stamps: list[TimeStamp] = []
     problems: list[str] = []
     scale = _scale(header)
+    _iso_stamps(header, scale, utc_offset_hours, stamps, problems)
+    _julian_stamps(header, scale, stamps, problems)
+    if "DATE-LOC" in header and not any(s.kind == "iso" for s in stamps):
+        _local_date_stamp(header, utc_offset_hours, stamps, problems)
+    return stamps, problems
 
-    def local_note(key, comment, suffix_hours):
-        """UTC-offset hours to apply (or None = UTC), or raise ValueError when unknown."""
-        if suffix_hours is not None:
-            return suffix_hours
-        if scale == "local" or re.search(r"\blocal\b", comment):
-            if utc_offset_hours is None:
-                raise ValueError(f"{key} is local time and the site's UTC offset is not configured")
-            return -utc_offset_hours
-        return None
 
+def _local_shift(key, comment, suffix_hours, scale, utc_offset_hours):
+    """UTC-offset hours to apply to a stamp (None = it is UTC), or ValueError when it is local
+    time and the offset is unknown."""
+    if suffix_hours is not None:
+        return suffix_hours
+    if scale == "local" or re.search(r"\blocal\b", comment):
+        if utc_offset_hours is None:
+            raise ValueError(f"{key} is local time and the site's UTC offset is not configured")
+        return -utc_offset_hours
+    return None
+
+
+def _iso_stamps(header, scale, utc_offset_hours, stamps, problems) -> None:
+    """The ISO date keywords (DATE-OBS, with a separate time-of-day keyword when it has no
+    clock), appended to stamps; unusable ones to problems."""
     for key, reference, stated in _ISO_KEYS:
         if key not in header:
             continue
@@ -294,7 +305,8 @@ def header_timestamps(header, *, utc_offset_hours: float | None = None
         if said is not None:
             reference, stated = said, True
         try:
-            shift_hours = local_note(label, comment, _offset_hours(suffix))
+            shift_hours = _local_shift(label, comment, _offset_hours(suffix), scale,
+                                       utc_offset_hours)
             time_scale = "utc" if scale == "local" else scale
             moment = _time_from_parts(date, clock, time_scale)
         except ValueError as exc:
@@ -308,6 +320,9 @@ def header_timestamps(header, *, utc_offset_hours: float | None = None
             note = f"{label} is local time (UTC{-shift_hours:+g} h), converted to UTC"
         stamps.append(TimeStamp(label, moment, reference, stated, precision, "iso", local, note))
 
+
+def _julian_stamps(header, scale, stamps, problems) -> None:
+    """The JD and MJD keywords, appended to stamps with the precision their digits give."""
     for keys, fmt in ((_JD_KEYS, "jd"), (_MJD_KEYS, "mjd")):
         for key, reference, stated in keys:
             if key not in header:
@@ -343,23 +358,24 @@ def header_timestamps(header, *, utc_offset_hours: float | None = None
                 precision = _DAY  # 56486.0: a date written as a float, not a time
             stamps.append(TimeStamp(key, moment, reference, stated, precision, "jd"))
 
-    if "DATE-LOC" in header and not any(s.kind == "iso" for s in stamps):
-        text = str(header.get("DATE-LOC", "")).strip()
-        parsed = _date_part(text)
-        if parsed and parsed[1] is not None:
-            date, clock, suffix = parsed
-            shift = _offset_hours(suffix)
-            if shift is None and utc_offset_hours is not None:
-                shift = -utc_offset_hours
-            if shift is None:
-                problems.append(
-                    "DATE-LOC is local time and the site's UTC offset is not configured")
-            else:
-                moment = _add_seconds(_time_from_parts(date, clock, "utc"), shift * 3600.0)
-                precision = _fraction_precision(clock[3], clock[2], clock[1])
-                stamps.append(TimeStamp("DATE-LOC", moment, "start", False, precision, "iso", True,
-                                        f"DATE-LOC is local time (UTC{-shift:+g} h), converted"))
-    return stamps, problems
+
+def _local_date_stamp(header, utc_offset_hours, stamps, problems) -> None:
+    """DATE-LOC, used only when no ISO stamp was found: local time, shifted to UTC."""
+    text = str(header.get("DATE-LOC", "")).strip()
+    parsed = _date_part(text)
+    if parsed and parsed[1] is not None:
+        date, clock, suffix = parsed
+        shift = _offset_hours(suffix)
+        if shift is None and utc_offset_hours is not None:
+            shift = -utc_offset_hours
+        if shift is None:
+            problems.append(
+                "DATE-LOC is local time and the site's UTC offset is not configured")
+        else:
+            moment = _add_seconds(_time_from_parts(date, clock, "utc"), shift * 3600.0)
+            precision = _fraction_precision(clock[3], clock[2], clock[1])
+            stamps.append(TimeStamp("DATE-LOC", moment, "start", False, precision, "iso", True,
+                                    f"DATE-LOC is local time (UTC{-shift:+g} h), converted"))
 
 
 def _mid(stamp: TimeStamp, reference: str, exptime: float) -> tuple[float, float]:
