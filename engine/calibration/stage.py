@@ -415,10 +415,28 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
     cubes = dict(cubes)
     cameras = _split_by_camera(by_run, cubes, result)
     report: dict[str, object] = {"format": _FORMAT, "runs": {}, "masters_only": {}}
-    from engine.io.cube import cube_attributes
+    _reject_other_shapes(cameras, result)
+    for camera, runs in sorted(cameras.items(), key=lambda c: str(c[0])):
+        sets = {k: v for k, v in runs.items() if v[0]["frame_type"] != "light"}
+        lights = {k: v for k, v in runs.items() if v[0]["frame_type"] == "light"}
+        library = _Sets(sets, cubes, result, out, threads, temperature_tolerance)
+        if not lights:
+            _masters_only(library, sets, result, report)
+            continue
+        for run_id, light_rows in sorted(lights.items()):
+            _calibrate_run(run_id, light_rows, library, sets, cubes, out, result, report,
+                           threads=threads, temperature_tolerance=temperature_tolerance,
+                           uncertainty=uncertainty, chunk_bytes=chunk_bytes)
+    report["masters"] = sorted(result.masters)
+    report["rejected"] = [list(item) for item in result.rejected]
+    result.report_path = out / CALIBRATION_REPORT
+    _write_json(result.report_path, report)
+    return result
 
-    # Calibration sets of the same telescope but another frame shape or binning cannot serve a
-    # light run: say why they are left out.
+
+def _reject_other_shapes(cameras, result) -> None:
+    """Calibration sets of the same telescope but another frame shape or binning cannot serve a
+    light run: say why they are left out."""
     for camera, runs in cameras.items():
         for run_id, light_rows in runs.items():
             if light_rows[0]["frame_type"] != "light":
@@ -434,96 +452,99 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
                         result.rejected.append((set_id, f"not used for {run_id}: "
                                                         f"{rejected[0][1]}"))
 
-    for camera, runs in sorted(cameras.items(), key=lambda c: str(c[0])):
-        sets = {k: v for k, v in runs.items() if v[0]["frame_type"] != "light"}
-        lights = {k: v for k, v in runs.items() if v[0]["frame_type"] == "light"}
-        library = _Sets(sets, cubes, result, out, threads, temperature_tolerance)
-        if not lights:
-            _masters_only(library, sets, result, report)
-            continue
-        for run_id, light_rows in sorted(lights.items()):
-            notes: list[str] = []
-            geometry = _geometry(light_rows, notes)
-            night = light_rows[0].get("night")
-            reference = _reference(light_rows)
-            used: dict[str, str | None] = {}
 
-            def choose(frame_type, filter_name=None):
-                set_id = library.nearest(frame_type, night, filter_name)
-                if set_id is None:
-                    what = frame_type if filter_name is None else f"{frame_type} ({filter_name})"
-                    notes.append(f"no {what} frames for this camera: calibrated without")
-                    return None
-                _, rejected = check_frames([_reference(sets[set_id])], reference,
-                                           temperature_tolerance=temperature_tolerance)
-                if rejected:
-                    result.rejected.append((set_id, f"not used for {run_id}: {rejected[0][1]}"))
-                    notes.append(f"{frame_type} set {set_id} left out: {rejected[0][1]}")
-                    return None
-                if sets[set_id][0].get("night") != night:
-                    notes.append(f"{frame_type} from {sets[set_id][0].get('night')} (none of "
-                                 f"this night)")
-                return set_id
+def _choose_set(library: _Sets, sets, frame_type, filter_name, *, night, reference, run_id,
+                result, notes: list[str], temperature_tolerance: float):
+    """The calibration set of `frame_type` (and filter) nearest the run's night that fits its
+    lights, or None; why one is missing or left out goes into notes (and result.rejected)."""
+    set_id = library.nearest(frame_type, night, filter_name)
+    if set_id is None:
+        what = frame_type if filter_name is None else f"{frame_type} ({filter_name})"
+        notes.append(f"no {what} frames for this camera: calibrated without")
+        return None
+    _, rejected = check_frames([_reference(sets[set_id])], reference,
+                               temperature_tolerance=temperature_tolerance)
+    if rejected:
+        result.rejected.append((set_id, f"not used for {run_id}: {rejected[0][1]}"))
+        notes.append(f"{frame_type} set {set_id} left out: {rejected[0][1]}")
+        return None
+    if sets[set_id][0].get("night") != night:
+        notes.append(f"{frame_type} from {sets[set_id][0].get('night')} (none of "
+                     f"this night)")
+    return set_id
 
-            done = _already_applied(light_rows, notes)
-            bias_id = choose("bias") if "bias" not in done else None
-            bias = library.bias(bias_id, geometry) if bias_id else None
-            dark_id = choose("dark") if "dark" not in done else None
-            dark = library.dark(dark_id, bias, geometry) if dark_id else None
-            flat_id = choose("flat", light_rows[0].get("filter")) if "flat" not in done else None
-            levels = _saturation_levels(light_rows, _cube(cubes, run_id).dtype, notes)
-            saturation = _median(levels)
-            flat = library.flat(flat_id, bias, dark, geometry, saturation) if flat_id else None
-            bad = None
-            if dark is not None or flat is not None:
-                bad = bad_pixel_mask(dark=dark, flat=flat)
-                used["bad_pixels"] = library._write(bad, run_id)
-            used.update(bias=bias_id, dark=dark_id, flat=flat_id)
 
-            exptimes = [float(r["exptime"]) for r in light_rows]
-            attributes = cube_attributes(cubes[run_id]) or {}
-            own_masks = bad_pixel_cube_path(cubes[run_id])
-            own_masks = own_masks if own_masks.is_dir() else None
-            if own_masks is not None:
-                used["own_bad_pixels"] = own_masks.name
-            fingerprint = _fingerprint(
-                _FORMAT, attributes.get("fingerprint"),
-                [cube_attributes(cubes[s]).get("fingerprint") if s else None
-                 for s in (bias_id, dark_id, flat_id)], geometry, levels, uncertainty,
-                temperature_tolerance, sorted(done), own_masks is not None)
-            noise = _camera_noise(light_rows, cubes, run_id, sets, bias_id, flat_id)
-            notes.extend(noise.notes)
-            result.camera[run_id] = noise.as_dict()
-            target = out / CALIBRATED_FOLDER / f"{run_id}.zarr"
-            previous = cube_attributes(target)
-            if previous and previous.get("fingerprint") == fingerprint:
-                result.skipped_runs.append(run_id)
-                result.runs[run_id] = target
-            else:
-                run = calibrate_cube(
-                    _cube(cubes, run_id), exptimes, bias=bias, dark=dark, flat=flat,
-                    bad_pixels=bad, saturation=levels, gain=noise.gain,
-                    read_noise=noise.read_noise, uncertainty=uncertainty, out=target,
-                    attributes={"run_id": run_id, "fingerprint": fingerprint,
-                                "masters": used, "format": _FORMAT},
-                    chunk_bytes=chunk_bytes or 256 * 1024 * 1024, threads=threads,
-                    frame_bad_pixels=_cube(cubes, run_id, own_masks) if own_masks else None,
-                    **geometry)
-                notes.extend(n for n in run.notes if n not in notes)
-                result.runs[run_id] = target
-            result.notes.setdefault(run_id, []).extend(notes)
-            report["runs"][run_id] = {
-                "cube": str(target), "frames": len(light_rows), "masters": used,
-                "geometry": geometry, "dark": _dark_report(dark), "notes": notes,
-                "camera": {**noise.as_dict(), "saturation": saturation,
-                           "saturation_source": _first(r.get("saturation_source")
-                                                       for r in light_rows)},
-                "up_to_date": run_id in result.skipped_runs}
-    report["masters"] = sorted(result.masters)
-    report["rejected"] = [list(item) for item in result.rejected]
-    result.report_path = out / CALIBRATION_REPORT
-    _write_json(result.report_path, report)
-    return result
+def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result, report, *,
+                   threads, temperature_tolerance, uncertainty, chunk_bytes) -> None:
+    """Choose the masters of one light run, write its bad-pixel mask and calibrate it (unless
+    its calibrated cube is up to date); record it in result and report."""
+    from engine.io.cube import cube_attributes
+
+    notes: list[str] = []
+    geometry = _geometry(light_rows, notes)
+    night = light_rows[0].get("night")
+    reference = _reference(light_rows)
+    used: dict[str, str | None] = {}
+
+    def choose(frame_type, filter_name=None):
+        return _choose_set(library, sets, frame_type, filter_name, night=night,
+                           reference=reference, run_id=run_id, result=result, notes=notes,
+                           temperature_tolerance=temperature_tolerance)
+
+    done = _already_applied(light_rows, notes)
+    bias_id = choose("bias") if "bias" not in done else None
+    bias = library.bias(bias_id, geometry) if bias_id else None
+    dark_id = choose("dark") if "dark" not in done else None
+    dark = library.dark(dark_id, bias, geometry) if dark_id else None
+    flat_id = choose("flat", light_rows[0].get("filter")) if "flat" not in done else None
+    levels = _saturation_levels(light_rows, _cube(cubes, run_id).dtype, notes)
+    saturation = _median(levels)
+    flat = library.flat(flat_id, bias, dark, geometry, saturation) if flat_id else None
+    bad = None
+    if dark is not None or flat is not None:
+        bad = bad_pixel_mask(dark=dark, flat=flat)
+        used["bad_pixels"] = library._write(bad, run_id)
+    used.update(bias=bias_id, dark=dark_id, flat=flat_id)
+
+    exptimes = [float(r["exptime"]) for r in light_rows]
+    attributes = cube_attributes(cubes[run_id]) or {}
+    own_masks = bad_pixel_cube_path(cubes[run_id])
+    own_masks = own_masks if own_masks.is_dir() else None
+    if own_masks is not None:
+        used["own_bad_pixels"] = own_masks.name
+    fingerprint = _fingerprint(
+        _FORMAT, attributes.get("fingerprint"),
+        [cube_attributes(cubes[s]).get("fingerprint") if s else None
+         for s in (bias_id, dark_id, flat_id)], geometry, levels, uncertainty,
+        temperature_tolerance, sorted(done), own_masks is not None)
+    noise = _camera_noise(light_rows, cubes, run_id, sets, bias_id, flat_id)
+    notes.extend(noise.notes)
+    result.camera[run_id] = noise.as_dict()
+    target = out / CALIBRATED_FOLDER / f"{run_id}.zarr"
+    previous = cube_attributes(target)
+    if previous and previous.get("fingerprint") == fingerprint:
+        result.skipped_runs.append(run_id)
+        result.runs[run_id] = target
+    else:
+        run = calibrate_cube(
+            _cube(cubes, run_id), exptimes, bias=bias, dark=dark, flat=flat,
+            bad_pixels=bad, saturation=levels, gain=noise.gain,
+            read_noise=noise.read_noise, uncertainty=uncertainty, out=target,
+            attributes={"run_id": run_id, "fingerprint": fingerprint,
+                        "masters": used, "format": _FORMAT},
+            chunk_bytes=chunk_bytes or 256 * 1024 * 1024, threads=threads,
+            frame_bad_pixels=_cube(cubes, run_id, own_masks) if own_masks else None,
+            **geometry)
+        notes.extend(n for n in run.notes if n not in notes)
+        result.runs[run_id] = target
+    result.notes.setdefault(run_id, []).extend(notes)
+    report["runs"][run_id] = {
+        "cube": str(target), "frames": len(light_rows), "masters": used,
+        "geometry": geometry, "dark": _dark_report(dark), "notes": notes,
+        "camera": {**noise.as_dict(), "saturation": saturation,
+                   "saturation_source": _first(r.get("saturation_source")
+                                               for r in light_rows)},
+        "up_to_date": run_id in result.skipped_runs}
 
 
 def _masters_only(library: _Sets, sets, result, report) -> None:
