@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -119,7 +120,13 @@ def _add_reduce(sub) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, metavar="N",
                        help="measure runs on a local Dask cluster of N worker processes")
-    group.add_argument("--scheduler", metavar="ADDRESS", help="measure runs on this Dask cluster")
+    group.add_argument("--scheduler", metavar="ADDRESS",
+                       help="measure runs on this Dask cluster (tls://HOST:PORT with the "
+                            "--tls-* files off this machine)")
+    for option, what in (("--tls-ca-file", "certificate authority"),
+                         ("--tls-cert", "this client's certificate"),
+                         ("--tls-key", "this client's private key")):
+        p.add_argument(option, metavar="FILE", help=f"Dask TLS: the {what} (PEM)")
     _add_threads(p, "threads inside each process")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="TOML settings (`python -m engine config` prints every option)")
@@ -127,9 +134,13 @@ def _add_reduce(sub) -> None:
 
 def _run_reduce(args) -> int:
     from engine.pipeline import reduce
+    from engine.settings import PipelineConfig
     from engine.settings.file import load_config
 
-    config = load_config(args.config) if args.config else None
+    config = load_config(args.config) if args.config else PipelineConfig()
+    tls = {name: getattr(args, name) for name in ("tls_ca_file", "tls_cert", "tls_key")
+           if getattr(args, name) is not None}
+    config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, **tls))
     result = reduce(args.paths, args.out, target=_target_coordinates(args), config=config,
                     target_xy=tuple(args.target_xy) if args.target_xy else None,
                     catalogue=args.catalogue,
@@ -394,10 +405,14 @@ def _check(args) -> None:
     def count(name):
         return lambda value: checks.integer(name, value, least=1)
 
+    def existing(name):
+        return lambda value: checks.existing_paths(name, [value])
+
     table = {
         "paths": lambda value: checks.existing_paths("PATH", value),
-        "lightcurves": lambda value: checks.existing_paths("LIGHTCURVES", [value]),
-        "config": lambda value: checks.existing_paths("--config", [value]),
+        "lightcurves": existing("LIGHTCURVES"), "config": existing("--config"),
+        "tls_ca_file": existing("--tls-ca-file"), "tls_cert": existing("--tls-cert"),
+        "tls_key": existing("--tls-key"),
         "threads": count("--threads"), "workers": count("--workers"),
         "ingest_workers": count("--workers"),
         "seed": lambda value: checks.integer("--seed", value, least=0),
@@ -425,8 +440,6 @@ def _check(args) -> None:
         _check_target(args)
     if getattr(args, "ingest_workers", None) is not None:
         _deprecated_ingest_workers(args)
-    if getattr(args, "scheduler", None) is not None:
-        _check_scheduler(args.scheduler)
 
 
 def _check_target(args) -> None:

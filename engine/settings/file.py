@@ -9,6 +9,7 @@ documentation of every option and its default:
     [ensemble]     engine.settings.EnsembleConfig (comparisons, weights, clouds, detrending)
     [sky]          engine.settings.SkyConfig (reference catalogue, target pixel positions per run or
                    site, sky-solution tolerances)
+    [pipeline]     engine.settings.ClusterConfig (Dask scheduler address and TLS files)
 
 `python -m engine config` prints a file holding every option at its default (options whose
 default is "none" are shown commented out, as TOML has no null). Sites are an array of tables:
@@ -32,7 +33,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import EngineFileError, EngineValueError
-from engine.settings import (CalibrationConfig, EnsembleConfig, ExtractionConfig, IngestConfig,
+from engine.settings import (CalibrationConfig, ClusterConfig, EnsembleConfig, ExtractionConfig, IngestConfig,
                              PipelineConfig, Site, SkyConfig)
 
 if sys.version_info >= (3, 11):
@@ -44,7 +45,7 @@ __all__ = ["default_config_toml", "load_config", "parse_config"]
 
 _SECTIONS = {"ingest": IngestConfig, "calibration": CalibrationConfig,
              "extraction": ExtractionConfig, "ensemble": EnsembleConfig,
-             "sky": SkyConfig}
+             "sky": SkyConfig, "pipeline": ClusterConfig}
 
 
 def _tuples(value):
@@ -98,7 +99,8 @@ def parse_config(text: str) -> PipelineConfig:
         calibration=_build(CalibrationConfig, document.get("calibration", {}), "calibration"),
         extraction=_build(ExtractionConfig, document.get("extraction", {}), "extraction"),
         ensemble=_build(EnsembleConfig, document.get("ensemble", {}), "ensemble"),
-        sky=_build(SkyConfig, sky, "sky"))
+        sky=_build(SkyConfig, sky, "sky"),
+        cluster=_build(ClusterConfig, document.get("pipeline", {}), "pipeline"))
 
 
 def load_config(path) -> PipelineConfig:
