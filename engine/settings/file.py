@@ -23,16 +23,20 @@ default is "none" are shown commented out, as TOML has no null). Sites are an ar
 frame-type overrides a table of path glob = type: `[ingest.frame_types]` `"*/twilight/*" = "flat"`,
 and target pixel positions a table of run id or site name = [x, y]: `[sky.target_xy]`
 `florida = [512.3, 380.1]`.
-An unknown option or a value of the wrong kind is an EngineValueError naming it.
+An unknown option or a value of the wrong kind is an EngineValueError naming it. Options renamed
+since (see `_RENAMED`) are still read under their old name, with a warning. `[ensemble]
+exclude_flags` is a list of flag names (engine.flags.MeasurementFlag) or their bitmask.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from pathlib import Path
 
 from engine.errors import EngineFileError, EngineValueError
+from engine.flags import describe
 from engine.settings import (CalibrationConfig, ClusterConfig, EnsembleConfig, ExtractionConfig, IngestConfig,
                              PipelineConfig, Site, SkyConfig)
 
@@ -47,6 +51,12 @@ _SECTIONS = {"ingest": IngestConfig, "calibration": CalibrationConfig,
              "extraction": ExtractionConfig, "ensemble": EnsembleConfig,
              "sky": SkyConfig, "pipeline": ClusterConfig}
 
+#: Old option names, still read: (table, old name) -> new name.
+_RENAMED = {("ensemble", "telescope_aperture_m"): "aperture_diameter_m",
+            ("ensemble", "scintillation_c_y"): "scintillation_cy"}
+
+log = logging.getLogger("engine.settings")
+
 
 def _tuples(value):
     """TOML arrays become the tuples the frozen settings classes hold."""
@@ -58,6 +68,7 @@ def _tuples(value):
 def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
         raise EngineValueError(f"[{where}] must be a table")
+    values = _renamed(values, where)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -67,6 +78,18 @@ def _build(cls, values: dict, where: str):
         return cls(**{k: _tuples(v) for k, v in values.items()})
     except TypeError as exc:
         raise EngineValueError(f"[{where}]: {exc}") from None
+
+
+def _renamed(values: dict, where: str) -> dict:
+    """`values` with old option names replaced by the new ones (each warned about)."""
+    values = dict(values)
+    for (table, old), new in _RENAMED.items():
+        if table == where and old in values:
+            if new in values:
+                raise EngineValueError(f"[{where}]: give {new} only ({old} is its old name)")
+            log.warning("[%s] %s is deprecated: it is now called %s", where, old, new)
+            values[new] = values.pop(old)
+    return values
 
 
 def parse_config(text: str) -> PipelineConfig:
@@ -142,6 +165,8 @@ def default_config_toml() -> str:
                                          ("sky", "target_xy")):
                 continue
             value = getattr(defaults, field.name)
+            if (section, field.name) == ("ensemble", "exclude_flags"):
+                value = describe(value)
             if value is None:
                 lines.append(f"# {field.name} =   (none by default)")
             else:
