@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.calibration import calibrate
+from engine.checks import integer
 from engine.ensemble import build_run_lightcurve, merge_runs, write_lightcurves, write_report
 from engine.errors import EngineValueError
 from engine.extraction import extract_run
@@ -155,6 +156,9 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
     threads : threads inside each process (default: every core).
     """
     config = PipelineConfig() if config is None else config
+    # Checked before any product is written (a zero would otherwise hang or fail late).
+    integer("workers", workers, least=1, allow_none=True)
+    integer("threads", threads, least=1, allow_none=True)
     if scheduler is not None:
         config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster,
                                                                          scheduler=scheduler))

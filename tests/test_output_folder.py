@@ -241,3 +241,14 @@ def test_reduce_warns_about_a_plain_remote_scheduler(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="engine"), pytest.raises(InputNotFoundError):
         reduce([tmp_path / "missing"], tmp_path / "out", scheduler="tcp://10.255.0.1:8786")
     assert "is on another machine and the connection is not encrypted" in caplog.text
+
+
+@pytest.mark.parametrize("keyword", ["workers", "threads"])
+def test_reduce_refuses_zero_workers_or_threads_before_writing(tmp_path, keyword):
+    from engine.pipeline import reduce
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with pytest.raises(ValueError, match=f"{keyword} must be an integer >= 1, got 0"):
+        reduce([raw], tmp_path / "out", **{keyword: 0})
+    assert not (tmp_path / "out").exists()
