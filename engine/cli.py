@@ -52,13 +52,11 @@ def _add_threads(p, what: str = "threads inside this process") -> None:
 
 
 def _add_simulate(sub) -> None:
-    from engine.simulation import PRESETS
-
     p = _verb(sub, "simulate", "write raw FITS frames of a simulated night plus truth.json",
               _run_simulate, writes_folder=True)
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    p.add_argument("--preset", default="demo", choices=sorted(PRESETS),
-                   help="simulated night (default: demo)")
+    p.add_argument("--preset", default="demo",
+                   help="tiny, demo, variable, large or a camera profile (default: demo)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
@@ -416,6 +414,7 @@ def _check(args) -> None:
         "threads": count("--threads"), "workers": count("--workers"),
         "ingest_workers": count("--workers"),
         "seed": lambda value: checks.integer("--seed", value, least=0),
+        "preset": _check_preset,
         "target_xy": lambda value: [checks.non_negative(f"--target-xy {axis}", v)
                                     for axis, v in zip("XY", value)],
         "period": lambda value: checks.positive("--period", value),
@@ -440,6 +439,13 @@ def _check(args) -> None:
         _check_target(args)
     if getattr(args, "ingest_workers", None) is not None:
         _deprecated_ingest_workers(args)
+
+
+def _check_preset(name: str) -> None:
+    from engine import checks
+    from engine.simulation import PRESETS  # only when simulating: its import takes seconds
+
+    checks.one_of("--preset", name, sorted(PRESETS))
 
 
 def _check_target(args) -> None:
