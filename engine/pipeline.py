@@ -152,18 +152,18 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
     workers / scheduler : measure runs in parallel on a local Dask cluster of `workers`
         processes, or on the cluster at `scheduler` (default: the configuration's `[pipeline]
         scheduler`, reached with its TLS files; a plain connection to another machine is
-        warned about).
+        warned about). Either one overrides the configuration's scheduler.
     threads : threads inside each process (default: every core).
     """
     config = PipelineConfig() if config is None else config
     # Checked before any product is written (a zero would otherwise hang or fail late).
     integer("workers", workers, least=1, allow_none=True)
     integer("threads", threads, least=1, allow_none=True)
-    if scheduler is not None:
+    if workers is not None and scheduler is not None:
+        raise EngineValueError("give workers (a local cluster) or a scheduler, not both")
+    if scheduler is not None or workers is not None:  # the arguments override the file
         config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster,
                                                                          scheduler=scheduler))
-    if workers is not None and config.cluster.scheduler is not None:
-        raise EngineValueError("give workers (a local cluster) or a scheduler, not both")
     if config.cluster.plain_remote_scheduler():
         log.warning("the scheduler %s is on another machine and the connection is not "
                     "encrypted: use a tls:// address with TLS files", config.cluster.scheduler)

@@ -252,3 +252,11 @@ def test_reduce_refuses_zero_workers_or_threads_before_writing(tmp_path, keyword
     with pytest.raises(ValueError, match=f"{keyword} must be an integer >= 1, got 0"):
         reduce([raw], tmp_path / "out", **{keyword: 0})
     assert not (tmp_path / "out").exists()
+
+
+def test_reduce_takes_workers_or_a_scheduler_not_both(tmp_path):
+    from engine.pipeline import reduce
+
+    with pytest.raises(ValueError, match="give workers .* or a scheduler, not both"):
+        reduce([tmp_path], tmp_path / "out", workers=2, scheduler="tls://cluster:8786")
+    assert not (tmp_path / "out").exists()
