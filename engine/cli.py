@@ -443,7 +443,7 @@ def _check(args) -> None:
 
 def _check_preset(name: str) -> None:
     from engine import checks
-    from engine.simulation import PRESETS  # only when simulating: its import takes seconds
+    from engine.simulation import PRESETS  # here: the simulator's import takes seconds
 
     checks.one_of("--preset", name, sorted(PRESETS))
 

@@ -17,7 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.cli import INTERRUPTED, main
-from engine.errors import EngineFileError, InputNotFoundError, OutputLockedError, file_error
+from engine.errors import (
+    EngineFileError,
+    InputNotFoundError,
+    OutputLockedError,
+    file_error,
+)
 from engine.io.atomic import atomic_path
 from engine.io.fits import find_fits_files
 from engine.io.lock import LOCK_FILE, output_lock, remove_dead_temporaries
@@ -62,9 +67,8 @@ def test_second_writer_is_refused_naming_the_holder(holder, tmp_path, capsys):
 
 def test_the_lock_dies_with_a_killed_holder(holder):
     out, process = holder
-    with pytest.raises(OutputLockedError):
-        with output_lock(out):
-            pass
+    with pytest.raises(OutputLockedError), output_lock(out):
+        pass
     process.send_signal(signal.SIGKILL)
     process.wait()
     with output_lock(out):  # the kernel released it: no stale lock
@@ -72,10 +76,9 @@ def test_the_lock_dies_with_a_killed_holder(holder):
 
 
 def test_one_process_holds_its_lock_once(tmp_path):
-    with output_lock(tmp_path / "out"):
-        with pytest.raises(OutputLockedError):
-            with output_lock(tmp_path / "out"):
-                pass
+    with output_lock(tmp_path / "out"), pytest.raises(OutputLockedError), \
+            output_lock(tmp_path / "out"):
+        pass
 
 
 def test_dead_runs_temporaries_are_removed_once_the_lock_is_held(tmp_path):

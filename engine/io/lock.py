@@ -34,7 +34,8 @@ def output_lock(out_dir):
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        handle = open(out / LOCK_FILE, "a+", encoding="utf-8")
+        # Open for the whole block: closing the file is what releases the lock.
+        handle = open(out / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115
     except OSError as exc:
         raise file_error(exc, out, "write into the output folder") from exc
     try:
