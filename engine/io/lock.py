@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import socket
@@ -20,6 +21,8 @@ from pathlib import Path
 from engine.errors import OutputLockedError, file_error
 
 __all__ = ["LOCK_FILE", "output_lock", "remove_dead_temporaries"]
+
+log = logging.getLogger("engine.io.lock")
 
 LOCK_FILE = ".engine.lock"
 #: Name parts of the temporaries that writers leave only when they are killed.
@@ -51,7 +54,8 @@ def output_lock(out_dir):
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
                      f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
         handle.flush()
-        remove_dead_temporaries(out)
+        for path in remove_dead_temporaries(out):
+            log.info("removed %s, left by a run that was stopped", path)
         yield out
     finally:
         handle.close()  # releases the lock
