@@ -8,13 +8,15 @@ setting's name); public functions call them before any work or any compiled call
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 
-from engine.errors import EngineValueError
+from engine.errors import EngineFileError, EngineValueError, InputNotFoundError
 
-__all__ = ["integer", "non_negative", "non_negative_array", "number", "one_of", "positive",
-           "positive_array"]
+__all__ = ["existing_paths", "integer", "non_negative", "non_negative_array", "number", "one_of",
+           "output_file", "output_folder", "positive", "positive_array"]
 
 
 def number(name: str, value, *, low: float | None = None, high: float | None = None,
@@ -94,3 +96,50 @@ def non_negative_array(name: str, value) -> np.ndarray:
     if np.any(array < 0.0):
         raise EngineValueError(f"{name} must be finite and >= 0, got {value!r}")
     return array
+
+
+def existing_paths(name: str, paths) -> list[Path]:
+    """Input paths that all exist (InputNotFoundError naming the first that does not)."""
+    result = [Path(p).expanduser() for p in paths]
+    for path in result:
+        if not path.exists():
+            raise InputNotFoundError(f"{name}: {str(path)!r} does not exist")
+    return result
+
+
+def _writable_parent(name: str, path: Path) -> None:
+    """The nearest existing folder above `path` is a folder this process may write into."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EngineFileError(f"{name}: {str(parent)!r} (above {str(path)!r}) is a file, "
+                              "not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EngineFileError(f"{name}: {str(path)!r} cannot be created: {str(parent)!r} is "
+                              "not writable")
+
+
+def output_folder(name: str, path) -> Path:
+    """A folder to write into: an existing writable folder, or one that can be created. Nothing
+    is created here (a refused argument writes nothing)."""
+    path = Path(path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise EngineFileError(f"{name}: {str(path)!r} is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise EngineFileError(f"{name}: the folder {str(path)!r} is not writable")
+        return path
+    _writable_parent(name, path)
+    return path
+
+
+def output_file(name: str, path) -> Path:
+    """A file to write: not a folder, and in a folder that exists or can be created."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise EngineFileError(f"{name}: {str(path)!r} is a folder, not a file")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise EngineFileError(f"{name}: {str(path)!r} is not writable")
+    _writable_parent(name, path)
+    return path

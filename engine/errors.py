@@ -19,7 +19,14 @@ anyway, so `except ValueError` keeps working around engine calls:
   from an online archive (offline, archive down); says what failed and how to go on offline.
 - MissingToolError(ImportError): an optional tool (a benchmark anchor, astroquery for
   `--catalogue gaia`) is not installed; names the extra that installs it.
+- OutputLockedError(EngineFileError): another run is writing into the same output folder; names
+  its pid, host and start time.
+
+`file_error(exc, path, doing)` turns an OSError from the system (disk full, permission denied,
+not a folder) into an EngineFileError that names the path and says what was being done.
 """
+
+import errno
 
 
 class EngineError(Exception):
@@ -61,3 +68,29 @@ class CatalogueFetchError(EngineError, ConnectionError):
 
 class MissingToolError(EngineError, ImportError):
     """An optional dependency (for example a benchmark anchor) is not installed."""
+
+
+class OutputLockedError(EngineFileError):
+    """The output folder is held by another writing run (the message names it)."""
+
+
+#: What a user can do about the commonest system errors.
+_OS_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "it exists and is not a folder",
+    errno.ELOOP: "too many symbolic links (a link loop)",
+}
+
+
+def file_error(exc: OSError, path, doing: str) -> EngineFileError:
+    """An EngineFileError for a system error met while `doing` something to `path` (raise it
+    `from exc`); an EngineFileError passes through unchanged."""
+    if isinstance(exc, EngineFileError):
+        return exc
+    reason = _OS_REASONS.get(exc.errno) or exc.strerror or str(exc)
+    return EngineFileError(f"cannot {doing} {str(path)!r}: {reason}")

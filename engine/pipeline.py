@@ -22,6 +22,7 @@ noise_budget.png.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.calibration import calibrate
+from engine.checks import integer
 from engine.ensemble import build_run_lightcurve, merge_runs, write_lightcurves, write_report
 from engine.errors import EngineValueError
 from engine.extraction import extract_run
@@ -148,15 +150,28 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
         Gaia DR3 for each run's field right after ingest (it needs the pointings), before any
         calibration; the answers are kept in catalogues/ and a rerun reads them from there.
     workers / scheduler : measure runs in parallel on a local Dask cluster of `workers`
-        processes, or on the cluster at `scheduler`.
+        processes, or on the cluster at `scheduler` (default: the configuration's `[pipeline]
+        scheduler`, reached with its TLS files; a plain connection to another machine is
+        warned about). Either one overrides the configuration's scheduler.
+    threads : threads inside each process (default: every core).
     """
     config = PipelineConfig() if config is None else config
+    # Checked before any product is written (a zero would otherwise hang or fail late).
+    integer("workers", workers, least=1, allow_none=True)
+    integer("threads", threads, least=1, allow_none=True)
+    if workers is not None and scheduler is not None:
+        raise EngineValueError("give workers (a local cluster) or a scheduler, not both")
+    if scheduler is not None or workers is not None:  # the arguments override the file
+        config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster,
+                                                                         scheduler=scheduler))
+    if config.cluster.plain_remote_scheduler():
+        log.warning("the scheduler %s is on another machine and the connection is not "
+                    "encrypted: use a tls:// address with TLS files", config.cluster.scheduler)
     catalogue = _catalogue(catalogue if catalogue is not None else config.sky.catalogue)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _run_log(out / LOG_FILE):
-        return _reduce(paths, out, target, target_xy, catalogue, config, workers, scheduler,
-                       threads)
+        return _reduce(paths, out, target, target_xy, catalogue, config, workers, threads)
 
 
 def _catalogue(source):
@@ -209,7 +224,7 @@ def _run_log(path: Path):
 
 
 def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConfig, workers,
-            scheduler, threads) -> ReduceResult:
+            threads) -> ReduceResult:
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -241,7 +256,7 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
             continue
         jobs.append((run_id, str(calibrated.runs[run_id]), _run_frames(frames, run_id),
                      config.extraction, str(out), threads))
-    _run_jobs(jobs, workers, scheduler)
+    _run_jobs(jobs, workers, config.cluster)
     timings["photometry"] = time.perf_counter() - start
     log.info("photometry done in %.1f s", timings["photometry"])
 
@@ -418,17 +433,17 @@ def _write_views(out: Path, lightcurves: pa.Table, report: dict) -> list[str]:
     return [Path(path).name for path in written]
 
 
-def _run_jobs(jobs, workers, scheduler) -> None:
+def _run_jobs(jobs, workers, cluster_config) -> None:
     if not jobs:
         return
-    if workers is None and scheduler is None:
+    if workers is None and cluster_config.scheduler is None:
         for job in jobs:
             _measure_run(*job)
         return
     from dask.distributed import Client, LocalCluster
 
-    if scheduler is not None:
-        client = Client(scheduler)
+    if cluster_config.scheduler is not None:
+        client = Client(cluster_config.scheduler, security=cluster_config.security())
         cluster = None
     else:
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,

@@ -100,13 +100,13 @@ def _scintillation(data: RunData, a: int, config: EnsembleConfig):
     if data.scintillation is not None and np.all(np.isfinite(data.scintillation)):
         return (np.asarray(data.scintillation, dtype=np.float64),
                 "frames table (scintillation)", False)
-    if config.telescope_aperture_m is not None and config.site_altitude_m is not None:
+    if config.aperture_diameter_m is not None and config.site_altitude_m is not None:
         from engine.noise import scintillation_sigma
 
         airmass = np.where(np.isfinite(data.airmass), np.maximum(data.airmass, 1.0), 1.0)
-        sigma = np.asarray(scintillation_sigma(config.telescope_aperture_m, airmass,
+        sigma = np.asarray(scintillation_sigma(config.aperture_diameter_m, airmass,
                                                config.site_altitude_m, data.exptime,
-                                               config.scintillation_c_y), dtype=np.float64)
+                                               config.scintillation_cy), dtype=np.float64)
         return (sigma, "Young (1967) as corrected by Osborn et al. (2015), configured telescope",
                 False)
     if config.estimate_scintillation:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from engine.checks import integer
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
 
@@ -79,7 +80,10 @@ class EnsembleConfig:
     isolation_radius: no star brighter than the candidate's magnitude + isolation_delta_mag
         within this many pixels (None: the largest aperture radius), and the candidate is
         flagged BLENDED on at most max_blended_fraction of frames (0.1).
-    exclude_flags: measurement flags that keep a measurement out of the ensemble and the fits.
+    exclude_flags: measurement flags that keep a measurement out of the ensemble and the fits:
+        names of engine.flags.MeasurementFlag (["SATURATED", "BAD_PIXEL", ...]) or their
+        bitmask as an int; held as the int (SATURATED, BAD_PIXEL, NEAR_EDGE, OFF_FRAME,
+        BACKGROUND_FAILED, NOT_REGISTERED, CENTROID_FAILED, FIT_FAILED).
 
     Weighting and zero points
     -------------------------
@@ -126,7 +130,7 @@ class EnsembleConfig:
 
     Noise
     -----
-    telescope_aperture_m, site_altitude_m, scintillation_c_y: when the photometry has no
+    aperture_diameter_m, site_altitude_m, scintillation_cy: when the photometry has no
         `var_scintillation` and the frames no `scintillation`, Young's scintillation (Osborn et
         al. 2015, engine.noise.scintillation_sigma) from these (None: unknown).
     estimate_scintillation: else estimate a scintillation term X^1.5 / sqrt(t) from the
@@ -183,9 +187,9 @@ class EnsembleConfig:
     regressors: tuple[str, ...] = ()
     min_baseline_frames: int = 10
 
-    telescope_aperture_m: float | None = None
+    aperture_diameter_m: float | None = None
     site_altitude_m: float | None = None
-    scintillation_c_y: float = 1.5
+    scintillation_cy: float = 1.5
     estimate_scintillation: bool = True
 
     include_field_stars: bool = False
@@ -216,7 +220,7 @@ class EnsembleConfig:
         if self.min_comparisons > self.max_comparisons:
             raise EngineValueError("min_comparisons must not exceed max_comparisons")
         for name in ("clip_sigma", "cloud_sigma", "scatter_sigma", "scatter_min_ratio",
-                     "match_radius_arcsec", "merge_clip_sigma", "scintillation_c_y",
+                     "match_radius_arcsec", "merge_clip_sigma", "scintillation_cy",
                      "catalogue_error_mag"):
             self._number(name, positive=True)
         for name in ("comparison_brighter_mag", "comparison_fainter_mag", "isolation_delta_mag",
@@ -228,7 +232,7 @@ class EnsembleConfig:
                 raise EngineValueError(f"{name} must lie in [0, 1], got {value!r}")
         if self.cloud_min_loss >= 1.0:
             raise EngineValueError("cloud_min_loss must be below 1")
-        for name in ("max_colour_difference", "isolation_radius", "telescope_aperture_m"):
+        for name in ("max_colour_difference", "isolation_radius", "aperture_diameter_m"):
             if getattr(self, name) is not None:
                 self._number(name, positive=True)
         if self.site_altitude_m is not None:
@@ -241,7 +245,7 @@ class EnsembleConfig:
                 raise EngineValueError(f"aperture must be a radius or 'psf', got {self.aperture!r}")
         elif self.aperture is not None:
             self._number("aperture", positive=True)
-        set_("exclude_flags", int(self.exclude_flags))
+        set_("exclude_flags", _flag_mask("exclude_flags", self.exclude_flags))
         for name in ("colour_extinction", "airmass_term", "estimate_scintillation",
                      "include_field_stars"):
             set_(name, bool(getattr(self, name)))
@@ -277,3 +281,20 @@ class EnsembleConfig:
                 value = [list(v) if isinstance(v, tuple) else v for v in value]
             out[f.name] = value
         return out
+
+
+def _flag_mask(name: str, value) -> int:
+    """A MeasurementFlag bitmask from names (a list of strings) or from an int."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        mask = integer(name, value, least=0)
+        unknown = mask & ~sum(int(flag) for flag in MeasurementFlag)
+        if unknown:
+            raise EngineValueError(f"{name}: bits {unknown:#x} are no MeasurementFlag")
+        return mask
+    mask = 0
+    for flag in value:
+        if flag not in MeasurementFlag.__members__:
+            raise EngineValueError(f"{name}: unknown flag {flag!r}; known: "
+                                   + ", ".join(MeasurementFlag.__members__))
+        mask |= int(MeasurementFlag[flag])
+    return mask
