@@ -94,21 +94,28 @@ def _add_reduce(sub) -> None:
     group.add_argument("--workers", type=int, help="measure runs on a local Dask cluster of N workers")
     group.add_argument("--scheduler", metavar="ADDRESS", help="measure runs on this Dask cluster")
     p.add_argument("--threads", type=int, default=None, help="threads per process (default: all)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"),
+                   help="measure photometry on the CPU, an NVIDIA GPU, or the GPU when one is "
+                        "usable (default: the --config file's [extraction] device, else cpu)")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="TOML settings (`python -m engine config` prints every option)")
     p.set_defaults(func=_run_reduce)
 
 
 def _run_reduce(args) -> int:
+    from engine.device import resolve_device
     from engine.pipeline import reduce
     from engine.settings.file import load_config
 
     _quiet_logging()
     config = load_config(args.config) if args.config else None
+    if args.device is not None or (config and config.extraction.device != "cpu"):
+        print(resolve_device(args.device or config.extraction.device)[1])
     result = reduce(args.paths, args.out, target=_target_coordinates(args), config=config,
                     target_xy=tuple(args.target_xy) if args.target_xy else None,
                     catalogue=args.catalogue,
-                    workers=args.workers, scheduler=args.scheduler, threads=args.threads)
+                    workers=args.workers, scheduler=args.scheduler, threads=args.threads,
+                    device=args.device)
     print(result.summary())
     return 0
 
