@@ -126,11 +126,15 @@ def _add_reduce(sub) -> None:
                          ("--tls-key", "this client's private key")):
         p.add_argument(option, metavar="FILE", help=f"Dask TLS: the {what} (PEM)")
     _add_threads(p, "threads inside each process")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"),
+                   help="measure photometry on the CPU, an NVIDIA GPU, or the GPU when one is "
+                        "usable (default: the --config file's [extraction] device, else cpu)")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="TOML settings (`python -m engine config` prints every option)")
 
 
 def _run_reduce(args) -> int:
+    from engine.device import resolve_device
     from engine.pipeline import reduce
     from engine.settings import PipelineConfig
     from engine.settings.file import load_config
@@ -139,10 +143,13 @@ def _run_reduce(args) -> int:
     tls = {name: getattr(args, name) for name in ("tls_ca_file", "tls_cert", "tls_key")
            if getattr(args, name) is not None}
     config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, **tls))
+    if args.device is not None or config.extraction.device != "cpu":
+        print(resolve_device(args.device or config.extraction.device)[1])
     result = reduce(args.paths, args.out, target=_target_coordinates(args), config=config,
                     target_xy=tuple(args.target_xy) if args.target_xy else None,
                     catalogue=args.catalogue,
-                    workers=args.workers, scheduler=args.scheduler, threads=args.threads)
+                    workers=args.workers, scheduler=args.scheduler, threads=args.threads,
+                    device=args.device)
     print(result.summary())
     return 0
 

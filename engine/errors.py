@@ -17,6 +17,8 @@ anyway, so `except ValueError` keeps working around engine calls:
   magnitude), has none of its rows usable, or holds impossible coordinates; names the file.
 - CatalogueFetchError(EngineError, ConnectionError): a reference catalogue could not be fetched
   from an online archive (offline, archive down); says what failed and how to go on offline.
+- DeviceUnavailableError(RuntimeError): `device = "cuda"` was asked for and no usable CUDA
+  device is there; raised before any work.
 - MissingToolError(ImportError): an optional tool (a benchmark anchor, astroquery for
   `--catalogue gaia`) is not installed; names the extra that installs it.
 - OutputLockedError(EngineFileError): another run is writing into the same output folder; names
@@ -64,6 +66,10 @@ class CatalogueError(EngineValueError):
 
 class CatalogueFetchError(EngineError, ConnectionError):
     """A reference catalogue that could not be fetched from an online archive."""
+
+
+class DeviceUnavailableError(EngineError, RuntimeError):
+    """A GPU was asked for (device "cuda") and none is usable."""
 
 
 class MissingToolError(EngineError, ImportError):

@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.detection import cosmic_ray_mask, detect_stars, frame_fwhm, star_positions
+from engine.device import resolve_device
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag, PixelFlag
 from engine.noise import scintillation_sigma
@@ -141,6 +142,9 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     if frames.num_rows != n_frames:
         raise EngineValueError(f"the frames table has {frames.num_rows} rows for {n_frames} frames")
     notes: list[str] = []
+    device, said = resolve_device(config.device)
+    if config.device == "auto":
+        log.info(said)
     candidates = sorted(set(np.linspace(0, n_frames - 1, min(n_frames, 5)).astype(int).tolist()))
     reference, reference_stars, fwhm = _choose_reference(data, candidates, config, threads)
     if not math.isfinite(fwhm) or fwhm <= 0:
@@ -210,7 +214,8 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
                 x[k], y[k] = xs, ys
                 centroid_flags[k] = flags & np.uint32(MeasurementFlag.CENTROID_FAILED)
             table = aperture_photometry_frames(
-                block, x, y, radii, annulus, gain=1.0, pixel_flags=block_mask, threads=threads)
+                block, x, y, radii, annulus, gain=1.0, pixel_flags=block_mask, threads=threads,
+                device=device)
             tables.append(_with_noise_terms(table, start, gain, read_noise, dark, exptime,
                                             sigma_scint, centroid_flags,
                                             registrations[start:stop]))

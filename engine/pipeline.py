@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from engine.calibration import calibrate
 from engine.checks import integer
+from engine.device import resolve_device
 from engine.ensemble import build_run_lightcurve, merge_runs, write_lightcurves, write_report
 from engine.errors import EngineValueError
 from engine.extraction import extract_run
@@ -120,7 +121,9 @@ def _measure_run(run_id: str, cube_path: str, frames: pa.Table, config: Extracti
 
 def _settings(config: ExtractionConfig) -> str:
     """What a run's photometry depends on besides its cube: a product made otherwise is redone."""
-    return json.dumps({"extraction": asdict(config)}, sort_keys=True)
+    settings = asdict(config)
+    del settings["device"]  # where it was measured, not what: the same numbers to rounding
+    return json.dumps({"extraction": settings}, sort_keys=True)
 
 
 def _up_to_date(product: Path, source: Path, settings: str) -> bool:
@@ -136,7 +139,8 @@ def _up_to_date(product: Path, source: Path, settings: str) -> bool:
 
 def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
            config: PipelineConfig | None = None, workers: int | None = None,
-           scheduler: str | None = None, threads: int | None = None) -> ReduceResult:
+           scheduler: str | None = None, threads: int | None = None,
+           device: str | None = None) -> ReduceResult:
     """Reduce raw frames (files or folders, any mix of telescopes) to light curves.
 
     target : (ra, dec) of the target (degrees or sexagesimal strings): BJD_TDB, and the target
@@ -154,6 +158,9 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
         scheduler`, reached with its TLS files; a plain connection to another machine is
         warned about). Either one overrides the configuration's scheduler.
     threads : threads inside each process (default: every core).
+    device : 'cpu', 'cuda' or 'auto', where the photometry stage measures (default: the
+        configuration's `[extraction] device`); 'cuda' without a usable GPU raises
+        DeviceUnavailableError before any work.
     """
     config = PipelineConfig() if config is None else config
     # Checked before any product is written (a zero would otherwise hang or fail late).
@@ -167,10 +174,14 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
     if config.cluster.plain_remote_scheduler():
         log.warning("the scheduler %s is on another machine and the connection is not "
                     "encrypted: use a tls:// address with TLS files", config.cluster.scheduler)
+    device, said = resolve_device(config.extraction.device if device is None else device)
+    config = dataclasses.replace(config, extraction=dataclasses.replace(config.extraction,
+                                                                        device=device))
     catalogue = _catalogue(catalogue if catalogue is not None else config.sky.catalogue)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _run_log(out / LOG_FILE):
+        log.info(said)
         return _reduce(paths, out, target, target_xy, catalogue, config, workers, threads)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.checks import integer, one_of, positive
+from engine.device import DEVICES
 from engine.errors import EngineValueError
 
 __all__ = ["ExtractionConfig"]
@@ -43,6 +44,9 @@ class ExtractionConfig:
     psf_photometry: bool = False
     #: PSF model when psf_photometry is on: 'moffat' or 'gaussian' ['moffat'].
     psf_model: str = "moffat"
+    #: Where each block of frames is measured: 'cpu', 'cuda' (an NVIDIA GPU; an error before any
+    #: work without one) or 'auto' (the GPU when one is usable, else the CPU) ['cpu'].
+    device: str = "cpu"
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -66,6 +70,7 @@ class ExtractionConfig:
                                    f"< outer, got {self.annulus_fwhm!r}")
         set_("annulus_fwhm", annulus)
         one_of("extraction psf_model", self.psf_model, ("moffat", "gaussian"))
+        one_of("extraction device", self.device, DEVICES)
         if not isinstance(self.psf_photometry, bool):
             raise EngineValueError(f"extraction psf_photometry must be true or false, got "
                                    f"{self.psf_photometry!r}")
