@@ -134,7 +134,6 @@ def _add_reduce(sub) -> None:
 
 
 def _run_reduce(args) -> int:
-    from engine.device import resolve_device
     from engine.pipeline import reduce
     from engine.settings import PipelineConfig
     from engine.settings.file import load_config
@@ -143,8 +142,6 @@ def _run_reduce(args) -> int:
     tls = {name: getattr(args, name) for name in ("tls_ca_file", "tls_cert", "tls_key")
            if getattr(args, name) is not None}
     config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, **tls))
-    if args.device is not None or config.extraction.device != "cpu":
-        print(resolve_device(args.device or config.extraction.device)[1])
     result = reduce(args.paths, args.out, target=_target_coordinates(args), config=config,
                     target_xy=tuple(args.target_xy) if args.target_xy else None,
                     catalogue=args.catalogue,
@@ -455,6 +452,8 @@ def _check(args) -> None:
         checks.output_folder("--out", args.out)
     if hasattr(args, "target_ra"):
         _check_target(args)
+    if hasattr(args, "device"):
+        _check_device(args)
     if getattr(args, "ingest_workers", None) is not None:
         _deprecated_ingest_workers(args)
 
@@ -464,6 +463,20 @@ def _check_preset(name: str) -> None:
     from engine.simulation import PRESETS  # here: the simulator's import takes seconds
 
     checks.one_of("--preset", name, sorted(PRESETS))
+
+
+def _check_device(args) -> None:
+    """The device from --device or the --config file's [extraction] device: 'cuda' without a
+    GPU is refused before the output folder is made, and the line saying which is printed."""
+    from engine.device import resolve_device
+    from engine.settings.file import load_config
+
+    asked = args.device
+    if asked is None and args.config is not None:
+        asked = load_config(args.config).extraction.device
+    if asked not in (None, "cpu"):
+        args.device, said = resolve_device(asked)
+        print(said)
 
 
 def _check_target(args) -> None:

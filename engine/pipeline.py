@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +45,8 @@ from engine.ingest import ingest
 from engine.io.atomic import atomic_path
 from engine.io.cube import open_cube
 from engine.io.layout import (CATALOGUE_FOLDER, LIGHTCURVES_TABLE, LOG_FILE, PHOTOMETRY_TABLE,
-                              REPORT, STARS_TABLE, mask_cube_path, run_photometry,
-                              run_registration, run_sky_header, run_stars)
+                              REPORT, STARS_TABLE, mask_cube_path, run_photometry, run_registration,
+                              run_sky_header, run_stars)
 from engine.io.tables import concat_parquet, read_parquet, write_parquet
 from engine.progress import progress, quiet
 from engine.registration import Transform

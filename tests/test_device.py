@@ -75,11 +75,13 @@ def test_cuda_without_a_device_stops_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "api").exists()
     config = tmp_path / "gpu.toml"
     config.write_text('[extraction]\ndevice = "cuda"\n')
+    empty = tmp_path / "empty"
+    empty.mkdir()
     for argv in (["--device", "cuda"], ["--config", str(config)]):
-        code = main(["reduce", str(tmp_path / "nothing"), "--out", str(tmp_path / "cli"), *argv])
+        code = main(["reduce", str(empty), "--out", str(tmp_path / "cli"), *argv])
         assert code == 2 and not (tmp_path / "cli").exists()
         assert "no usable CUDA device" in capsys.readouterr().err
-    # auto says which in one line, then goes on (here to the missing input).
-    assert main(["reduce", str(tmp_path / "nothing"), "--out", str(tmp_path / "auto"),
+    # auto says which in one line, then goes on (here to an input folder without frames).
+    assert main(["reduce", str(empty), "--out", str(tmp_path / "auto"),
                  "--device", "auto"]) == 2
     assert capsys.readouterr().out.splitlines()[0] == "device: cpu (no usable CUDA device)"
