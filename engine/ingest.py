@@ -756,14 +756,26 @@ def ingest(paths, out_dir, target=None, config: IngestConfig | None = None, *,
            workers: int | None = None) -> IngestResult:
     """Ingest FITS files (or folders of them, searched recursively) into `out_dir`.
 
-    target: (ra, dec) of the target for BJD_TDB and airmass: degrees, or strings 'HH:MM:SS' and
+    Parameters
+    ----------
+    paths
+        FITS files and folders (searched recursively).
+    out_dir
+        the output folder: cubes/ and frames.parquet are written there.
+    target
+        (ra, dec) of the target for BJD_TDB and airmass: degrees, or strings 'HH:MM:SS' and
         '±DD:MM:SS'; default: the configuration's, else each run's median header pointing.
-    config: engine.settings.IngestConfig (sites with locations and clock offsets, frame-type overrides,
+    config
+        engine.settings.IngestConfig (sites with locations and clock offsets, frame-type overrides,
         Bayer mode); default: IngestConfig().
-    workers: threads reading files (default: the cores this process may use).
+    workers
+        threads reading files (default: the cores this process may use).
 
-    Returns an IngestResult (the frames table, the cubes). See the module docstring for what is
-    skipped and what raises.
+    Returns
+    -------
+    IngestResult
+        the frames table, the cubes. See the module docstring for what is skipped and what
+        raises.
     """
     config = IngestConfig() if config is None else config
     if not isinstance(config, IngestConfig):

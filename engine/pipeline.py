@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from engine.calibration import calibrate
 from engine.ensemble import build_run_lightcurve, merge_runs, write_lightcurves, write_report
-from engine.errors import EngineValueError
+from engine.errors import EngineValueError, MissingToolError
 from engine.extraction import extract_run
 from engine.ingest import ingest
 from engine.io.atomic import atomic_path
@@ -151,12 +151,24 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
         processes, or on the cluster at `scheduler`.
     """
     config = PipelineConfig() if config is None else config
+    if workers is not None or scheduler is not None:
+        _require_dask()
     catalogue = _catalogue(catalogue if catalogue is not None else config.sky.catalogue)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _run_log(out / LOG_FILE):
         return _reduce(paths, out, target, target_xy, catalogue, config, workers, scheduler,
                        threads)
+
+
+def _require_dask() -> None:
+    """Checked before any work: a cluster needs the optional dask extra."""
+    try:
+        import dask.distributed  # noqa: F401
+    except ImportError as exc:
+        raise MissingToolError(
+            f"measuring runs on a Dask cluster (workers / scheduler) needs dask.distributed "
+            f"({exc}): pip install 'photometry-engine[dask]', or reduce without them") from None
 
 
 def _catalogue(source):

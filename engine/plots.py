@@ -359,14 +359,20 @@ def plot_noise_budget(photometry: pa.Table, path, *, lightcurves: pa.Table | Non
         the star's instrumental magnitude (-2.5 log10 of its median flux in e-); the chosen star
         is ringed, and with `lightcurves` the measured scatter of each star in it is drawn.
 
-    photometry : photometry.parquet (aperture rows: run_id, frame, star, radius, flux,
+    Parameters
+    ----------
+    photometry
+        photometry.parquet (aperture rows: run_id, frame, star, radius, flux,
         flux_err, flags, var_*).
-    lightcurves : lightcurves.parquet; gives the target's star and chosen aperture per run,
+    lightcurves
+        lightcurves.parquet; gives the target's star and chosen aperture per run,
         the frames' times, and the measured scatter. Without it, `stars` (stars.parquet, its
         is_target column) or `star` names the star, frame numbers replace times, and the
         aperture is `radius` or else the run's middle radius.
-    run_id : one run only; default every run in the photometry table.
-    star, radius : the star number (run's star table) and aperture radius (px, the nearest one
+    run_id
+        one run only; default every run in the photometry table.
+    star, radius
+        the star number (run's star table) and aperture radius (px, the nearest one
         measured is used) for every run, instead of the target's.
     """
     _require(photometry, ("run_id", "frame", "star", "radius", "flux", "flux_err"),
