@@ -86,10 +86,16 @@ _GEOCENTRE_NOTE = "site unknown: geocentric BJD_TDB (up to 0.021 s off)"
 class IngestResult:
     """What ingest produced.
 
-    frames: the frames table (pyarrow Table, FRAMES_SCHEMA), one row per input file.
-    cubes: run id -> path of its cube (read it with `cube(run_id)`).
-    out_dir, frames_path: where the products are.
-    written: run ids whose cubes this call (re)wrote; table_written: whether it wrote the table.
+    Attributes
+    ----------
+    frames
+        the frames table (pyarrow Table, FRAMES_SCHEMA), one row per input file.
+    cubes
+        run id -> path of its cube (read it with `cube(run_id)`).
+    out_dir, frames_path
+        where the products are.
+    written, table_written
+        run ids whose cubes this call (re)wrote, and whether it wrote the table.
     """
 
     frames: pa.Table

@@ -62,6 +62,9 @@ _NOT_FOR_THE_ENSEMBLE = ("run_id", "area", "background_std", "background_pixels"
 
 @dataclass
 class ReduceResult:
+    """What `reduce` produced: the output folder, the runs that gave light curves, the light
+    curves (lightcurves.parquet), the report (report.json) and each stage's time in seconds."""
+
     out_dir: Path
     runs: list[str]
     lightcurves: pa.Table
@@ -137,18 +140,39 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
            scheduler: str | None = None, threads: int | None = None) -> ReduceResult:
     """Reduce raw frames (files or folders, any mix of telescopes) to light curves.
 
-    target : (ra, dec) of the target (degrees or sexagesimal strings): BJD_TDB, and the target
+    Parameters
+    ----------
+    paths
+        FITS files and folders (searched recursively), lights and calibrations, any mix of
+        telescopes, nights and filters.
+    out_dir
+        the output folder; a rerun on the same inputs resumes and skips finished work.
+    config
+        every stage's settings (default: PipelineConfig()).
+    target
+        (ra, dec) of the target (degrees or sexagesimal strings): BJD_TDB, and the target
         star in every run with a sky solution.
-    target_xy : (x, y) of the target in the first light frame (as stored, 0-based) of the
+    target_xy
+        (x, y) of the target in the first light frame (as stored, 0-based) of the
         night's first run, which the other runs find by matching their stars to that run's; or
         a dict run_id -> (x, y) (the configuration's `[sky] target_xy` also takes site names).
-    catalogue : a reference catalogue file (CSV or Parquet) or a ReferenceCatalogue, for sky
+    catalogue
+        a reference catalogue file (CSV or Parquet) or a ReferenceCatalogue, for sky
         solutions and standardisation (default: the configuration's `[sky] catalogue`). It is
         read before any other work: a bad file stops nothing half-done. The word "gaia" fetches
         Gaia DR3 for each run's field right after ingest (it needs the pointings), before any
         calibration; the answers are kept in catalogues/ and a rerun reads them from there.
-    workers / scheduler : measure runs in parallel on a local Dask cluster of `workers`
-        processes, or on the cluster at `scheduler`.
+    workers, scheduler
+        measure runs in parallel on a local Dask cluster of `workers`
+        processes, or on the cluster at `scheduler` (both need the optional dask extra).
+    threads
+        threads for reading and the kernels (default: all cores).
+
+    Raises
+    ------
+    MissingToolError
+        `workers` or `scheduler` given and dask.distributed not installed: checked before any
+        work.
     """
     config = PipelineConfig() if config is None else config
     if workers is not None or scheduler is not None:

@@ -204,7 +204,10 @@ def plot_comparison_weights(stars_or_summary, path) -> Path:
     first) and, where the scatter is known, its scatter over the noise model's expectation
     (1 = as expected; above 2, red: the ensemble's test for a suspected variable).
 
-    stars_or_summary : the report dict `reduce` returns / writes (report.json; per run
+    Parameters
+    ----------
+    stars_or_summary
+        the report dict `reduce` returns / writes (report.json; per run
         weights.comparisons with weight_share, rms_mag, expected_rms_mag), a star summary table
         (STARS_SCHEMA: run_id, star_id, role, weight_share, scatter, expected), or a path to
         either (.json, else Parquet).
@@ -279,7 +282,10 @@ def plot_transparency(lightcurves: pa.Table, path) -> Path:
     cloud dips point down in both), against time. Frames flagged CLOUD are marked x,
     NOISE_MODEL_EXCEEDED +, NO_ENSEMBLE (no zero point) by a dotted vertical line.
 
-    lightcurves : the light-curve table: run_id, time_bjd_tdb, flags, transparency, and
+    Parameters
+    ----------
+    lightcurves
+        the light-curve table: run_id, time_bjd_tdb, flags, transparency, and
         optionally zero_point and frame (one value per frame, repeated on its rows).
     """
     _require(lightcurves, ("run_id", "time_bjd_tdb", "flags", "transparency"),
