@@ -1,4 +1,5 @@
-"""Sphinx configuration of the user guide: `sphinx-build -W --keep-going -b html docs docs/_build/html`.
+"""Sphinx configuration of the user guide:
+`sphinx-build -W --keep-going -b html docs docs/_build/html` from the repository root.
 
 The API pages document the installed engine (`pip install ".[docs]"`): the compiled core is
 built into the installed package, not into the source tree, so the tree is not put on sys.path.
