@@ -5,7 +5,13 @@ The API pages document the installed engine (`pip install ".[docs]"`): the compi
 built into the installed package, not into the source tree, so the tree is not put on sys.path.
 """
 
+import warnings
+
 import engine
+
+# numpydoc drops a docstring's unknown sections with a Python warning, not a Sphinx one: fail the
+# build on it too, or whole docstrings vanish from the API page silently.
+warnings.filterwarnings("error", category=UserWarning, module=r"numpydoc\.")
 
 project = "photometry-engine"
 author = "the engine's authors"
