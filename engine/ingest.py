@@ -86,10 +86,16 @@ _GEOCENTRE_NOTE = "site unknown: geocentric BJD_TDB (up to 0.021 s off)"
 class IngestResult:
     """What ingest produced.
 
-    frames: the frames table (pyarrow Table, FRAMES_SCHEMA), one row per input file.
-    cubes: run id -> path of its cube (read it with `cube(run_id)`).
-    out_dir, frames_path: where the products are.
-    written: run ids whose cubes this call (re)wrote; table_written: whether it wrote the table.
+    Attributes
+    ----------
+    frames
+        the frames table (pyarrow Table, FRAMES_SCHEMA), one row per input file.
+    cubes
+        run id -> path of its cube (read it with `cube(run_id)`).
+    out_dir, frames_path
+        where the products are.
+    written, table_written
+        run ids whose cubes this call (re)wrote, and whether it wrote the table.
     """
 
     frames: pa.Table
@@ -756,14 +762,26 @@ def ingest(paths, out_dir, target=None, config: IngestConfig | None = None, *,
            workers: int | None = None) -> IngestResult:
     """Ingest FITS files (or folders of them, searched recursively) into `out_dir`.
 
-    target: (ra, dec) of the target for BJD_TDB and airmass: degrees, or strings 'HH:MM:SS' and
+    Parameters
+    ----------
+    paths
+        FITS files and folders (searched recursively).
+    out_dir
+        the output folder: cubes/ and frames.parquet are written there.
+    target
+        (ra, dec) of the target for BJD_TDB and airmass: degrees, or strings 'HH:MM:SS' and
         '±DD:MM:SS'; default: the configuration's, else each run's median header pointing.
-    config: engine.settings.IngestConfig (sites with locations and clock offsets, frame-type overrides,
+    config
+        engine.settings.IngestConfig (sites with locations and clock offsets, frame-type overrides,
         Bayer mode); default: IngestConfig().
-    workers: threads reading files (default: the cores this process may use).
+    workers
+        threads reading files (default: the cores this process may use).
 
-    Returns an IngestResult (the frames table, the cubes). See the module docstring for what is
-    skipped and what raises.
+    Returns
+    -------
+    IngestResult
+        the frames table, the cubes. See the module docstring for what is skipped and what
+        raises.
     """
     config = IngestConfig() if config is None else config
     if not isinstance(config, IngestConfig):

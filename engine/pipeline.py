@@ -39,7 +39,7 @@ from engine.calibration import calibrate
 from engine.checks import integer
 from engine.device import resolve_device
 from engine.ensemble import build_run_lightcurve, merge_runs, write_lightcurves, write_report
-from engine.errors import EngineValueError
+from engine.errors import EngineValueError, MissingToolError
 from engine.extraction import extract_run
 from engine.ingest import ingest
 from engine.io.atomic import atomic_path
@@ -65,6 +65,9 @@ _NOT_FOR_THE_ENSEMBLE = ("run_id", "area", "background_std", "background_pixels"
 
 @dataclass
 class ReduceResult:
+    """What `reduce` produced: the output folder, the runs that gave light curves, the light
+    curves (lightcurves.parquet), the report (report.json) and each stage's time in seconds."""
+
     out_dir: Path
     runs: list[str]
     lightcurves: pa.Table
@@ -143,24 +146,46 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
            device: str | None = None) -> ReduceResult:
     """Reduce raw frames (files or folders, any mix of telescopes) to light curves.
 
-    target : (ra, dec) of the target (degrees or sexagesimal strings): BJD_TDB, and the target
+    Parameters
+    ----------
+    paths
+        FITS files and folders (searched recursively), lights and calibrations, any mix of
+        telescopes, nights and filters.
+    out_dir
+        the output folder; a rerun on the same inputs resumes and skips finished work.
+    config
+        every stage's settings (default: PipelineConfig()).
+    target
+        (ra, dec) of the target (degrees or sexagesimal strings): BJD_TDB, and the target
         star in every run with a sky solution.
-    target_xy : (x, y) of the target in the first light frame (as stored, 0-based) of the
+    target_xy
+        (x, y) of the target in the first light frame (as stored, 0-based) of the
         night's first run, which the other runs find by matching their stars to that run's; or
         a dict run_id -> (x, y) (the configuration's `[sky] target_xy` also takes site names).
-    catalogue : a reference catalogue file (CSV or Parquet) or a ReferenceCatalogue, for sky
+    catalogue
+        a reference catalogue file (CSV or Parquet) or a ReferenceCatalogue, for sky
         solutions and standardisation (default: the configuration's `[sky] catalogue`). It is
         read before any other work: a bad file stops nothing half-done. The word "gaia" fetches
         Gaia DR3 for each run's field right after ingest (it needs the pointings), before any
         calibration; the answers are kept in catalogues/ and a rerun reads them from there.
-    workers / scheduler : measure runs in parallel on a local Dask cluster of `workers`
-        processes, or on the cluster at `scheduler` (default: the configuration's `[pipeline]
-        scheduler`, reached with its TLS files; a plain connection to another machine is
-        warned about). Either one overrides the configuration's scheduler.
-    threads : threads inside each process (default: every core).
-    device : 'cpu', 'cuda' or 'auto', where the photometry stage measures (default: the
-        configuration's `[extraction] device`); 'cuda' without a usable GPU raises
-        DeviceUnavailableError before any work.
+    workers, scheduler
+        measure runs in parallel on a local Dask cluster of `workers` processes, or on the
+        cluster at `scheduler` (default: the configuration's `[pipeline] scheduler`, reached
+        with its TLS files; a plain connection to another machine is warned about). Either one
+        overrides the configuration's scheduler; both need the optional dask extra.
+    threads
+        threads inside each process (default: every core).
+    device
+        'cpu', 'cuda' or 'auto', where the photometry stage measures (default: the
+        configuration's `[extraction] device`).
+
+    Raises
+    ------
+    MissingToolError
+        `workers` or `scheduler` given and dask.distributed not installed: checked before any
+        work.
+    DeviceUnavailableError
+        device 'cuda' without a usable GPU, before any work.
     """
     config = PipelineConfig() if config is None else config
     # Checked before any product is written (a zero would otherwise hang or fail late).
@@ -171,6 +196,8 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
     if scheduler is not None or workers is not None:  # the arguments override the file
         config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster,
                                                                          scheduler=scheduler))
+    if config.cluster.scheduler is not None or workers is not None:
+        _require_dask()
     if config.cluster.plain_remote_scheduler():
         log.warning("the scheduler %s is on another machine and the connection is not "
                     "encrypted: use a tls:// address with TLS files", config.cluster.scheduler)
@@ -183,6 +210,16 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
     with _run_log(out / LOG_FILE):
         log.info(said)
         return _reduce(paths, out, target, target_xy, catalogue, config, workers, threads)
+
+
+def _require_dask() -> None:
+    """Checked before any work: a cluster needs the optional dask extra."""
+    try:
+        import dask.distributed  # noqa: F401
+    except ImportError as exc:
+        raise MissingToolError(
+            f"measuring runs on a Dask cluster (workers / scheduler) needs dask.distributed "
+            f"({exc}): pip install 'photometry-engine[dask]', or reduce without them") from None
 
 
 def _catalogue(source):

@@ -48,10 +48,15 @@ _FRAME_BAD = np.uint32(MeasurementFlag.CLOUD | MeasurementFlag.NO_ENSEMBLE)
 class RunLightCurve:
     """What `build_run_lightcurve` returns for one run.
 
-    table: rows of lightcurves.parquet (LIGHTCURVES_SCHEMA), one per (frame, output star).
-    diagnostics: JSON-ready dict for report.json (weights, zero points, flagged frames with
+    Attributes
+    ----------
+    table
+        rows of lightcurves.parquet (LIGHTCURVES_SCHEMA), one per (frame, output star).
+    diagnostics
+        JSON-ready dict for report.json (weights, zero points, flagged frames with
         reasons, chosen aperture, noise ratios, detrending).
-    stars: STARS_SCHEMA rows, the run-mean magnitude of every well-measured star, which
+    stars
+        STARS_SCHEMA rows, the run-mean magnitude of every well-measured star, which
         `merge_runs` ties runs together with.
     """
 

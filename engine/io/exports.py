@@ -185,18 +185,29 @@ def write_aavso_extended(lightcurves: pa.Table, path, *, observer_code: str, tar
                          software: str | None = None, delimiter: str = ",") -> Path:
     """The target's light curve as an AAVSO Extended File Format report; returns the path.
 
-    lightcurves : the light-curve table (LIGHTCURVES_SCHEMA); rows with role 'target' are the
+    Parameters
+    ----------
+    lightcurves
+        the light-curve table (LIGHTCURVES_SCHEMA); rows with role 'target' are the
         observations, 'check' rows give KNAME/KMAG.
-    observer_code : the observer's AAVSO code (letters and digits).
-    target : (ra_deg, dec_deg) of the target, to convert BJD_TDB to `date` ('HJD' or 'JD').
-    star_name : the STARID (AAVSO name or AUID); default: the table's `object` column if it has
+    observer_code
+        the observer's AAVSO code (letters and digits).
+    target
+        (ra_deg, dec_deg) of the target, to convert BJD_TDB to `date` ('HJD' or 'JD').
+    star_name
+        the STARID (AAVSO name or AUID); default: the table's `object` column if it has
         one value, else an error.
-    chart : the AAVSO chart id (sequence) the comparison magnitudes come from, else 'na'.
-    good_only : write only rows with flags == 0 (and a finite magnitude); with False, flagged
+    chart
+        the AAVSO chart id (sequence) the comparison magnitudes come from, else 'na'.
+    good_only
+        write only rows with flags == 0 (and a finite magnitude); with False, flagged
         rows too, their flags named in NOTES (FLAGS=CLOUD+...).
-    transformed : TRANS=YES for STD rows (only if mag_std was transformed onto the filter's band).
-    filter_codes : header filter name -> AAVSO code, before the built-in table.
-    check_names : star_id -> label (AUID or chart label) for KNAME; default the star_id.
+    transformed
+        TRANS=YES for STD rows (only if mag_std was transformed onto the filter's band).
+    filter_codes
+        header filter name -> AAVSO code, before the built-in table.
+    check_names
+        star_id -> label (AUID or chart label) for KNAME; default the star_id.
     """
     _require(lightcurves, AAVSO_COLUMNS, "write_aavso_extended")
     if delimiter not in _DELIMITERS:
