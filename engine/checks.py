@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import EngineFileError, EngineValueError, InputNotFoundError
+from engine.errors import EngineFileError, EngineValueError, InputNotFoundError, MissingToolError
 
 __all__ = ["existing_paths", "integer", "non_negative", "non_negative_array", "number", "one_of",
-           "output_file", "output_folder", "positive", "positive_array"]
+           "output_file", "output_folder", "positive", "positive_array", "require_dask"]
 
 
 def number(name: str, value, *, low: float | None = None, high: float | None = None,
@@ -143,3 +143,13 @@ def output_file(name: str, path) -> Path:
         raise EngineFileError(f"{name}: {str(path)!r} is not writable")
     _writable_parent(name, path)
     return path
+
+
+def require_dask() -> None:
+    """Checked before any work: measuring runs on a Dask cluster needs the optional dask extra."""
+    try:
+        import dask.distributed  # noqa: F401
+    except ImportError as exc:
+        raise MissingToolError(
+            f"measuring runs on a Dask cluster (workers / scheduler) needs dask.distributed "
+            f"({exc}): pip install 'photometry-engine[dask]', or reduce without them") from None

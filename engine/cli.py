@@ -454,6 +454,8 @@ def _check(args) -> None:
         _check_target(args)
     if hasattr(args, "device"):
         _check_device(args)
+    if getattr(args, "workers", None) is not None or getattr(args, "scheduler", None):
+        checks.require_dask()
     if getattr(args, "ingest_workers", None) is not None:
         _deprecated_ingest_workers(args)
 

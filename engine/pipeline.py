@@ -36,10 +36,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.calibration import calibrate
-from engine.checks import integer
+from engine.checks import integer, require_dask
 from engine.device import resolve_device
 from engine.ensemble import build_run_lightcurve, merge_runs, write_lightcurves, write_report
-from engine.errors import EngineValueError, MissingToolError
+from engine.errors import EngineValueError
 from engine.extraction import extract_run
 from engine.ingest import ingest
 from engine.io.atomic import atomic_path
@@ -197,7 +197,7 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
         config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster,
                                                                          scheduler=scheduler))
     if config.cluster.scheduler is not None or workers is not None:
-        _require_dask()
+        require_dask()
     if config.cluster.plain_remote_scheduler():
         log.warning("the scheduler %s is on another machine and the connection is not "
                     "encrypted: use a tls:// address with TLS files", config.cluster.scheduler)
@@ -210,16 +210,6 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
     with _run_log(out / LOG_FILE):
         log.info(said)
         return _reduce(paths, out, target, target_xy, catalogue, config, workers, threads)
-
-
-def _require_dask() -> None:
-    """Checked before any work: a cluster needs the optional dask extra."""
-    try:
-        import dask.distributed  # noqa: F401
-    except ImportError as exc:
-        raise MissingToolError(
-            f"measuring runs on a Dask cluster (workers / scheduler) needs dask.distributed "
-            f"({exc}): pip install 'photometry-engine[dask]', or reduce without them") from None
 
 
 def _catalogue(source):

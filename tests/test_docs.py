@@ -99,6 +99,7 @@ def test_tutorial_reduces_the_real_night_without_dask(tmp_path):
 
 
 def test_reduce_on_a_cluster_without_dask_names_the_extra(tmp_path):
+    (tmp_path / "in").mkdir()
     code = WITHOUT_DASK + (
         "from engine.cli import main\n"
         f"sys.exit(main(['reduce', {str(tmp_path / 'in')!r}, '--out', "
