@@ -10,7 +10,8 @@ from astropy.coordinates import SkyCoord
 from astropy.time import Time
 from pyarrow import csv
 
-from engine.ensemble.schema import LIGHTCURVES_SCHEMA, table_from_columns
+from engine.ensemble.schema import table_from_columns
+from engine.io.schemas import LIGHTCURVES_SCHEMA
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
 from engine.io.exports import aavso_filter, write_aavso_extended, write_csv
