@@ -17,6 +17,8 @@ anyway, so `except ValueError` keeps working around engine calls:
   magnitude), has none of its rows usable, or holds impossible coordinates; names the file.
 - CatalogueFetchError(EngineError, ConnectionError): a reference catalogue could not be fetched
   from an online archive (offline, archive down); says what failed and how to go on offline.
+- EngineWarning(UserWarning): a result the engine gives but the caller should know about (a PSF
+  that could not be fitted, so every star is flagged FIT_FAILED); says why.
 - MissingToolError(ImportError): an optional tool (a benchmark anchor, astroquery for
   `--catalogue gaia`) is not installed; names the extra that installs it.
 """
@@ -57,6 +59,10 @@ class CatalogueError(EngineValueError):
 
 class CatalogueFetchError(EngineError, ConnectionError):
     """A reference catalogue that could not be fetched from an online archive."""
+
+
+class EngineWarning(UserWarning):
+    """A result given with a caveat the caller should see (why stars were flagged, say)."""
 
 
 class MissingToolError(EngineError, ImportError):
