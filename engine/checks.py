@@ -2,9 +2,10 @@
 type, or raises EngineValueError naming it and saying what it must be.
 
 Settings objects call them in `__post_init__` (a bad value is refused where it is read, with the
-setting's name); public functions call them before any work or any compiled call. `image_input`, `positions`,
-`pixel_lengths` and `gain_value` turn what a user of astropy hands the measuring functions
-(masked arrays, NDData / CCDData, Quantities) into plain arrays and numbers.
+setting's name); public functions call them before any work or any compiled call.
+`image_input`, `positions`, `pixel_lengths` and `gain_value` turn what a user of astropy hands
+the measuring functions (masked arrays, NDData / CCDData, Quantities) into plain arrays and
+numbers.
 """
 
 from __future__ import annotations
@@ -134,13 +135,15 @@ def gain_value(name: str, value) -> float:
     return positive(name, value)
 
 
-def image_input(image, *, gain=1.0, pixel_flags=None, wcs=None) -> ImageInput:
+def image_input(image, *, gain=1.0, pixel_flags=None, wcs=None,
+                any_unit: bool = False) -> ImageInput:
     """A 2-d image from an ndarray, a NumPy masked array, an astropy Quantity, NDData or CCDData.
 
     A mask (masked array, NDData.mask) marks pixels BAD in the returned pixel_flags: the kernels
     leave them out and flag the measurements that touch them. NDData.uncertainty becomes the
     per-pixel sigma. The image's unit decides the gain: electron (gain 1; another gain is
-    refused) or adu (`gain` converts); any other unit is refused.
+    refused) or adu (`gain` converts); any other unit is refused, unless `any_unit` (a caller
+    that works in the image's own units, such as detection).
     """
     sigma = mask = None
     if _is_nddata(image):
@@ -154,7 +157,7 @@ def image_input(image, *, gain=1.0, pixel_flags=None, wcs=None) -> ImageInput:
     data = np.asarray(data)
     if data.ndim != 2:
         raise EngineValueError(f"image must be 2-d, got shape {data.shape}")
-    gain = _gain_for_unit(unit, gain_value("gain", gain))
+    gain = _gain_for_unit(None if any_unit else unit, gain_value("gain", gain))
     flags = None if pixel_flags is None else np.asarray(pixel_flags)
     if flags is not None and flags.shape != data.shape:
         raise EngineValueError(f"pixel_flags must have the image's shape {data.shape}, got "

@@ -399,7 +399,8 @@ def fit_psf_model(image, x, y=None, *, model: str = "moffat", fwhm: float | None
         constant background); or a masked array, NDData / CCDData or Quantity, as
         `psf_photometry` takes.
     x, y : 1-d arrays of star positions, 0-based (x = column), or x alone as an (N, 2) array;
-        all the frame's known stars (the isolation test needs the neighbours too). `select_psf_stars` picks the PSF stars.
+        all the frame's known stars (the isolation test needs the neighbours too);
+        `select_psf_stars` picks the PSF stars.
     model : 'moffat' or 'gaussian' (elliptical; pixel-integrated).
     fwhm : a first FWHM guess in pixels (default: `estimate_fwhm`); beta: Moffat's first beta.
     varying : also fit linear x and y terms of the shape across the field (needs >= 10 stars).

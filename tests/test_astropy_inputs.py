@@ -161,3 +161,17 @@ def test_psf_photometry_on_one_star_says_why_it_failed():
         table = engine.psf_photometry(image, x[:1], y[:1])
     assert table.column("flags").to_pylist()[0] & int(MeasurementFlag.FIT_FAILED)
     assert math.isnan(table.column("flux").to_pylist()[0])
+
+
+def test_detect_stars_honours_the_mask_and_the_wcs_of_nddata():
+    image, x, y, _ = _star_field()
+    found = engine.detect_stars(image, noise=3.0)
+    assert found.num_rows == 3
+    hidden = np.zeros(image.shape, bool)
+    hidden[10:28, 12:30] = True  # the first star, wholly
+    masked = engine.detect_stars(NDData(image, mask=hidden, wcs=_wcs(2.0)), noise=3.0)
+    assert masked.num_rows == 2 and "ra" in masked.column_names
+    assert np.min(np.hypot(masked.column("x").to_numpy() - x[0],
+                           masked.column("y").to_numpy() - y[0])) > 10
+    same = engine.detect_stars(np.ma.MaskedArray(image, hidden), noise=3.0)
+    assert same.column("x").to_pylist() == masked.column("x").to_pylist()
