@@ -112,8 +112,9 @@ def _wcs(arcsec_per_pixel: float) -> WCS:
 def test_radii_as_quantities_in_pixels_or_angles_with_a_wcs():
     image, x, y, _ = _star_field()
     in_pixels = engine.aperture_photometry(image, x, y, [5.0], annulus=(8, 12)).to_pydict()
-    for kwargs in (dict(radii=5 * u.pix, annulus=(8, 12) * u.pix),
-                   dict(radii=[10.0] * u.arcsec, annulus=(16, 24) * u.arcsec, wcs=_wcs(2.0))):
+    for kwargs in ({"radii": 5 * u.pix, "annulus": (8, 12) * u.pix},
+                   {"radii": [10.0] * u.arcsec, "annulus": (16, 24) * u.arcsec,
+                    "wcs": _wcs(2.0)}):
         got = engine.aperture_photometry(image, x, y, **kwargs).to_pydict()
         np.testing.assert_allclose(got["radius"], in_pixels["radius"], rtol=1e-12)
         np.testing.assert_allclose(got["flux"], in_pixels["flux"], rtol=1e-12)

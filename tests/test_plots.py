@@ -7,9 +7,9 @@ import pytest
 
 from engine import plots
 from engine.ensemble.schema import table_from_columns
-from engine.io.schemas import LIGHTCURVES_SCHEMA, STAR_SUMMARY_SCHEMA
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
+from engine.io.schemas import LIGHTCURVES_SCHEMA, STAR_SUMMARY_SCHEMA
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FRAMES = 10
