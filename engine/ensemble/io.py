@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 from engine.errors import EngineValueError
+from engine.io.atomic import write_text
 from engine.io.catalogue import read_catalogue
 from engine.io.schemas import LIGHTCURVES_SCHEMA
-from engine.io.atomic import write_text
 
 __all__ = ["jsonable", "read_reference_catalogue", "write_lightcurves", "write_report"]
 
