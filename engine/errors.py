@@ -19,6 +19,8 @@ anyway, so `except ValueError` keeps working around engine calls:
   from an online archive (offline, archive down); says what failed and how to go on offline.
 - DeviceUnavailableError(RuntimeError): `device = "cuda"` was asked for and no usable CUDA
   device is there; raised before any work.
+- EngineWarning(UserWarning): a result the engine gives but the caller should know about (a PSF
+  that could not be fitted, so every star is flagged FIT_FAILED); says why.
 - MissingToolError(ImportError): an optional tool (a benchmark anchor, astroquery for
   `--catalogue gaia`) is not installed; names the extra that installs it.
 - OutputLockedError(EngineFileError): another run is writing into the same output folder; names
@@ -70,6 +72,10 @@ class CatalogueFetchError(EngineError, ConnectionError):
 
 class DeviceUnavailableError(EngineError, RuntimeError):
     """A GPU was asked for (device "cuda") and none is usable."""
+
+
+class EngineWarning(UserWarning):
+    """A result given with a caveat the caller should see (why stars were flagged, say)."""
 
 
 class MissingToolError(EngineError, ImportError):

@@ -7,7 +7,7 @@ sets (bias; dark; flat per filter), and writes
 
 - `out_dir/cubes/RUN_ID.zarr`: each run's (and calibration set's) frames, in time order, as a Zarr
   v3 cube (frame, y, x), one frame per chunk (engine.io.cube says why LZ4 + bit-shuffle);
-- `out_dir/frames.parquet`: one row per input file (engine.io.tables.FRAMES_SCHEMA), skipped
+- `out_dir/frames.parquet`: one row per input file (engine.io.schemas.FRAMES_SCHEMA), skipped
   files included with their reason.
 
 Times: mid-exposure UTC from the header's best time stamp, corrected by the site's configured
@@ -68,7 +68,8 @@ from engine.io.headers import (camera_identity, identity_values, normalise_heade
                                parse_ra)
 from engine.io.layout import CUBES_FOLDER, FRAMES_TABLE, PRODUCT_FOLDERS, bad_pixel_cube_path
 from engine.io.processing import bad_pixel_hdu, calibrated_state, pedestal
-from engine.io.tables import FRAMES_SCHEMA, read_parquet, write_parquet
+from engine.io.schemas import FRAMES_SCHEMA
+from engine.io.tables import read_parquet, write_parquet
 from engine.io.timestamps import header_timestamps, mid_from_stamps, run_convention
 from engine.progress import progress
 from engine.settings.ingest import IngestConfig, Site
@@ -892,7 +893,8 @@ def ingest(paths, out_dir, target=None, config: IngestConfig | None = None, *,
         except EngineFileError:
             table_written = True
     if table_written:
-        write_parquet(table, frames_path, metadata={"engine_ingest_settings": settings})
+        write_parquet(table, frames_path, metadata={"engine_ingest_settings": settings},
+                      schema=FRAMES_SCHEMA)
     else:
         table = read_parquet(frames_path)
     result = IngestResult(frames=table, cubes=dict(sorted(cubes.items())), out_dir=out_dir,

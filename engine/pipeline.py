@@ -45,8 +45,10 @@ from engine.ingest import ingest
 from engine.io.atomic import atomic_path
 from engine.io.cube import open_cube
 from engine.io.layout import (CATALOGUE_FOLDER, LIGHTCURVES_TABLE, LOG_FILE, PHOTOMETRY_TABLE,
-                              REPORT, STARS_TABLE, mask_cube_path, run_photometry, run_registration,
-                              run_sky_header, run_stars)
+                              REPORT, STARS_TABLE, mask_cube_path, run_photometry,
+                              run_registration, run_sky_header, run_stars)
+from engine.io.schemas import (FRAMES_SCHEMA, PHOTOMETRY_SCHEMA, REGISTRATION_SCHEMA,
+                               STARS_SCHEMA)
 from engine.io.tables import concat_parquet, read_parquet, write_parquet
 from engine.progress import progress, quiet
 from engine.registration import Transform
@@ -113,13 +115,14 @@ def _measure_run(run_id: str, cube_path: str, frames: pa.Table, config: Extracti
     result = extract_run(data, frames, mask=mask, config=config, threads=threads)
     run = pa.array([run_id] * result.photometry.num_rows)
     write_parquet(result.stars.append_column("run_id", pa.array([run_id] * result.stars.num_rows)),
-                  run_stars(out_dir, run_id))
-    write_parquet(result.registration, run_registration(out_dir, run_id))
+                  run_stars(out_dir, run_id), schema=STARS_SCHEMA)
+    write_parquet(result.registration, run_registration(out_dir, run_id),
+                  schema=REGISTRATION_SCHEMA)
     meta = {"reference_frame": result.reference_frame, "fwhm": result.fwhm,
             "notes": result.notes, "settings": _settings(config)}
     return str(write_parquet(result.photometry.append_column("run_id", run),
                              run_photometry(out_dir, run_id),
-                             metadata={"engine": json.dumps(meta)}))
+                             metadata={"engine": json.dumps(meta)}, schema=PHOTOMETRY_SCHEMA))
 
 
 def _settings(config: ExtractionConfig) -> str:
@@ -345,7 +348,7 @@ def _with_camera_values(ingested, camera: dict[str, dict]) -> pa.Table:
     table = pa.Table.from_pylist(rows, schema=frames.schema)
     # Keep ingest's settings stamp: its next run then reuses these rows.
     stamp = pq.read_schema(ingested.frames_path).metadata or {}
-    write_parquet(table.replace_schema_metadata(stamp), ingested.frames_path)
+    write_parquet(table.replace_schema_metadata(stamp), ingested.frames_path, schema=FRAMES_SCHEMA)
     return table
 
 
@@ -516,9 +519,10 @@ def _ensemble(out: Path, runs: list[str], frames: pa.Table, skies, stars: dict, 
         report["runs"][run_id] = diagnostics
         if result is not None:
             results.append(result)
-    concat_parquet([run_photometry(out, run_id) for run_id in runs], out / PHOTOMETRY_TABLE)
+    concat_parquet([run_photometry(out, run_id) for run_id in runs], out / PHOTOMETRY_TABLE,
+                   schema=PHOTOMETRY_SCHEMA)
     write_parquet(pa.concat_tables([stars[run_id] for run_id in runs], promote_options="default"),
-                  out / STARS_TABLE)
+                  out / STARS_TABLE, schema=STARS_SCHEMA)
     if not results:
         reasons = "; ".join(f"{run_id}: {report['runs'][run_id].get('skipped', '?')}"
                             for run_id in runs)

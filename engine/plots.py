@@ -192,7 +192,7 @@ def _binned(time: np.ndarray, values: np.ndarray, minutes: float):
 def _comparisons_by_run(source) -> dict[str, list[dict]]:
     """run_id -> comparisons as dicts (star_id, weight_share, scatter, expected, suspect), from a
     report dict (report.json: runs -> weights -> comparisons), one run's diagnostics, or a star
-    summary table (STARS_SCHEMA rows: RunLightCurve.stars of one or many runs)."""
+    summary table (STAR_SUMMARY_SCHEMA rows: RunLightCurve.stars of one or many runs)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.suffix.lower() == ".json":
@@ -252,7 +252,7 @@ def plot_comparison_weights(stars_or_summary, path) -> Path:
     stars_or_summary
         the report dict `reduce` returns / writes (report.json; per run
         weights.comparisons with weight_share, rms_mag, expected_rms_mag), a star summary table
-        (STARS_SCHEMA: run_id, star_id, role, weight_share, scatter, expected), or a path to
+        (STAR_SUMMARY_SCHEMA: run_id, star_id, role, weight_share, scatter, expected), or a path to
         either (.json, else Parquet).
     """
     by_run = {run: rows for run, rows in _comparisons_by_run(stars_or_summary).items() if rows}

@@ -43,14 +43,16 @@ position reached max_shift).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from dataclasses import field as _dataclass_field
 
 import numpy as np
 import pyarrow as pa
 
+from engine import checks
 from engine.cext import psf as _psf
-from engine.errors import EngineValueError
+from engine.errors import EngineValueError, EngineWarning
 from engine.flags import MeasurementFlag, PixelFlag
 
 __all__ = [
@@ -191,21 +193,6 @@ class PSFModel:
 # Choosing and sizing: PSF stars, a first FWHM, default boxes
 # ------------------------------------------------------------------------------------------------
 
-def _as_image(image) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise EngineValueError(f"image must be 2-d, got shape {image.shape}")
-    return image
-
-
-def _as_xy(x, y) -> tuple[np.ndarray, np.ndarray]:
-    x = np.atleast_1d(np.asarray(x, dtype=np.float64))
-    y = np.atleast_1d(np.asarray(y, dtype=np.float64))
-    if x.ndim != 1 or x.shape != y.shape:
-        raise EngineValueError(f"x and y must be 1-d of equal length, got {x.shape} and {y.shape}")
-    return x, y
-
-
 def _box_centres(x, y):
     with np.errstate(invalid="ignore"):
         return np.ceil(x - 0.5), np.ceil(y - 0.5)
@@ -220,8 +207,8 @@ def select_psf_stars(image, x, y, *, box: int, pixel_flags=None, isolation: floa
     `isolation` pixels (default 2 box; relaxed to box, then 0, when fewer than 3 stars qualify).
     Of those, the `max_stars` with the highest peak above the median of their box's border.
     """
-    image = _as_image(image)
-    x, y = _as_xy(x, y)
+    image = checks.image_input(image).data
+    x, y = checks.positions(x, y)
     ny, nx = image.shape
     cx, cy = _box_centres(x, y)
     inside = (np.isfinite(x) & np.isfinite(y) & (cx - box >= 0) & (cy - box >= 0)
@@ -276,8 +263,8 @@ def estimate_fwhm(image, x, y, *, max_stars: int = 20) -> float:
     of sigma s with weight sigma w is s^2 w^2 / (s^2 + w^2)); the median over stars is returned.
     Meant as a starting point for `fit_psf_model`, good to ~10-20%.
     """
-    image = _as_image(image)
-    x, y = _as_xy(x, y)
+    image = checks.image_input(image).data
+    x, y = checks.positions(x, y)
     radius = 10
     index = select_psf_stars(image, x, y, box=radius, isolation=radius, max_stars=max_stars)
     if index.size == 0:
@@ -399,9 +386,9 @@ def fit_psf_models(frames, x, y, *, model: str = "moffat", fwhm: float | None = 
     return models
 
 
-def fit_psf_model(image, x, y, *, model: str = "moffat", fwhm: float | None = None,
+def fit_psf_model(image, x, y=None, *, model: str = "moffat", fwhm: float | None = None,
                   beta: float = 2.5, varying: bool = False, fit_beta: bool = True,
-                  gain: float = 1.0, read_noise: float = 0.0, pixel_flags=None,
+                  gain=1.0, read_noise: float = 0.0, pixel_flags=None,
                   box: int | None = None, max_stars: int = 30, isolation: float | None = None,
                   reject: float = 4.0, threads: int | None = None) -> PSFModel:
     """Fit a frame's PSF to its bright, isolated, unsaturated stars.
@@ -409,9 +396,11 @@ def fit_psf_model(image, x, y, *, model: str = "moffat", fwhm: float | None = No
     Parameters
     ----------
     image : 2-d array (y, x), calibrated, background included or not (each PSF star gets its own
-        constant background).
-    x, y : 1-d arrays of star positions, 0-based (x = column); all the frame's known stars (the
-        isolation test needs the neighbours too). `select_psf_stars` picks the PSF stars.
+        constant background); or a masked array, NDData / CCDData or Quantity, as
+        `psf_photometry` takes.
+    x, y : 1-d arrays of star positions, 0-based (x = column), or x alone as an (N, 2) array;
+        all the frame's known stars (the isolation test needs the neighbours too);
+        `select_psf_stars` picks the PSF stars.
     model : 'moffat' or 'gaussian' (elliptical; pixel-integrated).
     fwhm : a first FWHM guess in pixels (default: `estimate_fwhm`); beta: Moffat's first beta.
     varying : also fit linear x and y terms of the shape across the field (needs >= 10 stars).
@@ -426,9 +415,10 @@ def fit_psf_model(image, x, y, *, model: str = "moffat", fwhm: float | None = No
     PSFModel. Raises EngineValueError if no PSF can be fitted (too few usable stars, a singular
     fit).
     """
-    image = _as_image(image)
-    x, y = _as_xy(x, y)
-    flags = None if pixel_flags is None else np.asarray(pixel_flags)[None]
+    given = checks.image_input(image, gain=gain, pixel_flags=pixel_flags)
+    image, gain = given.data, given.gain
+    x, y = checks.positions(x, y)
+    flags = None if given.pixel_flags is None else given.pixel_flags[None]
     result = fit_psf_models(image[None], x[None], y[None], model=model, fwhm=fwhm, beta=beta,
                             varying=varying, fit_beta=fit_beta, gain=gain, read_noise=read_noise,
                             pixel_flags=flags, box=box, max_stars=max_stars, isolation=isolation,
@@ -445,8 +435,8 @@ def fit_psf_model(image, x, y, *, model: str = "moffat", fwhm: float | None = No
 # Photometry
 # ------------------------------------------------------------------------------------------------
 
-def psf_photometry(image, x, y, *, model: str = "moffat", fit_positions: bool = False,
-                   psf: PSFModel | None = None, gain: float = 1.0, read_noise: float = 0.0,
+def psf_photometry(image, x, y=None, *, model: str = "moffat", fit_positions: bool = False,
+                   psf: PSFModel | None = None, gain=1.0, read_noise: float = 0.0,
                    pixel_flags=None, box: int | None = None, background: str = "constant",
                    model_variance: bool = False, max_shift: float | None = None,
                    position_snr: float = 3.0, max_group: int = 50,
@@ -455,13 +445,18 @@ def psf_photometry(image, x, y, *, model: str = "moffat", fit_positions: bool = 
 
     Parameters
     ----------
-    image : 2-d array (y, x), calibrated (float32 or float64 kept as is).
-    x, y : 1-d arrays of star positions, 0-based, pixel centres on integers (x = column).
+    image : 2-d array (y, x), calibrated (float32 or float64 kept as is); or a NumPy masked
+        array, NDData / CCDData or Quantity (masked pixels left out like bad pixels; unit
+        electron or adu as in `engine.aperture_photometry`). An NDData's uncertainty is not
+        used: the fit's weights come from gain and read_noise (an EngineWarning says so).
+    x, y : 1-d arrays of star positions, 0-based, pixel centres on integers (x = column); or x
+        alone as one (N, 2) array of (x, y).
     model : 'moffat' or 'gaussian'; used when `psf` is None.
     fit_positions : fit positions and fluxes (else fluxes only, positions held at x, y).
     psf : a PSFModel (`fit_psf_model`, `PSFModel.from_parameters`); default: fitted to this image's
         bright isolated stars among x, y.
-    gain, read_noise : e-/ADU and e- (fluxes come out in electrons).
+    gain, read_noise : e-/ADU (a number or a Quantity in electron / adu) and e- (fluxes come out
+        in electrons).
     pixel_flags : optional uint8 `engine.flags.PixelFlag` mask of the image's shape; flagged
         pixels are left out of the fits.
     box : fitting box half-width in pixels (default ceil(1.5 FWHM), at least 2).
@@ -477,17 +472,38 @@ def psf_photometry(image, x, y, *, model: str = "moffat", fit_positions: bool = 
     Returns
     -------
     pyarrow.Table, one row per star, with the columns of `engine.aperture_photometry` plus method,
-    chi2_reduced and iterations (see the module docstring).
+    chi2_reduced and iterations (see the module docstring). When no PSF can be fitted to the
+    image (too few usable stars), every row is flagged FIT_FAILED with NaN fluxes and an
+    EngineWarning says why.
     """
-    image = _as_image(image)
-    x, y = _as_xy(x, y)
-    flags_block = None if pixel_flags is None else np.asarray(pixel_flags)[None]
+    given = checks.image_input(image, gain=gain, pixel_flags=pixel_flags)
+    x, y = checks.positions(x, y)
+    flags_block = None if given.pixel_flags is None else given.pixel_flags[None]
+    if given.sigma is not None:
+        warnings.warn("the image's uncertainty is not used by PSF fits: their weights come from "
+                      "gain and read_noise", EngineWarning, stacklevel=2)
+    if psf is None:
+        psf = fit_psf_models(given.data[None], x[None], y[None], model=model, gain=given.gain,
+                             read_noise=read_noise, pixel_flags=flags_block, threads=threads)[0]
+        if psf.failed:
+            warnings.warn(_psf_failure(psf, x.size), EngineWarning, stacklevel=2)
     table = psf_photometry_frames(
-        image[None], x[None], y[None], model=model, fit_positions=fit_positions,
-        psf=None if psf is None else [psf], gain=gain, read_noise=read_noise,
+        given.data[None], x[None], y[None], model=model, fit_positions=fit_positions,
+        psf=[psf], gain=given.gain, read_noise=read_noise,
         pixel_flags=flags_block, box=box, background=background, model_variance=model_variance,
         max_shift=max_shift, position_snr=position_snr, max_group=max_group, threads=threads)
     return table.drop_columns(["frame"])
+
+
+def _psf_failure(model: PSFModel, n_stars: int) -> str:
+    """Why no PSF could be fitted to an image, in words for the warning."""
+    if model.stars_used < 3:
+        why = (f"{model.stars_used} of the {n_stars} star(s) could serve as PSF stars (bright, "
+               f"isolated, unflagged, wholly on the image) and at least 3 are needed")
+    else:
+        why = f"the fit to {model.stars_used} PSF stars gave no valid shape"
+    return (f"no PSF could be fitted to the image: {why}; every star is flagged FIT_FAILED. "
+            f"Give psf= (PSFModel.from_parameters, or fit_psf_model on a frame with more stars)")
 
 
 def psf_photometry_frames(frames, x, y, *, model: str = "moffat", fit_positions: bool = False,
@@ -510,10 +526,8 @@ def psf_photometry_frames(frames, x, y, *, model: str = "moffat", fit_positions:
     y = np.asarray(y, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] != frames.shape[0] or y.shape != x.shape:
         raise EngineValueError(f"x and y must have shape (n_frames, n_stars), got {x.shape}, {y.shape}")
-    gain = float(gain)
+    gain = checks.gain_value("gain", gain)
     read_noise = float(read_noise)
-    if not (np.isfinite(gain) and gain > 0):
-        raise EngineValueError(f"gain must be finite and > 0, got {gain!r}")
     if not (np.isfinite(read_noise) and read_noise >= 0):
         raise EngineValueError(f"read_noise must be finite and >= 0, got {read_noise!r}")
     if background not in _psf.BACKGROUNDS:

@@ -29,13 +29,14 @@ from engine.ensemble.detrend import ColourExtinction, baseline_mask, colour_exti
 from engine.ensemble.inputs import RunData, prepare_run, usable
 from engine.ensemble.io import jsonable
 from engine.ensemble.noise import noise_summary
-from engine.ensemble.schema import LIGHTCURVES_SCHEMA, STARS_SCHEMA, Repeated, table_from_columns
+from engine.ensemble.schema import Repeated, table_from_columns
 from engine.ensemble.selection import Selection, select_stars
 from engine.ensemble.sysrem import FieldSystematics, field_systematics
 from engine.ensemble.weights import Ensemble, row_nanmedian, solve_ensemble
 from engine.ensemble.zeropoints import FrameQuality, frame_quality
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag, describe
+from engine.io.schemas import LIGHTCURVES_SCHEMA, STAR_SUMMARY_SCHEMA
 from engine.settings.ensemble import EnsembleConfig
 
 __all__ = ["RunLightCurve", "build_run_lightcurve"]
@@ -56,7 +57,7 @@ class RunLightCurve:
         JSON-ready dict for report.json (weights, zero points, flagged frames with
         reasons, chosen aperture, noise ratios, detrending).
     stars
-        STARS_SCHEMA rows, the run-mean magnitude of every well-measured star, which
+        STAR_SUMMARY_SCHEMA rows, the run-mean magnitude of every well-measured star, which
         `merge_runs` ties runs together with.
     """
 
@@ -590,7 +591,7 @@ def _star_summary(data, phot, curves, field, roles, ensemble) -> pa.Table:
         "frames": n.astype(np.int64), "excess": np.where(none, nan, excess),
         "weight_share": np.array([share_of.get(int(j), 0.0) for j in members]),
     }
-    return table_from_columns(columns, STARS_SCHEMA)
+    return table_from_columns(columns, STAR_SUMMARY_SCHEMA)
 
 
 # ------------------------------------------------------------------------------------------------
