@@ -4,9 +4,10 @@ Every stage writes its products into `out_dir` atomically and is skipped on a re
 output folder's manifest (engine.io.manifest) lists its products as made from the same inputs
 and still holding the bytes they were written with, so a killed reduction resumes where it
 stopped and a damaged product (a deleted chunk, a truncated table) is rebuilt with everything
-made from it; the report's `rebuilt` names them. Runs
-(telescope x night x filter) are independent until the merge: their photometry runs serially,
-on a local Dask cluster (`workers`), or on an existing one (`scheduler`).
+made from it; the report's `rebuilt` names them. The sky, ensemble and merge stages are cheap
+and always rerun. Runs (telescope x night x filter) are independent until the merge: their
+photometry runs serially, on a local Dask cluster (`workers`), or on an existing one
+(`scheduler`).
 
 After photometry, the sky stage (`engine.sky`) puts every run's reference frame on the sky (its
 header WCS, a solve against `--catalogue`, or a match to another solved run), finds the target
@@ -44,10 +45,10 @@ from engine.extraction import extract_run
 from engine.ingest import ingest
 from engine.io.atomic import atomic_path
 from engine.io.cube import open_cube
-from engine.io.manifest import Manifest, fingerprint
 from engine.io.layout import (CATALOGUE_FOLDER, LIGHTCURVES_TABLE, LOG_FILE, PHOTOMETRY_TABLE,
                               REPORT, STARS_TABLE, mask_cube_path, run_photometry,
                               run_registration, run_sky_header, run_stars)
+from engine.io.manifest import Manifest, fingerprint
 from engine.io.tables import concat_parquet, read_parquet, write_parquet
 from engine.progress import progress, quiet
 from engine.registration import Transform
