@@ -74,7 +74,7 @@ def test_a_recorded_product_is_current_until_its_inputs_or_bytes_change(products
 
 
 def test_a_deleted_product_is_missing(products, caplog):
-    out, cube, table = products
+    out, cube, _ = products
     Manifest(out).record([cube], "x")
     shutil.rmtree(cube)
     manifest = Manifest(out)
@@ -83,8 +83,8 @@ def test_a_deleted_product_is_missing(products, caplog):
     assert "cubes/run.zarr is missing since it was written" in caplog.text
 
 
-@pytest.mark.parametrize("text", ["", "{", "[1, 2]", '{"format": 1}', '{"format": 99, "products": {}}',
-                                  "\x00\xff garbage"])
+@pytest.mark.parametrize("text", ["", "{", "[1, 2]", '{"format": 1}',
+                                  '{"format": 99, "products": {}}', "\x00\xff garbage"])
 def test_a_damaged_manifest_trusts_nothing(products, text, caplog):
     out, cube, table = products
     Manifest(out).record([cube, table], "x")
@@ -98,7 +98,8 @@ def test_a_damaged_manifest_trusts_nothing(products, text, caplog):
 
 def test_fingerprint_depends_on_every_part():
     assert fingerprint("a", {"b": 1}) == fingerprint("a", {"b": 1})
-    assert len({fingerprint("a", 1), fingerprint("a", 2), fingerprint("b", 1), fingerprint("a")}) == 4
+    variants = {fingerprint("a", 1), fingerprint("a", 2), fingerprint("b", 1), fingerprint("a")}
+    assert len(variants) == 4
 
 
 def test_a_truncated_chunk_raises_an_engine_error_naming_the_cube(tmp_path):

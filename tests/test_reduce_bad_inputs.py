@@ -33,7 +33,8 @@ RTOL = 1e-12
 
 
 def assert_same_lightcurves(a_dir, b_dir):
-    a, b = pq.read_table(a_dir / "lightcurves.parquet"), pq.read_table(b_dir / "lightcurves.parquet")
+    a = pq.read_table(a_dir / "lightcurves.parquet")
+    b = pq.read_table(b_dir / "lightcurves.parquet")
     assert a.schema.names == b.schema.names
     for name in a.column_names:
         x = a.column(name).to_numpy(zero_copy_only=False)
@@ -71,7 +72,7 @@ def reference(night, tmp_path_factory):
 # Bad frames among a real night: skipped with their reason, the night reduced as without them
 
 def _light(raw):
-    return sorted((raw / "lapalma").rglob("LIGHT/*.fits"))[0]
+    return min((raw / "lapalma").rglob("LIGHT/*.fits"))
 
 
 def _variant(raw, name, data=None, **cards):
