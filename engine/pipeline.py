@@ -1,9 +1,13 @@
 """The main job: `reduce` runs ingest -> calibrate -> photometry -> ensemble -> merge.
 
-Every stage writes its products into `out_dir` atomically and is skipped on a rerun when its
-products are newer than its inputs, so a killed reduction resumes where it stopped. Runs
-(telescope x night x filter) are independent until the merge: their photometry runs serially,
-on a local Dask cluster (`workers`), or on an existing one (`scheduler`).
+Every stage writes its products into `out_dir` atomically and is skipped on a rerun when the
+output folder's manifest (engine.io.manifest) lists its products as made from the same inputs
+and still holding the bytes they were written with, so a killed reduction resumes where it
+stopped and a damaged product (a deleted chunk, a truncated table) is rebuilt with everything
+made from it; the report's `rebuilt` names them. The sky, ensemble and merge stages are cheap
+and always rerun. Runs (telescope x night x filter) are independent until the merge: their
+photometry runs serially, on a local Dask cluster (`workers`), or on an existing one
+(`scheduler`).
 
 After photometry, the sky stage (`engine.sky`) puts every run's reference frame on the sky (its
 header WCS, a solve against `--catalogue`, or a match to another solved run), finds the target
@@ -49,6 +53,7 @@ from engine.io.layout import (CATALOGUE_FOLDER, LIGHTCURVES_TABLE, LOG_FILE, PHO
                               run_registration, run_sky_header, run_stars)
 from engine.io.schemas import (FRAMES_SCHEMA, PHOTOMETRY_SCHEMA, REGISTRATION_SCHEMA,
                                STARS_SCHEMA)
+from engine.io.manifest import Manifest, fingerprint
 from engine.io.tables import concat_parquet, read_parquet, write_parquet
 from engine.progress import progress, quiet
 from engine.registration import Transform
@@ -89,6 +94,8 @@ class ReduceResult:
                          f"{len(diag.get('flagged_frames', []))} flagged, aperture "
                          f"{diag.get('aperture', {}).get('chosen', '?')}, "
                          f"achieved/expected scatter {ratio_text}")
+        for product in self.report.get("rebuilt", []):
+            lines.append(f"  rebuilt {product}: found missing or changed since it was written")
         lines.append("  stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings_s.items()))
         return "\n".join(lines)
 
@@ -132,15 +139,18 @@ def _settings(config: ExtractionConfig) -> str:
     return json.dumps({"extraction": settings}, sort_keys=True)
 
 
-def _up_to_date(product: Path, source: Path, settings: str) -> bool:
-    """The product exists, is newer than every file of its source, and was made with `settings`."""
-    if not product.exists() or not source.exists():
-        return False
-    newest = max((p.stat().st_mtime for p in source.rglob("*")), default=source.stat().st_mtime)
-    if product.stat().st_mtime < newest:
-        return False
-    metadata = pq.read_schema(product).metadata or {}
-    return json.loads(metadata.get(b"engine", b"{}")).get("settings") == settings
+def _photometry_products(out: Path, run_id: str) -> list[Path]:
+    return [run_photometry(out, run_id), run_stars(out, run_id), run_registration(out, run_id)]
+
+
+def _photometry_inputs(manifest: Manifest, cube_path: Path, run_frames: pa.Table,
+                       config: ExtractionConfig) -> str:
+    """A run's photometry is made from its calibrated cube and mask (by content), its rows of
+    the frames table and the extraction settings."""
+    mask = mask_cube_path(cube_path)
+    return fingerprint(_settings(config), manifest.hash_of(cube_path),
+                       manifest.hash_of(mask) if mask.exists() else None,
+                       run_frames.to_pylist())
 
 
 def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
@@ -269,7 +279,8 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    ingested = ingest(paths, out, target=target, config=config.ingest)
+    manifest = Manifest(out)
+    ingested = ingest(paths, out, target=target, config=config.ingest, manifest=manifest)
     timings["ingest"] = time.perf_counter() - start
     log.info("ingest done in %.1f s:\n%s", timings["ingest"], ingested.summary())
     if catalogue == GAIA:
@@ -281,7 +292,7 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     calibrated = calibrate(ingested, out, threads=threads,
                            temperature_tolerance=config.calibration.temperature_tolerance,
                            uncertainty=config.calibration.uncertainty,
-                           chunk_bytes=config.calibration.chunk_bytes)
+                           chunk_bytes=config.calibration.chunk_bytes, manifest=manifest)
     timings["calibrate"] = time.perf_counter() - start
     log.info("calibrate done in %.1f s:\n%s", timings["calibrate"], calibrated.summary())
     frames = _with_camera_values(ingested, calibrated.camera)
@@ -290,14 +301,17 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
         raise EngineValueError("no light frames to reduce (only calibration frames were found)")
 
     start = time.perf_counter()
-    jobs = []
+    jobs, inputs = [], {}
     for run_id in runs:
-        product = run_photometry(out, run_id)
-        if _up_to_date(product, Path(calibrated.runs[run_id]), _settings(config.extraction)):
+        run_frames = _run_frames(frames, run_id)
+        inputs[run_id] = _photometry_inputs(manifest, Path(calibrated.runs[run_id]), run_frames,
+                                            config.extraction)
+        if manifest.is_current(_photometry_products(out, run_id), inputs[run_id]):
             continue
-        jobs.append((run_id, str(calibrated.runs[run_id]), _run_frames(frames, run_id),
-                     config.extraction, str(out), threads))
-    _run_jobs(jobs, workers, config.cluster)
+        jobs.append((run_id, str(calibrated.runs[run_id]), run_frames, config.extraction,
+                     str(out), threads))
+    _run_jobs(jobs, workers, config.cluster, done=lambda run_id: manifest.record(
+        _photometry_products(out, run_id), inputs[run_id]))
     timings["photometry"] = time.perf_counter() - start
     log.info("photometry done in %.1f s", timings["photometry"])
 
@@ -317,6 +331,7 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     timings["plots"] = time.perf_counter() - start
     log.info("plots done in %.1f s", timings["plots"])
     report["timings_s"] = timings
+    report["rebuilt"] = manifest.rebuilt
     for run_id in runs:
         report["runs"].setdefault(run_id, {})["camera"] = _camera_report(
             _run_frames(frames, run_id))
@@ -474,12 +489,14 @@ def _write_views(out: Path, lightcurves: pa.Table, report: dict) -> list[str]:
     return [Path(path).name for path in written]
 
 
-def _run_jobs(jobs, workers, cluster_config) -> None:
+def _run_jobs(jobs, workers, cluster_config, done) -> None:
+    """Measure each job's run; `done(run_id)` is called here, in this process, as each ends."""
     if not jobs:
         return
     if workers is None and cluster_config.scheduler is None:
         for job in jobs:
             _measure_run(*job)
+            done(job[0])
         return
     from dask.distributed import Client, LocalCluster
 
@@ -493,10 +510,12 @@ def _run_jobs(jobs, workers, cluster_config) -> None:
     try:
         from dask.distributed import as_completed
 
-        futures = [client.submit(_measure_run, *job, on_worker=True, pure=False) for job in jobs]
+        futures = {client.submit(_measure_run, *job, on_worker=True, pure=False): job[0]
+                   for job in jobs}
         for future in progress(as_completed(futures), total=len(futures),
                                desc="photometry (runs)", unit="run"):
             future.result()  # raises a worker's error here
+            done(futures[future])
     finally:
         client.close()
         if cluster is not None:
