@@ -111,6 +111,8 @@ def _measure_run(run_id: str, cube_path: str, frames: pa.Table, config: Extracti
     write_parquet(result.registration, run_registration(out_dir, run_id))
     meta = {"reference_frame": result.reference_frame, "fwhm": result.fwhm,
             "notes": result.notes, "settings": _settings(config)}
+    if result.psf is not None:
+        meta["psf"] = result.psf
     return str(write_parquet(result.photometry.append_column("run_id", run),
                              run_photometry(out_dir, run_id),
                              metadata={"engine": json.dumps(meta)}))

@@ -41,8 +41,10 @@ class ExtractionConfig:
     #: Also fit every star with a per-frame PSF model (positions fixed from registration); the
     #: rows join the aperture rows with method 'psf' [False].
     psf_photometry: bool = False
-    #: PSF model when psf_photometry is on: 'moffat' or 'gaussian' ['moffat'].
-    psf_model: str = "moffat"
+    #: PSF model when psf_photometry is on: 'auto' (the reference frame's stars choose between a
+    #: Gaussian and a Moffat, constant or linear across the field), 'moffat' or 'gaussian'
+    #: ['auto'].
+    psf_model: str = "auto"
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -65,7 +67,7 @@ class ExtractionConfig:
             raise EngineValueError(f"extraction annulus_fwhm must be (inner, outer) with inner "
                                    f"< outer, got {self.annulus_fwhm!r}")
         set_("annulus_fwhm", annulus)
-        one_of("extraction psf_model", self.psf_model, ("moffat", "gaussian"))
+        one_of("extraction psf_model", self.psf_model, ("auto", "moffat", "gaussian"))
         if not isinstance(self.psf_photometry, bool):
             raise EngineValueError(f"extraction psf_photometry must be true or false, got "
                                    f"{self.psf_photometry!r}")
