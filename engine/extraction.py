@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+from scipy.spatial import cKDTree
 
 from engine.detection import cosmic_ray_mask, detect_stars, frame_fwhm, star_positions
 from engine.errors import EngineValueError
@@ -44,7 +45,8 @@ from engine.flags import MeasurementFlag, PixelFlag
 from engine.noise import scintillation_sigma
 from engine.photometry import aperture_photometry_frames
 from engine.progress import progress
-from engine.psf import choose_psf_model, fit_psf_models, psf_photometry_frames
+from engine.psf import (choose_psf_model, fit_psf_models, psf_photometry,
+                        psf_photometry_frames, psf_residual_image)
 from engine.registration import FrameTracker, Transform, recentre, registrations_table
 from engine.settings.extraction import ExtractionConfig
 
@@ -182,8 +184,14 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
                                       np.maximum(exptime, 1e-3), c_y=config.scintillation_cy)
     noise = _FrameNoise(gain, read_noise, dark * exptime, sigma_scint)
     psf_choice = None
+    held = np.zeros(n_stars, dtype=bool)  # stars placed by the transform alone, not re-centred
     if config.psf_photometry:
         psf_choice = _choose_psf(data[reference], ref_xy, gain, read_noise, config, threads, notes)
+    if psf_choice is not None:
+        reference_stars, ref_xy, held = _with_faint_neighbours(
+            data[reference], reference_stars, psf_choice[0], gain, read_noise, fwhm, config,
+            threads, notes)
+        n_stars = len(ref_xy)
 
     # Frames are registered in cube order; the first is searched blind unless it is the reference.
     tracker.previous = Transform(1.0, 0.0, 0.0, 0.0) if reference == 0 else None
@@ -212,6 +220,8 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
                                          max_shift=max_shift, threads=threads)
                 # Faint stars whose centroid failed keep the transform's position (better
                 # than noise).
+                xs[held], ys[held] = predicted[held, 0], predicted[held, 1]
+                flags[held] = 0
                 x[k], y[k] = xs, ys
                 centroid_flags[k] = flags & np.uint32(MeasurementFlag.CENTROID_FAILED)
             table = aperture_photometry_frames(
@@ -267,11 +277,12 @@ class _FrameNoise:
         return np.minimum(ccd_equation, sigma ** 2)
 
 
-def _measurement_flags(table, start, centroid_flags, registrations) -> np.ndarray:
-    """The table's flags with the block's CENTROID_FAILED and NOT_REGISTERED added."""
+def _measurement_flags(table, centroid_flags, registrations) -> np.ndarray:
+    """The flags of a block's table (frames numbered within the block) with the block's
+    CENTROID_FAILED and NOT_REGISTERED added."""
     flags = table.column("flags").to_numpy(zero_copy_only=False).copy()
     star = table.column("star").to_numpy()
-    local = table.column("frame").to_numpy() - start
+    local = table.column("frame").to_numpy()
     flags |= centroid_flags[local, star]
     unregistered = np.array([not r.ok for r in registrations])
     flags[unregistered[local]] |= np.uint32(MeasurementFlag.NOT_REGISTERED)
@@ -298,7 +309,7 @@ def _with_noise_terms(table: pa.Table, start: int, noise: _FrameNoise, centroid_
         var_scintillation = (noise.sigma_scint[frame] * flux) ** 2
     var_read = area * read ** 2
     var_dark = area * dark_e
-    flags = _measurement_flags(table, start, centroid_flags, registrations)
+    flags = _measurement_flags(table, centroid_flags, registrations)
     total = var_star + var_background + var_background_error + var_scintillation
     columns = {
         "frame": pa.array(frame, pa.int64()),
@@ -333,6 +344,56 @@ def _choose_psf(reference_image, ref_xy, gain, read_noise, config, threads, note
                      "lowest reduced chi^2 of the reference frame's PSF stars (2% for each "
                      "added freedom)")
     return model, report
+
+
+def _with_faint_neighbours(reference_image, reference_stars, psf, gain, read_noise, fwhm, config,
+                           threads, notes):
+    """The reference star list plus the stars that the reference frame's PSF residual reveals
+    (neighbours within a few FWHM that detection merged with a brighter star), more than one
+    FWHM from every listed star. Returns (stars, xy, held): held marks the added stars and
+    their listed neighbours within 2.5 FWHM, whose reference positions come from one joint PSF
+    fit and which every frame places by its transform (centroids would pull them together)."""
+    image = np.asarray(reference_image, dtype=np.float32)
+    xy = star_positions(reference_stars)
+    kwargs = dict(gain=float(np.median(gain)), read_noise=float(np.median(read_noise)),
+                  threads=threads)
+    residual = psf_residual_image(image, xy[:, 0], xy[:, 1], psf, **kwargs)
+    found = detect_stars(residual, config.detection_threshold, max_stars=config.max_stars,
+                         threads=threads)
+    held = np.zeros(len(xy), dtype=bool)
+    if found.num_rows:
+        distance = cKDTree(xy).query(star_positions(found))[0]
+        found = found.filter(pa.array(distance > fwhm))
+    if not found.num_rows:
+        return reference_stars, xy, held
+    notes.append(f"{found.num_rows} star(s) found in the reference frame's PSF residual added, "
+                 "held with their neighbours at registered positions")
+    added = star_positions(found)
+    near = np.array([bool(n) for n in cKDTree(added).query_ball_point(xy, 2.5 * fwhm)])
+    held = np.r_[near, np.ones(found.num_rows, dtype=bool)]
+    xy = np.vstack([xy, added])
+    stars = pa.concat_tables([reference_stars, found.select(reference_stars.column_names)
+                              .cast(reference_stars.schema)])
+    # A merged detection sits between its two stars: the joint fit moves it onto one of them,
+    # where the fainter of two stars closer than a FWHM is a duplicate, dropped (a held star
+    # that lands on one not held is the duplicate).
+    for _ in range(3):
+        index = np.flatnonzero(held)
+        fitted = psf_photometry(image, xy[index, 0], xy[index, 1], psf=psf, fit_positions=True,
+                                **kwargs)
+        xy[index, 0] = fitted.column("x").to_numpy()
+        xy[index, 1] = fitted.column("y").to_numpy()
+        flux = np.full(len(xy), np.inf)
+        flux[index] = np.nan_to_num(fitted.column("flux").to_numpy(zero_copy_only=False),
+                                    nan=-np.inf)
+        pairs = cKDTree(xy).query_pairs(fwhm, output_type="ndarray")
+        pairs = pairs[held[pairs[:, 0]] | held[pairs[:, 1]]]
+        if not len(pairs):
+            break
+        drop = np.zeros(len(xy), dtype=bool)
+        drop[np.where(flux[pairs[:, 0]] < flux[pairs[:, 1]], pairs[:, 0], pairs[:, 1])] = True
+        stars, xy, held = stars.filter(pa.array(~drop)), xy[~drop], held[~drop]
+    return stars, xy, held
 
 
 def _psf_rows(block, x, y, block_mask, start, noise: _FrameNoise, centroid_flags,
@@ -376,7 +437,7 @@ def _psf_rows(block, x, y, block_mask, start, noise: _FrameNoise, centroid_flags
     columns = {
         "frame": pa.array(frame, pa.int64()),
         "flux_err": pa.array(np.sqrt(total)),
-        "flags": pa.array(_measurement_flags(table, 0, centroid_flags, registrations), pa.uint32()),
+        "flags": pa.array(_measurement_flags(table, centroid_flags, registrations), pa.uint32()),
         "var_star": pa.array(var_star), "var_background": pa.array(var_background),
         "var_background_error": pa.array(var_background_error),
         "var_scintillation": pa.array(var_scintillation),

@@ -59,6 +59,7 @@ __all__ = [
     "fit_psf_models",
     "choose_psf_model",
     "psf_residual_fraction",
+    "psf_residual_image",
     "psf_photometry",
     "psf_photometry_frames",
     "select_psf_stars",
@@ -528,6 +529,34 @@ def psf_residual_fraction(image, x, y, psf: PSFModel, *, gain: float = 1.0,
                                            sx - cx + box, sy - cy + box, (side, side))
         fractions.append(np.abs(data - table["background"][k] - model).sum() / flux)
     return float(np.median(fractions)) if fractions else math.nan
+
+
+def psf_residual_image(image, x, y, psf: PSFModel, *, gain: float = 1.0, read_noise: float = 0.0,
+                       threads: int | None = None) -> np.ndarray:
+    """The image (its own units, float64) less every star at (x, y), fitted with `psf` (positions
+    and fluxes, neighbours together), each rendered over its fitting box: what is left shows
+    the stars the list missed, such as a neighbour that detection merged with a brighter star."""
+    image = _as_image(image)
+    x, y = _as_xy(x, y)
+    box = default_box(psf.fwhm)
+    table = psf_photometry(image, x, y, psf=psf, fit_positions=True, gain=gain,
+                           read_noise=read_noise, box=box, threads=threads).to_pydict()
+    residual = np.array(image, dtype=np.float64)
+    ny, nx = residual.shape
+    side = 2 * box + 1
+    for flux, sx, sy in zip(table["flux"], table["x"], table["y"]):
+        if not (np.isfinite(flux) and np.isfinite(sx) and np.isfinite(sy)):
+            continue
+        cx, cy = int(math.ceil(sx - 0.5)), int(math.ceil(sy - 0.5))
+        x0, y0 = max(cx - box, 0), max(cy - box, 0)
+        x1, y1 = min(cx + box + 1, nx), min(cy + box + 1, ny)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        stamp = _psf.psf_pixel_grid(psf.model, psf.shape_at([sx], [sy])[0], sx - cx + box,
+                                    sy - cy + box, (side, side))
+        residual[y0:y1, x0:x1] -= (flux / gain) * stamp[y0 - cy + box:y1 - cy + box,
+                                                         x0 - cx + box:x1 - cx + box]
+    return residual
 
 
 # ------------------------------------------------------------------------------------------------
