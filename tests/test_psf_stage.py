@@ -114,3 +114,27 @@ def test_aperture_rows_do_not_change_when_psf_is_on():
                                                        "aperture"))
     assert aperture.select(plain.photometry.column_names).equals(plain.photometry)
     assert both.stars.equals(plain.stars)
+
+
+def test_the_ensemble_runs_on_psf_fluxes_and_their_errors_hold(pairs_run):
+    """aperture='psf' once found 0 usable comparison stars (PSF rows had no noise terms): now
+    the comparisons' PSF light curves scatter as their noise model says."""
+    from engine.ensemble import build_run_lightcurve
+    from engine.settings.ensemble import EnsembleConfig
+
+    result, (_, frames, *_) = pairs_run
+    n_frames = frames.num_rows
+    frame_table = pa.table({"frame": np.arange(n_frames), "exptime": [300.0] * n_frames,
+                            "airmass": [1.0] * n_frames,
+                            "time_bjd_tdb": 2460000.5 + np.arange(n_frames) / 288.0})
+    method = result.photometry.column("method")
+    apertures = result.photometry.filter(pa.compute.equal(method, "aperture"))
+    psf = result.photometry.filter(pa.compute.equal(method, "psf"))
+    light_curve = build_run_lightcurve(apertures, frame_table, result.stars, target=0, psf=psf,
+                                       config=EnsembleConfig(aperture="psf"))
+    diagnostics = light_curve.diagnostics
+    assert diagnostics["aperture"]["chosen"] == "psf"
+    comparisons = diagnostics["weights"]["comparisons"]
+    assert len(comparisons) >= 5
+    ratios = [c["rms_mag"] / c["expected_rms_mag"] for c in comparisons]
+    assert np.median(ratios) == pytest.approx(1.0, abs=0.25), ratios
