@@ -17,6 +17,12 @@ Noise model (electrons, per measurement; each term stored in the table):
     var_read, var_dark   = area * read^2, area * dark        the parts of var_background that
                                                              are known, for the noise budget
 and flux_err = sqrt(var_star + var_background + var_background_error + var_scintillation).
+PSF rows (psf_photometry on; method 'psf') carry the same terms with the fit's noise-equivalent
+area (`PSFModel.noise_area`) in place of the aperture's area and var_background_error the rest
+of the fit's variance (its background, blended neighbours). Their PSF model is chosen on the reference frame
+(`engine.psf.choose_psf_model`, in the run's report) and fitted on every frame; stars that the
+reference frame's PSF residual reveals join the list, held with their neighbours at their
+registered positions.
 
 sigma_pix^2 is the frame's own noise per pixel: the CCD equation max(sky, 0) + dark + read^2
 (sky: the annulus level in electrons) when the read noise is known, but never more than the
@@ -355,8 +361,8 @@ def _with_faint_neighbours(reference_image, reference_stars, psf, gain, read_noi
     fit and which every frame places by its transform (centroids would pull them together)."""
     image = np.asarray(reference_image, dtype=np.float32)
     xy = star_positions(reference_stars)
-    kwargs = dict(gain=float(np.median(gain)), read_noise=float(np.median(read_noise)),
-                  threads=threads)
+    kwargs = {"gain": float(np.median(gain)), "read_noise": float(np.median(read_noise)),
+              "threads": threads}
     residual = psf_residual_image(image, xy[:, 0], xy[:, 1], psf, **kwargs)
     found = detect_stars(residual, config.detection_threshold, max_stars=config.max_stars,
                          threads=threads)

@@ -5,9 +5,12 @@ integrated over pixels, optionally varying linearly across the field) jointly to
 unflagged stars. `psf_photometry` fits that PSF to every star of an image: fluxes with positions
 held at the inputs (a linear fit), or positions and fluxes; stars whose fitting boxes overlap are
 fitted jointly with a local background per group (none, a constant or a plane).
-`psf_photometry_frames` does both for a block of frames (the cube-level stage feeds it chunk by
-chunk) and returns the same table as `engine.aperture_photometry_frames`, plus `method`,
-`chi2_reduced` and `iterations`. The fits run in the compiled core (engine/cext/psf.py), in
+`choose_psf_model` lets a frame's stars choose the profile (Gaussian or Moffat) and whether it
+varies across the field, with the fit's quality (`psf_residual_fraction`);
+`psf_residual_image` subtracts the fitted stars, showing the ones a star list missed.
+`psf_photometry_frames` fits the model and the stars for a block of frames (the cube-level
+stage feeds it chunk by chunk) and returns the same table as `engine.aperture_photometry_frames`,
+plus `method`, `chi2_reduced` and `iterations`. The fits run in the compiled core (engine/cext/psf.py), in
 parallel over groups of stars with the GIL released.
 
 Fits: Levenberg-Marquardt in the compiled core, one small dense system per group of stars whose
@@ -55,13 +58,13 @@ from engine.flags import MeasurementFlag, PixelFlag
 
 __all__ = [
     "PSFModel",
+    "choose_psf_model",
     "fit_psf_model",
     "fit_psf_models",
-    "choose_psf_model",
-    "psf_residual_fraction",
-    "psf_residual_image",
     "psf_photometry",
     "psf_photometry_frames",
+    "psf_residual_fraction",
+    "psf_residual_image",
     "select_psf_stars",
 ]
 
@@ -471,7 +474,8 @@ def choose_psf_model(image, x, y, *, profiles=("gaussian", "moffat"), gain: floa
     candidates' reduced chi^2, `residual_fraction` (see `psf_residual_fraction`), `fwhm`,
     `beta` and `stars_used`. Raises EngineValueError when neither profile can be fitted.
     """
-    kwargs = dict(gain=gain, read_noise=read_noise, pixel_flags=pixel_flags, threads=threads)
+    kwargs = {"gain": gain, "read_noise": read_noise, "pixel_flags": pixel_flags,
+              "threads": threads}
     fitted = {}
     for name in profiles:
         try:
@@ -521,7 +525,7 @@ def psf_residual_fraction(image, x, y, psf: PSFModel, *, gain: float = 1.0,
     fractions = []
     for k in range(stars.size):
         flux, sx, sy = table["flux"][k], table["x"][k], table["y"][k]
-        cx, cy = int(math.ceil(x[stars[k]] - 0.5)), int(math.ceil(y[stars[k]] - 0.5))
+        cx, cy = math.ceil(x[stars[k]] - 0.5), math.ceil(y[stars[k]] - 0.5)
         if not (flux > 0) or table["flags"][k]:
             continue
         data = image[cy - box:cy + box + 1, cx - box:cx + box + 1].astype(np.float64) * gain
@@ -547,7 +551,7 @@ def psf_residual_image(image, x, y, psf: PSFModel, *, gain: float = 1.0, read_no
     for flux, sx, sy in zip(table["flux"], table["x"], table["y"]):
         if not (np.isfinite(flux) and np.isfinite(sx) and np.isfinite(sy)):
             continue
-        cx, cy = int(math.ceil(sx - 0.5)), int(math.ceil(sy - 0.5))
+        cx, cy = math.ceil(sx - 0.5), math.ceil(sy - 0.5)
         x0, y0 = max(cx - box, 0), max(cy - box, 0)
         x1, y1 = min(cx + box + 1, nx), min(cy + box + 1, ny)
         if x0 >= x1 or y0 >= y1:
