@@ -355,8 +355,9 @@ def _choose_psf(reference_image, ref_xy, gain, read_noise, config, threads, note
 def _with_faint_neighbours(reference_image, reference_stars, psf, gain, read_noise, fwhm, config,
                            threads, notes):
     """The reference star list plus the stars that the reference frame's PSF residual reveals
-    (neighbours within a few FWHM that detection merged with a brighter star), more than one
-    FWHM from every listed star. Returns (stars, xy, held): held marks the added stars and
+    (neighbours within a few FWHM that detection merged with a brighter star, and in a crowded
+    field the fainter stars beyond the list's max_stars), more than one FWHM from every listed
+    star. Returns (stars, xy, held): held marks the added stars and
     their listed neighbours within 2.5 FWHM, whose reference positions come from one joint PSF
     fit and which every frame places by its transform (centroids would pull them together)."""
     image = np.asarray(reference_image, dtype=np.float32)
@@ -387,8 +388,9 @@ def _with_faint_neighbours(reference_image, reference_stars, psf, gain, read_noi
         index = np.flatnonzero(held)
         fitted = psf_photometry(image, xy[index, 0], xy[index, 1], psf=psf, fit_positions=True,
                                 **kwargs)
-        xy[index, 0] = fitted.column("x").to_numpy()
-        xy[index, 1] = fitted.column("y").to_numpy()
+        fitted_xy = np.c_[fitted.column("x").to_numpy(), fitted.column("y").to_numpy()]
+        moved = np.isfinite(fitted_xy).all(axis=1)  # a failed fit keeps its star's position
+        xy[index[moved]] = fitted_xy[moved]
         flux = np.full(len(xy), np.inf)
         flux[index] = np.nan_to_num(fitted.column("flux").to_numpy(zero_copy_only=False),
                                     nan=-np.inf)
