@@ -127,6 +127,8 @@ def _measure_run(run_id: str, cube_path: str, frames: pa.Table, config: Extracti
                   schema=REGISTRATION_SCHEMA)
     meta = {"reference_frame": result.reference_frame, "fwhm": result.fwhm,
             "notes": result.notes, "settings": _settings(config)}
+    if result.psf is not None:
+        meta["psf"] = result.psf
     return str(write_parquet(result.photometry.append_column("run_id", run),
                              run_photometry(out_dir, run_id),
                              metadata={"engine": json.dumps(meta)}, schema=PHOTOMETRY_SCHEMA))

@@ -5,9 +5,12 @@ integrated over pixels, optionally varying linearly across the field) jointly to
 unflagged stars. `psf_photometry` fits that PSF to every star of an image: fluxes with positions
 held at the inputs (a linear fit), or positions and fluxes; stars whose fitting boxes overlap are
 fitted jointly with a local background per group (none, a constant or a plane).
-`psf_photometry_frames` does both for a block of frames (the cube-level stage feeds it chunk by
-chunk) and returns the same table as `engine.aperture_photometry_frames`, plus `method`,
-`chi2_reduced` and `iterations`. The fits run in the compiled core (engine/cext/psf.py), in
+`choose_psf_model` lets a frame's stars choose the profile (Gaussian or Moffat) and whether it
+varies across the field, with the fit's quality (`psf_residual_fraction`);
+`psf_residual_image` subtracts the fitted stars, showing the ones a star list missed.
+`psf_photometry_frames` fits the model and the stars for a block of frames (the cube-level
+stage feeds it chunk by chunk) and returns the same table as `engine.aperture_photometry_frames`,
+plus `method`, `chi2_reduced` and `iterations`. The fits run in the compiled core (engine/cext/psf.py), in
 parallel over groups of stars with the GIL released.
 
 Fits: Levenberg-Marquardt in the compiled core, one small dense system per group of stars whose
@@ -57,10 +60,13 @@ from engine.flags import MeasurementFlag, PixelFlag
 
 __all__ = [
     "PSFModel",
+    "choose_psf_model",
     "fit_psf_model",
     "fit_psf_models",
     "psf_photometry",
     "psf_photometry_frames",
+    "psf_residual_fraction",
+    "psf_residual_image",
     "select_psf_stars",
 ]
 
@@ -170,6 +176,16 @@ class PSFModel:
     @property
     def fwhm(self) -> float:
         return self.parameters()["fwhm"]
+
+    def noise_area(self, box: int, x: float | None = None, y: float | None = None) -> float:
+        """The fit's noise-equivalent area in pixels, 1 / sum(p^2) over the (2 box + 1)^2 box of
+        a star centred on a pixel at (x, y) (default: the field centre): a sky-limited flux
+        fitted with this PSF has variance noise_area x the per-pixel variance."""
+        shape = (self.coefficients[[0, 3, 6, 9]] if x is None or y is None
+                 else self.shape_at([x], [y])[0])
+        side = 2 * int(box) + 1
+        p = _psf.psf_pixel_grid(self.model, shape, float(box), float(box), (side, side))
+        return float(1.0 / np.sum(p * p))
 
     def shape_at(self, x, y) -> np.ndarray:
         """(n, 4) shapes (a, b, c, beta) at positions x, y. Where a field-varying model is not a
@@ -429,6 +445,112 @@ def fit_psf_model(image, x, y=None, *, model: str = "moffat", fwhm: float | None
             f"(need {10 if varying else 3} bright, isolated stars whose boxes hold no flagged "
             "pixel and lie on the image)")
     return result
+
+
+#: A model with more freedom (Moffat over Gaussian, a field-varying shape over a constant one)
+#: is taken only when it lowers the PSF stars' reduced chi^2 by more than this fraction.
+_BETTER = 0.02
+
+
+def choose_psf_model(image, x, y, *, profiles=("gaussian", "moffat"), gain: float = 1.0,
+                     read_noise: float = 0.0, pixel_flags=None,
+                     threads: int | None = None) -> tuple[PSFModel, dict]:
+    """The PSF model a frame's bright isolated stars support, and how it was chosen.
+
+    Each of `profiles` is fitted: a Gaussian (exact for Gaussian seeing, and the beta -> infinity
+    limit of a Moffat) and a Moffat, kept only when its reduced chi^2 is lower by more than 2%.
+    With 20 or more PSF stars the chosen profile is refitted with a linear x, y shape, kept on
+    the same rule. Returns (model, report) with report holding `model`, `varying`, the
+    candidates' reduced chi^2, `residual_fraction` (see `psf_residual_fraction`), `fwhm`,
+    `beta` and `stars_used`. Raises EngineValueError when neither profile can be fitted.
+    """
+    kwargs = {"gain": gain, "read_noise": read_noise, "pixel_flags": pixel_flags,
+              "threads": threads}
+    fitted = {}
+    for name in profiles:
+        try:
+            fitted[name] = fit_psf_model(image, x, y, model=name, **kwargs)
+        except EngineValueError as exc:
+            why = str(exc)
+    if not fitted:
+        raise EngineValueError(f"no PSF model could be fitted: {why}")
+    chosen = fitted.get("gaussian") or fitted["moffat"]
+    if "moffat" in fitted and fitted["moffat"].chi2_reduced < (1 - _BETTER) * chosen.chi2_reduced:
+        chosen = fitted["moffat"]
+    chi2 = {name: m.chi2_reduced for name, m in fitted.items()}
+    if chosen.stars_used >= 20:
+        try:
+            varying = fit_psf_model(image, x, y, model=chosen.model, varying=True, **kwargs)
+        except EngineValueError:
+            varying = None
+        if varying is not None:
+            chi2[f"{chosen.model} varying"] = varying.chi2_reduced
+            if varying.chi2_reduced < (1 - _BETTER) * chosen.chi2_reduced:
+                chosen = varying
+    parameters = chosen.parameters()
+    report = {"model": chosen.model, "varying": chosen.varying,
+              "chi2_reduced": {k: float(v) for k, v in chi2.items()},
+              "residual_fraction": psf_residual_fraction(image, x, y, chosen, gain=gain,
+                                                         read_noise=read_noise, threads=threads),
+              "fwhm": parameters["fwhm"],
+              "beta": None if chosen.model == "gaussian" else parameters["beta"],
+              "stars_used": chosen.stars_used}
+    return chosen, report
+
+
+def psf_residual_fraction(image, x, y, psf: PSFModel, *, gain: float = 1.0,
+                          read_noise: float = 0.0, threads: int | None = None) -> float:
+    """Median over the model's PSF stars of sum |data - model| / flux in each star's fitting box
+    (positions, flux and a constant background fitted): ~0 for a model that fits noiseless
+    stars exactly; noise adds ~sqrt(box pixels x pixel variance) / flux."""
+    image = _as_image(image)
+    x, y = _as_xy(x, y)
+    stars = psf.stars
+    if stars.size == 0:
+        return math.nan
+    box = default_box(psf.fwhm)
+    table = psf_photometry(image, x[stars], y[stars], psf=psf, fit_positions=True, gain=gain,
+                           read_noise=read_noise, box=box, threads=threads).to_pydict()
+    side = 2 * box + 1
+    fractions = []
+    for k in range(stars.size):
+        flux, sx, sy = table["flux"][k], table["x"][k], table["y"][k]
+        cx, cy = math.ceil(x[stars[k]] - 0.5), math.ceil(y[stars[k]] - 0.5)
+        if not (flux > 0) or table["flags"][k]:
+            continue
+        data = image[cy - box:cy + box + 1, cx - box:cx + box + 1].astype(np.float64) * gain
+        model = flux * _psf.psf_pixel_grid(psf.model, psf.shape_at([sx], [sy])[0],
+                                           sx - cx + box, sy - cy + box, (side, side))
+        fractions.append(np.abs(data - table["background"][k] - model).sum() / flux)
+    return float(np.median(fractions)) if fractions else math.nan
+
+
+def psf_residual_image(image, x, y, psf: PSFModel, *, gain: float = 1.0, read_noise: float = 0.0,
+                       threads: int | None = None) -> np.ndarray:
+    """The image (its own units, float64) less every star at (x, y), fitted with `psf` (positions
+    and fluxes, neighbours together), each rendered over its fitting box: what is left shows
+    the stars the list missed, such as a neighbour that detection merged with a brighter star."""
+    image = _as_image(image)
+    x, y = _as_xy(x, y)
+    box = default_box(psf.fwhm)
+    table = psf_photometry(image, x, y, psf=psf, fit_positions=True, gain=gain,
+                           read_noise=read_noise, box=box, threads=threads).to_pydict()
+    residual = np.array(image, dtype=np.float64)
+    ny, nx = residual.shape
+    side = 2 * box + 1
+    for flux, sx, sy in zip(table["flux"], table["x"], table["y"]):
+        if not (np.isfinite(flux) and np.isfinite(sx) and np.isfinite(sy)):
+            continue
+        cx, cy = math.ceil(sx - 0.5), math.ceil(sy - 0.5)
+        x0, y0 = max(cx - box, 0), max(cy - box, 0)
+        x1, y1 = min(cx + box + 1, nx), min(cy + box + 1, ny)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        stamp = _psf.psf_pixel_grid(psf.model, psf.shape_at([sx], [sy])[0], sx - cx + box,
+                                    sy - cy + box, (side, side))
+        residual[y0:y1, x0:x1] -= (flux / gain) * stamp[y0 - cy + box:y1 - cy + box,
+                                                         x0 - cx + box:x1 - cx + box]
+    return residual
 
 
 # ------------------------------------------------------------------------------------------------
