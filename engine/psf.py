@@ -503,8 +503,8 @@ def psf_residual_fraction(image, x, y, psf: PSFModel, *, gain: float = 1.0,
     """Median over the model's PSF stars of sum |data - model| / flux in each star's fitting box
     (positions, flux and a constant background fitted): ~0 for a model that fits noiseless
     stars exactly; noise adds ~sqrt(box pixels x pixel variance) / flux."""
-    image = _as_image(image)
-    x, y = _as_xy(x, y)
+    image = checks.image_input(image).data
+    x, y = checks.positions(x, y)
     stars = psf.stars
     if stars.size == 0:
         return math.nan
@@ -530,8 +530,8 @@ def psf_residual_image(image, x, y, psf: PSFModel, *, gain: float = 1.0, read_no
     """The image (its own units, float64) less every star at (x, y), fitted with `psf` (positions
     and fluxes, neighbours together), each rendered over its fitting box: what is left shows
     the stars the list missed, such as a neighbour that detection merged with a brighter star."""
-    image = _as_image(image)
-    x, y = _as_xy(x, y)
+    image = checks.image_input(image).data
+    x, y = checks.positions(x, y)
     box = default_box(psf.fwhm)
     table = psf_photometry(image, x, y, psf=psf, fit_positions=True, gain=gain,
                            read_noise=read_noise, box=box, threads=threads).to_pydict()
