@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.harness import Benchmark, Case, register
-from engine.errors import MissingToolError
+from engine.errors import EngineError, MissingToolError
 
 _REAL_NIGHT = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
                / "sara_raw_calibration")
@@ -96,10 +96,12 @@ json.dump(relative, open(sys.argv[2], "w"))
 
 
 def _run(command: list[str], cwd: Path) -> None:
+    """Run one child process; its failure, with the end of its output, is an EngineError."""
     environment = dict(os.environ, ENGINE_PROGRESS="0")
-    result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True,
+                            check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:4])} failed ({result.returncode}):\n"
+        raise EngineError(f"{' '.join(command[:4])} failed ({result.returncode}):\n"
                            f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
 
 
@@ -233,7 +235,7 @@ def _reduce_any_target(night: dict, out: Path) -> None:
     """A reduction without a target: no light curve, but the star table is written first."""
     try:
         _reduce(night, out)
-    except RuntimeError:
+    except EngineError:
         if not (out / "stars.parquet").is_file():
             raise
 

@@ -33,7 +33,7 @@ print(json.dumps({"hits": hits, "misses": sorted(set(misses))}))
 
 def _child(code_or_module, cache_dir, tmp_path, *args):
     environment = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), ENGINE_PROGRESS="0")
-    return subprocess.run([sys.executable, *args, code_or_module], cwd=tmp_path,
+    return subprocess.run([sys.executable, *args, code_or_module], cwd=tmp_path, check=False,
                           env=environment, capture_output=True, text=True, timeout=1200)
 
 
