@@ -1,9 +1,9 @@
 """Benchmark family: a small night end to end, `python -m engine reduce` against a plain
 astropy + photutils reduction of the same frames.
 
-- `e2e`: the simulator's `variable` night (one 640 x 480 CCD, ~150 light frames of 30 s, 10
-  biases, 5 darks, 7 flats, ~50 stars above the detection threshold, a re-centring jump half
-  way). Quick: 40 light frames.
+- `e2e`: the simulator's `variable` night on a 650 x 500 CCD in a field of ~400 stars above
+  the detection threshold (150 light frames of 30 s, 10 biases, 5 darks, 7 flats, a re-centring
+  jump half way). Quick: 40 light frames.
 - `e2e-real`: the real SARA WASP-19 frames in ../shared/data/real/sara_raw_calibration (10 raw
   1024 x 1024 lights with a bias, a dark and a flat: the one real set here that is a single
   run with its calibration; the longer SAAO bulge series spans 22 nights, i.e. 22 runs).
@@ -172,8 +172,10 @@ def _setup_simulated(quick: bool, rng: np.random.Generator) -> Case:
 
     work = _scratch() / ("simulated-quick" if quick else "simulated")
     raw = work / "raw"
+    # The issue's small night: the variable preset's site on a 650 x 500 frame of a field
+    # dense enough for ~400 stars above the detection threshold.
     simulate(raw, preset="variable", seed=int(rng.integers(1 << 16)),
-             n_lights=40 if quick else 150)
+             n_lights=40 if quick else 150, width=650, height=500, n_stars=5500, mag_faint=17.5)
     truth = json.loads((raw / "truth.json").read_text())
     run = truth["runs"][0]
     frames = {f["file"]: f for f in truth["frames"]}
@@ -191,7 +193,7 @@ def _setup_simulated(quick: bool, rng: np.random.Generator) -> Case:
     job = {"lights": [str(raw / f["file"]) for f in lights], "positions": positions,
            "radius": 6.0, "annulus": [10.0, 15.0], **calibration}
     night = _prepared(work, raw, job, (stars[0]["x"], stars[0]["y"]))
-    return Case(inputs=night, size=f"{len(lights)} frames 640x480, all stars",
+    return Case(inputs=night, size=f"{len(lights)} frames 650x500, all stars",
                 units=len(lights), unit="frames")
 
 
