@@ -28,7 +28,7 @@ import math
 import numpy as np
 import pyarrow as pa
 
-from engine.checks import integer, positive
+from engine.checks import image_input, integer, positive
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
 from engine.kernels import centroid as _centroid
@@ -162,8 +162,9 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
     Parameters
     ----------
     image : 2-D array
-        Calibrated (or at least bias-subtracted) pixel values, any real dtype and byte order.
-        Non-finite pixels are masked. The array is not modified.
+        Calibrated (or at least bias-subtracted) pixel values, any real dtype and byte order;
+        or a NumPy masked array, NDData / CCDData (its mask joins `mask`, its WCS serves as
+        `wcs`) or Quantity. Non-finite pixels are masked. The array is not modified.
     threshold : float
         Detection threshold in units of the background noise (sep's ``thresh`` with ``err`` =
         the global background RMS), > 0.
@@ -206,7 +207,12 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
     import sep
 
     threshold = positive("threshold", threshold)
-    data, bad = _prepared(image, mask)
+    given = image_input(image, wcs=wcs, any_unit=True)
+    if given.pixel_flags is not None:  # the image's own mask
+        mask = given.pixel_flags if mask is None else (np.asarray(mask) != 0) | (
+            given.pixel_flags != 0)
+    data, bad = _prepared(given.data, mask)
+    wcs = given.wcs
     box = integer("background_box", background_box, least=1)
     filter_size = integer("background_filter", background_filter, least=1)
     min_area = integer("min_area", min_area, least=1)

@@ -17,6 +17,12 @@ Noise model (electrons, per measurement; each term stored in the table):
     var_read, var_dark   = area * read^2, area * dark        the parts of var_background that
                                                              are known, for the noise budget
 and flux_err = sqrt(var_star + var_background + var_background_error + var_scintillation).
+PSF rows (psf_photometry on; method 'psf') carry the same terms with the fit's noise-equivalent
+area (`PSFModel.noise_area`) in place of the aperture's area and var_background_error the rest
+of the fit's variance (its background, blended neighbours). Their PSF model is chosen on the reference frame
+(`engine.psf.choose_psf_model`, in the run's report) and fitted on every frame; stars that the
+reference frame's PSF residual reveals join the list, held with their neighbours at their
+registered positions.
 
 sigma_pix^2 is the frame's own noise per pixel: the CCD equation max(sky, 0) + dark + read^2
 (sky: the annulus level in electrons) when the read noise is known, but never more than the
@@ -37,14 +43,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+from scipy.spatial import cKDTree
 
 from engine.detection import cosmic_ray_mask, detect_stars, frame_fwhm, star_positions
+from engine.device import resolve_device
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag, PixelFlag
 from engine.noise import scintillation_sigma
 from engine.photometry import aperture_photometry_frames
 from engine.progress import progress
-from engine.psf import psf_photometry_frames
+from engine.psf import (choose_psf_model, fit_psf_models, psf_photometry,
+                        psf_photometry_frames, psf_residual_image)
 from engine.registration import FrameTracker, Transform, recentre, registrations_table
 from engine.settings.extraction import ExtractionConfig
 
@@ -64,6 +73,7 @@ class RunPhotometry:
     fwhm: float
     target: int | None
     notes: list[str] = field(default_factory=list)
+    psf: dict | None = None  # the PSF model chosen on the reference frame and its fit quality
 
 
 def _column(frames: pa.Table, name: str, default: float) -> np.ndarray:
@@ -141,6 +151,9 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     if frames.num_rows != n_frames:
         raise EngineValueError(f"the frames table has {frames.num_rows} rows for {n_frames} frames")
     notes: list[str] = []
+    device, said = resolve_device(config.device)
+    if config.device == "auto":
+        log.info(said)
     candidates = sorted(set(np.linspace(0, n_frames - 1, min(n_frames, 5)).astype(int).tolist()))
     reference, reference_stars, fwhm = _choose_reference(data, candidates, config, threads)
     if not math.isfinite(fwhm) or fwhm <= 0:
@@ -179,6 +192,16 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
             notes.append("telescope aperture unknown: 0.3 m assumed for the scintillation term")
     sigma_scint = scintillation_sigma(diameter, np.maximum(airmass, 1.0), np.maximum(height, 0.0),
                                       np.maximum(exptime, 1e-3), c_y=config.scintillation_cy)
+    noise = _FrameNoise(gain, read_noise, dark * exptime, sigma_scint)
+    psf_choice = None
+    held = np.zeros(n_stars, dtype=bool)  # stars placed by the transform alone, not re-centred
+    if config.psf_photometry:
+        psf_choice = _choose_psf(data[reference], ref_xy, gain, read_noise, config, threads, notes)
+    if psf_choice is not None:
+        reference_stars, ref_xy, held = _with_faint_neighbours(
+            data[reference], reference_stars, psf_choice[0], gain, read_noise, fwhm, config,
+            threads, notes)
+        n_stars = len(ref_xy)
 
     # Frames are registered in cube order; the first is searched blind unless it is the reference.
     tracker.previous = Transform(1.0, 0.0, 0.0, 0.0) if reference == 0 else None
@@ -207,16 +230,19 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
                                          max_shift=max_shift, threads=threads)
                 # Faint stars whose centroid failed keep the transform's position (better
                 # than noise).
+                xs[held], ys[held] = predicted[held, 0], predicted[held, 1]
+                flags[held] = 0
                 x[k], y[k] = xs, ys
                 centroid_flags[k] = flags & np.uint32(MeasurementFlag.CENTROID_FAILED)
             table = aperture_photometry_frames(
-                block, x, y, radii, annulus, gain=1.0, pixel_flags=block_mask, threads=threads)
-            tables.append(_with_noise_terms(table, start, gain, read_noise, dark, exptime,
-                                            sigma_scint, centroid_flags,
-                                            registrations[start:stop]))
-            if config.psf_photometry:
-                tables.append(_psf_rows(block, x, y, block_mask, start, gain, read_noise,
-                                        registrations[start:stop], config, threads))
+                block, x, y, radii, annulus, gain=1.0, pixel_flags=block_mask, threads=threads,
+                device=device)
+            table = _with_noise_terms(table, start, noise, centroid_flags,
+                                      registrations[start:stop])
+            tables.append(table)
+            if psf_choice is not None:
+                tables.append(_psf_rows(block, x, y, block_mask, start, noise, centroid_flags,
+                                        registrations[start:stop], table, psf_choice, threads))
             bar.update(stop - start)
     photometry = pa.concat_tables(tables, promote_options="default")
 
@@ -240,37 +266,61 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     })
     return RunPhotometry(stars=stars, registration=registrations_table(registrations),
                          photometry=photometry, reference_frame=reference, fwhm=float(fwhm),
-                         target=target, notes=notes)
+                         target=target, notes=notes,
+                         psf=None if psf_choice is None else psf_choice[1])
 
 
-def _with_noise_terms(table: pa.Table, start: int, gain, read_noise, dark, exptime, sigma_scint,
-                      centroid_flags, registrations) -> pa.Table:
+@dataclass(frozen=True)
+class _FrameNoise:
+    """Per-frame inputs of the noise model (index by frame number)."""
+
+    gain: np.ndarray            # e-/ADU
+    read_noise: np.ndarray      # e-
+    dark_e: np.ndarray          # dark electrons per pixel in the exposure
+    sigma_scint: np.ndarray     # relative scintillation sigma
+
+    def pixel_variance(self, frame, sky, sigma):
+        """The frame's own noise per pixel (e-^2), bounded by the annulus scatter sigma (see the
+        module doc)."""
+        read = self.read_noise[frame]
+        ccd_equation = np.where(read > 0, np.maximum(sky, 0.0) + self.dark_e[frame] + read ** 2,
+                                np.inf)
+        return np.minimum(ccd_equation, sigma ** 2)
+
+
+def _measurement_flags(table, centroid_flags, registrations) -> np.ndarray:
+    """The flags of a block's table (frames numbered within the block) with the block's
+    CENTROID_FAILED and NOT_REGISTERED added."""
+    flags = table.column("flags").to_numpy(zero_copy_only=False).copy()
+    star = table.column("star").to_numpy()
+    local = table.column("frame").to_numpy()
+    flags |= centroid_flags[local, star]
+    unregistered = np.array([not r.ok for r in registrations])
+    flags[unregistered[local]] |= np.uint32(MeasurementFlag.NOT_REGISTERED)
+    return flags
+
+
+def _with_noise_terms(table: pa.Table, start: int, noise: _FrameNoise, centroid_flags,
+                      registrations) -> pa.Table:
     """Converts a block's ADU table to electrons and adds the noise terms (see the module doc)."""
     frame = table.column("frame").to_numpy() + start
-    g = gain[frame]
+    g = noise.gain[frame]
     flux = table.column("flux").to_numpy(zero_copy_only=False) * g
     area = table.column("area").to_numpy(zero_copy_only=False)
     sigma = table.column("background_std").to_numpy(zero_copy_only=False) * g
     sky = table.column("background").to_numpy(zero_copy_only=False) * g
     n_bkg = table.column("background_pixels").to_numpy(zero_copy_only=False).astype(np.float64)
-    read = read_noise[frame]
-    dark_e = dark[frame] * exptime[frame]
-    # The frame's own noise per pixel, bounded by the annulus scatter (see the module doc).
-    ccd_equation = np.where(read > 0, np.maximum(sky, 0.0) + dark_e + read ** 2, np.inf)
-    pixel_var = np.minimum(ccd_equation, sigma ** 2)
+    read = noise.read_noise[frame]
+    dark_e = noise.dark_e[frame]
+    pixel_var = noise.pixel_variance(frame, sky, sigma)
     with np.errstate(divide="ignore", invalid="ignore"):
         var_star = np.maximum(flux, 0.0)
         var_background = area * pixel_var
         var_background_error = np.where(n_bkg > 0, area ** 2 * pixel_var / n_bkg, np.inf)
-        var_scintillation = (sigma_scint[frame] * flux) ** 2
+        var_scintillation = (noise.sigma_scint[frame] * flux) ** 2
     var_read = area * read ** 2
     var_dark = area * dark_e
-    flags = table.column("flags").to_numpy(zero_copy_only=False).copy()
-    star = table.column("star").to_numpy()
-    local = frame - start
-    flags |= centroid_flags[local, star]
-    unregistered = np.array([not r.ok for r in registrations])
-    flags[unregistered[local]] |= np.uint32(MeasurementFlag.NOT_REGISTERED)
+    flags = _measurement_flags(table, centroid_flags, registrations)
     total = var_star + var_background + var_background_error + var_scintillation
     columns = {
         "frame": pa.array(frame, pa.int64()),
@@ -289,17 +339,127 @@ def _with_noise_terms(table: pa.Table, start: int, gain, read_noise, dark, expti
     return pa.table(columns)
 
 
-def _psf_rows(block, x, y, block_mask, start, gain, read_noise, registrations, config, threads):
-    """PSF fluxes (electrons) of the block's stars at their registered positions."""
+def _choose_psf(reference_image, ref_xy, gain, read_noise, config, threads, notes):
+    """The run's PSF model (profile and whether it varies across the field), chosen on the
+    reference frame: (model, report), or None (said in the notes) when no PSF can be fitted."""
+    profiles = ("gaussian", "moffat") if config.psf_model == "auto" else (config.psf_model,)
+    try:
+        model, report = choose_psf_model(
+            np.asarray(reference_image, dtype=np.float32), ref_xy[:, 0], ref_xy[:, 1],
+            profiles=profiles, gain=float(np.median(gain)),
+            read_noise=float(np.median(read_noise)), threads=threads)
+    except EngineValueError as exc:
+        notes.append(f"no PSF photometry: {exc}")
+        return None
+    report["how"] = ("configured" if config.psf_model != "auto" else
+                     "lowest reduced chi^2 of the reference frame's PSF stars (2% for each "
+                     "added freedom)")
+    return model, report
+
+
+def _with_faint_neighbours(reference_image, reference_stars, psf, gain, read_noise, fwhm, config,
+                           threads, notes):
+    """The reference star list plus the stars that the reference frame's PSF residual reveals
+    (neighbours within a few FWHM that detection merged with a brighter star, and in a crowded
+    field the fainter stars beyond the list's max_stars), more than one FWHM from every listed
+    star. Returns (stars, xy, held): held marks the added stars and
+    their listed neighbours within 2.5 FWHM, whose reference positions come from one joint PSF
+    fit and which every frame places by its transform (centroids would pull them together)."""
+    image = np.asarray(reference_image, dtype=np.float32)
+    xy = star_positions(reference_stars)
+    kwargs = {"gain": float(np.median(gain)), "read_noise": float(np.median(read_noise)),
+              "threads": threads}
+    residual = psf_residual_image(image, xy[:, 0], xy[:, 1], psf, **kwargs)
+    found = detect_stars(residual, config.detection_threshold, max_stars=config.max_stars,
+                         threads=threads)
+    held = np.zeros(len(xy), dtype=bool)
+    if found.num_rows:
+        distance = cKDTree(xy).query(star_positions(found))[0]
+        found = found.filter(pa.array(distance > fwhm))
+    if not found.num_rows:
+        return reference_stars, xy, held
+    notes.append(f"{found.num_rows} star(s) found in the reference frame's PSF residual added, "
+                 "held with their neighbours at registered positions")
+    added = star_positions(found)
+    near = np.array([bool(n) for n in cKDTree(added).query_ball_point(xy, 2.5 * fwhm)])
+    held = np.r_[near, np.ones(found.num_rows, dtype=bool)]
+    xy = np.vstack([xy, added])
+    stars = pa.concat_tables([reference_stars, found.select(reference_stars.column_names)
+                              .cast(reference_stars.schema)])
+    # A merged detection sits between its two stars: the joint fit moves it onto one of them,
+    # where the fainter of two stars closer than a FWHM is a duplicate, dropped (a held star
+    # that lands on one not held is the duplicate).
+    for _ in range(3):
+        index = np.flatnonzero(held)
+        fitted = psf_photometry(image, xy[index, 0], xy[index, 1], psf=psf, fit_positions=True,
+                                **kwargs)
+        fitted_xy = np.c_[fitted.column("x").to_numpy(), fitted.column("y").to_numpy()]
+        moved = np.isfinite(fitted_xy).all(axis=1)  # a failed fit keeps its star's position
+        xy[index[moved]] = fitted_xy[moved]
+        flux = np.full(len(xy), np.inf)
+        flux[index] = np.nan_to_num(fitted.column("flux").to_numpy(zero_copy_only=False),
+                                    nan=-np.inf)
+        pairs = cKDTree(xy).query_pairs(fwhm, output_type="ndarray")
+        pairs = pairs[held[pairs[:, 0]] | held[pairs[:, 1]]]
+        if not len(pairs):
+            break
+        drop = np.zeros(len(xy), dtype=bool)
+        drop[np.where(flux[pairs[:, 0]] < flux[pairs[:, 1]], pairs[:, 0], pairs[:, 1])] = True
+        stars, xy, held = stars.filter(pa.array(~drop)), xy[~drop], held[~drop]
+    return stars, xy, held
+
+
+def _psf_rows(block, x, y, block_mask, start, noise: _FrameNoise, centroid_flags,
+              registrations, apertures: pa.Table, psf_choice, threads) -> pa.Table:
+    """PSF fluxes (electrons) of the block's stars at their registered positions, each frame
+    with its own fit of the run's PSF model, and the aperture rows' noise terms: the star's
+    Poisson noise, the sky's over the fit's noise-equivalent area (`PSFModel.noise_area`), the
+    rest of the fit's variance (the fitted background, blended neighbours) as
+    var_background_error, and scintillation."""
     frames = np.arange(start, start + block.shape[0])
     registered = np.array([r.ok for r in registrations])
-    table = psf_photometry_frames(
-        block, np.where(registered[:, None], x, np.nan), np.where(registered[:, None], y, np.nan),
-        model=config.psf_model, gain=float(np.median(gain[frames])),
-        read_noise=float(np.median(read_noise[frames])), pixel_flags=block_mask, threads=threads)
+    x = np.where(registered[:, None], x, np.nan)
+    y = np.where(registered[:, None], y, np.nan)
+    gain = float(np.median(noise.gain[frames]))
+    read_noise = float(np.median(noise.read_noise[frames]))
+    chosen = psf_choice[0]
+    models = fit_psf_models(block, x, y, model=chosen.model, varying=chosen.varying, gain=gain,
+                            read_noise=read_noise, pixel_flags=block_mask, threads=threads)
+    table = psf_photometry_frames(block, x, y, psf=models, gain=gain, read_noise=read_noise,
+                                  pixel_flags=block_mask, threads=threads)
     local = table.column("frame").to_numpy()
-    flags = table.column("flags").to_numpy(zero_copy_only=False).copy()
-    flags[~registered[local]] |= np.uint32(MeasurementFlag.NOT_REGISTERED)
-    table = table.set_column(table.column_names.index("frame"), "frame",
-                             pa.array(local + start, pa.int64()))
-    return table.set_column(table.column_names.index("flags"), "flags", pa.array(flags, pa.uint32()))
+    star = table.column("star").to_numpy()
+    frame = local + start
+    box = int(table.column("radius")[0].as_py()) if table.num_rows else 0
+    nea = np.array([math.nan if m.failed else m.noise_area(box) for m in models])[local]
+    # The annulus scatter of the aperture rows bounds the pixel variance as it does theirs.
+    annulus_sigma = np.full(x.shape, np.nan)
+    annulus_sigma[apertures.column("frame").to_numpy() - start,
+                  apertures.column("star").to_numpy()] = (
+        apertures.column("background_std").to_numpy(zero_copy_only=False))
+    flux = table.column("flux").to_numpy(zero_copy_only=False)
+    fit_var = table.column("flux_err").to_numpy(zero_copy_only=False) ** 2
+    sky = table.column("background").to_numpy(zero_copy_only=False)
+    pixel_var = noise.pixel_variance(frame, sky, annulus_sigma[local, star])
+    with np.errstate(invalid="ignore"):
+        var_star = np.maximum(flux, 0.0)
+        var_background = nea * pixel_var
+        var_background_error = np.maximum(fit_var - var_star - var_background, 0.0)
+        var_scintillation = (noise.sigma_scint[frame] * flux) ** 2
+    total = var_star + var_background + var_background_error + var_scintillation
+    columns = {
+        "frame": pa.array(frame, pa.int64()),
+        "flux_err": pa.array(np.sqrt(total)),
+        "flags": pa.array(_measurement_flags(table, centroid_flags, registrations), pa.uint32()),
+        "var_star": pa.array(var_star), "var_background": pa.array(var_background),
+        "var_background_error": pa.array(var_background_error),
+        "var_scintillation": pa.array(var_scintillation),
+        "var_read": pa.array(nea * noise.read_noise[frame] ** 2),
+        "var_dark": pa.array(nea * noise.dark_e[frame]),
+    }
+    for name, values in columns.items():
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), name, values)
+        else:
+            table = table.append_column(name, values)
+    return table

@@ -7,7 +7,7 @@ sets (bias; dark; flat per filter), and writes
 
 - `out_dir/cubes/RUN_ID.zarr`: each run's (and calibration set's) frames, in time order, as a Zarr
   v3 cube (frame, y, x), one frame per chunk (engine.io.cube says why LZ4 + bit-shuffle);
-- `out_dir/frames.parquet`: one row per input file (engine.io.tables.FRAMES_SCHEMA), skipped
+- `out_dir/frames.parquet`: one row per input file (engine.io.schemas.FRAMES_SCHEMA), skipped
   files included with their reason.
 
 Times: mid-exposure UTC from the header's best time stamp, corrected by the site's configured
@@ -32,7 +32,8 @@ where one frame cannot tell. Gain and read noise that neither gives are measured
 calibration (photon transfer, else the lights' sky).
 
 Reruns: a cube is rebuilt only when its frames (path, size, modification time), the
-configuration or the target changed; the table is rewritten only when its content changed. So
+configuration or the target changed, or the output folder's manifest finds its bytes changed
+(engine.io.manifest); the table is rewritten only when its content changed. So
 ingesting the same files again writes nothing, and a killed ingest leaves only temporary names
 that the next run clears and never trusts. Inputs are opened read-only.
 """
@@ -61,14 +62,16 @@ from engine.cext import default_threads
 from engine.errors import EngineFileError, EngineValueError, HeaderError
 from engine.io import bayer as _bayer
 from engine.io.adc import saturation_level
-from engine.io.cube import CubeWriter, cube_attributes, open_cube, remove_stale_temporaries
+from engine.io.cube import CubeWriter, open_cube, remove_stale_temporaries
 from engine.io.fits import FitsImage, find_fits_files, open_image, read_image
 from engine.io.frame_type import classify_frame
 from engine.io.headers import (camera_identity, identity_values, normalise_header, parse_dec,
                                parse_ra)
 from engine.io.layout import CUBES_FOLDER, FRAMES_TABLE, PRODUCT_FOLDERS, bad_pixel_cube_path
+from engine.io.manifest import Manifest
 from engine.io.processing import bad_pixel_hdu, calibrated_state, pedestal
-from engine.io.tables import FRAMES_SCHEMA, read_parquet, write_parquet
+from engine.io.schemas import FRAMES_SCHEMA
+from engine.io.tables import read_parquet, write_parquet
 from engine.io.timestamps import header_timestamps, mid_from_stamps, run_convention
 from engine.progress import progress
 from engine.settings.ingest import IngestConfig, Site
@@ -79,6 +82,10 @@ log = logging.getLogger("engine.ingest")
 
 _FORMAT_VERSION = "ingest-2"
 _LATER_CODES = {"all_nan", "shape_mismatch", "duplicate"}
+#: The longest single exposure believed: half a day. No night is longer, so a larger EXPTIME is
+#: a garbled header (1e6 s would move mid-exposure six days on and start a run of its own; 1e30
+#: overflows the time arithmetic) and the frame is skipped.
+MAX_EXPTIME_S = 43200.0
 _GEOCENTRE_NOTE = "site unknown: geocentric BJD_TDB (up to 0.021 s off)"
 
 
@@ -86,10 +93,16 @@ _GEOCENTRE_NOTE = "site unknown: geocentric BJD_TDB (up to 0.021 s off)"
 class IngestResult:
     """What ingest produced.
 
-    frames: the frames table (pyarrow Table, FRAMES_SCHEMA), one row per input file.
-    cubes: run id -> path of its cube (read it with `cube(run_id)`).
-    out_dir, frames_path: where the products are.
-    written: run ids whose cubes this call (re)wrote; table_written: whether it wrote the table.
+    Attributes
+    ----------
+    frames
+        the frames table (pyarrow Table, FRAMES_SCHEMA), one row per input file.
+    cubes
+        run id -> path of its cube (read it with `cube(run_id)`).
+    out_dir, frames_path
+        where the products are.
+    written, table_written
+        run ids whose cubes this call (re)wrote, and whether it wrote the table.
     """
 
     frames: pa.Table
@@ -388,9 +401,11 @@ def _scan(path: Path, config: IngestConfig) -> _Scanned:
         exptime = 0.0
         _note(row, "no exposure time keyword: 0 s assumed for a bias")
     row["exptime"] = exptime
-    if exptime < 0 or (exptime == 0 and kind.frame_type != "bias"):
+    if not 0 <= exptime <= MAX_EXPTIME_S or (exptime == 0 and kind.frame_type != "bias"):
+        row["exptime"] = exptime if math.isfinite(exptime) else None
+        ceiling = f" (at most {MAX_EXPTIME_S:g} s is believed)" if exptime > 0 else ""
         return _Scanned(_skip(row, "bad_exptime", f"{path}: {record.sources.get('exptime')} = "
-                              f"{exptime:g} s for a {kind.frame_type} frame"), image)
+                              f"{exptime:g} s for a {kind.frame_type} frame{ceiling}"), image)
 
     _processing(row, header, image, site, pattern)
 
@@ -753,17 +768,32 @@ def _to_table(rows: list[dict]) -> pa.Table:
 
 
 def ingest(paths, out_dir, target=None, config: IngestConfig | None = None, *,
-           workers: int | None = None) -> IngestResult:
+           workers: int | None = None, manifest: Manifest | None = None) -> IngestResult:
     """Ingest FITS files (or folders of them, searched recursively) into `out_dir`.
 
-    target: (ra, dec) of the target for BJD_TDB and airmass: degrees, or strings 'HH:MM:SS' and
+    Parameters
+    ----------
+    paths
+        FITS files and folders (searched recursively).
+    out_dir
+        the output folder: cubes/ and frames.parquet are written there.
+    target
+        (ra, dec) of the target for BJD_TDB and airmass: degrees, or strings 'HH:MM:SS' and
         '±DD:MM:SS'; default: the configuration's, else each run's median header pointing.
-    config: engine.settings.IngestConfig (sites with locations and clock offsets, frame-type overrides,
+    config
+        engine.settings.IngestConfig (sites with locations and clock offsets, frame-type overrides,
         Bayer mode); default: IngestConfig().
-    workers: threads reading files (default: the cores this process may use).
+    workers
+        threads reading files (default: the cores this process may use).
+    manifest
+        the output folder's engine.io.manifest.Manifest (default: read from `out_dir`); a cube
+        is reused only when it lists it as current.
 
-    Returns an IngestResult (the frames table, the cubes). See the module docstring for what is
-    skipped and what raises.
+    Returns
+    -------
+    IngestResult
+        the frames table, the cubes. See the module docstring for what is skipped and what
+        raises.
     """
     config = IngestConfig() if config is None else config
     if not isinstance(config, IngestConfig):
@@ -795,6 +825,7 @@ def ingest(paths, out_dir, target=None, config: IngestConfig | None = None, *,
 
     settings = json.dumps([_FORMAT_VERSION, config.fingerprint(), parsed])
     previous = _previous_rows(frames_path, settings)
+    manifest = Manifest(out_dir) if manifest is None else manifest
     log.info("ingesting %d files into %s with %d threads", len(files), out_dir, threads)
 
     with warnings.catch_warnings(), ThreadPoolExecutor(threads) as pool:
@@ -819,10 +850,11 @@ def ingest(paths, out_dir, target=None, config: IngestConfig | None = None, *,
             _run_times(members)
             fingerprint = _fingerprint(run_id, rows, settings)
             cube_path = cubes_dir / f"{run_id}.zarr"
-            attributes = cube_attributes(cube_path)
             old = [previous.get(r["path"]) for r in rows]
-            if (attributes is not None and attributes.get("fingerprint") == fingerprint
-                    and all(o is not None and o["run_id"] == run_id for o in old)):
+            products = [cube_path] + [p for p in [bad_pixel_cube_path(cube_path)]
+                                      if manifest.lists(p)]
+            if (all(o is not None and o["run_id"] == run_id for o in old)
+                    and manifest.is_current(products, fingerprint)):
                 for row, before in zip(rows, old):
                     row.update(before)
                     if row["status"] == "ok":
@@ -857,6 +889,8 @@ def ingest(paths, out_dir, target=None, config: IngestConfig | None = None, *,
                           depth=2 * threads):
                 cubes[run_id] = cube_path
                 written.append(run_id)
+                masks = bad_pixel_cube_path(cube_path)
+                manifest.record([cube_path] + ([masks] if masks.is_dir() else []), fingerprint)
 
     rows = [item.row for item in scanned]
     _camera_saturation(rows)
@@ -874,7 +908,8 @@ def ingest(paths, out_dir, target=None, config: IngestConfig | None = None, *,
         except EngineFileError:
             table_written = True
     if table_written:
-        write_parquet(table, frames_path, metadata={"engine_ingest_settings": settings})
+        write_parquet(table, frames_path, metadata={"engine_ingest_settings": settings},
+                      schema=FRAMES_SCHEMA)
     else:
         table = read_parquet(frames_path)
     result = IngestResult(frames=table, cubes=dict(sorted(cubes.items())), out_dir=out_dir,

@@ -56,12 +56,18 @@ def find_period(lightcurve, *, method: str = "lombscargle", min_period: float | 
                 star_id: int | None = None, samples_per_peak: int = 10) -> PeriodSearch:
     """Search a light curve for its period.
 
-    lightcurve : a lightcurves.parquet table (the target's rows, or `star_id`'s; flagged rows
+    Parameters
+    ----------
+    lightcurve
+        a lightcurves.parquet table (the target's rows, or `star_id`'s; flagged rows
         left out) or a (time, flux, flux_err) triple.
-    method : 'lombscargle' (sinusoid-like variability) or 'bls' (box-shaped dips).
-    min_period, max_period : the search range in days (defaults: twice the median cadence, and
+    method
+        'lombscargle' (sinusoid-like variability) or 'bls' (box-shaped dips).
+    min_period, max_period
+        the search range in days (defaults: twice the median cadence, and
         half the time span).
-    duration : the box duration for BLS in days (default: a grid from 0.5 to 6 hours, capped
+    duration
+        the box duration for BLS in days (default: a grid from 0.5 to 6 hours, capped
         below min_period).
     """
     time, flux, error = _series(lightcurve, star_id)

@@ -1,9 +1,13 @@
 """The main job: `reduce` runs ingest -> calibrate -> photometry -> ensemble -> merge.
 
-Every stage writes its products into `out_dir` atomically and is skipped on a rerun when its
-products are newer than its inputs, so a killed reduction resumes where it stopped. Runs
-(telescope x night x filter) are independent until the merge: their photometry runs serially,
-on a local Dask cluster (`workers`), or on an existing one (`scheduler`).
+Every stage writes its products into `out_dir` atomically and is skipped on a rerun when the
+output folder's manifest (engine.io.manifest) lists its products as made from the same inputs
+and still holding the bytes they were written with, so a killed reduction resumes where it
+stopped and a damaged product (a deleted chunk, a truncated table) is rebuilt with everything
+made from it; the report's `rebuilt` names them. The sky, ensemble and merge stages are cheap
+and always rerun. Runs (telescope x night x filter) are independent until the merge: their
+photometry runs serially, on a local Dask cluster (`workers`), or on an existing one
+(`scheduler`).
 
 After photometry, the sky stage (`engine.sky`) puts every run's reference frame on the sky (its
 header WCS, a solve against `--catalogue`, or a match to another solved run), finds the target
@@ -22,6 +26,7 @@ noise_budget.png.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -35,6 +40,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.calibration import calibrate
+from engine.checks import integer, require_dask
+from engine.device import resolve_device
 from engine.ensemble import build_run_lightcurve, merge_runs, write_lightcurves, write_report
 from engine.errors import EngineValueError
 from engine.extraction import extract_run
@@ -44,6 +51,9 @@ from engine.io.cube import open_cube
 from engine.io.layout import (CATALOGUE_FOLDER, LIGHTCURVES_TABLE, LOG_FILE, PHOTOMETRY_TABLE,
                               REPORT, STARS_TABLE, mask_cube_path, run_photometry,
                               run_registration, run_sky_header, run_stars)
+from engine.io.schemas import (FRAMES_SCHEMA, PHOTOMETRY_SCHEMA, REGISTRATION_SCHEMA,
+                               STARS_SCHEMA)
+from engine.io.manifest import Manifest, fingerprint
 from engine.io.tables import concat_parquet, read_parquet, write_parquet
 from engine.progress import progress, quiet
 from engine.registration import Transform
@@ -62,6 +72,9 @@ _NOT_FOR_THE_ENSEMBLE = ("run_id", "area", "background_std", "background_pixels"
 
 @dataclass
 class ReduceResult:
+    """What `reduce` produced: the output folder, the runs that gave light curves, the light
+    curves (lightcurves.parquet), the report (report.json) and each stage's time in seconds."""
+
     out_dir: Path
     runs: list[str]
     lightcurves: pa.Table
@@ -81,6 +94,8 @@ class ReduceResult:
                          f"{len(diag.get('flagged_frames', []))} flagged, aperture "
                          f"{diag.get('aperture', {}).get('chosen', '?')}, "
                          f"achieved/expected scatter {ratio_text}")
+        for product in self.report.get("rebuilt", []):
+            lines.append(f"  rebuilt {product}: found missing or changed since it was written")
         lines.append("  stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings_s.items()))
         return "\n".join(lines)
 
@@ -107,56 +122,109 @@ def _measure_run(run_id: str, cube_path: str, frames: pa.Table, config: Extracti
     result = extract_run(data, frames, mask=mask, config=config, threads=threads)
     run = pa.array([run_id] * result.photometry.num_rows)
     write_parquet(result.stars.append_column("run_id", pa.array([run_id] * result.stars.num_rows)),
-                  run_stars(out_dir, run_id))
-    write_parquet(result.registration, run_registration(out_dir, run_id))
+                  run_stars(out_dir, run_id), schema=STARS_SCHEMA)
+    write_parquet(result.registration, run_registration(out_dir, run_id),
+                  schema=REGISTRATION_SCHEMA)
     meta = {"reference_frame": result.reference_frame, "fwhm": result.fwhm,
             "notes": result.notes, "settings": _settings(config)}
+    if result.psf is not None:
+        meta["psf"] = result.psf
     return str(write_parquet(result.photometry.append_column("run_id", run),
                              run_photometry(out_dir, run_id),
-                             metadata={"engine": json.dumps(meta)}))
+                             metadata={"engine": json.dumps(meta)}, schema=PHOTOMETRY_SCHEMA))
 
 
 def _settings(config: ExtractionConfig) -> str:
     """What a run's photometry depends on besides its cube: a product made otherwise is redone."""
-    return json.dumps({"extraction": asdict(config)}, sort_keys=True)
+    settings = asdict(config)
+    del settings["device"]  # where it was measured, not what: the same numbers to rounding
+    return json.dumps({"extraction": settings}, sort_keys=True)
 
 
-def _up_to_date(product: Path, source: Path, settings: str) -> bool:
-    """The product exists, is newer than every file of its source, and was made with `settings`."""
-    if not product.exists() or not source.exists():
-        return False
-    newest = max((p.stat().st_mtime for p in source.rglob("*")), default=source.stat().st_mtime)
-    if product.stat().st_mtime < newest:
-        return False
-    metadata = pq.read_schema(product).metadata or {}
-    return json.loads(metadata.get(b"engine", b"{}")).get("settings") == settings
+def _photometry_products(out: Path, run_id: str) -> list[Path]:
+    return [run_photometry(out, run_id), run_stars(out, run_id), run_registration(out, run_id)]
+
+
+def _photometry_inputs(manifest: Manifest, cube_path: Path, run_frames: pa.Table,
+                       config: ExtractionConfig) -> str:
+    """A run's photometry is made from its calibrated cube and mask (by content), its rows of
+    the frames table and the extraction settings."""
+    mask = mask_cube_path(cube_path)
+    return fingerprint(_settings(config), manifest.hash_of(cube_path),
+                       manifest.hash_of(mask) if mask.exists() else None,
+                       run_frames.to_pylist())
 
 
 def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
            config: PipelineConfig | None = None, workers: int | None = None,
-           scheduler: str | None = None, threads: int | None = None) -> ReduceResult:
+           scheduler: str | None = None, threads: int | None = None,
+           device: str | None = None) -> ReduceResult:
     """Reduce raw frames (files or folders, any mix of telescopes) to light curves.
 
-    target : (ra, dec) of the target (degrees or sexagesimal strings): BJD_TDB, and the target
+    Parameters
+    ----------
+    paths
+        FITS files and folders (searched recursively), lights and calibrations, any mix of
+        telescopes, nights and filters.
+    out_dir
+        the output folder; a rerun on the same inputs resumes and skips finished work.
+    config
+        every stage's settings (default: PipelineConfig()).
+    target
+        (ra, dec) of the target (degrees or sexagesimal strings): BJD_TDB, and the target
         star in every run with a sky solution.
-    target_xy : (x, y) of the target in the first light frame (as stored, 0-based) of the
+    target_xy
+        (x, y) of the target in the first light frame (as stored, 0-based) of the
         night's first run, which the other runs find by matching their stars to that run's; or
         a dict run_id -> (x, y) (the configuration's `[sky] target_xy` also takes site names).
-    catalogue : a reference catalogue file (CSV or Parquet) or a ReferenceCatalogue, for sky
+    catalogue
+        a reference catalogue file (CSV or Parquet) or a ReferenceCatalogue, for sky
         solutions and standardisation (default: the configuration's `[sky] catalogue`). It is
         read before any other work: a bad file stops nothing half-done. The word "gaia" fetches
         Gaia DR3 for each run's field right after ingest (it needs the pointings), before any
         calibration; the answers are kept in catalogues/ and a rerun reads them from there.
-    workers / scheduler : measure runs in parallel on a local Dask cluster of `workers`
-        processes, or on the cluster at `scheduler`.
+    workers, scheduler
+        measure runs in parallel on a local Dask cluster of `workers` processes, or on the
+        cluster at `scheduler` (default: the configuration's `[pipeline] scheduler`, reached
+        with its TLS files; a plain connection to another machine is warned about). Either one
+        overrides the configuration's scheduler; both need the optional dask extra.
+    threads
+        threads inside each process (default: every core).
+    device
+        'cpu', 'cuda' or 'auto', where the photometry stage measures (default: the
+        configuration's `[extraction] device`).
+
+    Raises
+    ------
+    MissingToolError
+        `workers` or `scheduler` given and dask.distributed not installed: checked before any
+        work.
+    DeviceUnavailableError
+        device 'cuda' without a usable GPU, before any work.
     """
     config = PipelineConfig() if config is None else config
+    # Checked before any product is written (a zero would otherwise hang or fail late).
+    integer("workers", workers, least=1, allow_none=True)
+    integer("threads", threads, least=1, allow_none=True)
+    if workers is not None and scheduler is not None:
+        raise EngineValueError("give workers (a local cluster) or a scheduler, not both")
+    if scheduler is not None or workers is not None:  # the arguments override the file
+        config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster,
+                                                                         scheduler=scheduler))
+    if config.cluster.scheduler is not None or workers is not None:
+        require_dask()
+    if config.cluster.plain_remote_scheduler():
+        log.warning("the scheduler %s is on another machine and the connection is not "
+                    "encrypted: use a tls:// address with TLS files", config.cluster.scheduler)
+    device, said = resolve_device(config.extraction.device if device is None else device)
+    config = dataclasses.replace(config, extraction=dataclasses.replace(config.extraction,
+                                                                        device=device))
     catalogue = _catalogue(catalogue if catalogue is not None else config.sky.catalogue)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _run_log(out / LOG_FILE):
-        return _reduce(paths, out, target, target_xy, catalogue, config, workers, scheduler,
-                       threads)
+        log.info(said)
+        return _reduce(paths, out, target, target_xy, catalogue, config, workers, threads)
 
 
 def _catalogue(source):
@@ -209,11 +277,12 @@ def _run_log(path: Path):
 
 
 def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConfig, workers,
-            scheduler, threads) -> ReduceResult:
+            threads) -> ReduceResult:
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    ingested = ingest(paths, out, target=target, config=config.ingest)
+    manifest = Manifest(out)
+    ingested = ingest(paths, out, target=target, config=config.ingest, manifest=manifest)
     timings["ingest"] = time.perf_counter() - start
     log.info("ingest done in %.1f s:\n%s", timings["ingest"], ingested.summary())
     if catalogue == GAIA:
@@ -225,7 +294,7 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     calibrated = calibrate(ingested, out, threads=threads,
                            temperature_tolerance=config.calibration.temperature_tolerance,
                            uncertainty=config.calibration.uncertainty,
-                           chunk_bytes=config.calibration.chunk_bytes)
+                           chunk_bytes=config.calibration.chunk_bytes, manifest=manifest)
     timings["calibrate"] = time.perf_counter() - start
     log.info("calibrate done in %.1f s:\n%s", timings["calibrate"], calibrated.summary())
     frames = _with_camera_values(ingested, calibrated.camera)
@@ -234,14 +303,17 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
         raise EngineValueError("no light frames to reduce (only calibration frames were found)")
 
     start = time.perf_counter()
-    jobs = []
+    jobs, inputs = [], {}
     for run_id in runs:
-        product = run_photometry(out, run_id)
-        if _up_to_date(product, Path(calibrated.runs[run_id]), _settings(config.extraction)):
+        run_frames = _run_frames(frames, run_id)
+        inputs[run_id] = _photometry_inputs(manifest, Path(calibrated.runs[run_id]), run_frames,
+                                            config.extraction)
+        if manifest.is_current(_photometry_products(out, run_id), inputs[run_id]):
             continue
-        jobs.append((run_id, str(calibrated.runs[run_id]), _run_frames(frames, run_id),
-                     config.extraction, str(out), threads))
-    _run_jobs(jobs, workers, scheduler)
+        jobs.append((run_id, str(calibrated.runs[run_id]), run_frames, config.extraction,
+                     str(out), threads))
+    _run_jobs(jobs, workers, config.cluster, done=lambda run_id: manifest.record(
+        _photometry_products(out, run_id), inputs[run_id]))
     timings["photometry"] = time.perf_counter() - start
     log.info("photometry done in %.1f s", timings["photometry"])
 
@@ -261,6 +333,7 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     timings["plots"] = time.perf_counter() - start
     log.info("plots done in %.1f s", timings["plots"])
     report["timings_s"] = timings
+    report["rebuilt"] = manifest.rebuilt
     for run_id in runs:
         report["runs"].setdefault(run_id, {})["camera"] = _camera_report(
             _run_frames(frames, run_id))
@@ -292,7 +365,7 @@ def _with_camera_values(ingested, camera: dict[str, dict]) -> pa.Table:
     table = pa.Table.from_pylist(rows, schema=frames.schema)
     # Keep ingest's settings stamp: its next run then reuses these rows.
     stamp = pq.read_schema(ingested.frames_path).metadata or {}
-    write_parquet(table.replace_schema_metadata(stamp), ingested.frames_path)
+    write_parquet(table.replace_schema_metadata(stamp), ingested.frames_path, schema=FRAMES_SCHEMA)
     return table
 
 
@@ -418,17 +491,19 @@ def _write_views(out: Path, lightcurves: pa.Table, report: dict) -> list[str]:
     return [Path(path).name for path in written]
 
 
-def _run_jobs(jobs, workers, scheduler) -> None:
+def _run_jobs(jobs, workers, cluster_config, done) -> None:
+    """Measure each job's run; `done(run_id)` is called here, in this process, as each ends."""
     if not jobs:
         return
-    if workers is None and scheduler is None:
+    if workers is None and cluster_config.scheduler is None:
         for job in jobs:
             _measure_run(*job)
+            done(job[0])
         return
     from dask.distributed import Client, LocalCluster
 
-    if scheduler is not None:
-        client = Client(scheduler)
+    if cluster_config.scheduler is not None:
+        client = Client(cluster_config.scheduler, security=cluster_config.security())
         cluster = None
     else:
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
@@ -437,10 +512,12 @@ def _run_jobs(jobs, workers, scheduler) -> None:
     try:
         from dask.distributed import as_completed
 
-        futures = [client.submit(_measure_run, *job, on_worker=True, pure=False) for job in jobs]
+        futures = {client.submit(_measure_run, *job, on_worker=True, pure=False): job[0]
+                   for job in jobs}
         for future in progress(as_completed(futures), total=len(futures),
                                desc="photometry (runs)", unit="run"):
             future.result()  # raises a worker's error here
+            done(futures[future])
     finally:
         client.close()
         if cluster is not None:
@@ -463,9 +540,10 @@ def _ensemble(out: Path, runs: list[str], frames: pa.Table, skies, stars: dict, 
         report["runs"][run_id] = diagnostics
         if result is not None:
             results.append(result)
-    concat_parquet([run_photometry(out, run_id) for run_id in runs], out / PHOTOMETRY_TABLE)
+    concat_parquet([run_photometry(out, run_id) for run_id in runs], out / PHOTOMETRY_TABLE,
+                   schema=PHOTOMETRY_SCHEMA)
     write_parquet(pa.concat_tables([stars[run_id] for run_id in runs], promote_options="default"),
-                  out / STARS_TABLE)
+                  out / STARS_TABLE, schema=STARS_SCHEMA)
     if not results:
         reasons = "; ".join(f"{run_id}: {report['runs'][run_id].get('skipped', '?')}"
                             for run_id in runs)

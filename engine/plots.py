@@ -192,7 +192,7 @@ def _binned(time: np.ndarray, values: np.ndarray, minutes: float):
 def _comparisons_by_run(source) -> dict[str, list[dict]]:
     """run_id -> comparisons as dicts (star_id, weight_share, scatter, expected, suspect), from a
     report dict (report.json: runs -> weights -> comparisons), one run's diagnostics, or a star
-    summary table (STARS_SCHEMA rows: RunLightCurve.stars of one or many runs)."""
+    summary table (STAR_SUMMARY_SCHEMA rows: RunLightCurve.stars of one or many runs)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.suffix.lower() == ".json":
@@ -247,9 +247,12 @@ def plot_comparison_weights(stars_or_summary, path) -> Path:
     (1 = as expected). Red bars, in both panels, are suspected variables: named by the ensemble or
     with a scatter above twice the expected; a legend above the panels says so.
 
-    stars_or_summary : the report dict `reduce` returns / writes (report.json; per run
+    Parameters
+    ----------
+    stars_or_summary
+        the report dict `reduce` returns / writes (report.json; per run
         weights.comparisons with weight_share, rms_mag, expected_rms_mag), a star summary table
-        (STARS_SCHEMA: run_id, star_id, role, weight_share, scatter, expected), or a path to
+        (STAR_SUMMARY_SCHEMA: run_id, star_id, role, weight_share, scatter, expected), or a path to
         either (.json, else Parquet).
     """
     by_run = {run: rows for run, rows in _comparisons_by_run(stars_or_summary).items() if rows}
@@ -340,7 +343,10 @@ def plot_transparency(lightcurves: pa.Table, path) -> Path:
     cloud dips point down in both), against time. Frames flagged CLOUD are marked x,
     NOISE_MODEL_EXCEEDED +, NO_ENSEMBLE (no zero point) by a dotted vertical line.
 
-    lightcurves : the light-curve table: run_id, time_bjd_tdb, flags, transparency, and
+    Parameters
+    ----------
+    lightcurves
+        the light-curve table: run_id, time_bjd_tdb, flags, transparency, and
         optionally zero_point and frame (one value per frame, repeated on its rows).
     """
     _require(lightcurves, ("run_id", "time_bjd_tdb", "flags", "transparency"),
@@ -420,14 +426,20 @@ def plot_noise_budget(photometry: pa.Table, path, *, lightcurves: pa.Table | Non
         the star's instrumental magnitude (-2.5 log10 of its median flux in e-); the chosen star
         is ringed, and with `lightcurves` the measured scatter of each star in it is drawn.
 
-    photometry : photometry.parquet (aperture rows: run_id, frame, star, radius, flux,
+    Parameters
+    ----------
+    photometry
+        photometry.parquet (aperture rows: run_id, frame, star, radius, flux,
         flux_err, flags, var_*).
-    lightcurves : lightcurves.parquet; gives the target's star and chosen aperture per run,
+    lightcurves
+        lightcurves.parquet; gives the target's star and chosen aperture per run,
         the frames' times, and the measured scatter. Without it, `stars` (stars.parquet, its
         is_target column) or `star` names the star, frame numbers replace times, and the
         aperture is `radius` or else the run's middle radius.
-    run_id : one run only; default every run in the photometry table.
-    star, radius : the star number (run's star table) and aperture radius (px, the nearest one
+    run_id
+        one run only; default every run in the photometry table.
+    star, radius
+        the star number (run's star table) and aperture radius (px, the nearest one
         measured is used) for every run, instead of the target's.
     """
     _require(photometry, ("run_id", "frame", "star", "radius", "flux", "flux_err"),

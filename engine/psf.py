@@ -5,9 +5,12 @@ integrated over pixels, optionally varying linearly across the field) jointly to
 unflagged stars. `psf_photometry` fits that PSF to every star of an image: fluxes with positions
 held at the inputs (a linear fit), or positions and fluxes; stars whose fitting boxes overlap are
 fitted jointly with a local background per group (none, a constant or a plane).
-`psf_photometry_frames` does both for a block of frames (the cube-level stage feeds it chunk by
-chunk) and returns the same table as `engine.aperture_photometry_frames`, plus `method`,
-`chi2_reduced` and `iterations`. The fits run in the compiled core (engine/cext/psf.py), in
+`choose_psf_model` lets a frame's stars choose the profile (Gaussian or Moffat) and whether it
+varies across the field, with the fit's quality (`psf_residual_fraction`);
+`psf_residual_image` subtracts the fitted stars, showing the ones a star list missed.
+`psf_photometry_frames` fits the model and the stars for a block of frames (the cube-level
+stage feeds it chunk by chunk) and returns the same table as `engine.aperture_photometry_frames`,
+plus `method`, `chi2_reduced` and `iterations`. The fits run in the compiled core (engine/cext/psf.py), in
 parallel over groups of stars with the GIL released.
 
 Fits: Levenberg-Marquardt in the compiled core, one small dense system per group of stars whose
@@ -43,22 +46,27 @@ position reached max_shift).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from dataclasses import field as _dataclass_field
 
 import numpy as np
 import pyarrow as pa
 
+from engine import checks
 from engine.cext import psf as _psf
-from engine.errors import EngineValueError
+from engine.errors import EngineValueError, EngineWarning
 from engine.flags import MeasurementFlag, PixelFlag
 
 __all__ = [
     "PSFModel",
+    "choose_psf_model",
     "fit_psf_model",
     "fit_psf_models",
     "psf_photometry",
     "psf_photometry_frames",
+    "psf_residual_fraction",
+    "psf_residual_image",
     "select_psf_stars",
 ]
 
@@ -169,6 +177,16 @@ class PSFModel:
     def fwhm(self) -> float:
         return self.parameters()["fwhm"]
 
+    def noise_area(self, box: int, x: float | None = None, y: float | None = None) -> float:
+        """The fit's noise-equivalent area in pixels, 1 / sum(p^2) over the (2 box + 1)^2 box of
+        a star centred on a pixel at (x, y) (default: the field centre): a sky-limited flux
+        fitted with this PSF has variance noise_area x the per-pixel variance."""
+        shape = (self.coefficients[[0, 3, 6, 9]] if x is None or y is None
+                 else self.shape_at([x], [y])[0])
+        side = 2 * int(box) + 1
+        p = _psf.psf_pixel_grid(self.model, shape, float(box), float(box), (side, side))
+        return float(1.0 / np.sum(p * p))
+
     def shape_at(self, x, y) -> np.ndarray:
         """(n, 4) shapes (a, b, c, beta) at positions x, y. Where a field-varying model is not a
         valid profile (extrapolated far outside the stars it was fitted to), its constant terms."""
@@ -191,21 +209,6 @@ class PSFModel:
 # Choosing and sizing: PSF stars, a first FWHM, default boxes
 # ------------------------------------------------------------------------------------------------
 
-def _as_image(image) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise EngineValueError(f"image must be 2-d, got shape {image.shape}")
-    return image
-
-
-def _as_xy(x, y) -> tuple[np.ndarray, np.ndarray]:
-    x = np.atleast_1d(np.asarray(x, dtype=np.float64))
-    y = np.atleast_1d(np.asarray(y, dtype=np.float64))
-    if x.ndim != 1 or x.shape != y.shape:
-        raise EngineValueError(f"x and y must be 1-d of equal length, got {x.shape} and {y.shape}")
-    return x, y
-
-
 def _box_centres(x, y):
     with np.errstate(invalid="ignore"):
         return np.ceil(x - 0.5), np.ceil(y - 0.5)
@@ -220,8 +223,8 @@ def select_psf_stars(image, x, y, *, box: int, pixel_flags=None, isolation: floa
     `isolation` pixels (default 2 box; relaxed to box, then 0, when fewer than 3 stars qualify).
     Of those, the `max_stars` with the highest peak above the median of their box's border.
     """
-    image = _as_image(image)
-    x, y = _as_xy(x, y)
+    image = checks.image_input(image).data
+    x, y = checks.positions(x, y)
     ny, nx = image.shape
     cx, cy = _box_centres(x, y)
     inside = (np.isfinite(x) & np.isfinite(y) & (cx - box >= 0) & (cy - box >= 0)
@@ -276,8 +279,8 @@ def estimate_fwhm(image, x, y, *, max_stars: int = 20) -> float:
     of sigma s with weight sigma w is s^2 w^2 / (s^2 + w^2)); the median over stars is returned.
     Meant as a starting point for `fit_psf_model`, good to ~10-20%.
     """
-    image = _as_image(image)
-    x, y = _as_xy(x, y)
+    image = checks.image_input(image).data
+    x, y = checks.positions(x, y)
     radius = 10
     index = select_psf_stars(image, x, y, box=radius, isolation=radius, max_stars=max_stars)
     if index.size == 0:
@@ -399,9 +402,9 @@ def fit_psf_models(frames, x, y, *, model: str = "moffat", fwhm: float | None = 
     return models
 
 
-def fit_psf_model(image, x, y, *, model: str = "moffat", fwhm: float | None = None,
+def fit_psf_model(image, x, y=None, *, model: str = "moffat", fwhm: float | None = None,
                   beta: float = 2.5, varying: bool = False, fit_beta: bool = True,
-                  gain: float = 1.0, read_noise: float = 0.0, pixel_flags=None,
+                  gain=1.0, read_noise: float = 0.0, pixel_flags=None,
                   box: int | None = None, max_stars: int = 30, isolation: float | None = None,
                   reject: float = 4.0, threads: int | None = None) -> PSFModel:
     """Fit a frame's PSF to its bright, isolated, unsaturated stars.
@@ -409,9 +412,11 @@ def fit_psf_model(image, x, y, *, model: str = "moffat", fwhm: float | None = No
     Parameters
     ----------
     image : 2-d array (y, x), calibrated, background included or not (each PSF star gets its own
-        constant background).
-    x, y : 1-d arrays of star positions, 0-based (x = column); all the frame's known stars (the
-        isolation test needs the neighbours too). `select_psf_stars` picks the PSF stars.
+        constant background); or a masked array, NDData / CCDData or Quantity, as
+        `psf_photometry` takes.
+    x, y : 1-d arrays of star positions, 0-based (x = column), or x alone as an (N, 2) array;
+        all the frame's known stars (the isolation test needs the neighbours too);
+        `select_psf_stars` picks the PSF stars.
     model : 'moffat' or 'gaussian' (elliptical; pixel-integrated).
     fwhm : a first FWHM guess in pixels (default: `estimate_fwhm`); beta: Moffat's first beta.
     varying : also fit linear x and y terms of the shape across the field (needs >= 10 stars).
@@ -426,9 +431,10 @@ def fit_psf_model(image, x, y, *, model: str = "moffat", fwhm: float | None = No
     PSFModel. Raises EngineValueError if no PSF can be fitted (too few usable stars, a singular
     fit).
     """
-    image = _as_image(image)
-    x, y = _as_xy(x, y)
-    flags = None if pixel_flags is None else np.asarray(pixel_flags)[None]
+    given = checks.image_input(image, gain=gain, pixel_flags=pixel_flags)
+    image, gain = given.data, given.gain
+    x, y = checks.positions(x, y)
+    flags = None if given.pixel_flags is None else given.pixel_flags[None]
     result = fit_psf_models(image[None], x[None], y[None], model=model, fwhm=fwhm, beta=beta,
                             varying=varying, fit_beta=fit_beta, gain=gain, read_noise=read_noise,
                             pixel_flags=flags, box=box, max_stars=max_stars, isolation=isolation,
@@ -441,12 +447,118 @@ def fit_psf_model(image, x, y, *, model: str = "moffat", fwhm: float | None = No
     return result
 
 
+#: A model with more freedom (Moffat over Gaussian, a field-varying shape over a constant one)
+#: is taken only when it lowers the PSF stars' reduced chi^2 by more than this fraction.
+_BETTER = 0.02
+
+
+def choose_psf_model(image, x, y, *, profiles=("gaussian", "moffat"), gain: float = 1.0,
+                     read_noise: float = 0.0, pixel_flags=None,
+                     threads: int | None = None) -> tuple[PSFModel, dict]:
+    """The PSF model a frame's bright isolated stars support, and how it was chosen.
+
+    Each of `profiles` is fitted: a Gaussian (exact for Gaussian seeing, and the beta -> infinity
+    limit of a Moffat) and a Moffat, kept only when its reduced chi^2 is lower by more than 2%.
+    With 20 or more PSF stars the chosen profile is refitted with a linear x, y shape, kept on
+    the same rule. Returns (model, report) with report holding `model`, `varying`, the
+    candidates' reduced chi^2, `residual_fraction` (see `psf_residual_fraction`), `fwhm`,
+    `beta` and `stars_used`. Raises EngineValueError when neither profile can be fitted.
+    """
+    kwargs = {"gain": gain, "read_noise": read_noise, "pixel_flags": pixel_flags,
+              "threads": threads}
+    fitted = {}
+    for name in profiles:
+        try:
+            fitted[name] = fit_psf_model(image, x, y, model=name, **kwargs)
+        except EngineValueError as exc:
+            why = str(exc)
+    if not fitted:
+        raise EngineValueError(f"no PSF model could be fitted: {why}")
+    chosen = fitted.get("gaussian") or fitted["moffat"]
+    if "moffat" in fitted and fitted["moffat"].chi2_reduced < (1 - _BETTER) * chosen.chi2_reduced:
+        chosen = fitted["moffat"]
+    chi2 = {name: m.chi2_reduced for name, m in fitted.items()}
+    if chosen.stars_used >= 20:
+        try:
+            varying = fit_psf_model(image, x, y, model=chosen.model, varying=True, **kwargs)
+        except EngineValueError:
+            varying = None
+        if varying is not None:
+            chi2[f"{chosen.model} varying"] = varying.chi2_reduced
+            if varying.chi2_reduced < (1 - _BETTER) * chosen.chi2_reduced:
+                chosen = varying
+    parameters = chosen.parameters()
+    report = {"model": chosen.model, "varying": chosen.varying,
+              "chi2_reduced": {k: float(v) for k, v in chi2.items()},
+              "residual_fraction": psf_residual_fraction(image, x, y, chosen, gain=gain,
+                                                         read_noise=read_noise, threads=threads),
+              "fwhm": parameters["fwhm"],
+              "beta": None if chosen.model == "gaussian" else parameters["beta"],
+              "stars_used": chosen.stars_used}
+    return chosen, report
+
+
+def psf_residual_fraction(image, x, y, psf: PSFModel, *, gain: float = 1.0,
+                          read_noise: float = 0.0, threads: int | None = None) -> float:
+    """Median over the model's PSF stars of sum |data - model| / flux in each star's fitting box
+    (positions, flux and a constant background fitted): ~0 for a model that fits noiseless
+    stars exactly; noise adds ~sqrt(box pixels x pixel variance) / flux."""
+    image = checks.image_input(image).data
+    x, y = checks.positions(x, y)
+    stars = psf.stars
+    if stars.size == 0:
+        return math.nan
+    box = default_box(psf.fwhm)
+    table = psf_photometry(image, x[stars], y[stars], psf=psf, fit_positions=True, gain=gain,
+                           read_noise=read_noise, box=box, threads=threads).to_pydict()
+    side = 2 * box + 1
+    fractions = []
+    for k in range(stars.size):
+        flux, sx, sy = table["flux"][k], table["x"][k], table["y"][k]
+        cx, cy = math.ceil(x[stars[k]] - 0.5), math.ceil(y[stars[k]] - 0.5)
+        if not (flux > 0) or table["flags"][k]:
+            continue
+        data = image[cy - box:cy + box + 1, cx - box:cx + box + 1].astype(np.float64) * gain
+        model = flux * _psf.psf_pixel_grid(psf.model, psf.shape_at([sx], [sy])[0],
+                                           sx - cx + box, sy - cy + box, (side, side))
+        fractions.append(np.abs(data - table["background"][k] - model).sum() / flux)
+    return float(np.median(fractions)) if fractions else math.nan
+
+
+def psf_residual_image(image, x, y, psf: PSFModel, *, gain: float = 1.0, read_noise: float = 0.0,
+                       threads: int | None = None) -> np.ndarray:
+    """The image (its own units, float64) less every star at (x, y), fitted with `psf` (positions
+    and fluxes, neighbours together), each rendered over its fitting box: what is left shows
+    the stars the list missed, such as a neighbour that detection merged with a brighter star."""
+    image = checks.image_input(image).data
+    x, y = checks.positions(x, y)
+    box = default_box(psf.fwhm)
+    table = psf_photometry(image, x, y, psf=psf, fit_positions=True, gain=gain,
+                           read_noise=read_noise, box=box, threads=threads).to_pydict()
+    residual = np.array(image, dtype=np.float64)
+    ny, nx = residual.shape
+    side = 2 * box + 1
+    for flux, sx, sy in zip(table["flux"], table["x"], table["y"]):
+        if not (np.isfinite(flux) and np.isfinite(sx) and np.isfinite(sy)):
+            continue
+        cx, cy = math.ceil(sx - 0.5), math.ceil(sy - 0.5)
+        x0, y0 = max(cx - box, 0), max(cy - box, 0)
+        x1, y1 = min(cx + box + 1, nx), min(cy + box + 1, ny)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        stamp = _psf.psf_pixel_grid(psf.model, psf.shape_at([sx], [sy])[0], sx - cx + box,
+                                    sy - cy + box, (side, side))
+        residual[y0:y1, x0:x1] -= (flux / gain) * stamp[y0 - cy + box:y1 - cy + box,
+                                                         x0 - cx + box:x1 - cx + box]
+    return residual
+
+
 # ------------------------------------------------------------------------------------------------
 # Photometry
 # ------------------------------------------------------------------------------------------------
 
-def psf_photometry(image, x, y, *, model: str = "moffat", fit_positions: bool = False,
-                   psf: PSFModel | None = None, gain: float = 1.0, read_noise: float = 0.0,
+def psf_photometry(image, x, y=None, *, model: str = "moffat", fit_positions: bool = False,
+                   psf: PSFModel | None = None, gain=1.0, read_noise: float = 0.0,
                    pixel_flags=None, box: int | None = None, background: str = "constant",
                    model_variance: bool = False, max_shift: float | None = None,
                    position_snr: float = 3.0, max_group: int = 50,
@@ -455,13 +567,18 @@ def psf_photometry(image, x, y, *, model: str = "moffat", fit_positions: bool = 
 
     Parameters
     ----------
-    image : 2-d array (y, x), calibrated (float32 or float64 kept as is).
-    x, y : 1-d arrays of star positions, 0-based, pixel centres on integers (x = column).
+    image : 2-d array (y, x), calibrated (float32 or float64 kept as is); or a NumPy masked
+        array, NDData / CCDData or Quantity (masked pixels left out like bad pixels; unit
+        electron or adu as in `engine.aperture_photometry`). An NDData's uncertainty is not
+        used: the fit's weights come from gain and read_noise (an EngineWarning says so).
+    x, y : 1-d arrays of star positions, 0-based, pixel centres on integers (x = column); or x
+        alone as one (N, 2) array of (x, y).
     model : 'moffat' or 'gaussian'; used when `psf` is None.
     fit_positions : fit positions and fluxes (else fluxes only, positions held at x, y).
     psf : a PSFModel (`fit_psf_model`, `PSFModel.from_parameters`); default: fitted to this image's
         bright isolated stars among x, y.
-    gain, read_noise : e-/ADU and e- (fluxes come out in electrons).
+    gain, read_noise : e-/ADU (a number or a Quantity in electron / adu) and e- (fluxes come out
+        in electrons).
     pixel_flags : optional uint8 `engine.flags.PixelFlag` mask of the image's shape; flagged
         pixels are left out of the fits.
     box : fitting box half-width in pixels (default ceil(1.5 FWHM), at least 2).
@@ -477,17 +594,38 @@ def psf_photometry(image, x, y, *, model: str = "moffat", fit_positions: bool = 
     Returns
     -------
     pyarrow.Table, one row per star, with the columns of `engine.aperture_photometry` plus method,
-    chi2_reduced and iterations (see the module docstring).
+    chi2_reduced and iterations (see the module docstring). When no PSF can be fitted to the
+    image (too few usable stars), every row is flagged FIT_FAILED with NaN fluxes and an
+    EngineWarning says why.
     """
-    image = _as_image(image)
-    x, y = _as_xy(x, y)
-    flags_block = None if pixel_flags is None else np.asarray(pixel_flags)[None]
+    given = checks.image_input(image, gain=gain, pixel_flags=pixel_flags)
+    x, y = checks.positions(x, y)
+    flags_block = None if given.pixel_flags is None else given.pixel_flags[None]
+    if given.sigma is not None:
+        warnings.warn("the image's uncertainty is not used by PSF fits: their weights come from "
+                      "gain and read_noise", EngineWarning, stacklevel=2)
+    if psf is None:
+        psf = fit_psf_models(given.data[None], x[None], y[None], model=model, gain=given.gain,
+                             read_noise=read_noise, pixel_flags=flags_block, threads=threads)[0]
+        if psf.failed:
+            warnings.warn(_psf_failure(psf, x.size), EngineWarning, stacklevel=2)
     table = psf_photometry_frames(
-        image[None], x[None], y[None], model=model, fit_positions=fit_positions,
-        psf=None if psf is None else [psf], gain=gain, read_noise=read_noise,
+        given.data[None], x[None], y[None], model=model, fit_positions=fit_positions,
+        psf=[psf], gain=given.gain, read_noise=read_noise,
         pixel_flags=flags_block, box=box, background=background, model_variance=model_variance,
         max_shift=max_shift, position_snr=position_snr, max_group=max_group, threads=threads)
     return table.drop_columns(["frame"])
+
+
+def _psf_failure(model: PSFModel, n_stars: int) -> str:
+    """Why no PSF could be fitted to an image, in words for the warning."""
+    if model.stars_used < 3:
+        why = (f"{model.stars_used} of the {n_stars} star(s) could serve as PSF stars (bright, "
+               f"isolated, unflagged, wholly on the image) and at least 3 are needed")
+    else:
+        why = f"the fit to {model.stars_used} PSF stars gave no valid shape"
+    return (f"no PSF could be fitted to the image: {why}; every star is flagged FIT_FAILED. "
+            f"Give psf= (PSFModel.from_parameters, or fit_psf_model on a frame with more stars)")
 
 
 def psf_photometry_frames(frames, x, y, *, model: str = "moffat", fit_positions: bool = False,
@@ -510,10 +648,8 @@ def psf_photometry_frames(frames, x, y, *, model: str = "moffat", fit_positions:
     y = np.asarray(y, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] != frames.shape[0] or y.shape != x.shape:
         raise EngineValueError(f"x and y must have shape (n_frames, n_stars), got {x.shape}, {y.shape}")
-    gain = float(gain)
+    gain = checks.gain_value("gain", gain)
     read_noise = float(read_noise)
-    if not (np.isfinite(gain) and gain > 0):
-        raise EngineValueError(f"gain must be finite and > 0, got {gain!r}")
     if not (np.isfinite(read_noise) and read_noise >= 0):
         raise EngineValueError(f"read_noise must be finite and >= 0, got {read_noise!r}")
     if background not in _psf.BACKGROUNDS:

@@ -159,3 +159,32 @@ def test_quick_solve_benchmark_is_checked_and_timed():
     assert record["skipped"] is None
     assert record["discrepancy"] <= record["tolerance"]
     assert record["engine_s"] > 0 and record["anchor_s"] > 0
+
+
+def test_e2e_check_compares_normalised_target_curves():
+    from bench.bench_e2e import E2E, _discrepancy
+
+    phase = np.linspace(0.0, 6.0, 150)
+    target = 1.0 + 0.13 * np.sin(phase)  # the variable night's target, relative to its comparisons
+    # Another comparison ensemble only scales the curve: no discrepancy.
+    assert _discrepancy(1.7 * target, target) == pytest.approx(0.0, abs=1e-12)
+    assert _discrepancy(target * (1 + 0.002 * np.cos(9 * phase)), target) <= E2E.tolerance
+    # A comparison star measured as the target, or the frames out of order, is refused.
+    assert _discrepancy(np.ones_like(target), target) > E2E.tolerance
+    assert _discrepancy(target[::-1], target) > E2E.tolerance
+    assert _discrepancy(target[1:], target) == math.inf  # a frame missing
+
+
+@pytest.mark.slow
+def test_e2e_real_night_is_checked_and_timed():
+    """The engine's reduce and the astropy + photutils script agree on the real SARA frames."""
+    pytest.importorskip("photutils")
+    from bench.bench_e2e import _REAL_NIGHT
+
+    if not _REAL_NIGHT.is_dir():
+        pytest.skip("the real frames are absent")
+    (record,) = run_benchmarks(quick=True, only=["e2e-real"], echo=False)
+    assert record["skipped"] is None
+    assert record["discrepancy"] <= record["tolerance"]
+    assert record["engine_s"] > 0 and record["anchor_s"] > 0
+    assert record["units"] == 10

@@ -69,3 +69,42 @@ def test_command_line_prints_the_defaults(capsys):
 
     assert main(["config"]) == 0
     assert parse_config(capsys.readouterr().out) == PipelineConfig()
+
+
+def test_old_option_names_are_read_with_a_warning(caplog):
+    config = parse_config("[ensemble]\ntelescope_aperture_m = 0.4\nscintillation_c_y = 1.2\n")
+    assert config.ensemble.aperture_diameter_m == 0.4
+    assert config.ensemble.scintillation_cy == 1.2
+    assert "[ensemble] telescope_aperture_m is deprecated: it is now called aperture_diameter_m" \
+        in caplog.text
+    assert "[ensemble] scintillation_c_y is deprecated: it is now called scintillation_cy" \
+        in caplog.text
+    with pytest.raises(EngineValueError, match="give scintillation_cy only"):
+        parse_config("[ensemble]\nscintillation_cy = 1.0\nscintillation_c_y = 1.2\n")
+
+
+def test_exclude_flags_by_name_or_bitmask():
+    from engine.flags import MeasurementFlag
+    from engine.settings.ensemble import DEFAULT_EXCLUDE_FLAGS
+
+    by_name = parse_config('[ensemble]\nexclude_flags = ["SATURATED", "CLOUD"]\n').ensemble
+    assert by_name.exclude_flags == MeasurementFlag.SATURATED | MeasurementFlag.CLOUD == 65537
+    assert parse_config("[ensemble]\nexclude_flags = 3\n").ensemble.exclude_flags == 3
+    assert parse_config("[ensemble]\nexclude_flags = []\n").ensemble.exclude_flags == 0
+    # The printed defaults name the flags, and name exactly the default mask.
+    line = next(line for line in default_config_toml().splitlines()
+                if line.startswith("exclude_flags = "))
+    assert '"SATURATED"' in line and "879" not in line
+    named = parse_config(f"[ensemble]\n{line}\n").ensemble.exclude_flags
+    assert named == DEFAULT_EXCLUDE_FLAGS == 879
+
+
+@pytest.mark.parametrize("value, message", [
+    ('["SATURATE"]', "exclude_flags: unknown flag 'SATURATE'"),
+    ('"SATURATED"', "exclude_flags must be an integer"),
+    ("-1", "exclude_flags must be an integer >= 0"),
+    ("1073741824", "exclude_flags: bits 0x40000000 are no MeasurementFlag"),
+    ("1.5", "exclude_flags must be an integer")])
+def test_bad_exclude_flags_are_named(value, message):
+    with pytest.raises(EngineValueError, match=message):
+        parse_config(f"[ensemble]\nexclude_flags = {value}\n")

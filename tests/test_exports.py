@@ -10,10 +10,11 @@ from astropy.coordinates import SkyCoord
 from astropy.time import Time
 from pyarrow import csv
 
-from engine.ensemble.schema import LIGHTCURVES_SCHEMA, table_from_columns
+from engine.ensemble.schema import table_from_columns
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
 from engine.io.exports import aavso_filter, write_aavso_extended, write_csv
+from engine.io.schemas import LIGHTCURVES_SCHEMA
 from engine.timing import site_location, utc_to_bjd_tdb
 
 RA, DEC = 94.5933, 24.7867

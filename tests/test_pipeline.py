@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -169,14 +170,27 @@ def test_psf_photometry_joins_the_photometry_table(night, tmp_path):
     photometry = pq.read_table(tmp_path / "photometry.parquet")
     methods = photometry.column("method").to_pylist()
     assert {"aperture", "psf"} <= set(methods)
-    psf_flags = np.asarray(photometry.column("flags").to_pylist())[np.asarray(methods) == "psf"]
-    good = psf_flags == 0
+    is_psf = np.asarray(methods) == "psf"
+    psf = photometry.filter(pa.array(is_psf))
+    good = np.asarray(psf.column("flags").to_pylist()) == 0
     assert good.mean() > 0.5
-    # The ensemble offers the PSF fluxes as one more aperture.
+    # The PSF rows carry the aperture rows' noise terms, and flux_err is their sum.
+    terms = [c for c in photometry.column_names if c.startswith("var_")]
+    assert len(terms) == 6
+    variance = sum(np.asarray(psf.column(t).to_numpy(zero_copy_only=False)) for t in terms
+                   if t not in ("var_read", "var_dark"))
+    assert np.all(np.isfinite(variance[good]) & (variance[good] > 0))
+    error = psf.column("flux_err").to_numpy(zero_copy_only=False)
+    np.testing.assert_allclose(error[good] ** 2, variance[good], rtol=1e-12)
+    # The ensemble scores the PSF fluxes as one more aperture, and the report says which PSF.
+    scored = 0
     for run_id in result.runs:
         diagnostics = result.report["runs"][run_id]
         if "skipped" not in diagnostics:
-            assert "psf" in json.dumps(diagnostics["aperture"])
+            assert diagnostics["photometry"]["psf"]["model"] in ("gaussian", "moffat")
+            assert diagnostics["photometry"]["psf"]["residual_fraction"] >= 0
+            scored += math.isfinite(diagnostics["aperture"]["scatter_mag"]["psf"])
+    assert scored > 0
 
 
 def test_changed_settings_redo_the_photometry(reduced, night):

@@ -6,9 +6,10 @@ import pyarrow as pa
 import pytest
 
 from engine import plots
-from engine.ensemble.schema import LIGHTCURVES_SCHEMA, STARS_SCHEMA, table_from_columns
+from engine.ensemble.schema import table_from_columns
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
+from engine.io.schemas import LIGHTCURVES_SCHEMA, STAR_SUMMARY_SCHEMA
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FRAMES = 10
@@ -130,7 +131,7 @@ def test_comparison_weights_from_a_star_summary(tmp_path, figures):
         "run_id": ["A", "A", "A", "B"], "star": np.array([5, 7, 8, 7]),
         "star_id": np.array([5, 7, 8, 7]), "role": ["target", "comparison", "comparison",
                                                     "comparison"],
-        "weight_share": np.array([0.0, 0.75, 0.25, 1.0])}, STARS_SCHEMA)
+        "weight_share": np.array([0.0, 0.75, 0.25, 1.0])}, STAR_SUMMARY_SCHEMA)
     plots.plot_comparison_weights(summary, tmp_path / "weights.png")
     _, axes = figures[-1]
     assert len(axes) == 2  # no scatter known: weights only

@@ -10,6 +10,7 @@ sanitised parts only.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import math
 import os
 import re
@@ -26,8 +27,14 @@ __all__ = ["load_master", "master_filename", "write_master"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
-def _safe(text: str) -> str:
-    return _UNSAFE.sub("-", str(text)).strip("-.")[:60] or "none"
+def _safe(text: str, limit: int = 60) -> str:
+    """`text` as a file-name part of at most `limit` characters; a longer one keeps its start
+    and ends in a hash of the whole, so that two names sharing their first characters differ."""
+    cleaned = _UNSAFE.sub("-", str(text)).strip("-.") or "none"
+    if len(cleaned) <= limit:
+        return cleaned
+    digest = hashlib.blake2b(str(text).encode(), digest_size=4).hexdigest()
+    return f"{cleaned[:limit - len(digest) - 1]}-{digest}"
 
 
 def master_filename(master: Master, prefix: str | None = None) -> str:

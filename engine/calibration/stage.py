@@ -15,8 +15,9 @@
    bad-pixel mask) with the lights' trim and overscan sections (ingest's TRIMSEC / BIASSEC; a
    row-wise overscan strip is not used, and said) and writes them under `out_dir/masters/`;
 4. calibrates each light run chunk by chunk into `out_dir/calibrated/RUN_ID.zarr` (float32) and
-   `RUN_ID_mask.zarr` (uint8 PixelFlag bits), skipping a run whose calibrated cube is already
-   there with the same fingerprint (its input cube, masters' inputs and settings);
+   `RUN_ID_mask.zarr` (uint8 PixelFlag bits), skipping a run whose calibrated cubes the
+   output folder's manifest lists as current (engine.io.manifest: made from the same raw cubes'
+   content and settings, bytes unchanged);
 5. writes `out_dir/calibration.json` (atomically): per run, the masters used, the dark decision
    and its evidence, the camera's gain, read noise and saturation level with their sources
    (measured by engine.calibration.camera where the headers and configuration are silent), the
@@ -50,7 +51,9 @@ from engine.errors import EngineFileError, EngineValueError
 from engine.io.atomic import write_text
 from engine.io.headers import camera_identity, describe_camera
 from engine.io.layout import (CALIBRATED_FOLDER, CALIBRATION_REPORT, CUBES_FOLDER, FRAMES_TABLE,
-                              MASTERS_FOLDER, bad_pixel_cube_path)
+                              MASTERS_FOLDER, bad_pixel_cube_path, mask_cube_path,
+                              sigma_cube_path)
+from engine.io.manifest import Manifest
 
 __all__ = ["CalibrationResult", "calibrate"]
 
@@ -394,15 +397,18 @@ def _dark_report(model: DarkModel | None):
 
 def calibrate(ingested, out_dir=None, *, threads: int | None = None,
               temperature_tolerance: float = 2.0, uncertainty: bool = False,
-              chunk_bytes: int | None = None) -> CalibrationResult:
+              chunk_bytes: int | None = None, manifest=None) -> CalibrationResult:
     """Build the masters and calibrate the light runs of an ingest (see the module docstring).
 
     ingested: an engine.ingest.IngestResult, or the folder an ingest wrote. out_dir: where the
     masters, calibrated cubes and report go (default: the ingest's folder). uncertainty: also
-    write RUN_ID_sigma.zarr (with the run's gain and read noise).
+    write RUN_ID_sigma.zarr (with the run's gain and read noise). manifest: the output folder's
+    engine.io.manifest.Manifest (default: read from it); a calibrated cube is reused only when
+    it lists it as current.
     """
     rows, cubes, ingest_dir = _frames_table(ingested)
     out = Path(out_dir) if out_dir is not None else ingest_dir
+    manifest = Manifest(out) if manifest is None else manifest
     (out / MASTERS_FOLDER).mkdir(parents=True, exist_ok=True)
     (out / CALIBRATED_FOLDER).mkdir(parents=True, exist_ok=True)
     result = CalibrationResult()
@@ -426,7 +432,7 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
         for run_id, light_rows in sorted(lights.items()):
             _calibrate_run(run_id, light_rows, library, sets, cubes, out, result, report,
                            threads=threads, temperature_tolerance=temperature_tolerance,
-                           uncertainty=uncertainty, chunk_bytes=chunk_bytes)
+                           uncertainty=uncertainty, chunk_bytes=chunk_bytes, manifest=manifest)
     report["masters"] = sorted(result.masters)
     report["rejected"] = [list(item) for item in result.rejected]
     result.report_path = out / CALIBRATION_REPORT
@@ -475,11 +481,9 @@ def _choose_set(library: _Sets, sets, frame_type, filter_name, *, night, referen
 
 
 def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result, report, *,
-                   threads, temperature_tolerance, uncertainty, chunk_bytes) -> None:
+                   threads, temperature_tolerance, uncertainty, chunk_bytes, manifest) -> None:
     """Choose the masters of one light run, write its bad-pixel mask and calibrate it (unless
-    its calibrated cube is up to date); record it in result and report."""
-    from engine.io.cube import cube_attributes
-
+    the manifest lists its calibrated cubes as current); record it in result and report."""
     notes: list[str] = []
     geometry = _geometry(light_rows, notes)
     night = light_rows[0].get("night")
@@ -507,22 +511,24 @@ def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result,
     used.update(bias=bias_id, dark=dark_id, flat=flat_id)
 
     exptimes = [float(r["exptime"]) for r in light_rows]
-    attributes = cube_attributes(cubes[run_id]) or {}
     own_masks = bad_pixel_cube_path(cubes[run_id])
     own_masks = own_masks if own_masks.is_dir() else None
     if own_masks is not None:
         used["own_bad_pixels"] = own_masks.name
+    # The raw cubes by content: one rebuilt differently recalibrates the run.
     fingerprint = _fingerprint(
-        _FORMAT, attributes.get("fingerprint"),
-        [cube_attributes(cubes[s]).get("fingerprint") if s else None
+        _FORMAT, manifest.hash_of(cubes[run_id]),
+        [manifest.hash_of(cubes[s]) if s else None
          for s in (bias_id, dark_id, flat_id)], geometry, levels, uncertainty,
-        temperature_tolerance, sorted(done), own_masks is not None)
+        temperature_tolerance, sorted(done),
+        manifest.hash_of(own_masks) if own_masks is not None else None)
     noise = _camera_noise(light_rows, cubes, run_id, sets, bias_id, flat_id)
     notes.extend(noise.notes)
     result.camera[run_id] = noise.as_dict()
     target = out / CALIBRATED_FOLDER / f"{run_id}.zarr"
-    previous = cube_attributes(target)
-    if previous and previous.get("fingerprint") == fingerprint:
+    products = [target, mask_cube_path(target)] + (
+        [sigma_cube_path(target)] if uncertainty else [])
+    if manifest.is_current(products, fingerprint):
         result.skipped_runs.append(run_id)
         result.runs[run_id] = target
     else:
@@ -537,6 +543,7 @@ def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result,
             **geometry)
         notes.extend(n for n in run.notes if n not in notes)
         result.runs[run_id] = target
+        manifest.record(products, fingerprint)
     result.notes.setdefault(run_id, []).extend(notes)
     report["runs"][run_id] = {
         "cube": str(target), "frames": len(light_rows), "masters": used,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from engine.errors import EngineValueError
 
 from . import _core
 
-__all__ = ["aperture_sums", "circle_overlap_grid", "disk_rectangle_area", "sigma_clipped_median"]
+__all__ = ["aperture_job", "aperture_sums", "circle_overlap_grid", "disk_rectangle_area", "sigma_clipped_median"]
 
 
 def _finite(name: str, value, *, low: float | None = None, strict: bool = False) -> float:
@@ -134,6 +135,22 @@ def aperture_sums(frames: np.ndarray, x: np.ndarray, y: np.ndarray, radii, *,
     background_std, background_pixels (n_frames, n_stars). Sums are raw (no background removed),
     in the frames' units; unusable pixels are left out of sum and area and flagged.
     """
+    job = aperture_job(frames, x, y, radii, annulus=annulus, pixel_flags=pixel_flags,
+                       clip_sigma=clip_sigma, clip_iterations=clip_iterations,
+                       mask_radius=mask_radius, blend_radius=blend_radius,
+                       min_background_pixels=min_background_pixels)
+    _core.aperture_photometry(
+        job.frames, job.pixel_flags, job.x, job.y, job.radii, job.inner, job.outer,
+        job.clip_sigma, job.clip_iterations, job.mask_radius, job.blend_radius,
+        job.min_background_pixels, default_threads(threads), **job.out)
+    return job.out
+
+
+def aperture_job(frames, x, y, radii, *, annulus=None, pixel_flags=None, clip_sigma=3.0,
+                 clip_iterations=5, mask_radius=0.0, blend_radius=0.0,
+                 min_background_pixels=5) -> SimpleNamespace:
+    """`aperture_sums`' arguments checked and coerced, and its outputs allocated: what a
+    kernel (the C++ core or the GPU's, engine.kernels.photometry_cuda) may trust."""
     frames = np.asarray(frames)
     if frames.ndim != 3:
         raise EngineValueError(f"frames must be 3-d (frame, y, x), got shape {frames.shape}")
@@ -177,8 +194,8 @@ def aperture_sums(frames: np.ndarray, x: np.ndarray, y: np.ndarray, radii, *,
         background_std=np.empty((n_frames, n_stars)),
         background_pixels=np.empty((n_frames, n_stars), dtype=np.int64),
     )
-    _core.aperture_photometry(
-        frames, pixel_flags, x, y, radii, inner, outer, float(clip_sigma), int(clip_iterations),
-        float(mask_radius), float(blend_radius), int(min_background_pixels),
-        default_threads(threads), **out)
-    return out
+    return SimpleNamespace(
+        frames=frames, pixel_flags=pixel_flags, x=x, y=y, radii=radii, inner=inner, outer=outer,
+        clip_sigma=float(clip_sigma), clip_iterations=int(clip_iterations),
+        mask_radius=float(mask_radius), blend_radius=float(blend_radius),
+        min_background_pixels=int(min_background_pixels), out=out)

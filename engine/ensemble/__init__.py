@@ -9,15 +9,15 @@ reference catalogue); `write_lightcurves` / `write_report` write the products.
 
 from engine.ensemble.io import read_reference_catalogue, write_lightcurves, write_report
 from engine.ensemble.lightcurve import RunLightCurve, build_run_lightcurve
-from engine.ensemble.schema import LIGHTCURVES_SCHEMA, STARS_SCHEMA
 from engine.ensemble.standardise import merge_runs
+from engine.io.schemas import LIGHTCURVES_SCHEMA, STAR_SUMMARY_SCHEMA
 from engine.settings.ensemble import EnsembleConfig
 
 __all__ = [
     "EnsembleConfig",
     "LIGHTCURVES_SCHEMA",
     "RunLightCurve",
-    "STARS_SCHEMA",
+    "STAR_SUMMARY_SCHEMA",
     "build_run_lightcurve",
     "merge_runs",
     "read_reference_catalogue",

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from engine.ensemble.schema import LIGHTCURVES_SCHEMA
 from engine.errors import EngineValueError
-from engine.io.catalogue import read_catalogue
 from engine.io.atomic import write_text
+from engine.io.catalogue import read_catalogue
+from engine.io.schemas import LIGHTCURVES_SCHEMA
 
 __all__ = ["jsonable", "read_reference_catalogue", "write_lightcurves", "write_report"]
 
@@ -58,13 +58,7 @@ def write_lightcurves(table: pa.Table, path, metadata: dict | None = None) -> Pa
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise EngineValueError(f"light curves lack column(s) {missing}")
-    for name in REQUIRED_COLUMNS:
-        want = LIGHTCURVES_SCHEMA.field(name).type
-        if table.schema.field(name).type != want:
-            table = table.set_column(table.column_names.index(name),
-                                     LIGHTCURVES_SCHEMA.field(name),
-                                     table.column(name).cast(want))
-    return write_parquet(table, path, metadata=metadata)
+    return write_parquet(table, path, metadata=metadata, schema=LIGHTCURVES_SCHEMA)
 
 
 def write_report(report: dict, path) -> Path:

@@ -29,13 +29,14 @@ from engine.ensemble.detrend import ColourExtinction, baseline_mask, colour_exti
 from engine.ensemble.inputs import RunData, prepare_run, usable
 from engine.ensemble.io import jsonable
 from engine.ensemble.noise import noise_summary
-from engine.ensemble.schema import LIGHTCURVES_SCHEMA, STARS_SCHEMA, Repeated, table_from_columns
+from engine.ensemble.schema import Repeated, table_from_columns
 from engine.ensemble.selection import Selection, select_stars
 from engine.ensemble.sysrem import FieldSystematics, field_systematics
 from engine.ensemble.weights import Ensemble, row_nanmedian, solve_ensemble
 from engine.ensemble.zeropoints import FrameQuality, frame_quality
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag, describe
+from engine.io.schemas import LIGHTCURVES_SCHEMA, STAR_SUMMARY_SCHEMA
 from engine.settings.ensemble import EnsembleConfig
 
 __all__ = ["RunLightCurve", "build_run_lightcurve"]
@@ -48,10 +49,15 @@ _FRAME_BAD = np.uint32(MeasurementFlag.CLOUD | MeasurementFlag.NO_ENSEMBLE)
 class RunLightCurve:
     """What `build_run_lightcurve` returns for one run.
 
-    table: rows of lightcurves.parquet (LIGHTCURVES_SCHEMA), one per (frame, output star).
-    diagnostics: JSON-ready dict for report.json (weights, zero points, flagged frames with
+    Attributes
+    ----------
+    table
+        rows of lightcurves.parquet (LIGHTCURVES_SCHEMA), one per (frame, output star).
+    diagnostics
+        JSON-ready dict for report.json (weights, zero points, flagged frames with
         reasons, chosen aperture, noise ratios, detrending).
-    stars: STARS_SCHEMA rows, the run-mean magnitude of every well-measured star, which
+    stars
+        STAR_SUMMARY_SCHEMA rows, the run-mean magnitude of every well-measured star, which
         `merge_runs` ties runs together with.
     """
 
@@ -100,13 +106,13 @@ def _scintillation(data: RunData, a: int, config: EnsembleConfig):
     if data.scintillation is not None and np.all(np.isfinite(data.scintillation)):
         return (np.asarray(data.scintillation, dtype=np.float64),
                 "frames table (scintillation)", False)
-    if config.telescope_aperture_m is not None and config.site_altitude_m is not None:
+    if config.aperture_diameter_m is not None and config.site_altitude_m is not None:
         from engine.noise import scintillation_sigma
 
         airmass = np.where(np.isfinite(data.airmass), np.maximum(data.airmass, 1.0), 1.0)
-        sigma = np.asarray(scintillation_sigma(config.telescope_aperture_m, airmass,
+        sigma = np.asarray(scintillation_sigma(config.aperture_diameter_m, airmass,
                                                config.site_altitude_m, data.exptime,
-                                               config.scintillation_c_y), dtype=np.float64)
+                                               config.scintillation_cy), dtype=np.float64)
         return (sigma, "Young (1967) as corrected by Osborn et al. (2015), configured telescope",
                 False)
     if config.estimate_scintillation:
@@ -585,7 +591,7 @@ def _star_summary(data, phot, curves, field, roles, ensemble) -> pa.Table:
         "frames": n.astype(np.int64), "excess": np.where(none, nan, excess),
         "weight_share": np.array([share_of.get(int(j), 0.0) for j in members]),
     }
-    return table_from_columns(columns, STARS_SCHEMA)
+    return table_from_columns(columns, STAR_SUMMARY_SCHEMA)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -29,9 +29,9 @@ import pyarrow.compute as pc
 
 from engine.ensemble.io import jsonable
 from engine.ensemble.lightcurve import RunLightCurve
-from engine.ensemble.schema import LIGHTCURVES_SCHEMA
 from engine.errors import EngineValueError
 from engine.io.catalogue import BANDS, filter_band
+from engine.io.schemas import LIGHTCURVES_SCHEMA
 from engine.settings.ensemble import EnsembleConfig
 
 __all__ = ["merge_runs"]

@@ -50,7 +50,7 @@ from zarr.codecs import BloscCodec
 
 from engine.errors import EngineFileError, EngineValueError
 
-__all__ = ["CUBE_COMPRESSION", "CubeWriter", "cube_attributes",
+__all__ = ["CUBE_COMPRESSION", "CubeWriter", "FrameCube", "cube_attributes",
            "open_cube", "remove_stale_temporaries"]
 
 CUBE_COMPRESSION = "blosc-lz4-bitshuffle-5"
@@ -166,11 +166,65 @@ class CubeWriter:
         return False
 
 
-def open_cube(path: str | os.PathLike) -> zarr.Array:
-    """A committed cube, read-only (index it like a NumPy array: cube[k] is frame k)."""
+class FrameCube:
+    """A committed cube opened for reading: index it like a NumPy array (cube[k] is frame k);
+    shape, dtype, attrs and the rest are the Zarr array's.
+
+    Reading checks what Zarr does not: a frame whose chunk file is gone would read as zeros (the
+    fill value), and a damaged chunk fails deep in the decompressor without naming the file;
+    both raise EngineFileError naming the chunk.
+    """
+
+    def __init__(self, path: Path, array: zarr.Array):
+        self.path = path
+        self._array = array
+
+    def __getattr__(self, name):
+        return getattr(self._array, name)
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __array__(self, dtype=None, copy=None):
+        frames = self[...]
+        return frames if dtype is None else frames.astype(dtype)
+
+    def _chunk(self, frame: int) -> Path:
+        # CubeWriter's layout: one chunk per frame, Zarr v3's default key c/FRAME/0/0.
+        return self.path.joinpath("c", str(frame), *["0"] * (self._array.ndim - 1))
+
+    def _frames(self, key) -> range | np.ndarray:
+        first = key[0] if isinstance(key, tuple) and key else key
+        count = self._array.shape[0]
+        if first is Ellipsis or (isinstance(key, tuple) and not key):
+            return range(count)
+        if isinstance(first, slice):
+            return range(*first.indices(count))
+        indices = np.atleast_1d(np.asarray(first))
+        if indices.dtype == bool:
+            return np.flatnonzero(indices)
+        return np.where(indices < 0, indices + count, indices).astype(np.int64)
+
+    def __getitem__(self, key):
+        for frame in self._frames(key):
+            if 0 <= frame < self._array.shape[0] and not self._chunk(int(frame)).is_file():
+                raise EngineFileError(f"{self._chunk(int(frame))}: frame {int(frame)} of the "
+                                      f"cube {self.path} is missing (chunk file deleted)")
+        try:
+            return self._array[key]
+        except IndexError:  # the caller's index, not the file
+            raise
+        except Exception as exc:  # a damaged chunk: RuntimeError from blosc, others from zarr
+            raise EngineFileError(f"{self.path}: frames {key!r} cannot be read, a chunk is "
+                                  f"damaged ({type(exc).__name__}: {exc})") from None
+
+
+def open_cube(path: str | os.PathLike) -> FrameCube:
+    """A committed cube, read-only (index it like a NumPy array: cube[k] is frame k); reading a
+    deleted or damaged frame raises EngineFileError naming it."""
     path = Path(path)
     try:
-        return zarr.open_array(str(path), mode="r")
+        return FrameCube(path, zarr.open_array(str(path), mode="r"))
     except Exception as exc:  # zarr raises several types for a missing or broken array
         raise EngineFileError(f"{path}: not a readable frame cube ({exc})") from None
 

@@ -31,7 +31,9 @@ Choices made here, and why:
   upload will then reject it: pass `filter_codes` to map it.
 - Every string that came from a header (star name, run, aperture, filter) is cleaned before it
   is written: no delimiter, no line break or control character, no `#` that could open a
-  parameter line, and AAVSO's field length limits.
+  parameter line, and AAVSO's field length limits. A text field (here and in the CSV) that
+  starts like a spreadsheet formula (= + - @ tab CR) gets a leading single quote; numbers are
+  written as numbers (a negative magnitude stays -1.2345).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from engine.errors import EngineValueError
 from engine.flags import describe
 from engine.io.atomic import atomic_path, write_text
 
-__all__ = ["aavso_filter", "write_aavso_extended", "write_csv"]
+__all__ = ["aavso_filter", "defuse_formula", "write_aavso_extended", "write_csv"]
 
 #: Columns write_aavso_extended reads (others are optional: mag_std, mag_std_err, airmass).
 AAVSO_COLUMNS = ("run_id", "time_bjd_tdb", "star_id", "role", "flags", "filter", "mag", "mag_err")
@@ -78,6 +80,9 @@ _DELIMITERS = (",", ";", "!", "|")
 # AAVSO field limits (characters).
 _STARID_LIMIT, _MAG_LIMIT, _MAGERR_LIMIT, _DATE_LIMIT, _NAME_LIMIT = 30, 8, 6, 16, 20
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: What a spreadsheet reads as the start of a formula (OWASP's CSV injection list): a text field
+#: that starts with one gets a leading single quote. Number columns are never touched.
+_FORMULA_START = "=+-@\t\r"
 
 
 def aavso_filter(name, codes: dict | None = None) -> str:
@@ -98,9 +103,25 @@ def clean_field(value, delimiter: str = ",", limit: int | None = None) -> str:
     text = _CONTROL.sub(" ", "" if value is None else str(value))
     text = text.replace(delimiter, " ").replace("#", "")
     text = " ".join(text.split())
+    text = defuse_formula(text)
     if limit is not None:
         text = text[:limit].rstrip()
     return text or "na"
+
+
+def defuse_formula(text: str) -> str:
+    """Header text that a spreadsheet would run as a formula (=HYPERLINK(...), @SUM(...),
+    +V-1) made plain text by a leading single quote."""
+    return "'" + text if text[:1] and text[0] in _FORMULA_START else text
+
+
+def _defuse_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return column
+    import pyarrow.compute as pc
+
+    starts = pc.match_substring_regex(column, "^[" + re.escape(_FORMULA_START) + "]")
+    return pc.if_else(starts, pc.binary_join_element_wise("'", column, ""), column)
 
 
 def _number(value, decimals: int, limit: int) -> str:
@@ -185,18 +206,29 @@ def write_aavso_extended(lightcurves: pa.Table, path, *, observer_code: str, tar
                          software: str | None = None, delimiter: str = ",") -> Path:
     """The target's light curve as an AAVSO Extended File Format report; returns the path.
 
-    lightcurves : the light-curve table (LIGHTCURVES_SCHEMA); rows with role 'target' are the
+    Parameters
+    ----------
+    lightcurves
+        the light-curve table (LIGHTCURVES_SCHEMA); rows with role 'target' are the
         observations, 'check' rows give KNAME/KMAG.
-    observer_code : the observer's AAVSO code (letters and digits).
-    target : (ra_deg, dec_deg) of the target, to convert BJD_TDB to `date` ('HJD' or 'JD').
-    star_name : the STARID (AAVSO name or AUID); default: the table's `object` column if it has
+    observer_code
+        the observer's AAVSO code (letters and digits).
+    target
+        (ra_deg, dec_deg) of the target, to convert BJD_TDB to `date` ('HJD' or 'JD').
+    star_name
+        the STARID (AAVSO name or AUID); default: the table's `object` column if it has
         one value, else an error.
-    chart : the AAVSO chart id (sequence) the comparison magnitudes come from, else 'na'.
-    good_only : write only rows with flags == 0 (and a finite magnitude); with False, flagged
+    chart
+        the AAVSO chart id (sequence) the comparison magnitudes come from, else 'na'.
+    good_only
+        write only rows with flags == 0 (and a finite magnitude); with False, flagged
         rows too, their flags named in NOTES (FLAGS=CLOUD+...).
-    transformed : TRANS=YES for STD rows (only if mag_std was transformed onto the filter's band).
-    filter_codes : header filter name -> AAVSO code, before the built-in table.
-    check_names : star_id -> label (AUID or chart label) for KNAME; default the star_id.
+    transformed
+        TRANS=YES for STD rows (only if mag_std was transformed onto the filter's band).
+    filter_codes
+        header filter name -> AAVSO code, before the built-in table.
+    check_names
+        star_id -> label (AUID or chart label) for KNAME; default the star_id.
     """
     _require(lightcurves, AAVSO_COLUMNS, "write_aavso_extended")
     if delimiter not in _DELIMITERS:
@@ -316,7 +348,8 @@ def _version() -> str:
 
 def write_csv(lightcurves: pa.Table, path, columns=None) -> Path:
     """The light-curve table (all rows; `columns` to choose and order them) as CSV with a header
-    line, written atomically; returns the path."""
+    line, written atomically; returns the path. Text that starts like a spreadsheet formula
+    gets a leading single quote (`defuse_formula`)."""
     from pyarrow import csv
 
     if not isinstance(lightcurves, pa.Table):
@@ -328,6 +361,8 @@ def write_csv(lightcurves: pa.Table, path, columns=None) -> Path:
         if not columns:
             raise EngineValueError("write_csv: columns is empty")
         lightcurves = lightcurves.select(columns)
+    lightcurves = pa.table([_defuse_column(c) for c in lightcurves.columns],
+                           names=lightcurves.column_names)
     with atomic_path(path) as temporary:
         csv.write_csv(lightcurves, temporary)
     return Path(path)

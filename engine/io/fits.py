@@ -22,6 +22,7 @@ writes to a file.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ import numpy as np
 from astropy.io import fits
 
 from engine.errors import EngineFileError, InputNotFoundError
+
+log = logging.getLogger("engine.io.fits")
 
 __all__ = ["FitsImage", "find_fits_files", "is_fits_name", "open_image", "read_image"]
 
@@ -78,13 +81,22 @@ def find_fits_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in files:
                 if is_fits_name(name):
-                    resolved = (Path(root) / name).resolve()
-                    if resolved.is_file():
+                    resolved = _resolve(Path(root) / name)
+                    if resolved is not None and resolved.is_file():
                         found[str(resolved)] = resolved
                         count += 1
         if count == 0:
             raise InputNotFoundError(f"no FITS files (.fit, .fits, .fts, .fz) under {str(path)!r}")
     return [found[key] for key in sorted(found)]
+
+
+def _resolve(path: Path) -> Path | None:
+    """The file a found name stands for; None, with a warning, for a symbolic-link loop."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:  # Python < 3.13 says RuntimeError, later OSError
+        log.warning("skipped %s: %s", path, exc)
+        return None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@
     OUT/catalogues/*.parquet      sky: Gaia DR3 answers for the runs' fields (`--catalogue gaia`)
     OUT/photometry.parquet, OUT/stars.parquet   every run's, concatenated
     OUT/lightcurves.parquet, OUT/report.json, OUT/reduce.log, plots and CSV   ensemble, merge
+    OUT/manifest.json             every stage: each resumable product's content hash and the
+                                  fingerprint of what it was made from (engine.io.manifest)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 from pathlib import Path
 
 __all__ = ["CALIBRATED_FOLDER", "CALIBRATION_REPORT", "CATALOGUE_FOLDER", "CUBES_FOLDER", "FRAMES_TABLE",
-           "LIGHTCURVES_TABLE", "LOG_FILE", "MASTERS_FOLDER", "PHOTOMETRY_FOLDER",
+           "LIGHTCURVES_TABLE", "LOG_FILE", "MANIFEST", "MASTERS_FOLDER", "PHOTOMETRY_FOLDER",
            "PHOTOMETRY_TABLE", "PRODUCT_FOLDERS", "REPORT", "SKY_FOLDER", "STARS_TABLE",
            "bad_pixel_cube_path", "mask_cube_path", "run_photometry", "run_registration",
            "run_sky_header", "run_stars", "sigma_cube_path"]
@@ -39,6 +41,7 @@ STARS_TABLE = "stars.parquet"
 LIGHTCURVES_TABLE = "lightcurves.parquet"
 REPORT = "report.json"
 LOG_FILE = "reduce.log"
+MANIFEST = "manifest.json"
 #: Folders the stages write (never an input folder: ingest skips them when it scans OUT).
 PRODUCT_FOLDERS = (CUBES_FOLDER, MASTERS_FOLDER, CALIBRATED_FOLDER, PHOTOMETRY_FOLDER,
                    SKY_FOLDER, CATALOGUE_FOLDER)

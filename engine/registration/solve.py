@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
+from scipy import special
 from scipy.spatial import cKDTree
 
 from engine.errors import EngineValueError, RegistrationError, SolveError
@@ -365,7 +365,8 @@ def check_wcs(wcs, xy, flux, catalogue, *, shape, match_radius: float = 3.0,
     sub[inside] = predicted[inside]
     star, cat = pair_nearest(cKDTree(xy[bright]), sub, match_radius)
     expected = len(inside) * len(bright) / (rows * columns) * math.pi * match_radius ** 2
-    chance = float(stats.poisson.sf(len(star) - 1, expected))
+    # P(at least len(star) chance pairs): scipy.stats.poisson.sf, without scipy.stats.
+    chance = float(special.pdtrc(len(star) - 1, expected)) if len(star) else 1.0
     if len(star) < min_matches or chance > 1e-3:
         return refuse(f"{len(star)} of {len(bright)} stars lie within {match_radius:g} px of a "
                       f"catalogue star ({expected:.1f} expected by chance)")

@@ -38,11 +38,18 @@ __all__ = ["FrameTracker", "Registration", "register_frames", "register_images",
 class Registration:
     """How one frame was registered.
 
-    index: the frame's position in the input sequence.
-    status: "ok" or "failed"; reason says why a frame failed ("" when ok).
-    transform: reference -> frame (None when failed).
-    n_matches: stars paired by the final fit; rms: their residual RMS in pixels.
-    method: "tracked" (re-centred from the previous frame's transform), "previous" (the
+    Attributes
+    ----------
+    index
+        the frame's position in the input sequence.
+    status
+        "ok" or "failed"; reason says why a frame failed ("" when ok).
+    transform
+        reference -> frame (None when failed).
+    n_matches, rms
+        stars paired by the final fit, and their residual RMS in pixels.
+    method
+        "tracked" (re-centred from the previous frame's transform), "previous" (the
         previous frame's transform verified on detections), "triangles" (asterism search), or
         "" when failed.
     """
@@ -75,13 +82,20 @@ def isolated_bright_stars(xy: np.ndarray, fwhm: float, count: int) -> np.ndarray
 class FrameTracker:
     """Registers a run's frames, one after the other, to its reference stars.
 
-    reference : star table (its `flux` orders the stars) or (n, 2) positions brightest first.
-    fwhm : the stars' FWHM in pixels (re-centring windows and isolation scale).
-    detect : image -> star table, used when tracking fails (default `detect_stars` at
+    Parameters
+    ----------
+    reference
+        star table (its `flux` orders the stars) or (n, 2) positions brightest first.
+    fwhm
+        the stars' FWHM in pixels (re-centring windows and isolation scale).
+    detect
+        image -> star table, used when tracking fails (default `detect_stars` at
         `threshold` sigma, `max_stars` brightest).
-    tracking_stars, min_stars, max_rms : bright isolated stars tracked; fewest that must
+    tracking_stars, min_stars, max_rms
+        bright isolated stars tracked; fewest that must
         re-centre, and the largest rms residual (px), for a tracked frame to be accepted.
-    Other keywords are the asterism matching options (`register_frames`).
+    **options
+        the asterism matching options (`register_frames`).
     """
 
     def __init__(self, reference, *, fwhm: float, reference_flux=None, detect=None,

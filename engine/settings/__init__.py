@@ -8,6 +8,7 @@ setting's name (engine.checks).
 - `extraction.ExtractionConfig`: detection, apertures, registration, scintillation, PSF;
 - `sky.SkyConfig`: reference catalogue, target pixel positions, solution tolerances;
 - `ensemble.EnsembleConfig`: comparisons, weights, clouds, detrending, the merge;
+- `cluster.ClusterConfig`: the Dask scheduler and its TLS files (the file's `[pipeline]` table);
 - `file`: the TOML file that holds them all (`python -m engine config` prints one).
 """
 
@@ -16,12 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.settings.calibration import CalibrationConfig
+from engine.settings.cluster import ClusterConfig
 from engine.settings.ensemble import EnsembleConfig
 from engine.settings.extraction import ExtractionConfig
 from engine.settings.ingest import IngestConfig, Site
 from engine.settings.sky import SkyConfig
 
-__all__ = ["CalibrationConfig", "EnsembleConfig", "ExtractionConfig", "IngestConfig",
+__all__ = ["CalibrationConfig", "ClusterConfig", "EnsembleConfig", "ExtractionConfig", "IngestConfig",
            "PipelineConfig", "Site", "SkyConfig"]
 
 
@@ -34,3 +36,4 @@ class PipelineConfig:
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     sky: SkyConfig = field(default_factory=SkyConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)

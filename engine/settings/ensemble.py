@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from engine.checks import integer
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
 
@@ -62,88 +63,108 @@ def _stars(name, value):
 class EnsembleConfig:
     """Settings of `build_run_lightcurve` and `merge_runs`. Defaults are safe for an unknown night.
 
-    Comparison and check stars
-    --------------------------
-    comparisons: the comparison stars (star indices) to use instead of the automatic choice.
-    check_stars: the check stars to use instead of the automatic choice.
-    exclude_stars: stars never to use as comparison or check (known variables, blends).
-    max_comparisons: how many comparisons the automatic choice keeps at most (30).
-    min_comparisons: fewer usable comparisons than this is an error (2).
-    n_check: check stars the automatic choice reserves when there are enough candidates (3).
-    comparison_brighter_mag, comparison_fainter_mag: candidates lie from this much brighter to
+    The settings come in groups, in this order: comparison and check stars; weighting and zero
+    points; cloud / cirrus flags; aperture; detrending (which never fits the target's curve
+    inside its event); noise; output; merging runs.
+
+    Parameters
+    ----------
+    comparisons
+        the comparison stars (star indices) to use instead of the automatic choice.
+    check_stars
+        the check stars to use instead of the automatic choice.
+    exclude_stars
+        stars never to use as comparison or check (known variables, blends).
+    max_comparisons
+        how many comparisons the automatic choice keeps at most (30).
+    min_comparisons
+        fewer usable comparisons than this is an error (2).
+    n_check
+        check stars the automatic choice reserves when there are enough candidates (3).
+    comparison_brighter_mag, comparison_fainter_mag
+        candidates lie from this much brighter to
         this much fainter than the target (2.5, 1.5 mag); when too few do, the window is dropped.
-    max_colour_difference: candidates' colour (BP-RP) within this of the target's (None: any).
-    min_coverage: a candidate is measured (finite, positive, unflagged) on this fraction of the
+    max_colour_difference
+        candidates' colour (BP-RP) within this of the target's (None: any).
+    min_coverage
+        a candidate is measured (finite, positive, unflagged) on this fraction of the
         frames (0.9).
-    max_saturated_fraction: a candidate is saturated on at most this fraction of frames (0).
-    isolation_radius: no star brighter than the candidate's magnitude + isolation_delta_mag
+    max_saturated_fraction
+        a candidate is saturated on at most this fraction of frames (0).
+    isolation_radius
+        no star brighter than the candidate's magnitude + isolation_delta_mag
         within this many pixels (None: the largest aperture radius), and the candidate is
         flagged BLENDED on at most max_blended_fraction of frames (0.1).
-    exclude_flags: measurement flags that keep a measurement out of the ensemble and the fits.
-
-    Weighting and zero points
-    -------------------------
-    clip_sigma: comparison measurements this many sigma from the others leave the fit (5).
-    weight_timescale_min: the ensemble is weighted for the least noise on this timescale
+    exclude_flags
+        measurement flags that keep a measurement out of the ensemble and the fits: names of
+        engine.flags.MeasurementFlag (["SATURATED", "BAD_PIXEL", ...]) or their bitmask as an
+        int; held as the int (SATURATED, BAD_PIXEL, NEAR_EDGE, OFF_FRAME, BACKGROUND_FAILED,
+        NOT_REGISTERED, CENTROID_FAILED, FIT_FAILED).
+    clip_sigma
+        comparison measurements this many sigma from the others leave the fit (5).
+    weight_timescale_min
+        the ensemble is weighted for the least noise on this timescale
         (minutes; about an ingress): the time-correlated part of a comparison's excess scatter
         counts (timescale / cadence) times in its weight, so a slowly varying comparison weighs
         almost nothing (30; 0: weights from the frame-to-frame scatter alone).
-    max_iterations: iterations of the weighted ensemble at most (50).
-    min_stars_per_frame: a frame needs this many comparisons for a zero point (2); frames with
+    max_iterations
+        iterations of the weighted ensemble at most (50).
+    min_stars_per_frame
+        a frame needs this many comparisons for a zero point (2); frames with
         fewer get NO_ENSEMBLE and no relative flux.
-
-    Cloud / cirrus flags
-    --------------------
-    cloud_sigma, cloud_min_loss: a frame is flagged CLOUD when its zero point lies below the
+    cloud_sigma, cloud_min_loss
+        a frame is flagged CLOUD when its zero point lies below the
         clear-sky baseline (a robust, upper-envelope fit of zero point against airmass and a
         polynomial of `transparency_time_degree` in time) by more than cloud_sigma times the
         zero point's expected error *and* by more than cloud_min_loss of the light (4, 0.01).
-    scatter_sigma, scatter_min_ratio: a frame is flagged NOISE_MODEL_EXCEEDED when the
+    scatter_sigma, scatter_min_ratio
+        a frame is flagged NOISE_MODEL_EXCEEDED when the
         comparisons' scatter about its zero point exceeds the noise model by more than
         scatter_sigma standard errors of that ratio *and* by the factor scatter_min_ratio
         (5, 1.5). Flagged frames stay in the light curve, with their reasons in the report.
-
-    Aperture
-    --------
-    aperture: a radius (pixels) or 'psf' to use instead of choosing the one whose light curve
+    aperture
+        a radius (pixels) or 'psf' to use instead of choosing the one whose light curve
         scatters least (the target's out-of-event curve when event or baseline windows are
         given, else the check stars', else the comparisons').
-
-    Detrending (never fits the target's curve inside its event)
-    ------------------------------------------------------------
-    event_windows: BJD_TDB (start, end) ranges that hold the event (transit, flare, eclipse);
+    event_windows
+        BJD_TDB (start, end) ranges that hold the event (transit, flare, eclipse);
         the target's detrending fits and its normalisation use only frames outside them.
-    baseline_windows: alternatively, BJD_TDB ranges known free of any event; only they are used.
-    With neither, the target's own curve is never fitted: it gets only the corrections learnt
-    from the *other* stars (differential colour extinction). This is the safe default.
-    colour_extinction: learn the differential extinction's colour term from the field stars'
+    baseline_windows
+        alternatively, BJD_TDB ranges known free of any event; only they are used.
+        With neither, the target's own curve is never fitted: it gets only the corrections
+        learnt from the *other* stars (differential colour extinction). This is the safe default.
+    colour_extinction
+        learn the differential extinction's colour term from the field stars'
         airmass slopes against their colours and correct every star of known colour (True).
-    airmass_term: fit the target's own airmass slope (out-of-event frames only) (True).
-    sysrem_components: systematics shared by the field stars (SysRem), removed from the field
+    airmass_term
+        fit the target's own airmass slope (out-of-event frames only) (True).
+    sysrem_components
+        systematics shared by the field stars (SysRem), removed from the field
         stars and fitted to the target out of event (2; 0 turns SysRem off).
-    regressors: extra per-frame regressors of the target fit, from REGRESSORS (none).
-    min_baseline_frames: the target fit needs this many usable frames and 3 per parameter (10).
-
-    Noise
-    -----
-    telescope_aperture_m, site_altitude_m, scintillation_c_y: when the photometry has no
+    regressors
+        extra per-frame regressors of the target fit, from REGRESSORS (none).
+    min_baseline_frames
+        the target fit needs this many usable frames and 3 per parameter (10).
+    aperture_diameter_m, site_altitude_m, scintillation_cy
+        when the photometry has no
         `var_scintillation` and the frames no `scintillation`, Young's scintillation (Osborn et
         al. 2015, engine.noise.scintillation_sigma) from these (None: unknown).
-    estimate_scintillation: else estimate a scintillation term X^1.5 / sqrt(t) from the
+    estimate_scintillation
+        else estimate a scintillation term X^1.5 / sqrt(t) from the
         comparisons' excess scatter and add it to the noise model (True).
-
-    Output
-    ------
-    include_field_stars: also write every well-measured field star, with role 'field' (False).
-
-    Merging runs
-    ------------
-    match_radius_arcsec: stars of different runs (and catalogue entries) within this are one (2).
-    colour_degree: degree of each run's colour transformation polynomial in BP-RP (3; lowered
+    include_field_stars
+        also write every well-measured field star, with role 'field' (False).
+    match_radius_arcsec
+        stars of different runs (and catalogue entries) within this are one (2).
+    colour_degree
+        degree of each run's colour transformation polynomial in BP-RP (3; lowered
         automatically for runs with few stars of known colour).
-    merge_floor_mag: systematic floor added to each run-mean magnitude in the joint fit (0.002).
-    catalogue_error_mag: weight of the reference catalogue's magnitudes in the joint fit (0.02).
-    merge_clip_sigma: stars this far from the joint fit (variables) are down-weighted (4).
+    merge_floor_mag
+        systematic floor added to each run-mean magnitude in the joint fit (0.002).
+    catalogue_error_mag
+        weight of the reference catalogue's magnitudes in the joint fit (0.02).
+    merge_clip_sigma
+        stars this far from the joint fit (variables) are down-weighted (4).
     """
 
     comparisons: tuple[int, ...] | None = None
@@ -183,9 +204,9 @@ class EnsembleConfig:
     regressors: tuple[str, ...] = ()
     min_baseline_frames: int = 10
 
-    telescope_aperture_m: float | None = None
+    aperture_diameter_m: float | None = None
     site_altitude_m: float | None = None
-    scintillation_c_y: float = 1.5
+    scintillation_cy: float = 1.5
     estimate_scintillation: bool = True
 
     include_field_stars: bool = False
@@ -216,7 +237,7 @@ class EnsembleConfig:
         if self.min_comparisons > self.max_comparisons:
             raise EngineValueError("min_comparisons must not exceed max_comparisons")
         for name in ("clip_sigma", "cloud_sigma", "scatter_sigma", "scatter_min_ratio",
-                     "match_radius_arcsec", "merge_clip_sigma", "scintillation_c_y",
+                     "match_radius_arcsec", "merge_clip_sigma", "scintillation_cy",
                      "catalogue_error_mag"):
             self._number(name, positive=True)
         for name in ("comparison_brighter_mag", "comparison_fainter_mag", "isolation_delta_mag",
@@ -228,7 +249,7 @@ class EnsembleConfig:
                 raise EngineValueError(f"{name} must lie in [0, 1], got {value!r}")
         if self.cloud_min_loss >= 1.0:
             raise EngineValueError("cloud_min_loss must be below 1")
-        for name in ("max_colour_difference", "isolation_radius", "telescope_aperture_m"):
+        for name in ("max_colour_difference", "isolation_radius", "aperture_diameter_m"):
             if getattr(self, name) is not None:
                 self._number(name, positive=True)
         if self.site_altitude_m is not None:
@@ -241,7 +262,7 @@ class EnsembleConfig:
                 raise EngineValueError(f"aperture must be a radius or 'psf', got {self.aperture!r}")
         elif self.aperture is not None:
             self._number("aperture", positive=True)
-        set_("exclude_flags", int(self.exclude_flags))
+        set_("exclude_flags", _flag_mask("exclude_flags", self.exclude_flags))
         for name in ("colour_extinction", "airmass_term", "estimate_scintillation",
                      "include_field_stars"):
             set_(name, bool(getattr(self, name)))
@@ -277,3 +298,20 @@ class EnsembleConfig:
                 value = [list(v) if isinstance(v, tuple) else v for v in value]
             out[f.name] = value
         return out
+
+
+def _flag_mask(name: str, value) -> int:
+    """A MeasurementFlag bitmask from names (a list of strings) or from an int."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        mask = integer(name, value, least=0)
+        unknown = mask & ~sum(int(flag) for flag in MeasurementFlag)
+        if unknown:
+            raise EngineValueError(f"{name}: bits {unknown:#x} are no MeasurementFlag")
+        return mask
+    mask = 0
+    for flag in value:
+        if flag not in MeasurementFlag.__members__:
+            raise EngineValueError(f"{name}: unknown flag {flag!r}; known: "
+                                   + ", ".join(MeasurementFlag.__members__))
+        mask |= int(MeasurementFlag[flag])
+    return mask

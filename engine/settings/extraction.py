@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.checks import integer, one_of, positive
+from engine.device import DEVICES
 from engine.errors import EngineValueError
 
 __all__ = ["ExtractionConfig"]
@@ -41,8 +42,13 @@ class ExtractionConfig:
     #: Also fit every star with a per-frame PSF model (positions fixed from registration); the
     #: rows join the aperture rows with method 'psf' [False].
     psf_photometry: bool = False
-    #: PSF model when psf_photometry is on: 'moffat' or 'gaussian' ['moffat'].
-    psf_model: str = "moffat"
+    #: PSF model when psf_photometry is on: 'auto' (the reference frame's stars choose between a
+    #: Gaussian and a Moffat, constant or linear across the field), 'moffat' or 'gaussian'
+    #: ['auto'].
+    psf_model: str = "auto"
+    #: Where each block of frames is measured: 'cpu', 'cuda' (an NVIDIA GPU; an error before any
+    #: work without one) or 'auto' (the GPU when one is usable, else the CPU) ['cpu'].
+    device: str = "cpu"
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -65,7 +71,8 @@ class ExtractionConfig:
             raise EngineValueError(f"extraction annulus_fwhm must be (inner, outer) with inner "
                                    f"< outer, got {self.annulus_fwhm!r}")
         set_("annulus_fwhm", annulus)
-        one_of("extraction psf_model", self.psf_model, ("moffat", "gaussian"))
+        one_of("extraction psf_model", self.psf_model, ("auto", "moffat", "gaussian"))
+        one_of("extraction device", self.device, DEVICES)
         if not isinstance(self.psf_photometry, bool):
             raise EngineValueError(f"extraction psf_photometry must be true or false, got "
                                    f"{self.psf_photometry!r}")

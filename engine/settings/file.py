@@ -9,6 +9,7 @@ documentation of every option and its default:
     [ensemble]     engine.settings.EnsembleConfig (comparisons, weights, clouds, detrending)
     [sky]          engine.settings.SkyConfig (reference catalogue, target pixel positions per run or
                    site, sky-solution tolerances)
+    [pipeline]     engine.settings.ClusterConfig (Dask scheduler address and TLS files)
 
 `python -m engine config` prints a file holding every option at its default (options whose
 default is "none" are shown commented out, as TOML has no null). Sites are an array of tables:
@@ -22,17 +23,21 @@ default is "none" are shown commented out, as TOML has no null). Sites are an ar
 frame-type overrides a table of path glob = type: `[ingest.frame_types]` `"*/twilight/*" = "flat"`,
 and target pixel positions a table of run id or site name = [x, y]: `[sky.target_xy]`
 `florida = [512.3, 380.1]`.
-An unknown option or a value of the wrong kind is an EngineValueError naming it.
+An unknown option or a value of the wrong kind is an EngineValueError naming it. Options renamed
+since (see `_RENAMED`) are still read under their old name, with a warning. `[ensemble]
+exclude_flags` is a list of flag names (engine.flags.MeasurementFlag) or their bitmask.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from pathlib import Path
 
 from engine.errors import EngineFileError, EngineValueError
-from engine.settings import (CalibrationConfig, EnsembleConfig, ExtractionConfig, IngestConfig,
+from engine.flags import describe
+from engine.settings import (CalibrationConfig, ClusterConfig, EnsembleConfig, ExtractionConfig, IngestConfig,
                              PipelineConfig, Site, SkyConfig)
 
 if sys.version_info >= (3, 11):
@@ -44,7 +49,13 @@ __all__ = ["default_config_toml", "load_config", "parse_config"]
 
 _SECTIONS = {"ingest": IngestConfig, "calibration": CalibrationConfig,
              "extraction": ExtractionConfig, "ensemble": EnsembleConfig,
-             "sky": SkyConfig}
+             "sky": SkyConfig, "pipeline": ClusterConfig}
+
+#: Old option names, still read: (table, old name) -> new name.
+_RENAMED = {("ensemble", "telescope_aperture_m"): "aperture_diameter_m",
+            ("ensemble", "scintillation_c_y"): "scintillation_cy"}
+
+log = logging.getLogger("engine.settings")
 
 
 def _tuples(value):
@@ -57,6 +68,7 @@ def _tuples(value):
 def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
         raise EngineValueError(f"[{where}] must be a table")
+    values = _renamed(values, where)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -66,6 +78,18 @@ def _build(cls, values: dict, where: str):
         return cls(**{k: _tuples(v) for k, v in values.items()})
     except TypeError as exc:
         raise EngineValueError(f"[{where}]: {exc}") from None
+
+
+def _renamed(values: dict, where: str) -> dict:
+    """`values` with old option names replaced by the new ones (each warned about)."""
+    values = dict(values)
+    for (table, old), new in _RENAMED.items():
+        if table == where and old in values:
+            if new in values:
+                raise EngineValueError(f"[{where}]: give {new} only ({old} is its old name)")
+            log.warning("[%s] %s is deprecated: it is now called %s", where, old, new)
+            values[new] = values.pop(old)
+    return values
 
 
 def parse_config(text: str) -> PipelineConfig:
@@ -98,7 +122,8 @@ def parse_config(text: str) -> PipelineConfig:
         calibration=_build(CalibrationConfig, document.get("calibration", {}), "calibration"),
         extraction=_build(ExtractionConfig, document.get("extraction", {}), "extraction"),
         ensemble=_build(EnsembleConfig, document.get("ensemble", {}), "ensemble"),
-        sky=_build(SkyConfig, sky, "sky"))
+        sky=_build(SkyConfig, sky, "sky"),
+        cluster=_build(ClusterConfig, document.get("pipeline", {}), "pipeline"))
 
 
 def load_config(path) -> PipelineConfig:
@@ -140,6 +165,8 @@ def default_config_toml() -> str:
                                          ("sky", "target_xy")):
                 continue
             value = getattr(defaults, field.name)
+            if (section, field.name) == ("ensemble", "exclude_flags"):
+                value = describe(value)
             if value is None:
                 lines.append(f"# {field.name} =   (none by default)")
             else:

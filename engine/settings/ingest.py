@@ -54,35 +54,48 @@ def _frame_type_pairs(owner: str, items) -> tuple[tuple[str, str], ...]:
 class Site:
     """One observing site (or one telescope: a site is whatever shares a location and a clock).
 
-    name: the site's name; also the `site` column of the frames table and part of run ids.
-    longitude_deg: east-positive geodetic longitude; latitude_deg; height_m above the ellipsoid.
+    Attributes
+    ----------
+    name
+        the site's name; also the `site` column of the frames table and part of run ids.
+    longitude_deg, latitude_deg, height_m
+        east-positive geodetic longitude, latitude, and height above the ellipsoid.
         When given they override any location in the headers (a header that disagrees is logged).
-    clock_offset_s: how far the site's clock runs ahead of UTC, in seconds. Every time stamp of the
+    clock_offset_s
+        how far the site's clock runs ahead of UTC, in seconds. Every time stamp of the
         site's frames is corrected by subtracting it: true UTC = stamped time - clock_offset_s.
-    utc_offset_hours: the site's local time minus UTC, used only for stamps that are local time
+    utc_offset_hours
+        the site's local time minus UTC, used only for stamps that are local time
         with no offset written in them (e.g. TIMESYS = 'LOCAL', or DATE-LOC alone).
-    clock_uncertainty_s: how well the site's clock is known (1 sigma, s): an NTP-disciplined PC
+    clock_uncertainty_s
+        how well the site's clock is known (1 sigma, s): an NTP-disciplined PC
         ~0.01-0.1, a GPS-timed camera ~0.001, an unsynchronised PC seconds. Added in quadrature
         to each stamp's resolution in the frames table's `time_err_s`, and so into the error of
         a transit mid-time.
-    time_reference: 'start', 'mid' or 'end': what the site's software means by a time stamp whose
+    time_reference
+        'start', 'mid' or 'end': what the site's software means by a time stamp whose
         keyword does not say. Without it, each run's stamps are compared with each other (a
         JD that sits EXPTIME/2 after DATE-OBS on every frame marks mid-exposure) and what they
         do not settle is assumed: DATE-OBS, JD, MJD-OBS mark the exposure start.
-    pedestal_adu: a constant the site's software added to every pixel, removed on ingest;
+    pedestal_adu
+        a constant the site's software added to every pixel, removed on ingest;
         overrides the header's PEDESTAL (MaxIm DL writes PEDESTAL = -100 for an added 100;
         either sign means "subtract its size").
-    frame_types: the site's own frame-type words: (header value, type) pairs, e.g.
+    frame_types
+        the site's own frame-type words: (header value, type) pairs, e.g.
         (("EXPOSE", "light"), ("Focus", "light")); matched against IMAGETYP, OBSTYPE, ...
         without case, blanks or punctuation, before the built-in vocabularies. (Path globs for
         single files are IngestConfig.frame_types.)
-    match: which frames belong to the site: each entry is compared with the header values
+    match
+        which frames belong to the site: each entry is compared with the header values
         TELESCOP, OBSERVAT, SITENAME, SITE and INSTRUME (without case and surrounding blanks; so
         'C14 f/11' works) and used as a glob on the frame's absolute path ('*/florida/*').
         Empty: frames whose TELESCOP, OBSERVAT, SITENAME, SITE or INSTRUME equals the site's name.
-    aperture_diameter_m: the telescope's aperture diameter in metres, for the scintillation
+    aperture_diameter_m
+        the telescope's aperture diameter in metres, for the scintillation
         noise term; overrides the header's APTDIA.
-    gain_e_per_adu, read_noise_e, saturation_adu: the camera's gain (e-/ADU), read noise (e-)
+    gain_e_per_adu, read_noise_e, saturation_adu
+        the camera's gain (e-/ADU), read noise (e-)
         and saturation level (ADU, as the camera stores its values), used when the headers do
         not give them; without either the engine measures them (engine.calibration.camera).
     """
@@ -153,12 +166,18 @@ class Site:
 class IngestConfig:
     """Everything ingest (and later stages) take from the user rather than from the headers.
 
-    sites: the known sites, first match wins (see Site.match).
-    frame_types: (path glob, frame type) overrides, first match wins; the glob is matched
+    Attributes
+    ----------
+    sites
+        the known sites, first match wins (see Site.match).
+    frame_types
+        (path glob, frame type) overrides, first match wins; the glob is matched
         against the absolute path with fnmatch (so '*' also crosses '/').
-    bayer: how a colour (Bayer) sensor's frame becomes one monochrome frame: 'green' (mean of the
+    bayer
+        how a colour (Bayer) sensor's frame becomes one monochrome frame: 'green' (mean of the
         two green pixels of each 2x2 cell) or 'superpixel' (sum of the four).
-    target_ra_deg, target_dec_deg: the target, used for BJD_TDB and airmass when the caller gives
+    target_ra_deg, target_dec_deg
+        the target, used for BJD_TDB and airmass when the caller gives
         none (ICRS degrees).
     """
 
