@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.calibration.masters import _BUDGET, DarkModel, Master, _note
+from engine.calibration.masters import _BUDGET, DarkModel, Master
+from engine.calibration.recipe import CalibrationRecipe
 from engine.errors import EngineValueError
-from engine.flags import PixelFlag
 from engine.io.layout import mask_cube_path, sigma_cube_path
-from engine.kernels.calibrate import calibrate_frames
 from engine.progress import progress
 
 __all__ = ["CalibratedRun", "calibrate_cube"]
@@ -69,34 +68,15 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
     if frame_bad_pixels is not None and tuple(frame_bad_pixels.shape) != tuple(cube.shape):
         raise EngineValueError(f"the frames' bad-pixel masks {tuple(frame_bad_pixels.shape)} do "
                                f"not match the cube {tuple(cube.shape)}")
-    times = np.asarray(exptimes, dtype=np.float64).ravel()
-    if times.shape != (nframes,) or not np.all(np.isfinite(times)):
-        raise EngineValueError(f"need {nframes} finite exposure times, got {times.size}")
-    levels = np.array(np.broadcast_to(np.asarray(
-        np.nan if saturation is None else saturation, dtype=np.float64), (nframes,)))
-    trim_box = (0, ny, 0, nx) if trim is None else tuple(int(v) for v in trim)
-    shape = (trim_box[1] - trim_box[0], trim_box[3] - trim_box[2])
-    bias_data = bias.data if isinstance(bias, Master) else bias
-    if bias_data is None and dark is not None and dark.intercept is not None:
-        bias_data = dark.intercept
-        _note(notes, "no bias: the dark fit's intercept stands in for it")
-    if dark is not None and dark.offset is not None and bias_data is not None:
-        bias_data = bias_data + dark.offset
-    flat_data = flat.data if isinstance(flat, Master) else flat
-    bad_data = bad_pixels.data if isinstance(bad_pixels, Master) else bad_pixels
-    for label, present in (("bias", bias_data is not None or (dark is not None
-                                                                and dark.includes_bias)),
-                           ("dark", dark is not None), ("flat", flat_data is not None)):
-        if not present:
-            _note(notes, f"no {label}: calibrated without it")
-    # The dark for each distinct exposure time (a rate needs one array for all).
-    darks: dict[float, tuple[np.ndarray, float]] = {}
-    if dark is not None:
-        for t in sorted(set(np.round(times, 3))):
-            array, scale, text = dark.for_exposure(float(t))
-            darks[float(t)] = (array, scale)
-            if text:
-                _note(notes, text)
+    if np.asarray(exptimes).size != nframes:
+        raise EngineValueError(f"need {nframes} finite exposure times, got "
+                               f"{np.asarray(exptimes).size}")
+    recipe = CalibrationRecipe.build(
+        (ny, nx), exptimes, bias=bias, dark=dark, flat=flat, bad_pixels=bad_pixels,
+        saturation=saturation, trim=trim, overscan=overscan, overscan_method=overscan_method,
+        nonlinearity=nonlinearity, gain=gain, read_noise=read_noise)
+    notes.extend(recipe.notes)
+    shape = recipe.shape
     item = np.dtype(cube.dtype).itemsize + 4 + 1 + (4 if uncertainty else 0)
     per_chunk = max(1, min(nframes, chunk_bytes // max(1, ny * nx * item)))
 
@@ -123,30 +103,14 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
             for f0 in range(0, nframes, per_chunk):
                 f1 = min(nframes, f0 + per_chunk)
                 raw = np.asarray(cube[f0:f1])
-                chunk_t = np.round(times[f0:f1], 3)
                 results = [np.empty((f1 - f0,) + shape, np.float32),
                            np.empty((f1 - f0,) + shape, np.uint8)]
                 if uncertainty:
                     results.append(np.empty((f1 - f0,) + shape, np.float32))
-                # Frames of one exposure time and saturation level share a dark, its scale
-                # and the level.
-                key = list(zip(chunk_t, np.nan_to_num(levels[f0:f1], nan=-1.0)))
-                edges = [0] + [i for i in range(1, f1 - f0) if key[i] != key[i - 1]]
-                for a, b in zip(edges, edges[1:] + [f1 - f0]):
-                    dark_array, scale = darks.get(float(chunk_t[a]), (None, None))
-                    level = levels[f0 + a]
-                    calibrate_frames(
-                        raw[a:b], bias=bias_data, dark=dark_array, dark_scale=scale,
-                        flat=flat_data, bad_pixels=bad_data,
-                        saturation=None if np.isnan(level) else float(level), trim=trim,
-                        overscan=overscan, overscan_method=overscan_method,
-                        nonlinearity=nonlinearity, gain=gain, read_noise=read_noise,
-                        out=results[0][a:b], mask=results[1][a:b],
-                        uncertainty=results[2][a:b] if uncertainty else False, threads=threads)
+                recipe.apply(raw, f0, results[0], results[1],
+                             uncertainty=results[2] if uncertainty else False, threads=threads)
                 if frame_bad_pixels is not None:
-                    r0, r1, c0, c1 = trim_box
-                    own = np.asarray(frame_bad_pixels[f0:f1])[:, r0:r1, c0:c1] != 0
-                    results[1][own] |= np.uint8(PixelFlag.BAD)
+                    recipe.flag_own_bad_pixels(frame_bad_pixels[f0:f1], results[1])
                 bar.update(f1 - f0)
                 if arrays is not None:
                     for target, result in zip(arrays, results):
