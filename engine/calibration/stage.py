@@ -93,9 +93,9 @@ class CalibrationResult:
     camera: dict[str, dict] = field(default_factory=dict)
 
     def summary(self) -> str:
-        lines = [f"{len(self.masters)} masters in {MASTERS_FOLDER}/, {len(self.recipes)} run "
-                 f"recipes and {len(self.runs)} calibrated cubes in {CALIBRATED_FOLDER}/ "
-                 f"({len(self.skipped_runs)} already up to date)"]
+        lines = [f"{len(self.masters)} masters in {MASTERS_FOLDER}/, {len(self.recipes)} calibrated "
+                 f"runs in {CALIBRATED_FOLDER}/ ({len(self.runs)} written as cubes, "
+                 f"{len(self.skipped_runs)} already up to date)"]
         for name in sorted(self.masters):
             lines.append(f"  master {name}")
         for run_id in sorted(self.recipes):
