@@ -103,3 +103,12 @@ def test_a_recipe_for_another_cube_is_refused():
         CalibratedFrames(raw[:4], recipe)
     with pytest.raises(EngineValueError, match="by frame or by a run of frames"):
         CalibratedFrames(raw, recipe)[::2]
+
+
+def test_the_same_recipe_gives_the_same_bytes(tmp_path):
+    """The manifest fingerprints photometry by the recipe's bytes: no clock in them."""
+    rng = np.random.default_rng(7)
+    raw, times, settings = _run(rng, n=5)
+    recipe = CalibrationRecipe.build(raw.shape[1:], times, **settings)
+    first = recipe.save(tmp_path / "a.recipe.npz").read_bytes()
+    assert recipe.save(tmp_path / "b.recipe.npz").read_bytes() == first

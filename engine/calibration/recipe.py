@@ -11,8 +11,10 @@ write_calibrated`). The numbers are those a calibrated cube would hold, bit for 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,7 +138,7 @@ class CalibrationRecipe:
         key = list(zip(self.dark_index[span], self.dark_scale[span],
                        np.nan_to_num(self.saturation[span], nan=-1.0)))
         edges = [0] + [i for i in range(1, count) if key[i] != key[i - 1]] + [count]
-        for a, b in zip(edges, edges[1:]):
+        for a, b in itertools.pairwise(edges):
             dark = self.dark_index[first + a]
             level = self.saturation[first + a]
             calibrate_frames(
@@ -170,8 +172,14 @@ class CalibrationRecipe:
                 arrays[name] = np.asarray(getattr(self, name))
         for k, dark in enumerate(self.darks):
             arrays[f"dark_{k}"] = np.asarray(dark)
-        with atomic_path(path, suffix=".npz") as temporary:
-            np.savez(temporary, **arrays)
+        # Written member by member with a fixed time stamp (np.savez stamps the clock): the
+        # same recipe gives the same bytes, so the manifest does not redo the photometry.
+        with atomic_path(path, suffix=".npz") as temporary, \
+                zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED) as archive:
+            for name, array in arrays.items():
+                member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with archive.open(member, "w", force_zip64=True) as handle:
+                    np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
         return Path(path)
 
 
@@ -196,7 +204,8 @@ def load_recipe(path: str | os.PathLike) -> CalibrationRecipe:
                 overscan_method=meta["overscan_method"],
                 nonlinearity=None if meta["nonlinearity"] is None else tuple(meta["nonlinearity"]),
                 gain=meta["gain"], read_noise=meta["read_noise"], notes=list(meta["notes"]))
-    except Exception as exc:  # zip, JSON and key errors alike: the file cannot be trusted
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        # Missing, truncated, damaged or foreign alike: the file cannot be trusted.
         raise EngineFileError(f"{path}: not a readable calibration recipe "
                               f"({type(exc).__name__}: {exc})") from None
 

@@ -18,8 +18,8 @@
    engine.calibration.recipe; the photometry stage calibrates raw blocks with it as it reads
    them) and, when asked (`write_calibrated`), calibrates the run chunk by chunk into
    `out_dir/calibrated/RUN_ID.zarr` (float32) and `RUN_ID_mask.zarr` (uint8 PixelFlag bits),
-   skipping a run whose recipe (and cubes) the output folder's manifest lists as current (engine.io.manifest: made from the same raw cubes'
-   content and settings, bytes unchanged);
+   skipping a run whose recipe (and cubes) the output folder's manifest lists as current
+   (engine.io.manifest: made from the same raw cubes' content and settings, bytes unchanged);
 5. writes `out_dir/calibration.json` (atomically): per run, the masters used, the dark decision
    and its evidence, the camera's gain, read noise and saturation level with their sources
    (measured by engine.calibration.camera where the headers and configuration are silent), the
@@ -93,8 +93,8 @@ class CalibrationResult:
     camera: dict[str, dict] = field(default_factory=dict)
 
     def summary(self) -> str:
-        lines = [f"{len(self.masters)} masters in {MASTERS_FOLDER}/, {len(self.recipes)} calibrated "
-                 f"runs in {CALIBRATED_FOLDER}/ ({len(self.runs)} written as cubes, "
+        lines = [f"{len(self.masters)} masters in {MASTERS_FOLDER}/, {len(self.recipes)} "
+                 f"calibrated runs in {CALIBRATED_FOLDER}/ ({len(self.runs)} written as cubes, "
                  f"{len(self.skipped_runs)} already up to date)"]
         for name in sorted(self.masters):
             lines.append(f"  master {name}")
@@ -539,8 +539,8 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
                 result.runs[run_id] = target
             result.notes.setdefault(run_id, []).extend(notes)
             report["runs"][run_id] = {
-                "recipe": str(recipe_path),
-                "cube": str(target) if write_calibrated else None, "frames": len(light_rows), "masters": used,
+                "recipe": str(recipe_path), "cube": str(target) if write_calibrated else None,
+                "frames": len(light_rows), "masters": used,
                 "geometry": geometry, "dark": _dark_report(dark), "notes": notes,
                 "camera": {**noise.as_dict(), "saturation": saturation,
                            "saturation_source": _first(r.get("saturation_source")
