@@ -112,3 +112,12 @@ def test_the_same_recipe_gives_the_same_bytes(tmp_path):
     recipe = CalibrationRecipe.build(raw.shape[1:], times, **settings)
     first = recipe.save(tmp_path / "a.recipe.npz").read_bytes()
     assert recipe.save(tmp_path / "b.recipe.npz").read_bytes() == first
+
+
+def test_write_calibrated_is_off_unless_the_configuration_says_so():
+    from engine.settings.file import parse_config
+
+    assert parse_config("").calibration.write_calibrated is False
+    assert parse_config("[calibration]\nwrite_calibrated = true\n").calibration.write_calibrated
+    with pytest.raises(EngineValueError, match="write_calibrated must be true or false"):
+        parse_config('[calibration]\nwrite_calibrated = "yes"\n')
