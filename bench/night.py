@@ -5,8 +5,9 @@
 For each light-frame count N the `large` night (one La Palma CMOS, 2048² frames, over 500
 stars detected and followed) is simulated with n_lights=N into WORK/N/raw (kept and reused
 when its truth.json is there), then reduced by the command-line `reduce` in a child process
-into a fresh WORK/N/out. Reported per N: wall time of the reduce, frames per second, and the
-child's peak resident memory (its own maximum RSS, from wait4). The time is a fixed cost
+into a fresh WORK/N/out. Reported per N: wall time of the reduce, its CPU time (user + system:
+the figure to compare on a machine shared with other work), frames per second, and the child's
+peak resident memory (its own maximum RSS, from wait4). The time is a fixed cost
 (start-up, masters, reference frame) plus a constant cost per frame, which the printed
 straight-line fit separates; with the fixed part small, ten times the frames take about ten
 times as long.
@@ -62,7 +63,8 @@ def _reduce(raw: Path, out: Path, truth: dict) -> dict:
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise SystemExit(f"reduce failed ({child.returncode}):\n{output}")
-    return {"wall_s": wall, "peak_rss_gb": usage.ru_maxrss / 1024 ** 2, "log": output}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_gb": usage.ru_maxrss / 1024 ** 2, "log": output}
 
 
 def main(argv=None) -> int:
@@ -86,11 +88,13 @@ def main(argv=None) -> int:
                            if "stage times" in line), "")
         stars = pq.read_metadata(out / "stars.parquet").num_rows
         record = {"lights": lights, "stars": stars, "wall_s": round(result["wall_s"], 1),
+                  "cpu_s": round(result["cpu_s"], 1),
                   "frames_per_s": round(lights / result["wall_s"], 2),
                   "peak_rss_gb": round(result["peak_rss_gb"], 2), "stages": stage_line}
         records.append(record)
-        print(f"  reduce ({stars} stars): {record['wall_s']} s, {record['frames_per_s']} "
-              f"frames/s, peak RSS {record['peak_rss_gb']} GB; {stage_line}", flush=True)
+        print(f"  reduce ({stars} stars): {record['wall_s']} s ({record['cpu_s']} s of CPU), "
+              f"{record['frames_per_s']} frames/s, peak RSS {record['peak_rss_gb']} GB; "
+              f"{stage_line}", flush=True)
     if len(records) > 1:
         first, last = records[0], records[-1]
         print(f"{last['lights'] / first['lights']:.0f}x the frames took "

@@ -97,7 +97,7 @@ def run_demo(out_dir: Path, seed: int = 0, preset: str = "demo", workers: int | 
     views = ", ".join(result.report.get("products", []))
     echo(f"products in {out_dir}: frames.parquet, photometry.parquet, stars.parquet, "
          f"lightcurves.parquet, report.json, FIT.json, {plot_path.name}, {views}, masters/, "
-         "calibrated/")
+         "calibrated/ (each run's calibration recipe)")
     echo(f"demo finished in {time.perf_counter() - started:.1f} s")
     return {"fit": fit.to_dict(), "truth_tmid": planet["t0_bjd_tdb"], "error_s": error_s}
 

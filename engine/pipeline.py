@@ -16,7 +16,9 @@ can tie the runs together. A run that cannot be solved or whose target is not fo
 and skipped; the others go on.
 
 Products: frames.parquet and cubes (ingest), catalogues/ (Gaia DR3 fetched for `--catalogue
-gaia`, one Parquet file per field), masters/ and calibrated/ (calibrate),
+gaia`, one Parquet file per field), masters/ and calibrated/ (calibrate: each run's recipe, and
+the calibrated cubes when `[calibration] write_calibrated`; photometry calibrates the raw frames
+with the recipe as it reads them),
 photometry/RUN.parquet plus photometry.parquet and stars.parquet (all runs), sky/RUN.wcs.fits
 (each solved run's WCS as a FITS header), lightcurves.parquet and report.json (ensemble and
 merge), reduce.log, lightcurves.csv and the plots weights.png, transparency.png and
@@ -40,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.calibration import calibrate
+from engine.calibration.recipe import CalibratedFrames, load_recipe
 from engine.checks import integer, require_dask
 from engine.device import resolve_device
 from engine.ensemble import build_run_lightcurve, merge_runs, write_lightcurves, write_report
@@ -49,7 +52,7 @@ from engine.ingest import ingest
 from engine.io.atomic import atomic_path
 from engine.io.cube import open_cube
 from engine.io.layout import (CATALOGUE_FOLDER, LIGHTCURVES_TABLE, LOG_FILE, PHOTOMETRY_TABLE,
-                              REPORT, STARS_TABLE, mask_cube_path, run_photometry,
+                              REPORT, STARS_TABLE, bad_pixel_cube_path, run_photometry,
                               run_registration, run_sky_header, run_stars)
 from engine.io.schemas import (FRAMES_SCHEMA, PHOTOMETRY_SCHEMA, REGISTRATION_SCHEMA,
                                STARS_SCHEMA)
@@ -106,19 +109,22 @@ def _run_frames(frames: pa.Table, run_id: str) -> pa.Table:
     return rows.sort_by("cube_index")
 
 
-def _measure_run(run_id: str, cube_path: str, frames: pa.Table, config: ExtractionConfig,
-                 out_dir: str, threads, on_worker: bool = False) -> str:
-    """Photometry of one run into photometry/RUN_ID.parquet (+ stars and registration tables).
+def _measure_run(run_id: str, cube_path: str, recipe_path: str, frames: pa.Table,
+                 config: ExtractionConfig, out_dir: str, threads, on_worker: bool = False) -> str:
+    """Photometry of one run into photometry/RUN_ID.parquet (+ stars and registration tables),
+    from its raw cube calibrated block by block with its recipe as the blocks are read.
 
     A plain function of paths and tables so that a Dask worker can run it (without progress
     bars there: the client shows one over the runs).
     """
     if on_worker:
         with quiet():
-            return _measure_run(run_id, cube_path, frames, config, out_dir, threads)
-    data = open_cube(cube_path)
-    mask_path = mask_cube_path(cube_path)
-    mask = open_cube(mask_path) if mask_path.exists() else None
+            return _measure_run(run_id, cube_path, recipe_path, frames, config, out_dir, threads)
+    own_masks = bad_pixel_cube_path(cube_path)
+    data = CalibratedFrames(open_cube(cube_path), load_recipe(recipe_path),
+                            frame_bad_pixels=open_cube(own_masks) if own_masks.is_dir() else None,
+                            threads=threads)
+    mask = data.mask
     result = extract_run(data, frames, mask=mask, config=config, threads=threads)
     run = pa.array([run_id] * result.photometry.num_rows)
     write_parquet(result.stars.append_column("run_id", pa.array([run_id] * result.stars.num_rows)),
@@ -145,14 +151,15 @@ def _photometry_products(out: Path, run_id: str) -> list[Path]:
     return [run_photometry(out, run_id), run_stars(out, run_id), run_registration(out, run_id)]
 
 
-def _photometry_inputs(manifest: Manifest, cube_path: Path, run_frames: pa.Table,
-                       config: ExtractionConfig) -> str:
-    """A run's photometry is made from its calibrated cube and mask (by content), its rows of
+def _photometry_inputs(manifest: Manifest, cube_path: Path, recipe_path: Path,
+                       run_frames: pa.Table, config: ExtractionConfig) -> str:
+    """A run's photometry is made from its raw cube and the files' own bad-pixel masks (by
+    content), its calibration recipe (which holds the masters' pixels it applies), its rows of
     the frames table and the extraction settings."""
-    mask = mask_cube_path(cube_path)
+    own_masks = bad_pixel_cube_path(cube_path)
     return fingerprint(_settings(config), manifest.hash_of(cube_path),
-                       manifest.hash_of(mask) if mask.exists() else None,
-                       run_frames.to_pylist())
+                       manifest.hash_of(own_masks) if own_masks.is_dir() else None,
+                       manifest.hash_of(recipe_path), run_frames.to_pylist())
 
 
 def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
@@ -294,11 +301,12 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     calibrated = calibrate(ingested, out, threads=threads,
                            temperature_tolerance=config.calibration.temperature_tolerance,
                            uncertainty=config.calibration.uncertainty,
-                           chunk_bytes=config.calibration.chunk_bytes, manifest=manifest)
+                           chunk_bytes=config.calibration.chunk_bytes, manifest=manifest,
+                           write_calibrated=config.calibration.write_calibrated)
     timings["calibrate"] = time.perf_counter() - start
     log.info("calibrate done in %.1f s:\n%s", timings["calibrate"], calibrated.summary())
     frames = _with_camera_values(ingested, calibrated.camera)
-    runs = sorted(calibrated.runs)
+    runs = sorted(calibrated.recipes)
     if not runs:
         raise EngineValueError("no light frames to reduce (only calibration frames were found)")
 
@@ -306,11 +314,12 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     jobs, inputs = [], {}
     for run_id in runs:
         run_frames = _run_frames(frames, run_id)
-        inputs[run_id] = _photometry_inputs(manifest, Path(calibrated.runs[run_id]), run_frames,
+        raw_cube, recipe = ingested.cubes[run_id], calibrated.recipes[run_id]
+        inputs[run_id] = _photometry_inputs(manifest, Path(raw_cube), recipe, run_frames,
                                             config.extraction)
         if manifest.is_current(_photometry_products(out, run_id), inputs[run_id]):
             continue
-        jobs.append((run_id, str(calibrated.runs[run_id]), run_frames, config.extraction,
+        jobs.append((run_id, str(raw_cube), str(recipe), run_frames, config.extraction,
                      str(out), threads))
     _run_jobs(jobs, workers, config.cluster, done=lambda run_id: manifest.record(
         _photometry_products(out, run_id), inputs[run_id]))

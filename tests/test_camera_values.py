@@ -237,10 +237,13 @@ def test_one_float_frame_keeps_saturation_flagging(tmp_path_factory):
 
 def test_bayer_saturation_is_masked(tmp_path_factory):
     truth, out = _reduce("bayer", tmp_path_factory, scale=2.0)
-    import zarr
+    from engine.calibration.recipe import CalibratedFrames, load_recipe
+    from engine.io.cube import open_cube
 
-    (mask_path,) = (out / "calibrated").glob("*_mask.zarr")
-    mask = zarr.open_array(str(mask_path), mode="r")
+    (recipe_path,) = (out / "calibrated").glob("*.recipe.npz")
+    run_id = recipe_path.name.removesuffix(".recipe.npz")
+    mask = CalibratedFrames(open_cube(out / "cubes" / f"{run_id}.zarr"),
+                            load_recipe(recipe_path)).mask
     assert all(np.any(mask[k] & PixelFlag.SATURATED) for k in range(mask.shape[0]))
     saturated = _saturated_stars(truth, out, scale=2.0)
     assert saturated and all(flagged and not comparison for _, flagged, comparison in saturated)

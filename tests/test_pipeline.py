@@ -111,6 +111,31 @@ def test_dask_cluster_gives_the_same_products(reduced, night, tmp_path):
     assert_tables_equal(parallel.lightcurves, result.lightcurves)
 
 
+def test_photometry_calibrates_the_raw_frames_as_the_calibrated_cubes_hold_them(
+        reduced, night, tmp_path):
+    """By default no calibrated cube is written (each run's recipe is); asking for the cubes
+    changes no number of the photometry, and the cubes hold what the recipe makes."""
+    from engine.calibration.recipe import CalibratedFrames, load_recipe
+    from engine.io.cube import open_cube
+    from engine.settings import CalibrationConfig, PipelineConfig
+
+    out, result, positions, target = reduced
+    raw, _ = night
+    assert sorted(p.name for p in (out / "calibrated").iterdir()) == sorted(
+        f"{run}.recipe.npz" for run in result.runs)
+    config = PipelineConfig(calibration=CalibrationConfig(write_calibrated=True))
+    reduce([raw], tmp_path, target=target, target_xy=positions, config=config)
+    assert_tables_equal(pq.read_table(tmp_path / "photometry.parquet"),
+                        pq.read_table(out / "photometry.parquet"))
+    run = result.runs[0]
+    fused = CalibratedFrames(open_cube(out / "cubes" / f"{run}.zarr"),
+                             load_recipe(out / "calibrated" / f"{run}.recipe.npz"))
+    np.testing.assert_array_equal(open_cube(tmp_path / "calibrated" / f"{run}.zarr")[:],
+                                  fused[:])
+    np.testing.assert_array_equal(open_cube(tmp_path / "calibrated" / f"{run}_mask.zarr")[:],
+                                  fused.mask[:])
+
+
 def test_demo_recovers_the_mid_transit_time(tmp_path):
     lines = []
     summary = run_demo(tmp_path, seed=2, preset="tiny", echo=lines.append)

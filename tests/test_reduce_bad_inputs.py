@@ -20,6 +20,7 @@ from astropy.io import fits
 
 from engine.calibration import master_filename
 from engine.calibration.masters import Master
+from engine.calibration.recipe import load_recipe
 from engine.errors import EngineFileError
 from engine.ingest import MAX_EXPTIME_S
 from engine.io.cube import open_cube
@@ -203,10 +204,10 @@ def _read_cube(path, frame=0):
     open_cube(path)[frame]
 
 
-def _damage_calibrated_chunk_deleted(out, runs):
-    cube = out / "calibrated" / f"{runs[0]}.zarr"
-    _chunk(cube, 3).unlink()
-    return f"calibrated/{runs[0]}.zarr", lambda: _read_cube(cube, 3), str(_chunk(cube, 3))
+def _damage_recipe_truncated(out, runs):
+    recipe = out / "calibrated" / f"{runs[0]}.recipe.npz"
+    _truncate(recipe)
+    return f"calibrated/{runs[0]}.recipe.npz", lambda: load_recipe(recipe), str(recipe)
 
 
 def _damage_photometry_truncated(out, runs):
@@ -221,10 +222,9 @@ def _damage_raw_chunk_truncated(out, runs):
     return f"cubes/{runs[2]}.zarr", lambda: _read_cube(cube, 0), str(cube)
 
 
-def _damage_mask_chunk_flipped(out, runs):
-    cube = out / "calibrated" / f"{runs[0]}_mask.zarr"
-    _flip(_chunk(cube, 1))
-    return f"calibrated/{runs[0]}_mask.zarr", None, None
+def _damage_recipe_bit_flipped(out, runs):
+    _flip(out / "calibrated" / f"{runs[0]}.recipe.npz")
+    return f"calibrated/{runs[0]}.recipe.npz", None, None
 
 
 def _damage_stars_deleted(out, runs):
@@ -238,20 +238,20 @@ def _damage_registration_truncated(out, runs):
     return f"photometry/{runs[2]}.registration.parquet", lambda: read_parquet(table), str(table)
 
 
-def _damage_calibrated_cube_deleted(out, runs):
-    shutil.rmtree(out / "calibrated" / f"{runs[2]}.zarr")
-    return f"calibrated/{runs[2]}.zarr", None, None
+def _damage_recipe_deleted(out, runs):
+    (out / "calibrated" / f"{runs[2]}.recipe.npz").unlink()
+    return f"calibrated/{runs[2]}.recipe.npz", None, None
 
 
 # Two groups, one rerun each: in a group every damage hits another run or product.
 DAMAGES = {
-    "calibrated_chunk_deleted": (1, _damage_calibrated_chunk_deleted),
+    "recipe_truncated": (1, _damage_recipe_truncated),
     "photometry_truncated": (1, _damage_photometry_truncated),
     "raw_chunk_truncated": (1, _damage_raw_chunk_truncated),
-    "mask_chunk_bit_flipped": (2, _damage_mask_chunk_flipped),
+    "recipe_bit_flipped": (2, _damage_recipe_bit_flipped),
     "stars_table_deleted": (2, _damage_stars_deleted),
     "registration_truncated": (2, _damage_registration_truncated),
-    "calibrated_cube_deleted": (2, _damage_calibrated_cube_deleted),
+    "recipe_deleted": (2, _damage_recipe_deleted),
 }
 
 

@@ -1,7 +1,8 @@
 """Calibration: master frames from calibration stacks, and calibrated cubes from light runs.
 
 This package only re-exports: masters.py builds the masters, files.py writes and reads them as
-FITS, runs.py calibrates run cubes, stage.py runs the stage over an ingest's output.
+FITS, recipe.py holds a light run's calibration recipe (and calibrates raw blocks with it as they
+are read), runs.py calibrates run cubes, stage.py runs the stage over an ingest's output.
 
 Masters (each a `Master`: the image, what made it, and notes a user should read):
 - `master_bias`: the sigma-clipped mean of the bias frames (after overscan and trim when given).
@@ -32,12 +33,13 @@ from engine.calibration.files import load_master, master_filename, write_master
 from engine.calibration.masters import (MIN_FRAMES_TO_CLIP, DarkModel, Master, bad_pixel_mask,
                                         check_frames, combine_stack, master_bias, master_dark,
                                         master_flat)
+from engine.calibration.recipe import CalibratedFrames, CalibrationRecipe, load_recipe
 from engine.calibration.runs import CalibratedRun, calibrate_cube
 from engine.calibration.stage import CalibrationResult, calibrate
 
 __all__ = [
-    "CalibratedRun", "CalibrationResult", "DarkModel", "MIN_FRAMES_TO_CLIP", "Master",
-    "bad_pixel_mask",
-    "calibrate", "calibrate_cube", "check_frames", "combine_stack", "load_master", "master_bias",
-    "master_dark", "master_filename", "master_flat", "write_master",
+    "CalibratedFrames", "CalibratedRun", "CalibrationRecipe", "CalibrationResult", "DarkModel",
+    "MIN_FRAMES_TO_CLIP", "Master", "bad_pixel_mask",
+    "calibrate", "calibrate_cube", "check_frames", "combine_stack", "load_master", "load_recipe",
+    "master_bias", "master_dark", "master_filename", "master_flat", "write_master",
 ]

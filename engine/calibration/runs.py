@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.calibration.masters import _BUDGET, DarkModel, Master, _note
+from engine.calibration.masters import _BUDGET, DarkModel, Master
+from engine.calibration.recipe import CalibrationRecipe
 from engine.errors import EngineValueError
-from engine.flags import PixelFlag
 from engine.io.layout import mask_cube_path, sigma_cube_path
-from engine.kernels.calibrate import calibrate_frames
 from engine.progress import progress
 
 __all__ = ["CalibratedRun", "calibrate_cube"]
@@ -61,18 +60,17 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
     BAD in the mask frame by frame.
     """
     notes: list[str] = []
-    times, levels = _check_run(cube, exptimes, saturation, frame_bad_pixels)
+    _check_run(cube, exptimes, frame_bad_pixels)
     nframes, ny, nx = cube.shape
-    trim_box = (0, ny, 0, nx) if trim is None else tuple(int(v) for v in trim)
-    shape = (trim_box[1] - trim_box[0], trim_box[3] - trim_box[2])
-    bias_data, flat_data, bad_data = _master_arrays(bias, dark, flat, bad_pixels, notes)
-    darks = _darks_by_exposure(dark, times, notes)
+    recipe = CalibrationRecipe.build(
+        (ny, nx), exptimes, bias=bias, dark=dark, flat=flat, bad_pixels=bad_pixels,
+        saturation=saturation, trim=trim, overscan=overscan, overscan_method=overscan_method,
+        nonlinearity=nonlinearity, gain=gain, read_noise=read_noise)
+    notes.extend(recipe.notes)
+    shape = recipe.shape
     item = np.dtype(cube.dtype).itemsize + 4 + 1 + (4 if uncertainty else 0)
     per_chunk = max(1, min(nframes, chunk_bytes // max(1, ny * nx * item)))
     writers, arrays = _destinations(out, shape, nframes, uncertainty, attributes, notes)
-    settings = dict(bias=bias_data, flat=flat_data, bad_pixels=bad_data, trim=trim,
-                    overscan=overscan, overscan_method=overscan_method,
-                    nonlinearity=nonlinearity, gain=gain, read_noise=read_noise, threads=threads)
     label = f"calibrate {(attributes or {}).get('run_id', '')}".rstrip()
     try:
         with ThreadPoolExecutor(max_workers=2) as pool, progress(total=nframes, desc=label) as bar:
@@ -80,16 +78,14 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
             for f0 in range(0, nframes, per_chunk):
                 f1 = min(nframes, f0 + per_chunk)
                 raw = np.asarray(cube[f0:f1])
-                chunk_t = np.round(times[f0:f1], 3)
                 results = [np.empty((f1 - f0,) + shape, np.float32),
                            np.empty((f1 - f0,) + shape, np.uint8)]
                 if uncertainty:
                     results.append(np.empty((f1 - f0,) + shape, np.float32))
-                _calibrate_chunk(raw, chunk_t, levels[f0:f1], darks, results, settings)
+                recipe.apply(raw, f0, results[0], results[1],
+                             uncertainty=results[2] if uncertainty else False, threads=threads)
                 if frame_bad_pixels is not None:
-                    r0, r1, c0, c1 = trim_box
-                    own = np.asarray(frame_bad_pixels[f0:f1])[:, r0:r1, c0:c1] != 0
-                    results[1][own] |= np.uint8(PixelFlag.BAD)
+                    recipe.flag_own_bad_pixels(frame_bad_pixels[f0:f1], results[1])
                 bar.update(f1 - f0)
                 if arrays is not None:
                     for target, result in zip(arrays, results):
@@ -114,9 +110,8 @@ def calibrate_cube(cube, exptimes, *, bias: Master | np.ndarray | None = None,
         raise
 
 
-def _check_run(cube, exptimes, saturation, frame_bad_pixels) -> tuple[np.ndarray, np.ndarray]:
-    """(exposure times, saturation level per frame, NaN for the kernel's default), checked
-    against the cube's shape."""
+def _check_run(cube, exptimes, frame_bad_pixels) -> None:
+    """The run cube, its exposure times and the frames' own masks agree in shape."""
     if cube.ndim != 3 or 0 in cube.shape:
         raise EngineValueError(f"a run cube must be (frames, rows, columns), got {cube.shape}")
     nframes = cube.shape[0]
@@ -126,41 +121,6 @@ def _check_run(cube, exptimes, saturation, frame_bad_pixels) -> tuple[np.ndarray
     times = np.asarray(exptimes, dtype=np.float64).ravel()
     if times.shape != (nframes,) or not np.all(np.isfinite(times)):
         raise EngineValueError(f"need {nframes} finite exposure times, got {times.size}")
-    levels = np.array(np.broadcast_to(np.asarray(
-        np.nan if saturation is None else saturation, dtype=np.float64), (nframes,)))
-    return times, levels
-
-
-def _master_arrays(bias, dark, flat, bad_pixels, notes: list[str]) -> tuple:
-    """(bias, flat, bad pixels) as arrays or None. The bias takes the dark model's zero-exposure
-    level: its intercept when there is no bias, its offset when there is. Missing masters are
-    noted."""
-    bias_data = bias.data if isinstance(bias, Master) else bias
-    if bias_data is None and dark is not None and dark.intercept is not None:
-        bias_data = dark.intercept
-        _note(notes, "no bias: the dark fit's intercept stands in for it")
-    if dark is not None and dark.offset is not None and bias_data is not None:
-        bias_data = bias_data + dark.offset
-    flat_data = flat.data if isinstance(flat, Master) else flat
-    bad_data = bad_pixels.data if isinstance(bad_pixels, Master) else bad_pixels
-    for label, present in (("bias", bias_data is not None or (dark is not None
-                                                                and dark.includes_bias)),
-                           ("dark", dark is not None), ("flat", flat_data is not None)):
-        if not present:
-            _note(notes, f"no {label}: calibrated without it")
-    return bias_data, flat_data, bad_data
-
-
-def _darks_by_exposure(dark, times, notes: list[str]) -> dict[float, tuple[np.ndarray, float]]:
-    """The dark and its scale for each distinct exposure time (1 ms), noting any stand-in."""
-    darks: dict[float, tuple[np.ndarray, float]] = {}
-    if dark is not None:
-        for t in sorted(set(np.round(times, 3))):
-            array, scale, text = dark.for_exposure(float(t))
-            darks[float(t)] = (array, scale)
-            if text:
-                _note(notes, text)
-    return darks
 
 
 def _destinations(out, shape, nframes: int, uncertainty: bool, attributes,
@@ -186,17 +146,3 @@ def _destinations(out, shape, nframes: int, uncertainty: bool, attributes,
     return writers, None
 
 
-def _calibrate_chunk(raw, chunk_t, chunk_levels, darks, results, settings: dict) -> None:
-    """Calibrate a chunk of raw frames into results (data, mask[, uncertainty]): frames of one
-    exposure time and saturation level share a dark, its scale and the level."""
-    n = raw.shape[0]
-    key = list(zip(chunk_t, np.nan_to_num(chunk_levels, nan=-1.0)))
-    edges = [0] + [i for i in range(1, n) if key[i] != key[i - 1]]
-    for a, b in zip(edges, edges[1:] + [n]):
-        dark_array, scale = darks.get(float(chunk_t[a]), (None, None))
-        level = chunk_levels[a]
-        calibrate_frames(raw[a:b], dark=dark_array, dark_scale=scale,
-                         saturation=None if np.isnan(level) else float(level),
-                         out=results[0][a:b], mask=results[1][a:b],
-                         uncertainty=results[2][a:b] if len(results) > 2 else False,
-                         **settings)

@@ -14,10 +14,12 @@
 3. builds the masters (bias; dark rate or matched darks, decided by measurement; flat per filter;
    bad-pixel mask) with the lights' trim and overscan sections (ingest's TRIMSEC / BIASSEC; a
    row-wise overscan strip is not used, and said) and writes them under `out_dir/masters/`;
-4. calibrates each light run chunk by chunk into `out_dir/calibrated/RUN_ID.zarr` (float32) and
-   `RUN_ID_mask.zarr` (uint8 PixelFlag bits), skipping a run whose calibrated cubes the
-   output folder's manifest lists as current (engine.io.manifest: made from the same raw cubes'
-   content and settings, bytes unchanged);
+4. writes each light run's calibration recipe (`out_dir/calibrated/RUN_ID.recipe.npz`:
+   engine.calibration.recipe; the photometry stage calibrates raw blocks with it as it reads
+   them) and, when asked (`write_calibrated`), calibrates the run chunk by chunk into
+   `out_dir/calibrated/RUN_ID.zarr` (float32) and `RUN_ID_mask.zarr` (uint8 PixelFlag bits),
+   skipping a run whose recipe (and cubes) the output folder's manifest lists as current
+   (engine.io.manifest: made from the same raw cubes' content and settings, bytes unchanged);
 5. writes `out_dir/calibration.json` (atomically): per run, the masters used, the dark decision
    and its evidence, the camera's gain, read noise and saturation level with their sources
    (measured by engine.calibration.camera where the headers and configuration are silent), the
@@ -46,13 +48,14 @@ from engine.calibration.camera import CameraNoise, measure_noise
 from engine.calibration.files import write_master
 from engine.calibration.masters import (DarkModel, Master, bad_pixel_mask, check_frames,
                                         master_bias, master_dark, master_flat)
+from engine.calibration.recipe import CalibrationRecipe
 from engine.calibration.runs import calibrate_cube
 from engine.errors import EngineFileError, EngineValueError
 from engine.io.atomic import write_text
 from engine.io.headers import camera_identity, describe_camera
 from engine.io.layout import (CALIBRATED_FOLDER, CALIBRATION_REPORT, CUBES_FOLDER, FRAMES_TABLE,
                               MASTERS_FOLDER, bad_pixel_cube_path, mask_cube_path,
-                              sigma_cube_path)
+                              run_recipe, sigma_cube_path)
 from engine.io.manifest import Manifest
 
 __all__ = ["CalibrationResult", "calibrate"]
@@ -70,15 +73,18 @@ ASSUMED_SATURATION_FRACTION = 0.95
 class CalibrationResult:
     """What the stage produced.
 
-    masters: file name -> path of every master written. runs: light run id -> path of its
-    calibrated cube (the mask beside it as RUN_ID_mask.zarr). skipped_runs: runs whose
-    calibrated cube was already up to date. notes: run or set id -> what a user should know.
+    masters: file name -> path of every master written. recipes: light run id -> path of its
+    calibration recipe (engine.calibration.recipe). runs: light run id -> path of its
+    calibrated cube (the mask beside it as RUN_ID_mask.zarr), when written. skipped_runs: runs
+    whose recipe (and calibrated cube) was already up to date. notes: run or set id -> what a
+    user should know.
     rejected: (path or set, reason) of the calibration frames and sets left out.
     report_path: calibration.json. camera: light run id -> its gain, read noise and their
     sources (engine.calibration.camera.CameraNoise.as_dict).
     """
 
     masters: dict[str, Path] = field(default_factory=dict)
+    recipes: dict[str, Path] = field(default_factory=dict)
     runs: dict[str, Path] = field(default_factory=dict)
     skipped_runs: list[str] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=dict)
@@ -87,11 +93,12 @@ class CalibrationResult:
     camera: dict[str, dict] = field(default_factory=dict)
 
     def summary(self) -> str:
-        lines = [f"{len(self.masters)} masters in {MASTERS_FOLDER}/, {len(self.runs)} calibrated "
-                 f"runs in {CALIBRATED_FOLDER}/ ({len(self.skipped_runs)} already up to date)"]
+        lines = [f"{len(self.masters)} masters in {MASTERS_FOLDER}/, {len(self.recipes)} "
+                 f"calibrated runs in {CALIBRATED_FOLDER}/ ({len(self.runs)} written as cubes, "
+                 f"{len(self.skipped_runs)} already up to date)"]
         for name in sorted(self.masters):
             lines.append(f"  master {name}")
-        for run_id in sorted(self.runs):
+        for run_id in sorted(self.recipes):
             lines.append(f"  run {run_id}")
         for key in sorted(self.notes):
             for text in self.notes[key]:
@@ -397,14 +404,16 @@ def _dark_report(model: DarkModel | None):
 
 def calibrate(ingested, out_dir=None, *, threads: int | None = None,
               temperature_tolerance: float = 2.0, uncertainty: bool = False,
-              chunk_bytes: int | None = None, manifest=None) -> CalibrationResult:
+              chunk_bytes: int | None = None, manifest=None,
+              write_calibrated: bool = True) -> CalibrationResult:
     """Build the masters and calibrate the light runs of an ingest (see the module docstring).
 
     ingested: an engine.ingest.IngestResult, or the folder an ingest wrote. out_dir: where the
     masters, calibrated cubes and report go (default: the ingest's folder). uncertainty: also
     write RUN_ID_sigma.zarr (with the run's gain and read noise). manifest: the output folder's
     engine.io.manifest.Manifest (default: read from it); a calibrated cube is reused only when
-    it lists it as current.
+    it lists it as current. write_calibrated: also write the calibrated cubes (the recipes
+    alone let the photometry stage calibrate the raw frames as it reads them).
     """
     rows, cubes, ingest_dir = _frames_table(ingested)
     out = Path(out_dir) if out_dir is not None else ingest_dir
@@ -432,7 +441,8 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
         for run_id, light_rows in sorted(lights.items()):
             _calibrate_run(run_id, light_rows, library, sets, cubes, out, result, report,
                            threads=threads, temperature_tolerance=temperature_tolerance,
-                           uncertainty=uncertainty, chunk_bytes=chunk_bytes, manifest=manifest)
+                           uncertainty=uncertainty, chunk_bytes=chunk_bytes, manifest=manifest,
+                           write_calibrated=write_calibrated)
     report["masters"] = sorted(result.masters)
     report["rejected"] = [list(item) for item in result.rejected]
     result.report_path = out / CALIBRATION_REPORT
@@ -481,9 +491,11 @@ def _choose_set(library: _Sets, sets, frame_type, filter_name, *, night, referen
 
 
 def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result, report, *,
-                   threads, temperature_tolerance, uncertainty, chunk_bytes, manifest) -> None:
-    """Choose the masters of one light run, write its bad-pixel mask and calibrate it (unless
-    the manifest lists its calibrated cubes as current); record it in result and report."""
+                   threads, temperature_tolerance, uncertainty, chunk_bytes, manifest,
+                   write_calibrated) -> None:
+    """Choose the masters of one light run, write its bad-pixel mask and its calibration recipe
+    (and, when asked, its calibrated cubes) unless the manifest lists them as current; record
+    it in result and report."""
     notes: list[str] = []
     geometry = _geometry(light_rows, notes)
     night = light_rows[0].get("night")
@@ -525,28 +537,38 @@ def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result,
     noise = _camera_noise(light_rows, cubes, run_id, sets, bias_id, flat_id)
     notes.extend(noise.notes)
     result.camera[run_id] = noise.as_dict()
+    recipe = CalibrationRecipe.build(
+        _cube(cubes, run_id).shape[1:], exptimes, bias=bias, dark=dark, flat=flat,
+        bad_pixels=bad, saturation=levels, gain=noise.gain,
+        read_noise=noise.read_noise, **geometry)
+    notes.extend(n for n in recipe.notes if n not in notes)
+    recipe_path = run_recipe(out, run_id)
     target = out / CALIBRATED_FOLDER / f"{run_id}.zarr"
-    products = [target, mask_cube_path(target)] + (
+    cubes_asked = [target, mask_cube_path(target)] + (
         [sigma_cube_path(target)] if uncertainty else [])
+    products = [recipe_path] + (cubes_asked if write_calibrated else [])
     if manifest.is_current(products, fingerprint):
         result.skipped_runs.append(run_id)
-        result.runs[run_id] = target
     else:
-        run = calibrate_cube(
-            _cube(cubes, run_id), exptimes, bias=bias, dark=dark, flat=flat,
-            bad_pixels=bad, saturation=levels, gain=noise.gain,
-            read_noise=noise.read_noise, uncertainty=uncertainty, out=target,
-            attributes={"run_id": run_id, "fingerprint": fingerprint,
-                        "masters": used, "format": _FORMAT},
-            chunk_bytes=chunk_bytes or 256 * 1024 * 1024, threads=threads,
-            frame_bad_pixels=_cube(cubes, run_id, own_masks) if own_masks else None,
-            **geometry)
-        notes.extend(n for n in run.notes if n not in notes)
-        result.runs[run_id] = target
+        recipe.save(recipe_path)
+        if write_calibrated:
+            calibrate_cube(
+                _cube(cubes, run_id), exptimes, bias=bias, dark=dark, flat=flat,
+                bad_pixels=bad, saturation=levels, gain=noise.gain,
+                read_noise=noise.read_noise, uncertainty=uncertainty, out=target,
+                attributes={"run_id": run_id, "fingerprint": fingerprint,
+                            "masters": used, "format": _FORMAT},
+                chunk_bytes=chunk_bytes or 256 * 1024 * 1024, threads=threads,
+                frame_bad_pixels=_cube(cubes, run_id, own_masks) if own_masks else None,
+                **geometry)
         manifest.record(products, fingerprint)
+    result.recipes[run_id] = recipe_path
+    if write_calibrated:
+        result.runs[run_id] = target
     result.notes.setdefault(run_id, []).extend(notes)
     report["runs"][run_id] = {
-        "cube": str(target), "frames": len(light_rows), "masters": used,
+        "recipe": str(recipe_path), "cube": str(target) if write_calibrated else None,
+        "frames": len(light_rows), "masters": used,
         "geometry": geometry, "dark": _dark_report(dark), "notes": notes,
         "camera": {**noise.as_dict(), "saturation": saturation,
                    "saturation_source": _first(r.get("saturation_source")

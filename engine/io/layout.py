@@ -6,6 +6,7 @@
     OUT/masters/*.fits            calibration: master bias, dark, flat, bad-pixel mask
     OUT/calibrated/RUN.zarr       calibration: calibrated frames (RUN_mask.zarr: pixel flags,
                                   RUN_sigma.zarr: uncertainty when asked for)
+    OUT/calibrated/RUN.recipe.npz calibration: how to calibrate each raw frame of the run
     OUT/calibration.json          calibration: what each run was calibrated with, and why
     OUT/photometry/RUN.parquet    photometry: the run's measurements (RUN.stars.parquet: its
                                   reference stars; RUN.registration.parquet: its transforms)
@@ -25,7 +26,7 @@ from pathlib import Path
 __all__ = ["CALIBRATED_FOLDER", "CALIBRATION_REPORT", "CATALOGUE_FOLDER", "CUBES_FOLDER", "FRAMES_TABLE",
            "LIGHTCURVES_TABLE", "LOG_FILE", "MANIFEST", "MASTERS_FOLDER", "PHOTOMETRY_FOLDER",
            "PHOTOMETRY_TABLE", "PRODUCT_FOLDERS", "REPORT", "SKY_FOLDER", "STARS_TABLE",
-           "bad_pixel_cube_path", "mask_cube_path", "run_photometry", "run_registration",
+           "bad_pixel_cube_path", "mask_cube_path", "run_photometry", "run_recipe", "run_registration",
            "run_sky_header", "run_stars", "sigma_cube_path"]
 
 FRAMES_TABLE = "frames.parquet"
@@ -66,6 +67,11 @@ def bad_pixel_cube_path(cube_path: str | os.PathLike) -> Path:
     """A raw cube's own bad-pixel masks (the files' BPM extensions, frame by frame, uint8,
     1 = bad): RUN_bpm.zarr beside it."""
     return _beside(cube_path, "_bpm.zarr")
+
+
+def run_recipe(out_dir, run_id: str) -> Path:
+    """A light run's calibration recipe (engine.calibration.recipe)."""
+    return Path(out_dir) / CALIBRATED_FOLDER / f"{run_id}.recipe.npz"
 
 
 def run_photometry(out_dir, run_id: str) -> Path:

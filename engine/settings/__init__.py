@@ -4,7 +4,8 @@ setting's name (engine.checks).
 
 - `ingest.IngestConfig` and `ingest.Site`: sites (location, clock, camera values, frame-type
   words), frame-type overrides, Bayer mode, the target;
-- `calibration.CalibrationConfig`: temperature tolerance, uncertainty cubes, chunk size;
+- `calibration.CalibrationConfig`: temperature tolerance, uncertainty cubes, chunk size, whether
+  reduce writes calibrated cubes;
 - `extraction.ExtractionConfig`: detection, apertures, registration, scintillation, PSF;
 - `sky.SkyConfig`: reference catalogue, target pixel positions, solution tolerances;
 - `ensemble.EnsembleConfig`: comparisons, weights, clouds, detrending, the merge;

@@ -4,7 +4,8 @@ The file has three tables, each mapping onto one typed settings class, whose doc
 documentation of every option and its default:
 
     [ingest]       engine.settings.IngestConfig (sites, frame-type overrides, Bayer mode, target)
-    [calibration]  engine.settings.CalibrationConfig (temperature tolerance, uncertainty cubes)
+    [calibration]  engine.settings.CalibrationConfig (temperature tolerance, uncertainty cubes,
+                   write_calibrated)
     [extraction]   engine.settings.ExtractionConfig (detection, apertures, registration, PSF)
     [ensemble]     engine.settings.EnsembleConfig (comparisons, weights, clouds, detrending)
     [sky]          engine.settings.SkyConfig (reference catalogue, target pixel positions per run or
