@@ -54,9 +54,10 @@ from engine.io.cube import open_cube
 from engine.io.layout import (CATALOGUE_FOLDER, LIGHTCURVES_TABLE, LOG_FILE, PHOTOMETRY_TABLE,
                               REPORT, STARS_TABLE, bad_pixel_cube_path, run_photometry,
                               run_registration, run_sky_header, run_stars)
+from engine.io.lock import output_lock
+from engine.io.manifest import Manifest, fingerprint
 from engine.io.schemas import (FRAMES_SCHEMA, PHOTOMETRY_SCHEMA, REGISTRATION_SCHEMA,
                                STARS_SCHEMA)
-from engine.io.manifest import Manifest, fingerprint
 from engine.io.tables import concat_parquet, read_parquet, write_parquet
 from engine.progress import progress, quiet
 from engine.registration import Transform
@@ -228,8 +229,7 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
                                                                         device=device))
     catalogue = _catalogue(catalogue if catalogue is not None else config.sky.catalogue)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with _run_log(out / LOG_FILE):
+    with output_lock(out), _run_log(out / LOG_FILE):
         log.info(said)
         return _reduce(paths, out, target, target_xy, catalogue, config, workers, threads)
 

@@ -75,10 +75,41 @@ def test_the_lock_dies_with_a_killed_holder(holder):
         assert f"pid {os.getpid()} " in (out / LOCK_FILE).read_text()
 
 
-def test_one_process_holds_its_lock_once(tmp_path):
-    with output_lock(tmp_path / "out"), pytest.raises(OutputLockedError), \
-            output_lock(tmp_path / "out"):
+def test_the_holding_thread_may_lock_again_and_another_thread_may_not(tmp_path):
+    """The command line holds the lock and then calls reduce(), which takes it too; another
+    thread of the same process is a second writer."""
+    import threading
+
+    out = tmp_path / "out"
+    refused = []
+
+    def other_writer():
+        try:
+            with output_lock(out):
+                refused.append(False)
+        except OutputLockedError as exc:
+            refused.append("another thread of this process" in str(exc))
+
+    with output_lock(out):
+        with output_lock(out):
+            assert (out / LOCK_FILE).exists()
+        worker = threading.Thread(target=other_writer)
+        worker.start()
+        worker.join()
+    assert refused == [True]
+    with output_lock(out):  # released by the outer block: taken again
         pass
+
+
+def test_the_reduce_api_is_refused_by_another_processs_lock(holder, tmp_path):
+    from engine.pipeline import reduce
+
+    out, process = holder
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with pytest.raises(OutputLockedError, match=f"pid {process.pid} on "):
+        reduce([raw], out)
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
 
 
 def test_dead_runs_temporaries_are_removed_once_the_lock_is_held(tmp_path):

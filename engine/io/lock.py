@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +28,11 @@ log = logging.getLogger("engine.io.lock")
 LOCK_FILE = ".engine.lock"
 #: Name parts of the temporaries that writers leave only when they are killed.
 _TEMPORARY_MARKS = (".tmp-", ".old-")
+#: Folders this process holds, with the holding thread and depth: the command line locks the
+#: folder and then calls reduce, which locks it again; flock on a second file handle would
+#: refuse the process its own lock.
+_held: dict[Path, list] = {}
+_held_guard = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -35,6 +41,21 @@ def output_lock(out_dir):
     OutputLockedError naming the holder when another process holds it, and an EngineFileError
     naming the path when the folder cannot be created or written."""
     out = Path(out_dir)
+    key = out.resolve()
+    with _held_guard:
+        holder = _held.get(key)
+        if holder is not None and holder[0] != threading.get_ident():
+            raise OutputLockedError(f"output folder {str(out)!r} is in use by another thread of "
+                                    f"this process; wait for it or choose another output folder")
+        if holder is not None:
+            holder[1] += 1
+    if holder is not None:
+        try:
+            yield out
+        finally:
+            with _held_guard:
+                holder[1] -= 1
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
         # Open for the whole block: closing the file is what releases the lock.
@@ -54,10 +75,14 @@ def output_lock(out_dir):
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
                      f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
         handle.flush()
+        with _held_guard:
+            _held[key] = [threading.get_ident(), 1]
         for path in remove_dead_temporaries(out):
             log.info("removed %s, left by a run that was stopped", path)
         yield out
     finally:
+        with _held_guard:
+            _held.pop(key, None)
         handle.close()  # releases the lock
 
 
