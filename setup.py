@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_namespace_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -73,6 +73,10 @@ class CMakeBuild(build_ext):
 
 
 setup(
+    # bench/ stays a top-level folder of the checkout (`python -m bench.night` there) and is
+    # installed inside the engine's namespace as engine.bench, never as a top-level `bench`.
+    packages=find_namespace_packages(include=["engine", "engine.*"]) + ["engine.bench"],
+    package_dir={"engine.bench": "bench"},
     ext_modules=[CMakeExtension("engine.cext._core")],
     cmdclass={"build_ext": CMakeBuild},
 )

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.harness import Benchmark, Case, max_abs_difference, register, require
+from .harness import Benchmark, Case, max_abs_difference, register, require
 from engine.kernels.calibrate import calibrate_frames
 from engine.kernels.combine import sigma_clip_combine
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import Benchmark, Case, register
+from .harness import Benchmark, Case, register
 from engine.errors import EngineError, MissingToolError
 
 _REAL_NIGHT = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.harness import Benchmark, Case, register
+from .harness import Benchmark, Case, register
 
 _SIZES = {False: (1000, 1000), True: (200, 200)}   # (frames, stars): full, quick
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench_calibrate import _apply_setup, _engine_apply
-from bench.bench_photometry import _ANNULUS, _RADII, _frames
-from bench.harness import Benchmark, Case, max_abs_difference, register
+from .bench_calibrate import _apply_setup, _engine_apply
+from .bench_photometry import _ANNULUS, _RADII, _frames
+from .harness import Benchmark, Case, max_abs_difference, register
 from engine.errors import MissingToolError
 
 #: Peak memory bandwidth (bytes/s) of devices whose clock numba cannot read.
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     """Runs the GPU rows and prints each one's achieved bandwidth as a fraction of the peak."""
     import argparse
 
-    from bench.harness import run_benchmarks
+    from .harness import run_benchmarks
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import Benchmark, Case, max_abs_difference, register, require
+from .harness import Benchmark, Case, max_abs_difference, register, require
 
 _FULL = dict(n_files=24, size=2048)
 _QUICK = dict(n_files=8, size=512)

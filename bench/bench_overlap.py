@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 import engine
-from bench.harness import Benchmark, Case, max_abs_difference, register, require
+from .harness import Benchmark, Case, max_abs_difference, register, require
 
 _APERTURES = {False: 2000, True: 200}  # full, quick
 _RADIUS_RANGE = (3.0, 12.0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.harness import Benchmark, Case, register, require
+from .harness import Benchmark, Case, register, require
 from engine.cext import aperture_sums
 
 _RADII = np.array([3.0, 5.0, 8.0])

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.harness import Benchmark, Case, max_abs_difference, register, require
+from .harness import Benchmark, Case, max_abs_difference, register, require
 from engine.psf import PSFModel, psf_photometry
 from engine.settings.extraction import ExtractionConfig
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.harness import Benchmark, Case, register, require
+from .harness import Benchmark, Case, register, require
 
 _SIZE = 2048
 _GRID = np.stack(np.meshgrid(np.linspace(0, _SIZE - 1, 5), np.linspace(0, _SIZE - 1, 5)),

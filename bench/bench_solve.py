@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from bench.harness import Benchmark, Case, register, require
+from .harness import Benchmark, Case, register, require
 
 _SIZE = 1024
 _SCALE = 1.0            # arcsec/px, true

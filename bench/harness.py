@@ -160,11 +160,11 @@ def register(benchmark: Benchmark) -> Benchmark:
 
 def _load_families() -> None:
     """Import every `bench/bench_*.py` module once, which registers its benchmarks."""
-    import bench
+    package = importlib.import_module(__package__)  # engine.bench, or bench in a checkout
 
-    for module in sorted(m.name for m in pkgutil.iter_modules(bench.__path__)):
+    for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
         if module.startswith("bench_"):
-            importlib.import_module(f"bench.{module}")
+            importlib.import_module(f"{__package__}.{module}")
 
 
 def require(module: str, install: str | None = None):

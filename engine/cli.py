@@ -301,8 +301,8 @@ def _add_bench(sub) -> None:
 
 def _run_bench(args) -> int:
     try:
-        from bench.harness import run_benchmarks
-    except ImportError as exc:  # bench/ ships with the package; this means a broken install
+        from engine.bench.harness import run_benchmarks
+    except ImportError as exc:  # bench/ ships as engine.bench; this means a broken install
         print(f"error: the benchmark suite cannot be imported: {exc}", file=sys.stderr)
         return 2
     records = run_benchmarks(quick=args.quick, only=args.only, threads=args.threads)

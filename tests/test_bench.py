@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import engine
-from bench import bench_overlap
-from bench.harness import (Benchmark, Case, Registry, ResultMismatchError, max_abs_difference,
+from engine.bench import bench_overlap
+from engine.bench.harness import (Benchmark, Case, Registry, ResultMismatchError, max_abs_difference,
                            run_benchmarks)
 
 RECORD_TYPES = {
@@ -162,7 +162,7 @@ def test_quick_solve_benchmark_is_checked_and_timed():
 
 
 def test_e2e_check_compares_normalised_target_curves():
-    from bench.bench_e2e import E2E, _discrepancy
+    from engine.bench.bench_e2e import E2E, _discrepancy
 
     phase = np.linspace(0.0, 6.0, 150)
     target = 1.0 + 0.13 * np.sin(phase)  # the variable night's target, relative to its comparisons
@@ -179,7 +179,7 @@ def test_e2e_check_compares_normalised_target_curves():
 def test_e2e_real_night_is_checked_and_timed():
     """The engine's reduce and the astropy + photutils script agree on the real SARA frames."""
     pytest.importorskip("photutils")
-    from bench.bench_e2e import _REAL_NIGHT
+    from engine.bench.bench_e2e import _REAL_NIGHT
 
     if not _REAL_NIGHT.is_dir():
         pytest.skip("the real frames are absent")

@@ -153,7 +153,7 @@ def test_sysrem_threads_identical_and_zero_components():
 
 
 def test_benchmark_anchor_is_the_same_iteration():
-    from bench.bench_ensemble import numpy_weighted_ensemble
+    from engine.bench.bench_ensemble import numpy_weighted_ensemble
 
     rng = np.random.default_rng(12)
     mag, var, valid, _, _ = _block(rng, n_frames=90, n_stars=25)
