@@ -51,24 +51,27 @@ MEASURED_COLOUR = "C6"
 CHOSEN_COLOUR = "C9"
 
 
-def _pyplot():
-    import matplotlib
+#: Resolution of the PNGs (dots per inch). The figures are made at it: tight_layout then measures
+#: the text at the resolution it is drawn at, and the drawing reuses those measurements.
+DPI = 110
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    return plt
+def _figure(rows: int, columns: int, figsize, **subplots):
+    """A figure on matplotlib's Agg canvas and its axes (Figure.subplots' arguments). No pyplot:
+    it keeps no global registry of figures, costs no backend set-up and is safe off the main
+    thread."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize, dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(rows, columns, **subplots)
 
 
 def _save(figure, path) -> Path:
-    """Write `figure` to `path` (PNG) atomically and close it; returns the path."""
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_path(path, suffix=".png") as temporary:
-            figure.savefig(temporary, dpi=110)
-    finally:
-        plt.close(figure)
+    """Write `figure` to `path` (PNG) atomically; returns the path."""
+    with atomic_path(path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=DPI)
     return Path(path)
 
 
@@ -99,7 +102,6 @@ def plot_transit_fit(lightcurves: pa.Table, fit, path, limb_darkening: dict | No
     over `bin_minutes`, and the residuals below; time in hours from the fitted mid-transit
     (BJD_TDB). Limb darkening is what the fit used (fit.limb_darkening), else
     `limb_darkening` / the defaults. Returns the path written."""
-    plt = _pyplot()
     from engine.transit_fit import limb_darkening_for
 
     _require(lightcurves, ("run_id", "time_bjd_tdb", "rel_flux", "rel_flux_err"),
@@ -116,8 +118,8 @@ def plot_transit_fit(lightcurves: pa.Table, fit, path, limb_darkening: dict | No
     regressor = {"airmass": airmass - 1.0, "time": time - getattr(fit, "time_origin", 0.0)}.get(
         getattr(fit, "baseline", "airmass"), np.zeros_like(time))
     used = getattr(fit, "limb_darkening", {})
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True,
-                                         gridspec_kw={"height_ratios": [3, 1]})
+    figure, (top, bottom) = _figure(2, 1, figsize=(10, 7), sharex=True,
+                                    gridspec_kw={"height_ratios": [3, 1]})
 
     def hours(t):
         return (t - fit.tmid) * 24.0
@@ -260,10 +262,9 @@ def plot_comparison_weights(stars_or_summary, path) -> Path:
         raise EngineValueError("plot_comparison_weights: no run has comparison stars")
     with_scatter = any(np.isfinite(r["scatter"]) and np.isfinite(r["expected"])
                        for rows in by_run.values() for r in rows)
-    plt = _pyplot()
     columns = 2 if with_scatter else 1
-    figure, axes = plt.subplots(len(by_run), columns, squeeze=False,
-                                figsize=(5.0 * columns, 2.4 * len(by_run) + 0.6))
+    figure, axes = _figure(len(by_run), columns, squeeze=False,
+                           figsize=(5.0 * columns, 2.4 * len(by_run) + 0.6))
     for row, (run, rows) in enumerate(sorted(by_run.items())):
         rows = sorted(rows, key=lambda r: -r["weight_share"])
         position = np.arange(len(rows))
@@ -355,9 +356,8 @@ def plot_transparency(lightcurves: pa.Table, path) -> Path:
                                   else [])
     by_run = _frames_of(lightcurves, columns)
     start = np.nanmin(_numbers(lightcurves, "time_bjd_tdb"))
-    plt = _pyplot()
-    figure, axes = plt.subplots(len(columns), 1, sharex=True, squeeze=False,
-                                figsize=(9, 2.8 * len(columns) + 0.8))
+    figure, axes = _figure(len(columns), 1, sharex=True, squeeze=False,
+                           figsize=(9, 2.8 * len(columns) + 0.8))
     axes = axes[:, 0]
     marks = ((MeasurementFlag.CLOUD, "x", "cloud"),
              (MeasurementFlag.NOISE_MODEL_EXCEEDED, "+", "noise model exceeded"))
@@ -480,8 +480,7 @@ def plot_noise_budget(photometry: pa.Table, path, *, lightcurves: pa.Table | Non
                                   if "rel_flux_err" in lightcurves.column_names else
                                   np.full(lightcurves.num_rows, np.nan))
 
-    plt = _pyplot()
-    figure, axes = plt.subplots(len(runs), 1, squeeze=False, figsize=(11, 3.4 * len(runs) + 0.6))
+    figure, axes = _figure(len(runs), 1, squeeze=False, figsize=(11, 3.4 * len(runs) + 0.6))
     for ax, run in zip(axes[:, 0], runs):
         in_run = phot_runs == run
         chosen_star, chosen_radius = _star_and_radius(run, in_run, columns, curves, stars, star,
