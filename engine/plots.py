@@ -26,7 +26,6 @@ import pyarrow as pa
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
 from engine.io.atomic import atomic_path
-from engine.kernels.transit import transit_light_curve
 
 __all__ = ["plot_comparison_weights", "plot_noise_budget", "plot_transit_fit",
            "plot_transparency"]
@@ -102,6 +101,7 @@ def plot_transit_fit(lightcurves: pa.Table, fit, path, limb_darkening: dict | No
     over `bin_minutes`, and the residuals below; time in hours from the fitted mid-transit
     (BJD_TDB). Limb darkening is what the fit used (fit.limb_darkening), else
     `limb_darkening` / the defaults. Returns the path written."""
+    from engine.kernels.transit import transit_light_curve  # numba: only this plot needs it
     from engine.transit_fit import limb_darkening_for
 
     _require(lightcurves, ("run_id", "time_bjd_tdb", "rel_flux", "rel_flux_err"),
