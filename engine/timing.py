@@ -40,7 +40,8 @@ def _earth_orientation_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     """(MJD, UT1-UTC s, x_p, y_p arcsec) from the bundled IERS finals2000A.all: fixed-width
     lines (format in its ReadMe.finals2000A), Bulletin A values, rows without UT1-UTC (the
     blank future) left out."""
-    from astropy.utils.iers import IERS_A_FILE
+    # The file itself, not astropy.utils.iers, whose import alone takes ~1 s.
+    from astropy_iers_data import IERS_A_FILE
 
     with open(IERS_A_FILE, "rb") as handle:
         lines = handle.read().splitlines()
