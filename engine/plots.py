@@ -26,7 +26,6 @@ import pyarrow as pa
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
 from engine.io.atomic import atomic_path
-from engine.kernels.transit import transit_light_curve
 
 __all__ = ["plot_comparison_weights", "plot_noise_budget", "plot_transit_fit",
            "plot_transparency"]
@@ -51,24 +50,44 @@ MEASURED_COLOUR = "C6"
 CHOSEN_COLOUR = "C9"
 
 
-def _pyplot():
-    import matplotlib
+#: Resolution of the PNGs (dots per inch).
+DPI = 110
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    return plt
+def _figure(rows: int, columns: int, figsize, **subplots):
+    """A figure on matplotlib's Agg canvas and its axes (Figure.subplots' arguments). No pyplot:
+    it keeps no global registry of figures, costs no backend set-up and is safe off the main
+    thread."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize, dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(rows, columns, **subplots)
+
+
+def _layout(figure, *, left: float, bottom: float, top: float, right: float = 0.15,
+            between: float = 0.0, across: float = 0.0, legends_outside: bool = False) -> None:
+    """Margins and gaps between panels in inches, in place of tight_layout, which measures every
+    tick label and costs about a third of a plot's time. With `legends_outside` the right margin
+    widens by the widest axes legend (each placed just right of its axes), measured alone."""
+    width, height = figure.get_size_inches()
+    if legends_outside:
+        renderer = figure.canvas.get_renderer()
+        right += max((ax.get_legend().get_window_extent(renderer).width / figure.dpi
+                      for ax in figure.axes if ax.get_legend() is not None), default=0.0)
+    rows, columns = figure.axes[0].get_subplotspec().get_gridspec().get_geometry()
+    panel_height = (height - top - bottom - (rows - 1) * between) / rows
+    panel_width = (width - left - right - (columns - 1) * across) / columns
+    figure.subplots_adjust(left=left / width, right=1.0 - right / width, bottom=bottom / height,
+                           top=1.0 - top / height, hspace=between / panel_height,
+                           wspace=across / panel_width)
 
 
 def _save(figure, path) -> Path:
-    """Write `figure` to `path` (PNG) atomically and close it; returns the path."""
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_path(path, suffix=".png") as temporary:
-            figure.savefig(temporary, dpi=110)
-    finally:
-        plt.close(figure)
+    """Write `figure` to `path` (PNG) atomically; returns the path."""
+    with atomic_path(path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=DPI)
     return Path(path)
 
 
@@ -99,7 +118,7 @@ def plot_transit_fit(lightcurves: pa.Table, fit, path, limb_darkening: dict | No
     over `bin_minutes`, and the residuals below; time in hours from the fitted mid-transit
     (BJD_TDB). Limb darkening is what the fit used (fit.limb_darkening), else
     `limb_darkening` / the defaults. Returns the path written."""
-    plt = _pyplot()
+    from engine.kernels.transit import transit_light_curve  # numba: only this plot needs it
     from engine.transit_fit import limb_darkening_for
 
     _require(lightcurves, ("run_id", "time_bjd_tdb", "rel_flux", "rel_flux_err"),
@@ -116,8 +135,8 @@ def plot_transit_fit(lightcurves: pa.Table, fit, path, limb_darkening: dict | No
     regressor = {"airmass": airmass - 1.0, "time": time - getattr(fit, "time_origin", 0.0)}.get(
         getattr(fit, "baseline", "airmass"), np.zeros_like(time))
     used = getattr(fit, "limb_darkening", {})
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True,
-                                         gridspec_kw={"height_ratios": [3, 1]})
+    figure, (top, bottom) = _figure(2, 1, figsize=(10, 7), sharex=True,
+                                    gridspec_kw={"height_ratios": [3, 1]})
 
     def hours(t):
         return (t - fit.tmid) * 24.0
@@ -166,7 +185,8 @@ def plot_transit_fit(lightcurves: pa.Table, fit, path, limb_darkening: dict | No
     bottom.set_ylabel("residual (ppt)")
     bottom.set_xlabel(f"hours from the fitted mid-transit (time scale BJD_TDB; 0 = "
                       f"{fit.tmid:.5f})")
-    figure.tight_layout()
+    _layout(figure, left=1.0, bottom=0.55, top=0.35, right=0.25, between=0.1,
+            legends_outside=True)
     return _save(figure, path)
 
 
@@ -260,10 +280,9 @@ def plot_comparison_weights(stars_or_summary, path) -> Path:
         raise EngineValueError("plot_comparison_weights: no run has comparison stars")
     with_scatter = any(np.isfinite(r["scatter"]) and np.isfinite(r["expected"])
                        for rows in by_run.values() for r in rows)
-    plt = _pyplot()
     columns = 2 if with_scatter else 1
-    figure, axes = plt.subplots(len(by_run), columns, squeeze=False,
-                                figsize=(5.0 * columns, 2.4 * len(by_run) + 0.6))
+    figure, axes = _figure(len(by_run), columns, squeeze=False,
+                           figsize=(5.0 * columns, 2.4 * len(by_run) + 0.6))
     for row, (run, rows) in enumerate(sorted(by_run.items())):
         rows = sorted(rows, key=lambda r: -r["weight_share"])
         position = np.arange(len(rows))
@@ -290,7 +309,8 @@ def plot_comparison_weights(stars_or_summary, path) -> Path:
     for ax in axes[-1]:
         ax.set_xlabel("comparison star (star_id)")
     _weights_legend(figure, with_scatter)
-    figure.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.5 / figure.get_figheight()))
+    # Above: the legend (0.5 in) and the titles; below each row its star ids, turned upright.
+    _layout(figure, left=0.65, bottom=0.8, top=0.75, between=0.75, across=0.7)
     return _save(figure, path)
 
 
@@ -355,9 +375,8 @@ def plot_transparency(lightcurves: pa.Table, path) -> Path:
                                   else [])
     by_run = _frames_of(lightcurves, columns)
     start = np.nanmin(_numbers(lightcurves, "time_bjd_tdb"))
-    plt = _pyplot()
-    figure, axes = plt.subplots(len(columns), 1, sharex=True, squeeze=False,
-                                figsize=(9, 2.8 * len(columns) + 0.8))
+    figure, axes = _figure(len(columns), 1, sharex=True, squeeze=False,
+                           figsize=(9, 2.8 * len(columns) + 0.8))
     axes = axes[:, 0]
     marks = ((MeasurementFlag.CLOUD, "x", "cloud"),
              (MeasurementFlag.NOISE_MODEL_EXCEEDED, "+", "noise model exceeded"))
@@ -383,7 +402,7 @@ def plot_transparency(lightcurves: pa.Table, path) -> Path:
         axes[1].set_ylabel("zero point (mag)")
         axes[1].invert_yaxis()  # a larger zero point is a fainter sky: down, as in transparency
     axes[-1].set_xlabel(f"hours from BJD_TDB {start:.5f}")
-    figure.tight_layout()
+    _layout(figure, left=0.9, bottom=0.55, top=0.35, between=0.1)
     return _save(figure, path)
 
 
@@ -480,8 +499,7 @@ def plot_noise_budget(photometry: pa.Table, path, *, lightcurves: pa.Table | Non
                                   if "rel_flux_err" in lightcurves.column_names else
                                   np.full(lightcurves.num_rows, np.nan))
 
-    plt = _pyplot()
-    figure, axes = plt.subplots(len(runs), 1, squeeze=False, figsize=(11, 3.4 * len(runs) + 0.6))
+    figure, axes = _figure(len(runs), 1, squeeze=False, figsize=(11, 3.4 * len(runs) + 0.6))
     for ax, run in zip(axes[:, 0], runs):
         in_run = phot_runs == run
         chosen_star, chosen_radius = _star_and_radius(run, in_run, columns, curves, stars, star,
@@ -500,7 +518,8 @@ def plot_noise_budget(photometry: pa.Table, path, *, lightcurves: pa.Table | Non
         ax.set_ylabel("noise / flux (ppt)")
         ax.set_title(title, fontsize=8)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    figure.tight_layout()
+    _layout(figure, left=0.75, bottom=0.55, top=0.3, right=0.25, between=0.8,
+            legends_outside=True)
     return _save(figure, path)
 
 

@@ -1,6 +1,10 @@
 """Plots from small synthetic products: each writes a PNG, draws what it should (axes, bars,
 lines checked on the figure before it is saved) and refuses tables it cannot use."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -164,6 +168,22 @@ def test_transparency(tmp_path, figures):
     vertical = [line for line in lines if line.get_linestyle() == ":"]
     assert len(vertical) == len(NO_ENSEMBLE)
     assert axes[1][0].yaxis_inverted()
+
+
+def test_drawn_off_the_main_thread_without_pyplot(tmp_path):
+    """The plots use matplotlib's object API alone: no pyplot (its global figure registry and
+    backend set-up), so a plot can be drawn on a worker thread while the night goes on."""
+    code = (
+        "import sys, threading\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from test_plots import _lightcurves\n"
+        "from engine import plots\n"
+        "thread = threading.Thread(target=plots.plot_transparency,\n"
+        f"                          args=(_lightcurves(), {str(tmp_path / 't.png')!r}))\n"
+        "thread.start(); thread.join()\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+    assert _is_png(tmp_path / "t.png")
 
 
 def test_transparency_errors(tmp_path):
