@@ -490,12 +490,29 @@ def _choose_set(library: _Sets, sets, frame_type, filter_name, *, night, referen
     return set_id
 
 
-def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result, report, *,
-                   threads, temperature_tolerance, uncertainty, chunk_bytes, manifest,
-                   write_calibrated) -> None:
-    """Choose the masters of one light run, write its bad-pixel mask and its calibration recipe
-    (and, when asked, its calibrated cubes) unless the manifest lists them as current; record
-    it in result and report."""
+@dataclass
+class _RunMasters:
+    """The masters chosen for one light run and what the choice found."""
+
+    geometry: dict
+    notes: list[str]
+    done: set[str]            # steps the frames' own processing already applied
+    used: dict                # role -> master set id or file name, for the report
+    bias_id: str | None
+    dark_id: str | None
+    flat_id: str | None
+    bias: object
+    dark: DarkModel | None
+    flat: object
+    bad: object               # the bad-pixel mask from the dark and flat, or None
+    levels: list              # each frame's saturation level (None: unknown)
+    saturation: float | None  # their median
+
+
+def _run_masters(run_id, light_rows, library: _Sets, sets, cubes, result,
+                 temperature_tolerance) -> _RunMasters:
+    """Choose one light run's bias, dark and flat (each skipped when the frames say it was
+    applied already) and write its bad-pixel mask."""
     notes: list[str] = []
     geometry = _geometry(light_rows, notes)
     night = light_rows[0].get("night")
@@ -521,26 +538,36 @@ def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result,
         bad = bad_pixel_mask(dark=dark, flat=flat)
         used["bad_pixels"] = library._write(bad, run_id)
     used.update(bias=bias_id, dark=dark_id, flat=flat_id)
+    return _RunMasters(geometry, notes, done, used, bias_id, dark_id, flat_id, bias, dark, flat,
+                       bad, levels, saturation)
 
+
+def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result, report, *,
+                   threads, temperature_tolerance, uncertainty, chunk_bytes, manifest,
+                   write_calibrated) -> None:
+    """Write one light run's calibration recipe (and, when asked, its calibrated cubes) unless
+    the manifest lists them as current; record it in result and report."""
+    m = _run_masters(run_id, light_rows, library, sets, cubes, result, temperature_tolerance)
+    notes = m.notes
     exptimes = [float(r["exptime"]) for r in light_rows]
     own_masks = bad_pixel_cube_path(cubes[run_id])
     own_masks = own_masks if own_masks.is_dir() else None
     if own_masks is not None:
-        used["own_bad_pixels"] = own_masks.name
+        m.used["own_bad_pixels"] = own_masks.name
     # The raw cubes by content: one rebuilt differently recalibrates the run.
     fingerprint = _fingerprint(
         _FORMAT, manifest.hash_of(cubes[run_id]),
         [manifest.hash_of(cubes[s]) if s else None
-         for s in (bias_id, dark_id, flat_id)], geometry, levels, uncertainty,
-        temperature_tolerance, sorted(done),
+         for s in (m.bias_id, m.dark_id, m.flat_id)], m.geometry, m.levels, uncertainty,
+        temperature_tolerance, sorted(m.done),
         manifest.hash_of(own_masks) if own_masks is not None else None)
-    noise = _camera_noise(light_rows, cubes, run_id, sets, bias_id, flat_id)
+    noise = _camera_noise(light_rows, cubes, run_id, sets, m.bias_id, m.flat_id)
     notes.extend(noise.notes)
     result.camera[run_id] = noise.as_dict()
     recipe = CalibrationRecipe.build(
-        _cube(cubes, run_id).shape[1:], exptimes, bias=bias, dark=dark, flat=flat,
-        bad_pixels=bad, saturation=levels, gain=noise.gain,
-        read_noise=noise.read_noise, **geometry)
+        _cube(cubes, run_id).shape[1:], exptimes, bias=m.bias, dark=m.dark, flat=m.flat,
+        bad_pixels=m.bad, saturation=m.levels, gain=noise.gain,
+        read_noise=noise.read_noise, **m.geometry)
     notes.extend(n for n in recipe.notes if n not in notes)
     recipe_path = run_recipe(out, run_id)
     target = out / CALIBRATED_FOLDER / f"{run_id}.zarr"
@@ -553,14 +580,14 @@ def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result,
         recipe.save(recipe_path)
         if write_calibrated:
             calibrate_cube(
-                _cube(cubes, run_id), exptimes, bias=bias, dark=dark, flat=flat,
-                bad_pixels=bad, saturation=levels, gain=noise.gain,
+                _cube(cubes, run_id), exptimes, bias=m.bias, dark=m.dark, flat=m.flat,
+                bad_pixels=m.bad, saturation=m.levels, gain=noise.gain,
                 read_noise=noise.read_noise, uncertainty=uncertainty, out=target,
                 attributes={"run_id": run_id, "fingerprint": fingerprint,
-                            "masters": used, "format": _FORMAT},
+                            "masters": m.used, "format": _FORMAT},
                 chunk_bytes=chunk_bytes or 256 * 1024 * 1024, threads=threads,
                 frame_bad_pixels=_cube(cubes, run_id, own_masks) if own_masks else None,
-                **geometry)
+                **m.geometry)
         manifest.record(products, fingerprint)
     result.recipes[run_id] = recipe_path
     if write_calibrated:
@@ -568,9 +595,9 @@ def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result,
     result.notes.setdefault(run_id, []).extend(notes)
     report["runs"][run_id] = {
         "recipe": str(recipe_path), "cube": str(target) if write_calibrated else None,
-        "frames": len(light_rows), "masters": used,
-        "geometry": geometry, "dark": _dark_report(dark), "notes": notes,
-        "camera": {**noise.as_dict(), "saturation": saturation,
+        "frames": len(light_rows), "masters": m.used,
+        "geometry": m.geometry, "dark": _dark_report(m.dark), "notes": notes,
+        "camera": {**noise.as_dict(), "saturation": m.saturation,
                    "saturation_source": _first(r.get("saturation_source")
                                                for r in light_rows)},
         "up_to_date": run_id in result.skipped_runs}
