@@ -8,8 +8,9 @@ An `EmpiricalPSF` is a grid sampled `oversampling` times per pixel: node (j, i) 
 fraction of a star's flux that falls in a pixel whose centre lies at (dx, dy) = ((i - c) / o,
 (j - c) / o) pixels from the star (c the centre node, o the oversampling). It is the PSF already
 integrated over pixels, so a star is rendered by evaluating the grid's bicubic spline at each
-pixel's offset; nothing is integrated. The grid sums to o^2 (a star's flux is its flux within
-the grid's square, `radius` pixels either side). It does not vary across the field.
+pixel's offset; nothing is integrated. The nodes of each sub-pixel phase sum to 1 (a star's
+flux is its flux within the grid's square, `radius` pixels either side, wherever it falls in its
+pixel). It does not vary across the field.
 
 How it is built (`build_empirical_psf`)
 ---------------------------------------
@@ -362,6 +363,17 @@ def _clipped_node_means(nodes, values, weights, size, clip=3.0):
     return mean
 
 
+def _conserve_flux(grid, oversampling):
+    """The grid with each sub-pixel phase's nodes (those a star at one phase samples) summing
+    to 1: a star's flux must not depend on where in its pixel it falls. Each phase is otherwise
+    free to take any scale, since the fluxes that normalise its samples come from the grid."""
+    grid = grid.copy()
+    for a in range(oversampling):
+        for b in range(oversampling):
+            grid[a::oversampling, b::oversampling] /= grid[a::oversampling, b::oversampling].sum()
+    return grid
+
+
 def _stamps_less_neighbours(image, psf, x, y, fitted, sky, psf_stars, radius, read_noise):
     """Each PSF star's (2 radius + 1)^2 cut-out less its sky and every other fitted star
     inside it (none before there is a grid) as samples of the grid: offsets from the star's
@@ -436,8 +448,7 @@ def build_empirical_psf(image, x, y, psf_stars, *, fwhm: float, read_noise: floa
         correction = ndimage.convolve1d(ndimage.convolve1d(correction.reshape(side, side),
                                                            smoothing, axis=0, mode="constant"),
                                         smoothing, axis=1, mode="constant")
-        grid = grid + correction
-        grid *= oversampling ** 2 / grid.sum()
+        grid = _conserve_flux(grid + correction, oversampling)
         psf = EmpiricalPSF(grid, oversampling)
         fitted = _refit(image, x, y, psf, psf_stars, neighbours, box, read_noise, pixel_flags, fwhm)
         if np.max(np.abs(correction)) < 1e-4 * grid.max():
