@@ -5,8 +5,9 @@ integrated over pixels, optionally varying linearly across the field) jointly to
 unflagged stars. `psf_photometry` fits that PSF to every star of an image: fluxes with positions
 held at the inputs (a linear fit), or positions and fluxes; stars whose fitting boxes overlap are
 fitted jointly with a local background per group (none, a constant or a plane).
-`choose_psf_model` lets a frame's stars choose the profile (Gaussian or Moffat) and whether it
-varies across the field, with the fit's quality (`psf_residual_fraction`);
+`choose_psf_model` lets a frame's stars choose the profile (Gaussian, Moffat or an empirical
+grid, `engine.psf_empirical.EmpiricalPSF`) and whether it varies across the field, with the
+fit's quality (`psf_residual_fraction`);
 `psf_residual_image` subtracts the fitted stars, showing the ones a star list missed.
 `psf_photometry_frames` fits the model and the stars for a block of frames (the cube-level
 stage feeds it chunk by chunk) and returns the same table as `engine.aperture_photometry_frames`,
@@ -445,7 +446,10 @@ def fit_psf_model(image, x, y=None, *, model: str = "moffat", fwhm: float | None
     x, y : 1-d arrays of star positions, 0-based (x = column), or x alone as an (N, 2) array;
         all the frame's known stars (the isolation test needs the neighbours too);
         `select_psf_stars` picks the PSF stars.
-    model : 'moffat' or 'gaussian' (elliptical; pixel-integrated).
+    model : 'moffat' or 'gaussian' (elliptical; pixel-integrated), or 'empirical' (an
+        `engine.psf_empirical.EmpiricalPSF` grid built from up to 60 PSF stars, neighbours
+        within the grid's reach fitted with them; needs 5; fwhm sizes its grid, ceil(2.5 fwhm)
+        pixels either side; box, varying, beta, fit_beta and reject do not apply).
     fwhm : a first FWHM guess in pixels (default: `estimate_fwhm`); beta: Moffat's first beta.
     varying : also fit linear x and y terms of the shape across the field (needs >= 10 stars).
     fit_beta : fit Moffat's beta (else hold it at `beta`).
@@ -490,9 +494,12 @@ def choose_psf_model(image, x, y, *, profiles=("gaussian", "moffat", "empirical"
     Each of `profiles` is fitted: a Gaussian (exact for Gaussian seeing, and the beta -> infinity
     limit of a Moffat) and a Moffat, kept only when its reduced chi^2 is lower by more than 2%.
     With 20 or more PSF stars the chosen profile is refitted with a linear x, y shape, kept on
-    the same rule. Returns (model, report) with report holding `model`, `varying`, the
-    candidates' reduced chi^2, `residual_fraction` (see `psf_residual_fraction`), `fwhm`,
-    `beta` and `stars_used`. Raises EngineValueError when neither profile can be fitted.
+    the same rule. Last an empirical grid (`engine.psf_empirical`), kept on the same rule with
+    its reduced chi^2 on stars it was not built from (`held_out_chi2`; on the stars it was
+    built from it would fit their noise too). Returns (model, report) with report holding
+    `model`, `varying`, the candidates' reduced chi^2, `residual_fraction` (see
+    `psf_residual_fraction`), `fwhm`, `beta` (Moffat only) and `stars_used`. Raises
+    EngineValueError when no candidate can be fitted.
     """
     kwargs = {"gain": gain, "read_noise": read_noise, "pixel_flags": pixel_flags,
               "threads": threads}
@@ -616,10 +623,11 @@ def psf_photometry(image, x, y=None, *, model: str = "moffat", fit_positions: bo
         used: the fit's weights come from gain and read_noise (an EngineWarning says so).
     x, y : 1-d arrays of star positions, 0-based, pixel centres on integers (x = column); or x
         alone as one (N, 2) array of (x, y).
-    model : 'moffat' or 'gaussian'; used when `psf` is None.
+    model : 'moffat', 'gaussian' or 'empirical'; used when `psf` is None.
     fit_positions : fit positions and fluxes (else fluxes only, positions held at x, y).
-    psf : a PSFModel (`fit_psf_model`, `PSFModel.from_parameters`); default: fitted to this image's
-        bright isolated stars among x, y.
+    psf : a PSFModel (`fit_psf_model`, `PSFModel.from_parameters`) or an
+        `engine.psf_empirical.EmpiricalPSF` (`fit_psf_model(model='empirical')`); default:
+        fitted to this image's bright isolated stars among x, y.
     gain, read_noise : e-/ADU (a number or a Quantity in electron / adu) and e- (fluxes come out
         in electrons).
     pixel_flags : optional uint8 `engine.flags.PixelFlag` mask of the image's shape; flagged
