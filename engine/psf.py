@@ -54,8 +54,7 @@ from dataclasses import field as _dataclass_field
 import numpy as np
 import pyarrow as pa
 
-from engine import checks
-from engine import psf_empirical
+from engine import checks, psf_empirical
 from engine.cext import psf as _psf
 from engine.errors import EngineValueError, EngineWarning
 from engine.flags import MeasurementFlag, PixelFlag
@@ -420,7 +419,7 @@ def fit_psf_models(frames, x, y, *, model: str = "moffat", fwhm: float | None = 
 def _empirical_model(image, x, y, fwhm, *, gain, read_noise, isolation, pixel_flags):
     """One frame's `EmpiricalPSF` from up to _EMPIRICAL_STARS PSF stars whose cut-outs reach
     the grid's edge (failed, FIT_FAILED, with fewer than 5)."""
-    radius = int(math.ceil(2.5 * fwhm))
+    radius = math.ceil(2.5 * fwhm)
     # Neighbours are fitted with each PSF star: only those closer than the grid's reach are
     # too close.
     stars = select_psf_stars(image, x, y, box=radius + 4, pixel_flags=pixel_flags,

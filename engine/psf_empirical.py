@@ -85,7 +85,7 @@ class EmpiricalPSF:
         object.__setattr__(self, "grid", grid)
 
     @classmethod
-    def failure(cls, stars_used: int = 0) -> "EmpiricalPSF":
+    def failure(cls, stars_used: int = 0) -> EmpiricalPSF:
         return cls(np.zeros((1, 1)), 2, stars_used=stars_used,
                    flags=int(MeasurementFlag.FIT_FAILED))
 
@@ -397,7 +397,7 @@ def _stamps_less_neighbours(image, psf, x, y, fitted, sky, psf_stars, radius, re
     row_offsets, column_offsets = np.meshgrid(offsets, offsets, indexing="ij")
     samples = []
     for s in psf_stars:
-        cx, cy = int(math.ceil(x[s] - 0.5)), int(math.ceil(y[s] - 0.5))
+        cx, cy = math.ceil(x[s] - 0.5), math.ceil(y[s] - 0.5)
         rows, columns = cy + row_offsets, cx + column_offsets
         stamp = image[cy - radius:cy + radius + 1, cx - radius:cx + radius + 1] - sky[s]
         for k in known[tree.query_ball_point([fitted["x"][s], fitted["y"][s]], 2.0 * radius + 2)]:
@@ -425,7 +425,7 @@ def build_empirical_psf(image, x, y, psf_stars, *, fwhm: float, read_noise: floa
         return EmpiricalPSF.failure(psf_stars.size)
     image = np.asarray(image, dtype=np.float64)
     oversampling = oversampling or 2
-    radius = int(math.ceil(2.5 * fwhm))
+    radius = math.ceil(2.5 * fwhm)
     half = radius * oversampling
     side = 2 * half + 1
     smoothing = _SMOOTHING[oversampling]
@@ -439,11 +439,11 @@ def build_empirical_psf(image, x, y, psf_stars, *, fwhm: float, read_noise: floa
                                        radius + 3.5)
     fitted = {"x": x.copy(), "y": y.copy(), "flux": np.full(x.size, np.nan)}
     for s in psf_stars:
-        cx, cy = int(math.ceil(x[s] - 0.5)), int(math.ceil(y[s] - 0.5))
+        cx, cy = math.ceil(x[s] - 0.5), math.ceil(y[s] - 0.5)
         stamp = image[cy - radius:cy + radius + 1, cx - radius:cx + radius + 1]
         fitted["flux"][s] = np.sum(stamp - sky[s])
     neighbours = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
-    box = max(2, int(math.ceil(1.5 * fwhm)))
+    box = max(2, math.ceil(1.5 * fwhm))
     iteration = 0
     for iteration in range(1, max_iterations + 1):
         samples = _stamps_less_neighbours(image, psf, x, y, fitted, sky, psf_stars, radius,
@@ -483,7 +483,7 @@ def held_out_chi2(image, x, y, psf_stars, *, fwhm: float, read_noise: float = 0.
     NaN when a half has fewer than 5 stars."""
     psf_stars = np.sort(np.asarray(psf_stars, dtype=np.int64))
     image = np.asarray(image, dtype=np.float64)
-    box = int(math.ceil(2.5 * fwhm)) - 1
+    box = math.ceil(2.5 * fwhm) - 1
     scores = []
     for built, scored in ((psf_stars[::2], psf_stars[1::2]), (psf_stars[1::2], psf_stars[::2])):
         psf = build_empirical_psf(image, x, y, built, fwhm=fwhm, read_noise=read_noise,
@@ -509,8 +509,8 @@ def _refit(image, x, y, psf, psf_stars, neighbours, box, read_noise, pixel_flags
                        max_shift=max(1.0, fwhm), read_noise=read_noise, pixel_flags=pixel_flags)
     fitted = {name: np.full(x.size, np.nan) for name in ("x", "y", "flux", "background",
                                                          "chi2_reduced")}
-    for name in fitted:
-        fitted[name][stars] = result[name]
+    for name, values in fitted.items():
+        values[stars] = result[name]
     own = np.isin(stars, psf_stars) & np.isfinite(result["x"])
     shift_x = np.mean(result["x"][own] - x[stars][own]) if own.any() else 0.0
     shift_y = np.mean(result["y"][own] - y[stars][own]) if own.any() else 0.0

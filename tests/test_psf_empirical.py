@@ -140,7 +140,7 @@ def test_noise_area_of_a_grid_from_gaussian_stars_is_the_gaussians():
 
 
 def test_edges_and_failures_are_flagged(coma):
-    image, x, y, flux, psf, _ = coma
+    image, x, y, _, psf, _ = coma
     table = psf_photometry(image, [x[0], -30.0, 1.0], [y[0], 50.0, 200.0], psf=psf,
                            read_noise=READ_NOISE).to_pydict()
     assert table["flags"][0] == 0
