@@ -342,7 +342,8 @@ def _with_noise_terms(table: pa.Table, start: int, noise: _FrameNoise, centroid_
 def _choose_psf(reference_image, ref_xy, gain, read_noise, config, threads, notes):
     """The run's PSF model (profile and whether it varies across the field), chosen on the
     reference frame: (model, report), or None (said in the notes) when no PSF can be fitted."""
-    profiles = ("gaussian", "moffat") if config.psf_model == "auto" else (config.psf_model,)
+    profiles = (("gaussian", "moffat", "empirical") if config.psf_model == "auto"
+                else (config.psf_model,))
     try:
         model, report = choose_psf_model(
             np.asarray(reference_image, dtype=np.float32), ref_xy[:, 0], ref_xy[:, 1],

@@ -5,8 +5,9 @@ integrated over pixels, optionally varying linearly across the field) jointly to
 unflagged stars. `psf_photometry` fits that PSF to every star of an image: fluxes with positions
 held at the inputs (a linear fit), or positions and fluxes; stars whose fitting boxes overlap are
 fitted jointly with a local background per group (none, a constant or a plane).
-`choose_psf_model` lets a frame's stars choose the profile (Gaussian or Moffat) and whether it
-varies across the field, with the fit's quality (`psf_residual_fraction`);
+`choose_psf_model` lets a frame's stars choose the profile (Gaussian, Moffat or an empirical
+grid, `engine.psf_empirical.EmpiricalPSF`) and whether it varies across the field, with the
+fit's quality (`psf_residual_fraction`);
 `psf_residual_image` subtracts the fitted stars, showing the ones a star list missed.
 `psf_photometry_frames` fits the model and the stars for a block of frames (the cube-level
 stage feeds it chunk by chunk) and returns the same table as `engine.aperture_photometry_frames`,
@@ -53,7 +54,7 @@ from dataclasses import field as _dataclass_field
 import numpy as np
 import pyarrow as pa
 
-from engine import checks
+from engine import checks, psf_empirical
 from engine.cext import psf as _psf
 from engine.errors import EngineValueError, EngineWarning
 from engine.flags import MeasurementFlag, PixelFlag
@@ -70,6 +71,10 @@ __all__ = [
     "select_psf_stars",
 ]
 
+#: PSF models: the compiled core's analytic profiles and the empirical grid (engine.psf_empirical).
+MODELS = (*_psf.PROFILES, "empirical")
+#: PSF stars an empirical grid is built from (at most): each grid node needs several samples.
+_EMPIRICAL_STARS = 60
 _GAUSSIAN_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _UNUSABLE = int(PixelFlag.BAD | PixelFlag.NONFINITE | PixelFlag.COSMIC_RAY | PixelFlag.SATURATED)
 
@@ -203,6 +208,10 @@ class PSFModel:
         if bad.any():
             shapes[bad] = k[[0, 3, 6, 9]]
         return shapes
+
+
+#: What `psf_photometry_frames` and the residual functions take as a PSF.
+_MODEL_TYPES = (PSFModel, psf_empirical.EmpiricalPSF)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -348,8 +357,8 @@ def fit_psf_models(frames, x, y, *, model: str = "moffat", fwhm: float | None = 
     y = np.asarray(y, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] != frames.shape[0] or y.shape != x.shape:
         raise EngineValueError(f"x and y must have shape (n_frames, n_stars), got {x.shape}, {y.shape}")
-    if model not in _psf.PROFILES:
-        raise EngineValueError(f"model must be one of {sorted(_psf.PROFILES)}, got {model!r}")
+    if model not in MODELS:
+        raise EngineValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
     if pixel_flags is not None:
         pixel_flags = np.asarray(pixel_flags)
         if pixel_flags.shape != frames.shape:
@@ -373,6 +382,11 @@ def fit_psf_models(frames, x, y, *, model: str = "moffat", fwhm: float | None = 
             raise EngineValueError(f"fwhm must be finite and > 0 (no star to estimate it from), "
                                    f"got {fwhm!r}")
         guesses = np.where(np.isfinite(guesses), guesses, np.nanmedian(guesses))
+    if model == "empirical":
+        return [_empirical_model(frames[f], x[f], y[f], guesses[f], gain=gain,
+                                 read_noise=read_noise, isolation=isolation,
+                                 pixel_flags=None if pixel_flags is None else pixel_flags[f])
+                for f in range(n_frames)]
     if box is None:
         box = default_box(_typical_largest(guesses), 2.5)
     min_stars = 10 if varying else 3
@@ -402,6 +416,20 @@ def fit_psf_models(frames, x, y, *, model: str = "moffat", fwhm: float | None = 
     return models
 
 
+def _empirical_model(image, x, y, fwhm, *, gain, read_noise, isolation, pixel_flags):
+    """One frame's `EmpiricalPSF` from up to _EMPIRICAL_STARS PSF stars whose cut-outs reach
+    the grid's edge (failed, FIT_FAILED, with fewer than 5)."""
+    radius = math.ceil(2.5 * fwhm)
+    # Neighbours are fitted with each PSF star: only those closer than the grid's reach are
+    # too close.
+    stars = select_psf_stars(image, x, y, box=radius + 4, pixel_flags=pixel_flags,
+                             isolation=float(radius) if isolation is None else isolation,
+                             max_stars=_EMPIRICAL_STARS)
+    return psf_empirical.build_empirical_psf(
+        np.asarray(image, dtype=np.float64) * gain, x, y, stars, fwhm=fwhm,
+        read_noise=read_noise, pixel_flags=pixel_flags)
+
+
 def fit_psf_model(image, x, y=None, *, model: str = "moffat", fwhm: float | None = None,
                   beta: float = 2.5, varying: bool = False, fit_beta: bool = True,
                   gain=1.0, read_noise: float = 0.0, pixel_flags=None,
@@ -417,7 +445,10 @@ def fit_psf_model(image, x, y=None, *, model: str = "moffat", fwhm: float | None
     x, y : 1-d arrays of star positions, 0-based (x = column), or x alone as an (N, 2) array;
         all the frame's known stars (the isolation test needs the neighbours too);
         `select_psf_stars` picks the PSF stars.
-    model : 'moffat' or 'gaussian' (elliptical; pixel-integrated).
+    model : 'moffat' or 'gaussian' (elliptical; pixel-integrated), or 'empirical' (an
+        `engine.psf_empirical.EmpiricalPSF` grid built from up to 60 PSF stars, neighbours
+        within the grid's reach fitted with them; needs 5; fwhm sizes its grid, ceil(2.5 fwhm)
+        pixels either side; box, varying, beta, fit_beta and reject do not apply).
     fwhm : a first FWHM guess in pixels (default: `estimate_fwhm`); beta: Moffat's first beta.
     varying : also fit linear x and y terms of the shape across the field (needs >= 10 stars).
     fit_beta : fit Moffat's beta (else hold it at `beta`).
@@ -440,9 +471,10 @@ def fit_psf_model(image, x, y=None, *, model: str = "moffat", fwhm: float | None
                             pixel_flags=flags, box=box, max_stars=max_stars, isolation=isolation,
                             reject=reject, threads=threads)[0]
     if result.failed:
+        need = 5 if model == "empirical" else 10 if varying else 3
         raise EngineValueError(
             f"no {model} PSF could be fitted: {result.stars_used} usable star(s) of {x.size} "
-            f"(need {10 if varying else 3} bright, isolated stars whose boxes hold no flagged "
+            f"(need {need} bright, isolated stars whose boxes hold no flagged "
             "pixel and lie on the image)")
     return result
 
@@ -452,7 +484,8 @@ def fit_psf_model(image, x, y=None, *, model: str = "moffat", fwhm: float | None
 _BETTER = 0.02
 
 
-def choose_psf_model(image, x, y, *, profiles=("gaussian", "moffat"), gain: float = 1.0,
+def choose_psf_model(image, x, y, *, profiles=("gaussian", "moffat", "empirical"),
+                     gain: float = 1.0,
                      read_noise: float = 0.0, pixel_flags=None,
                      threads: int | None = None) -> tuple[PSFModel, dict]:
     """The PSF model a frame's bright isolated stars support, and how it was chosen.
@@ -460,9 +493,12 @@ def choose_psf_model(image, x, y, *, profiles=("gaussian", "moffat"), gain: floa
     Each of `profiles` is fitted: a Gaussian (exact for Gaussian seeing, and the beta -> infinity
     limit of a Moffat) and a Moffat, kept only when its reduced chi^2 is lower by more than 2%.
     With 20 or more PSF stars the chosen profile is refitted with a linear x, y shape, kept on
-    the same rule. Returns (model, report) with report holding `model`, `varying`, the
-    candidates' reduced chi^2, `residual_fraction` (see `psf_residual_fraction`), `fwhm`,
-    `beta` and `stars_used`. Raises EngineValueError when neither profile can be fitted.
+    the same rule. Last an empirical grid (`engine.psf_empirical`), kept on the same rule with
+    its reduced chi^2 on stars it was not built from (`held_out_chi2`; on the stars it was
+    built from it would fit their noise too). Returns (model, report) with report holding
+    `model`, `varying`, the candidates' reduced chi^2, `residual_fraction` (see
+    `psf_residual_fraction`), `fwhm`, `beta` (Moffat only) and `stars_used`. Raises
+    EngineValueError when no candidate can be fitted.
     """
     kwargs = {"gain": gain, "read_noise": read_noise, "pixel_flags": pixel_flags,
               "threads": threads}
@@ -474,11 +510,11 @@ def choose_psf_model(image, x, y, *, profiles=("gaussian", "moffat"), gain: floa
             why = str(exc)
     if not fitted:
         raise EngineValueError(f"no PSF model could be fitted: {why}")
-    chosen = fitted.get("gaussian") or fitted["moffat"]
+    chi2 = {name: m.chi2_reduced for name, m in fitted.items()}
+    chosen = fitted.get("gaussian") or fitted.get("moffat") or fitted["empirical"]
     if "moffat" in fitted and fitted["moffat"].chi2_reduced < (1 - _BETTER) * chosen.chi2_reduced:
         chosen = fitted["moffat"]
-    chi2 = {name: m.chi2_reduced for name, m in fitted.items()}
-    if chosen.stars_used >= 20:
+    if chosen.model != "empirical" and chosen.stars_used >= 20:
         try:
             varying = fit_psf_model(image, x, y, model=chosen.model, varying=True, **kwargs)
         except EngineValueError:
@@ -487,18 +523,33 @@ def choose_psf_model(image, x, y, *, profiles=("gaussian", "moffat"), gain: floa
             chi2[f"{chosen.model} varying"] = varying.chi2_reduced
             if varying.chi2_reduced < (1 - _BETTER) * chosen.chi2_reduced:
                 chosen = varying
+    empirical = fitted.get("empirical")
+    if empirical is not None:
+        chi2["empirical"] = psf_empirical.held_out_chi2(
+            np.asarray(image, dtype=np.float64) * gain, x, y, empirical.stars, fwhm=empirical.fwhm,
+            read_noise=read_noise, pixel_flags=pixel_flags)
+        if chosen is empirical or chi2["empirical"] < (1 - _BETTER) * chosen.chi2_reduced:
+            chosen = empirical
     parameters = chosen.parameters()
     report = {"model": chosen.model, "varying": chosen.varying,
               "chi2_reduced": {k: float(v) for k, v in chi2.items()},
               "residual_fraction": psf_residual_fraction(image, x, y, chosen, gain=gain,
                                                          read_noise=read_noise, threads=threads),
               "fwhm": parameters["fwhm"],
-              "beta": None if chosen.model == "gaussian" else parameters["beta"],
+              "beta": parameters["beta"] if chosen.model == "moffat" else None,
               "stars_used": chosen.stars_used}
     return chosen, report
 
 
-def psf_residual_fraction(image, x, y, psf: PSFModel, *, gain: float = 1.0,
+def _stamp(psf, x, y, x0, y0, side) -> np.ndarray:
+    """A unit star at image position (x, y) (where a varying PSF is evaluated), rendered at
+    (x0, y0) on a side x side grid of pixels."""
+    if isinstance(psf, psf_empirical.EmpiricalPSF):
+        return psf.stamp(x0, y0, (side, side))
+    return _psf.psf_pixel_grid(psf.model, psf.shape_at([x], [y])[0], x0, y0, (side, side))
+
+
+def psf_residual_fraction(image, x, y, psf, *, gain: float = 1.0,
                           read_noise: float = 0.0, threads: int | None = None) -> float:
     """Median over the model's PSF stars of sum |data - model| / flux in each star's fitting box
     (positions, flux and a constant background fitted): ~0 for a model that fits noiseless
@@ -519,13 +570,12 @@ def psf_residual_fraction(image, x, y, psf: PSFModel, *, gain: float = 1.0,
         if not (flux > 0) or table["flags"][k]:
             continue
         data = image[cy - box:cy + box + 1, cx - box:cx + box + 1].astype(np.float64) * gain
-        model = flux * _psf.psf_pixel_grid(psf.model, psf.shape_at([sx], [sy])[0],
-                                           sx - cx + box, sy - cy + box, (side, side))
+        model = flux * _stamp(psf, sx, sy, sx - cx + box, sy - cy + box, side)
         fractions.append(np.abs(data - table["background"][k] - model).sum() / flux)
     return float(np.median(fractions)) if fractions else math.nan
 
 
-def psf_residual_image(image, x, y, psf: PSFModel, *, gain: float = 1.0, read_noise: float = 0.0,
+def psf_residual_image(image, x, y, psf, *, gain: float = 1.0, read_noise: float = 0.0,
                        threads: int | None = None) -> np.ndarray:
     """The image (its own units, float64) less every star at (x, y), fitted with `psf` (positions
     and fluxes, neighbours together), each rendered over its fitting box: what is left shows
@@ -546,8 +596,7 @@ def psf_residual_image(image, x, y, psf: PSFModel, *, gain: float = 1.0, read_no
         x1, y1 = min(cx + box + 1, nx), min(cy + box + 1, ny)
         if x0 >= x1 or y0 >= y1:
             continue
-        stamp = _psf.psf_pixel_grid(psf.model, psf.shape_at([sx], [sy])[0], sx - cx + box,
-                                    sy - cy + box, (side, side))
+        stamp = _stamp(psf, sx, sy, sx - cx + box, sy - cy + box, side)
         residual[y0:y1, x0:x1] -= (flux / gain) * stamp[y0 - cy + box:y1 - cy + box,
                                                          x0 - cx + box:x1 - cx + box]
     return residual
@@ -573,10 +622,11 @@ def psf_photometry(image, x, y=None, *, model: str = "moffat", fit_positions: bo
         used: the fit's weights come from gain and read_noise (an EngineWarning says so).
     x, y : 1-d arrays of star positions, 0-based, pixel centres on integers (x = column); or x
         alone as one (N, 2) array of (x, y).
-    model : 'moffat' or 'gaussian'; used when `psf` is None.
+    model : 'moffat', 'gaussian' or 'empirical'; used when `psf` is None.
     fit_positions : fit positions and fluxes (else fluxes only, positions held at x, y).
-    psf : a PSFModel (`fit_psf_model`, `PSFModel.from_parameters`); default: fitted to this image's
-        bright isolated stars among x, y.
+    psf : a PSFModel (`fit_psf_model`, `PSFModel.from_parameters`) or an
+        `engine.psf_empirical.EmpiricalPSF` (`fit_psf_model(model='empirical')`); default:
+        fitted to this image's bright isolated stars among x, y.
     gain, read_noise : e-/ADU (a number or a Quantity in electron / adu) and e- (fluxes come out
         in electrons).
     pixel_flags : optional uint8 `engine.flags.PixelFlag` mask of the image's shape; flagged
@@ -659,12 +709,13 @@ def psf_photometry_frames(frames, x, y, *, model: str = "moffat", fit_positions:
     if psf is None:
         models = fit_psf_models(frames, x, y, model=model, gain=gain, read_noise=read_noise,
                                 pixel_flags=pixel_flags, threads=threads)
-    elif isinstance(psf, PSFModel):
+    elif isinstance(psf, _MODEL_TYPES):
         models = [psf] * n_frames
     else:
         models = list(psf)
-        if len(models) != n_frames or not all(isinstance(m, PSFModel) for m in models):
-            raise EngineValueError(f"psf must be a PSFModel or a sequence of {n_frames} PSFModels")
+        if len(models) != n_frames or not all(isinstance(m, _MODEL_TYPES) for m in models):
+            raise EngineValueError(f"psf must be a PSFModel or EmpiricalPSF, or a sequence of "
+                                   f"{n_frames} of them")
     kinds = {m.model for m in models}
     if len(kinds) != 1:
         raise EngineValueError(f"every frame's PSF must have the same profile, got {sorted(kinds)}")
@@ -676,19 +727,23 @@ def psf_photometry_frames(frames, x, y, *, model: str = "moffat", fit_positions:
         box = default_box(fwhm)
     if max_shift is None:
         max_shift = max(1.0, fwhm)
-    shapes = np.empty((n_frames, n_stars, 4))
-    fallback = good[0] if good else PSFModel.from_parameters(kind)
-    for f, m in enumerate(models):
-        shapes[f] = (fallback if m.failed else m).shape_at(x[f], y[f])
     fit_x, fit_y = x, y
     if failed.any():  # nothing to fit on frames without a PSF
         fit_x = np.where(failed[:, None], np.nan, x)
         fit_y = np.where(failed[:, None], np.nan, y)
-    result = _psf.psf_fit(frames, fit_x, fit_y, shapes, model=kind, box=box,
-                          background=background, fit_positions=fit_positions,
-                          max_shift=max_shift, position_snr=position_snr, gain=gain,
-                          read_noise=read_noise, model_variance=model_variance,
-                          pixel_flags=pixel_flags, max_group=max_group, threads=threads)
+    settings = {"box": box, "background": background, "fit_positions": fit_positions,
+                "max_shift": max_shift, "position_snr": position_snr, "gain": gain,
+                "read_noise": read_noise, "model_variance": model_variance,
+                "pixel_flags": pixel_flags, "max_group": max_group}
+    if kind == "empirical":
+        result = psf_empirical.fit_frames(frames, fit_x, fit_y, models, **settings)
+    else:
+        shapes = np.empty((n_frames, n_stars, 4))
+        fallback = good[0] if good else PSFModel.from_parameters(kind)
+        for f, m in enumerate(models):
+            shapes[f] = (fallback if m.failed else m).shape_at(x[f], y[f])
+        result = _psf.psf_fit(frames, fit_x, fit_y, shapes, model=kind, threads=threads,
+                              **settings)
     flags = result["flags"]
     if failed.any():
         flags[failed] = int(MeasurementFlag.FIT_FAILED)

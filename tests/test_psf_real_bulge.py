@@ -7,8 +7,12 @@ Measured (this commit): the check stars' scatter, best aperture vs PSF, is 0.008
 (08-02) and 0.0047 vs 0.0072 mag (08-03): PSF does not beat the best aperture on these frames
 (1.6x and 1.5x its scatter).
 The analytic profiles fit the bulge stars poorly (reduced chi^2 3-30, residual fraction
-0.1-0.3; see report.json), which an empirical PSF would address. The test holds PSF to within
-a factor 2 of the best aperture so that a regression shows."""
+0.1-0.3; see report.json). The empirical grid, offered as a third candidate and scored on
+held-out PSF stars, fits them no better (reduced chi^2 19.4 vs the Moffat's 10.3 on the first
+frame, 9.5 vs 2.9 on 08-02, 24.1 vs 21.4 on 08-03: crowding, not the profile's shape, dominates
+the misfit), so the Moffat stays chosen and the scatter is unchanged. The test holds PSF to
+within a factor 2 of the best aperture so that a regression shows, and the grid's score to the
+report."""
 
 import json
 from pathlib import Path
@@ -50,7 +54,8 @@ def test_psf_light_curves_of_check_stars_against_the_best_aperture(report):
 def test_the_report_holds_the_psf_model_and_its_fit_quality(report):
     for diagnostics in report.values():
         psf = diagnostics["photometry"]["psf"]
-        assert psf["model"] in ("gaussian", "moffat")
+        assert psf["model"] in ("gaussian", "moffat", "empirical")
         assert psf["chi2_reduced"][psf["model"]] > 0
+        assert psf["chi2_reduced"]["empirical"] > 0  # the grid was built and scored
         assert 0 < psf["residual_fraction"] < 1
         assert 2 < psf["fwhm"] < 9  # the README's seeing: 4.5-8 px PFWHM

@@ -43,8 +43,8 @@ class ExtractionConfig:
     #: rows join the aperture rows with method 'psf' [False].
     psf_photometry: bool = False
     #: PSF model when psf_photometry is on: 'auto' (the reference frame's stars choose between a
-    #: Gaussian and a Moffat, constant or linear across the field), 'moffat' or 'gaussian'
-    #: ['auto'].
+    #: Gaussian and a Moffat, constant or linear across the field, and an empirical grid),
+    #: 'moffat', 'gaussian' or 'empirical' ['auto'].
     psf_model: str = "auto"
     #: Where each block of frames is measured: 'cpu', 'cuda' (an NVIDIA GPU; an error before any
     #: work without one) or 'auto' (the GPU when one is usable, else the CPU) ['cpu'].
@@ -71,7 +71,7 @@ class ExtractionConfig:
             raise EngineValueError(f"extraction annulus_fwhm must be (inner, outer) with inner "
                                    f"< outer, got {self.annulus_fwhm!r}")
         set_("annulus_fwhm", annulus)
-        one_of("extraction psf_model", self.psf_model, ("auto", "moffat", "gaussian"))
+        one_of("extraction psf_model", self.psf_model, ("auto", "moffat", "gaussian", "empirical"))
         one_of("extraction device", self.device, DEVICES)
         if not isinstance(self.psf_photometry, bool):
             raise EngineValueError(f"extraction psf_photometry must be true or false, got "
