@@ -200,8 +200,8 @@ def test_options_are_still_options():
 # ----------------------------------------------------------------------------------------------
 # --version, -v, -q
 
-def test_version_from_package_metadata():
-    result = subprocess.run([sys.executable, "-m", "engine", "--version"], cwd=REPO,
+def test_version_from_package_metadata(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "engine", "--version"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0
     assert result.stdout.strip() == f"engine {__version__}"
@@ -242,7 +242,7 @@ def test_quiet_and_verbose_set_the_engine_log_level(monkeypatch):
 def test_ingest_quiet_prints_no_info(tmp_path):
     raw = sorted(AST443.glob("biases-*"))[:2]
     result = subprocess.run([sys.executable, "-m", "engine", "ingest", *map(str, raw), "--out",
-                             str(tmp_path / "out"), "-q", "--threads", "1"], cwd=REPO,
+                             str(tmp_path / "out"), "-q", "--threads", "1"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     assert "INFO" not in result.stderr and "frames table" in result.stdout

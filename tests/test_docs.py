@@ -111,14 +111,14 @@ def test_reduce_on_a_cluster_without_dask_names_the_extra(tmp_path):
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
-def test_the_public_api_loads_without_dask():
+def test_the_public_api_loads_without_dask(tmp_path):
     code = WITHOUT_DASK + (
         "import engine, engine.cli\n"
         "for name in engine.__all__: getattr(engine, name)\n"
         "engine.cli.build_parser()\n"
         "assert not any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
 
 

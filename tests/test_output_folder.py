@@ -29,7 +29,6 @@ from engine.io.lock import LOCK_FILE, output_lock, remove_dead_temporaries
 from engine.settings import ClusterConfig
 from engine.settings.file import parse_config
 
-REPO = Path(__file__).resolve().parents[1]
 HOLD = ("import sys, time\n"
         "from engine.io.lock import output_lock\n"
         "with output_lock(sys.argv[1]):\n"
@@ -41,9 +40,9 @@ HOLD = ("import sys, time\n"
 def holder(tmp_path):
     """A separate process holding the lock of tmp_path/out."""
     out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=REPO,
-                               stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    # Outside the checkout: the child imports the installed engine, as a user's process would.
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=tmp_path,
+                               stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "held"
     yield out, process
     process.kill()
@@ -199,15 +198,17 @@ def test_a_fits_symlink_loop_is_skipped_with_a_warning(tmp_path, caplog):
 # ----------------------------------------------------------------------------------------------
 # Ctrl-C during reduce
 
-def _engine(*args, **kwargs):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "ENGINE_PROGRESS": "0"}
-    return subprocess.Popen([sys.executable, "-m", "engine", *args], cwd=REPO, env=env,
+def _engine(*args, cwd, **kwargs):
+    """`python -m engine ARGS` in a child run outside the checkout (the installed engine)."""
+    env = {**os.environ, "ENGINE_PROGRESS": "0"}
+    return subprocess.Popen([sys.executable, "-m", "engine", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 @pytest.mark.slow
 def test_ctrl_c_during_reduce_then_the_same_command_resumes(tmp_path):
-    simulation = _engine("simulate", "--preset", "tiny", "--out", str(tmp_path / "raw"), "-q")
+    simulation = _engine("simulate", "--preset", "tiny", "--out", str(tmp_path / "raw"), "-q",
+                         cwd=tmp_path)
     assert simulation.wait(timeout=300) == 0, simulation.stderr.read()
     import json
 
@@ -216,7 +217,7 @@ def test_ctrl_c_during_reduce_then_the_same_command_resumes(tmp_path):
     command = ["reduce", str(tmp_path / "raw"), "--out", str(out), "--catalogue",
                str(tmp_path / "raw" / "catalogue.csv"), "--target-ra", target["ra_hms"],
                "--target-dec", target["dec_dms"], "--threads", "2"]
-    run = _engine(*command)
+    run = _engine(*command, cwd=tmp_path)
     deadline = time.monotonic() + 300
     while not (out / "frames.parquet").exists() and run.poll() is None:
         assert time.monotonic() < deadline
@@ -230,7 +231,7 @@ def test_ctrl_c_during_reduce_then_the_same_command_resumes(tmp_path):
     assert pq.read_table(out / "frames.parquet").num_rows > 0  # whole, or not there
     assert not list(out.glob(".*.tmp-*"))  # the atomic writers cleaned up after themselves
 
-    rerun = _engine(*command)
+    rerun = _engine(*command, cwd=tmp_path)
     printed, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
     assert "reduced 3 run(s)" in printed
