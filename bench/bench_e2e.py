@@ -37,11 +37,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness import Benchmark, Case, register
 from engine.errors import EngineError, MissingToolError
 
-_REAL_NIGHT = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
-               / "sara_raw_calibration")
+from .harness import Benchmark, Case, register
+
+
+def _real_night() -> Path:
+    """The real SARA night in ../shared/data beside the checkout: found from the working folder
+    (the suite installed as engine.bench, run from the checkout) or from this file (bench/ in
+    the checkout); the first candidate when neither holds it."""
+    tail = Path("shared") / "data" / "real" / "sara_raw_calibration"
+    candidates = [Path.cwd().parent / tail, Path(__file__).resolve().parents[2] / tail]
+    return next((path for path in candidates if path.is_dir()), candidates[0])
+
+
+_REAL_NIGHT = _real_night()
 #: Follow every detected star (the default follows the brightest 400).
 _SETTINGS = "[extraction]\nmax_stars = 2000\n"
 

@@ -13,6 +13,7 @@ from engine.flags import MeasurementFlag
 from engine.ingest import ingest
 from engine.kernels.transit import transit_light_curve
 from engine.pipeline import reduce
+from engine.psf import MODELS
 from engine.simulation import simulate, target_positions
 
 
@@ -212,7 +213,7 @@ def test_psf_photometry_joins_the_photometry_table(night, tmp_path):
     for run_id in result.runs:
         diagnostics = result.report["runs"][run_id]
         if "skipped" not in diagnostics:
-            assert diagnostics["photometry"]["psf"]["model"] in ("gaussian", "moffat")
+            assert diagnostics["photometry"]["psf"]["model"] in MODELS
             assert diagnostics["photometry"]["psf"]["residual_fraction"] >= 0
             scored += math.isfinite(diagnostics["aperture"]["scatter_mag"]["psf"])
     assert scored > 0
