@@ -207,9 +207,8 @@ class FrameCube:
 
     def __getitem__(self, key):
         for frame in self._frames(key):
-            if 0 <= frame < self._array.shape[0] and not self._chunk(int(frame)).is_file():
-                raise EngineFileError(f"{self._chunk(int(frame))}: frame {int(frame)} of the "
-                                      f"cube {self.path} is missing (chunk file deleted)")
+            if 0 <= frame < self._array.shape[0]:
+                _check_chunk(self._chunk(int(frame)), int(frame), self.path)
         try:
             return self._array[key]
         except IndexError:  # the caller's index, not the file
@@ -217,6 +216,29 @@ class FrameCube:
         except Exception as exc:  # a damaged chunk: RuntimeError from blosc, others from zarr
             raise EngineFileError(f"{self.path}: frames {key!r} cannot be read, a chunk is "
                                   f"damaged ({type(exc).__name__}: {exc})") from None
+
+
+def _check_chunk(chunk: Path, frame: int, cube: Path) -> None:
+    """The frame's chunk file exists and is as long as its Blosc header says. Blosc trusts that
+    header: a truncated chunk can decompress from whatever memory follows the buffer and return
+    garbage without an error, so the length is checked here, before Zarr reads it."""
+    try:
+        with open(chunk, "rb") as handle:
+            header = handle.read(16)
+            size = os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        raise EngineFileError(f"{chunk}: frame {frame} of the cube {cube} is missing (chunk "
+                              f"file deleted)") from None
+    # Blosc 1 frame header: version, codec version, flags, type size, then uint32 LE nbytes,
+    # blocksize and cbytes (the whole compressed chunk, header included).
+    if len(header) == 16 and header[0] in (1, 2):
+        compressed = int.from_bytes(header[12:16], "little")
+        if compressed != size:
+            raise EngineFileError(f"{chunk}: frame {frame} of the cube {cube} is damaged (the "
+                                  f"chunk holds {size} bytes, its header says {compressed})")
+    elif size < 16:
+        raise EngineFileError(f"{chunk}: frame {frame} of the cube {cube} is damaged (a chunk "
+                              f"of {size} bytes)")
 
 
 def open_cube(path: str | os.PathLike) -> FrameCube:
