@@ -1,6 +1,6 @@
 """Light curves for other programs: the AAVSO Extended File Format and plain CSV.
 
-Both take the light-curve table (`lightcurves.parquet`, engine.ensemble.schema.LIGHTCURVES_SCHEMA)
+Both take the light-curve table (`lightcurves.parquet`, engine.io.schemas.LIGHTCURVES_SCHEMA)
 and write atomically (temporary name in the same folder, then rename).
 
 AAVSO Extended File Format (version 1.2; https://www.aavso.org/aavso-extended-file-format):
