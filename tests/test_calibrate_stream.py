@@ -8,17 +8,11 @@ import pytest
 
 from engine.calibration import DarkModel, Master, calibrate_cube, combine_stack
 from engine.errors import EngineValueError
-from engine.io.cube import CubeWriter, open_cube
+from engine.io.cube import open_cube
 from engine.kernels.calibrate import calibrate_frames
 from engine.kernels.combine import sigma_clip_combine
 
-
-def _cube(path, frames):
-    with CubeWriter(path, frames.shape[1:], frames.dtype, len(frames)) as writer:
-        for frame in frames:
-            writer.append(frame)
-        writer.commit()
-    return open_cube(path)
+from cubes import write_cube
 
 
 def _masters(rng, shape):
@@ -33,7 +27,7 @@ def _masters(rng, shape):
 def test_chunks_give_the_numbers_of_one_call(tmp_path):
     rng = np.random.default_rng(1)
     raw = rng.integers(1000, 3000, (23, 40, 70)).astype(np.uint16)
-    cube = _cube(tmp_path / "raw.zarr", raw)
+    cube = write_cube(tmp_path / "raw.zarr", raw)
     bias, rate, flat, bad = _masters(rng, (36, 60))
     times = np.repeat([30.0, 60.0], [11, 12])
     dark = DarkModel("rate", Master("dark", rate, 5, rate=True), {}, False, {})
@@ -70,7 +64,7 @@ def test_matched_darks_follow_each_frames_exposure():
 def test_memory_stays_bounded_whatever_the_run_length(tmp_path):
     rng = np.random.default_rng(3)
     raw = rng.integers(1000, 3000, (120, 96, 128)).astype(np.uint16)
-    cube = _cube(tmp_path / "raw.zarr", raw)
+    cube = write_cube(tmp_path / "raw.zarr", raw)
     del raw
     bias, rate, flat, bad = _masters(rng, (96, 128))
     frame_bytes = 96 * 128 * (2 + 4 + 1)
@@ -100,7 +94,7 @@ def test_combining_a_zarr_stack_by_blocks_of_rows(tmp_path):
     stack = rng.normal(1000.0, 8.0, (9, 50, 33)).astype(np.float32)
     outliers = rng.random(stack.shape) < 0.01
     stack[outliers] = 5000.0
-    cube = _cube(tmp_path / "stack.zarr", stack)
+    cube = write_cube(tmp_path / "stack.zarr", stack)
     notes = []
     combined, counts = combine_stack(cube, budget_bytes=9 * 33 * 4 * 2 * 7, notes=notes)
     expected = sigma_clip_combine(stack, counts=True)

@@ -9,15 +9,9 @@ from engine.calibration import DarkModel, Master, calibrate_cube
 from engine.calibration.recipe import CalibratedFrames, CalibrationRecipe, load_recipe
 from engine.errors import EngineFileError, EngineValueError
 from engine.flags import PixelFlag
-from engine.io.cube import CubeWriter, open_cube
+from engine.io.cube import open_cube
 
-
-def _cube(path, frames):
-    with CubeWriter(path, frames.shape[1:], frames.dtype, len(frames)) as writer:
-        for frame in frames:
-            writer.append(frame)
-        writer.commit()
-    return open_cube(path)
+from cubes import write_cube
 
 
 def _run(rng, n=13):
@@ -47,7 +41,7 @@ def test_blocks_calibrated_as_read_equal_the_calibrated_cube(tmp_path):
     raw, times, settings = _run(rng)
     own = np.zeros(raw.shape, np.uint8)
     own[5, 12, 30] = 1
-    cube, own_cube = _cube(tmp_path / "raw.zarr", raw), _cube(tmp_path / "bpm.zarr", own)
+    cube, own_cube = write_cube(tmp_path / "raw.zarr", raw), write_cube(tmp_path / "bpm.zarr", own)
     written = calibrate_cube(cube, times, out=tmp_path / "run.zarr", chunk_bytes=24 * 40 * 9 * 5,
                              frame_bad_pixels=own_cube, **settings)
     expected, expected_mask = open_cube(written.data)[:], open_cube(written.mask)[:]
