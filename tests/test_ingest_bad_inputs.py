@@ -18,7 +18,9 @@ from engine.io import cube as cube_module
 from engine.io import tables as tables_module
 
 SHAPE = (32, 40)
-STAGE = importlib.import_module("engine.ingest")  # the module (engine.ingest is the function)
+# The modules whose names the tests replace (engine.ingest itself is the function).
+STAGE = importlib.import_module("engine.ingest.stage")
+SCAN = importlib.import_module("engine.ingest.scan")
 
 
 def light_header(k: int, **cards) -> fits.Header:
@@ -279,14 +281,14 @@ def test_unexpected_failures_in_one_file_do_not_stop_the_night(tmp_path, monkeyp
     raw.mkdir()
     for k in range(3):
         write(raw / f"light_{k}.fits", pixels(k), light_header(k))
-    real = STAGE.normalise_header
+    real = SCAN.normalise_header
 
     def flaky(header, shape):
         if header.get("DATE-OBS", "").endswith("11:00.000"):
             raise RuntimeError("a bug in some header reader")
         return real(header, shape)
 
-    monkeypatch.setattr(STAGE, "normalise_header", flaky)
+    monkeypatch.setattr(SCAN, "normalise_header", flaky)
     rows = {os.path.basename(r["path"]): r
             for r in ingest([raw], tmp_path / "out").frames.to_pylist()}
     assert rows["light_1.fits"]["status"] == "skipped"

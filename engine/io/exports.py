@@ -231,25 +231,9 @@ def write_aavso_extended(lightcurves: pa.Table, path, *, observer_code: str, tar
         star_id -> label (AUID or chart label) for KNAME; default the star_id.
     """
     _require(lightcurves, AAVSO_COLUMNS, "write_aavso_extended")
-    if delimiter not in _DELIMITERS:
-        raise EngineValueError(f"delimiter must be one of {_DELIMITERS}, got {delimiter!r}")
-    code = str(observer_code).strip()
-    if not re.fullmatch(r"[A-Za-z0-9]{1,10}", code):
-        raise EngineValueError(f"observer_code must be 1-10 letters or digits, got {code!r}")
-    date = str(date).upper()
-    if date not in _AAVSO_DATES:
-        raise EngineValueError(f"date must be one of {_AAVSO_DATES}, got {date!r}")
+    code, date = _aavso_arguments(observer_code, date, delimiter)
     ra, dec = _target_coordinates(target)
-    if star_name is None:
-        names = ({v for v in lightcurves.column("object").to_pylist() if v}
-                 if "object" in lightcurves.column_names else set())
-        if len(names) != 1:
-            raise EngineValueError("write_aavso_extended: give star_name (the AAVSO name or "
-                                   "AUID of the target)")
-        star_name = names.pop()
-    star = clean_field(star_name, delimiter, _STARID_LIMIT)
-    if star == "na":
-        raise EngineValueError(f"star_name {star_name!r} has nothing printable left")
+    star = _star_field(lightcurves, star_name, delimiter)
 
     role = _column(lightcurves, "role")
     run = _column(lightcurves, "run_id")
@@ -257,13 +241,7 @@ def write_aavso_extended(lightcurves: pa.Table, path, *, observer_code: str, tar
     time = _column(lightcurves, "time_bjd_tdb")
     frame = (_column(lightcurves, "frame", -1) if "frame" in lightcurves.column_names
              else time)  # without frame numbers a check row matches on its time
-    mag, mag_err = _column(lightcurves, "mag"), _column(lightcurves, "mag_err")
-    mag_std, mag_std_err = _column(lightcurves, "mag_std"), _column(lightcurves, "mag_std_err")
-    # Standard only when tied to a catalogue: a merge against a reference run is differential.
-    system = _column(lightcurves, "mag_std_system", None)
-    standard = np.isfinite(mag_std) & np.array([str(v).startswith("catalogue") for v in system])
-    value = np.where(standard, mag_std, mag)
-    error = np.where(standard, mag_std_err, mag_err)
+    value, error, standard = _reported_magnitudes(lightcurves)
     good = (flags == 0) & np.isfinite(value)
 
     is_target = role == "target"
@@ -276,15 +254,8 @@ def write_aavso_extended(lightcurves: pa.Table, path, *, observer_code: str, tar
                                "magnitude to write")
     rows = rows[np.argsort(time[rows], kind="stable")]
 
-    # One check star per run: the one with most good rows (ties: lowest star_id).
-    star_id = _column(lightcurves, "star_id", -1)
-    check_rows = (role == "check") & good
-    check_of_run = {}
-    for name in set(run[rows]):
-        ids, counts = np.unique(star_id[check_rows & (run == name)], return_counts=True)
-        if ids.size:
-            check_of_run[name] = int(ids[np.argmax(counts)])
-    check_at = {(run[i], frame[i], int(star_id[i])): i for i in np.flatnonzero(check_rows)}
+    check_of_run, check_at = _check_stars(lightcurves, (role == "check") & good, run[rows],
+                                          run, frame)
 
     filters = _column(lightcurves, "filter")
     apertures = _column(lightcurves, "aperture", None)
@@ -293,21 +264,7 @@ def write_aavso_extended(lightcurves: pa.Table, path, *, observer_code: str, tar
     if software is None:
         software = f"photometry-engine {_version()}"
     d = delimiter
-    lines = [
-        "#TYPE=EXTENDED",
-        f"#OBSCODE={code}",
-        f"#SOFTWARE={clean_field(software, d, 255)}",
-        f"#DELIM={d}",
-        f"#DATE={date}",
-        "#OBSTYPE=CCD",
-        (f"#{date} from BJD_TDB (mid-exposure) for RA {ra:.6f} Dec {dec:+.6f} deg, observer "
-         "at the geocentre (< 0.03 s)"),
-        d.join(("#STARID", "DATE", "MAGNITUDE", "MAGERR", "FILTER", "TRANS", "MTYPE", "CNAME",
-                "CMAG", "KNAME", "KMAG", "AMASS", "GROUP", "CHART", "NOTES")),
-    ]
-    if not standard[rows].all():
-        lines.insert(-1, "#DIF magnitudes are instrumental, on each run's ensemble zero point "
-                         "(an arbitrary offset per run)")
+    lines = _aavso_header(code, software, d, date, ra, dec, bool(standard[rows].all()))
     chart_text = clean_field(chart, d, _NAME_LIMIT)
     for date_value, i in zip(dates, rows):
         check = check_of_run.get(run[i])
@@ -335,6 +292,77 @@ def write_aavso_extended(lightcurves: pa.Table, path, *, observer_code: str, tar
             "na", chart_text, notes,
         )))
     return write_text(path, "\n".join(lines) + "\n", encoding="ascii", errors="replace")
+
+
+def _aavso_arguments(observer_code, date, delimiter) -> tuple[str, str]:
+    """The observer code and date kind (JD or HJD), checked; EngineValueError otherwise."""
+    if delimiter not in _DELIMITERS:
+        raise EngineValueError(f"delimiter must be one of {_DELIMITERS}, got {delimiter!r}")
+    code = str(observer_code).strip()
+    if not re.fullmatch(r"[A-Za-z0-9]{1,10}", code):
+        raise EngineValueError(f"observer_code must be 1-10 letters or digits, got {code!r}")
+    date = str(date).upper()
+    if date not in _AAVSO_DATES:
+        raise EngineValueError(f"date must be one of {_AAVSO_DATES}, got {date!r}")
+    return code, date
+
+
+def _star_field(lightcurves: pa.Table, star_name: str | None, delimiter: str) -> str:
+    """The STARID field: `star_name`, else the table's one `object` value."""
+    if star_name is None:
+        names = ({v for v in lightcurves.column("object").to_pylist() if v}
+                 if "object" in lightcurves.column_names else set())
+        if len(names) != 1:
+            raise EngineValueError("write_aavso_extended: give star_name (the AAVSO name or "
+                                   "AUID of the target)")
+        star_name = names.pop()
+    star = clean_field(star_name, delimiter, _STARID_LIMIT)
+    if star == "na":
+        raise EngineValueError(f"star_name {star_name!r} has nothing printable left")
+    return star
+
+
+def _reported_magnitudes(lightcurves: pa.Table):
+    """(magnitude, error, standard) of each row: the standard magnitude where it is tied to a
+    catalogue (a merge against a reference run is differential), else the instrumental one."""
+    mag, mag_err = _column(lightcurves, "mag"), _column(lightcurves, "mag_err")
+    mag_std, mag_std_err = _column(lightcurves, "mag_std"), _column(lightcurves, "mag_std_err")
+    system = _column(lightcurves, "mag_std_system", None)
+    standard = np.isfinite(mag_std) & np.array([str(v).startswith("catalogue") for v in system])
+    return np.where(standard, mag_std, mag), np.where(standard, mag_std_err, mag_err), standard
+
+
+def _check_stars(lightcurves: pa.Table, check_rows: np.ndarray, target_runs, run, frame):
+    """One check star per run: the one with most good rows (ties: lowest star_id); and the row
+    of each (run, frame, star_id) check observation."""
+    star_id = _column(lightcurves, "star_id", -1)
+    check_of_run = {}
+    for name in set(target_runs):
+        ids, counts = np.unique(star_id[check_rows & (run == name)], return_counts=True)
+        if ids.size:
+            check_of_run[name] = int(ids[np.argmax(counts)])
+    check_at = {(run[i], frame[i], int(star_id[i])): i for i in np.flatnonzero(check_rows)}
+    return check_of_run, check_at
+
+
+def _aavso_header(code: str, software: str, d: str, date: str, ra: float, dec: float,
+                  all_standard: bool) -> list[str]:
+    lines = [
+        "#TYPE=EXTENDED",
+        f"#OBSCODE={code}",
+        f"#SOFTWARE={clean_field(software, d, 255)}",
+        f"#DELIM={d}",
+        f"#DATE={date}",
+        "#OBSTYPE=CCD",
+        (f"#{date} from BJD_TDB (mid-exposure) for RA {ra:.6f} Dec {dec:+.6f} deg, observer "
+         "at the geocentre (< 0.03 s)"),
+        d.join(("#STARID", "DATE", "MAGNITUDE", "MAGERR", "FILTER", "TRANS", "MTYPE", "CNAME",
+                "CMAG", "KNAME", "KMAG", "AMASS", "GROUP", "CHART", "NOTES")),
+    ]
+    if not all_standard:
+        lines.insert(-1, "#DIF magnitudes are instrumental, on each run's ensemble zero point "
+                         "(an arbitrary offset per run)")
+    return lines
 
 
 def _version() -> str:

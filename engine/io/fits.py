@@ -192,6 +192,45 @@ def open_image(path: str | os.PathLike) -> FitsImage:
     before its pixels end, holds no image, or holds an image that is not 2-D.
     """
     path = Path(path)
+    size, gzipped = _check_start(path)
+    try:
+        hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
+    except Exception as exc:  # astropy raises OSError, ValueError, IndexError on garbage
+        if size % 2880:
+            raise _error("truncated", f"{path}: truncated: {size} bytes is not a whole number "
+                                      f"of 2880-byte FITS blocks ({exc})") from None
+        raise _error("not_fits", f"{path}: not a readable FITS file ({exc})") from None
+    with hdul:
+        candidates = [index for index, hdu in enumerate(hdul) if _holds_image(hdu)]
+        if not candidates:
+            raise _error("no_data", f"{path}: no image data (NAXIS = 0 in every HDU)")
+        index = candidates[0]
+        hdu = hdul[index]
+        header = hdu.header
+        raw_shape = _image_shape(header, path)
+        shape = _squeeze(raw_shape, path)
+        bitpix = int(header.get("BITPIX"))
+        bzero = float(header.get("BZERO", 0.0))
+        bscale = float(header.get("BSCALE", 1.0))
+        try:
+            dtype = _decoded_dtype(bitpix, bzero, bscale)
+        except ValueError as exc:
+            raise _error("unreadable", f"{path}: {exc}") from None
+        compression, data_offset = _data_location(hdul, index, raw_shape, path, size, gzipped)
+        merged = header.copy() if index == 0 else _merged_header(hdul[0].header.copy(), header)
+        name = str(hdu.name or ("PRIMARY" if index == 0 else f"HDU{index}"))
+        note = ""
+        if len(candidates) > 1:
+            note = (f"{len(candidates)} image HDUs; read HDU {index} ({name}), "
+                    f"ignored {', '.join(str(c) for c in candidates[1:])}")
+    return FitsImage(path=path, header=merged, hdu_index=index, hdu_name=name,
+                     n_image_hdus=len(candidates), compression=compression, shape=shape,
+                     dtype=dtype, bitpix=bitpix, bzero=bzero, bscale=bscale,
+                     data_offset=data_offset, file_size=size, note=note)
+
+
+def _check_start(path: Path) -> tuple[int, bool]:
+    """(size, gzipped) of a file that starts like FITS or gzip; EngineFileError otherwise."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:
@@ -203,70 +242,39 @@ def open_image(path: str | os.PathLike) -> FitsImage:
     gzipped = magic[:2] == _GZIP_MAGIC
     if not gzipped and not magic.startswith(b"SIMPLE  ="):
         raise _error("not_fits", f"{path}: not a FITS file (it does not start with 'SIMPLE  =')")
-    try:
-        hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
-    except Exception as exc:  # astropy raises OSError, ValueError, IndexError on garbage
-        if size % 2880:
-            raise _error("truncated", f"{path}: truncated: {size} bytes is not a whole number "
-                                      f"of 2880-byte FITS blocks ({exc})") from None
-        raise _error("not_fits", f"{path}: not a readable FITS file ({exc})") from None
-    with hdul:
-        primary_header = hdul[0].header.copy()
-        candidates = []
-        for index, hdu in enumerate(hdul):
-            if isinstance(hdu, fits.CompImageHDU):
-                candidates.append(index)
-            elif (isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU))
-                  and int(hdu.header.get("NAXIS", 0)) > 0):
-                candidates.append(index)
-        if not candidates:
-            raise _error("no_data", f"{path}: no image data (NAXIS = 0 in every HDU)")
-        index = candidates[0]
-        hdu = hdul[index]
-        header = hdu.header
-        raw_shape = _image_shape(header, path)
-        shape = _squeeze(raw_shape, path)
-        compression = None
-        if isinstance(hdu, fits.CompImageHDU):
-            compression = str(hdu.compression_type or "tile-compressed").strip()
-        bitpix = int(header.get("BITPIX"))
-        bzero = float(header.get("BZERO", 0.0))
-        bscale = float(header.get("BSCALE", 1.0))
-        try:
-            dtype = _decoded_dtype(bitpix, bzero, bscale)
-        except ValueError as exc:
-            raise _error("unreadable", f"{path}: {exc}") from None
-        data_offset = None
-        if compression is None:
-            info = hdul.fileinfo(index)
-            nbytes = abs(bitpix) // 8 * int(np.prod(raw_shape))
-            if gzipped:
-                compression = "gzip"
-            else:
-                data_offset = int(info["datLoc"])
-                if data_offset + nbytes > size:
-                    raise _error(
-                        "truncated", f"{path}: truncated: the image needs "
-                                     f"{data_offset + nbytes} bytes, the file has {size}")
-        else:
-            # The table's data span is padded to 2880 bytes; a file that ends inside the padding
-            # still decodes, one that ends before it does not (read_image will also say so).
-            info = hdul.fileinfo(index)
-            needed = int(info["datLoc"]) + int(info["datSpan"]) - 2879
-            if needed > size:
-                raise _error(
-                    "truncated", f"{path}: truncated: the compressed image needs {needed} bytes, "
-                    f"the file has {size}")
-        merged = header.copy() if index == 0 else _merged_header(primary_header, header)
-        name = str(hdu.name or ("PRIMARY" if index == 0 else f"HDU{index}"))
-        note = ""
-        if len(candidates) > 1:
-            note = (f"{len(candidates)} image HDUs; read HDU {index} ({name}), "
-                    f"ignored {', '.join(str(c) for c in candidates[1:])}")
-    return FitsImage(path=path, header=merged, hdu_index=index, hdu_name=name,
-                     n_image_hdus=len(candidates), compression=compression, shape=shape,
-                     dtype=dtype, bitpix=bitpix, bzero=bzero, bscale=bscale,
-                     data_offset=data_offset, file_size=size, note=note)
+    return size, gzipped
+
+
+def _holds_image(hdu) -> bool:
+    if isinstance(hdu, fits.CompImageHDU):
+        return True
+    return (isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU))
+            and int(hdu.header.get("NAXIS", 0)) > 0)
+
+
+def _data_location(hdul, index: int, raw_shape: tuple[int, ...], path: Path, size: int,
+                   gzipped: bool) -> tuple[str | None, int | None]:
+    """(compression, byte offset of the pixels when they can be read directly); raises
+    EngineFileError for a file that ends before its pixels do."""
+    hdu = hdul[index]
+    info = hdul.fileinfo(index)
+    if isinstance(hdu, fits.CompImageHDU):
+        # The table's data span is padded to 2880 bytes; a file that ends inside the padding
+        # still decodes, one that ends before it does not (read_image will also say so).
+        needed = int(info["datLoc"]) + int(info["datSpan"]) - 2879
+        if needed > size:
+            raise _error(
+                "truncated", f"{path}: truncated: the compressed image needs {needed} bytes, "
+                f"the file has {size}")
+        return str(hdu.compression_type or "tile-compressed").strip(), None
+    if gzipped:
+        return "gzip", None
+    data_offset = int(info["datLoc"])
+    nbytes = abs(int(hdu.header.get("BITPIX"))) // 8 * int(np.prod(raw_shape))
+    if data_offset + nbytes > size:
+        raise _error("truncated", f"{path}: truncated: the image needs "
+                                  f"{data_offset + nbytes} bytes, the file has {size}")
+    return None, data_offset
 
 
 def _read_direct(image: FitsImage) -> np.ndarray:

@@ -454,6 +454,39 @@ def run_convention(frames, time_reference: str | None = None) -> RunConvention:
     keywords (then nothing is inferred for them)."""
     frames = [({s.keyword: s for s in stamps if s.precision_s < 3600.0 and not s.local},
                exptime) for stamps, exptime in frames]
+    keys, stated = _keys_and_stated(frames)
+    if not keys:
+        return RunConvention({})
+    position, offsets, explained = _positions(frames, keys, stated, time_reference)
+    evidence = [] if explained else [
+        "the run's time keywords disagree in a way no convention explains"]
+    for a, b, k, agreeing, decidable in offsets:
+        how = "agree" if k == 0 else f"differ by {k:+g} x EXPTIME"
+        evidence.append(f"{a} and {b} {how} on {agreeing} of {decidable} frames")
+    default = _POSITION[time_reference or "start"]
+    inferred = frozenset(k for k in keys if k not in stated and position[k] != default)
+    for key in sorted(inferred):
+        evidence.append(f"{key} marks the exposure {_REFERENCE[position[key]]}")
+    return RunConvention({k: _REFERENCE[position[k]] for k in keys}, inferred,
+                         _run_keyword(frames, keys), tuple(evidence))
+
+
+def _positions(frames, keys: list[str], stated: dict[str, float], time_reference: str | None):
+    """(position of each keyword, the decisive offsets, whether a convention explains them):
+    stated keywords keep their position, the others the configured or standard one unless the
+    run's offsets settle another (`_assign`)."""
+    default = {k: _POSITION[time_reference or "start"] for k in keys}
+    fixed = dict(stated)
+    if time_reference is not None:
+        fixed.update({k: default[k] for k in keys if k not in stated})
+    offsets = _decisive_offsets(frames, keys) if 1 < len(keys) <= 8 else []
+    position = _assign(keys, fixed, default, offsets) if offsets else None
+    return position or dict(default, **fixed), offsets, not offsets or position is not None
+
+
+def _keys_and_stated(frames) -> tuple[list[str], dict[str, float]]:
+    """The run's time keywords in order of appearance, and the position (0 start, 0.5 mid,
+    1 end) of those a header states."""
     keys: list[str] = []
     stated: dict[str, float] = {}
     for stamps, _ in frames:
@@ -462,33 +495,18 @@ def run_convention(frames, time_reference: str | None = None) -> RunConvention:
                 keys.append(key)
             if stamp.stated:
                 stated.setdefault(key, _POSITION[stamp.reference])
-    if not keys:
-        return RunConvention({})
-    default = {k: _POSITION[time_reference or "start"] for k in keys}
-    fixed = dict(stated)
-    if time_reference is not None:
-        fixed.update({k: default[k] for k in keys if k not in stated})
-    offsets = _decisive_offsets(frames, keys) if len(keys) > 1 and len(keys) <= 8 else []
-    position = _assign(keys, fixed, default, offsets) if offsets else None
-    evidence = []
-    if offsets and position is None:
-        evidence.append("the run's time keywords disagree in a way no convention explains")
-    position = position or dict(default, **fixed)
-    for a, b, k, agreeing, decidable in offsets:
-        how = "agree" if k == 0 else f"differ by {k:+g} x EXPTIME"
-        evidence.append(f"{a} and {b} {how} on {agreeing} of {decidable} frames")
-    inferred = frozenset(k for k in keys if k not in stated and position[k] != default[k])
-    for key in sorted(inferred):
-        evidence.append(f"{key} marks the exposure {_REFERENCE[position[key]]}")
-    # The run's keyword: among those most frames have, the most precise, then the usual order.
+    return keys, stated
+
+
+def _run_keyword(frames, keys: list[str]) -> str | None:
+    """The run's keyword: among those most frames have, the most precise, then the usual
+    order."""
     counts = {k: sum(k in stamps for stamps, _ in frames) for k in keys}
     common = [k for k in keys if counts[k] >= 0.5 * len(frames)]
     precision = {k: float(np.median([st[k].precision_s for st, _ in frames if k in st]))
                  for k in common}
     best = min(precision.values()) if precision else None
-    keyword = next((k for k in _keyword_order(common) if precision[k] <= 2.0 * best), None)
-    return RunConvention({k: _REFERENCE[position[k]] for k in keys}, inferred, keyword,
-                         tuple(evidence))
+    return next((k for k in _keyword_order(common) if precision[k] <= 2.0 * best), None)
 
 
 def _keyword_order(keys: list[str]) -> list[str]:
@@ -521,38 +539,71 @@ def mid_from_stamps(stamps: list[TimeStamp], problems: list[str], exptime: float
                     time_reference: str | None = None,
                     convention: RunConvention | None = None, path=None) -> MidExposure:
     """`exposure_mid` from stamps already read (`header_timestamps`)."""
-    where = f"{path}: " if path is not None else ""
     if not stamps:
+        where = f"{path}: " if path is not None else ""
         detail = "; ".join(problems) if problems else (
             "none of DATE-OBS, DATE-BEG, DATE-AVG, JD, MJD-OBS is present")
         raise HeaderError(f"{where}no usable exposure time stamp ({detail})")
     notes = [s.note for s in stamps if s.note]
+    mids = {s.keyword: _mid(s, _reference(s, convention, time_reference), exptime)
+            for s in stamps}
+    usable = _without_local_iso(stamps, mids, notes)
+    chosen = _choose(stamps, usable, convention, notes)
+    _note_disagreements(usable, chosen, mids, notes)
+    mid = _add_seconds(mids[chosen.keyword], -float(clock_offset_s))
+    error = math.hypot(chosen.precision_s / math.sqrt(3.0), float(clock_uncertainty_s))
+    return MidExposure(jd=mid, keyword=chosen.keyword,
+                       reference=_reference(chosen, convention, time_reference),
+                       basis=_basis(chosen, convention, time_reference),
+                       precision_s=chosen.precision_s, clock_offset_s=float(clock_offset_s),
+                       local=chosen.local, notes=tuple(notes), time_err_s=error)
+
+
+def _reference(stamp: TimeStamp, convention: RunConvention | None,
+               time_reference: str | None) -> str:
+    """What a stamp marks: as stated, else as the run's convention or the site says, else its
+    keyword's standard meaning."""
+    if stamp.stated:
+        return stamp.reference
     known = convention.references if convention is not None else {}
+    return known.get(stamp.keyword) or time_reference or stamp.reference
 
-    def reference_of(stamp: TimeStamp) -> str:
-        if stamp.stated:
-            return stamp.reference
-        return known.get(stamp.keyword) or time_reference or stamp.reference
 
-    mids = {s.keyword: _mid(s, reference_of(s), exptime) for s in stamps}
-    order = {s.keyword: k for k, s in enumerate(stamps)}
+def _basis(chosen: TimeStamp, convention: RunConvention | None,
+           time_reference: str | None) -> str:
+    if chosen.stated:
+        return "stated"
+    if convention is not None and chosen.keyword in convention.inferred:
+        return "inferred"
+    return "configured" if time_reference else "assumed"
+
+
+def _without_local_iso(stamps: list[TimeStamp], mids: dict, notes: list[str]) -> list[TimeStamp]:
+    """The stamps less the ISO ones a whole number of quarter hours from the most precise
+    JD/MJD one: local time written without its offset (JD is UTC by definition)."""
     usable = list(stamps)
-
-    # A whole number of quarter hours between an ISO stamp and a JD/MJD one: the ISO one is
-    # local time written without its offset (JD is UTC by definition).
     jd_stamps = [s for s in stamps if s.kind == "jd"]
-    if jd_stamps and min(s.precision_s for s in jd_stamps) <= 60.0:
-        best_jd = min(jd_stamps, key=lambda s: s.precision_s)
-        isos = [s for s in stamps if s.kind == "iso" and not s.local and s.precision_s <= 60.0]
-        for stamp in isos:
-            delta = _difference_s(mids[stamp.keyword], mids[best_jd.keyword])
-            slack = stamp.precision_s + best_jd.precision_s + 1.0
-            quarters = round(delta / 900.0)
-            if quarters != 0 and abs(delta - quarters * 900.0) <= slack and abs(delta) < 15 * 3600:
-                usable.remove(stamp)
-                notes.append(f"{stamp.keyword} differs from {best_jd.keyword} by "
-                             f"{delta / 3600.0:+.2f} h: a local-time stamp; used "
-                             f"{best_jd.keyword}")
+    if not jd_stamps or min(s.precision_s for s in jd_stamps) > 60.0:
+        return usable
+    best_jd = min(jd_stamps, key=lambda s: s.precision_s)
+    isos = [s for s in stamps if s.kind == "iso" and not s.local and s.precision_s <= 60.0]
+    for stamp in isos:
+        delta = _difference_s(mids[stamp.keyword], mids[best_jd.keyword])
+        slack = stamp.precision_s + best_jd.precision_s + 1.0
+        quarters = round(delta / 900.0)
+        if quarters != 0 and abs(delta - quarters * 900.0) <= slack and abs(delta) < 15 * 3600:
+            usable.remove(stamp)
+            notes.append(f"{stamp.keyword} differs from {best_jd.keyword} by "
+                         f"{delta / 3600.0:+.2f} h: a local-time stamp; used "
+                         f"{best_jd.keyword}")
+    return usable
+
+
+def _choose(stamps: list[TimeStamp], usable: list[TimeStamp],
+            convention: RunConvention | None, notes: list[str]) -> TimeStamp:
+    """The stamp a frame's time comes from: the run's keyword, else the first (in
+    `header_timestamps` order) of those within a factor of two of the best precision."""
+    order = {s.keyword: k for k, s in enumerate(stamps)}
     best_precision = min(s.precision_s for s in usable)
     good = [s for s in usable if s.precision_s <= 2.0 * best_precision]
     # The run's keyword, unless this frame writes it as a bare date while another stamp has the
@@ -566,6 +617,13 @@ def mid_from_stamps(stamps: list[TimeStamp], problems: list[str], exptime: float
     if chosen is not first and first.precision_s >= 0.1:
         notes.append(f"{first.keyword} is written to {first.precision_s:.3g} s only; used "
                      f"{chosen.keyword} ({chosen.precision_s:.3g} s)")
+    return chosen
+
+
+def _note_disagreements(usable: list[TimeStamp], chosen: TimeStamp, mids: dict,
+                        notes: list[str]) -> None:
+    """Notes on stamps that disagree with the chosen one beyond their resolutions, and on a
+    chosen stamp written coarser than a second."""
     for stamp in usable:
         if stamp is chosen or stamp.precision_s >= 3600.0:  # a date, not a time: no comparison
             continue
@@ -576,15 +634,3 @@ def mid_from_stamps(stamps: list[TimeStamp], problems: list[str], exptime: float
     if chosen.precision_s > 1.0:
         notes.append(f"the best time stamp ({chosen.keyword}) is written to "
                      f"{chosen.precision_s:.3g} s only")
-    mid = _add_seconds(mids[chosen.keyword], -float(clock_offset_s))
-    if chosen.stated:
-        basis = "stated"
-    elif convention is not None and chosen.keyword in convention.inferred:
-        basis = "inferred"
-    else:
-        basis = "configured" if time_reference else "assumed"
-    error = math.hypot(chosen.precision_s / math.sqrt(3.0), float(clock_uncertainty_s))
-    return MidExposure(jd=mid, keyword=chosen.keyword, reference=reference_of(chosen),
-                       basis=basis, precision_s=chosen.precision_s,
-                       clock_offset_s=float(clock_offset_s), local=chosen.local,
-                       notes=tuple(notes), time_err_s=error)
