@@ -134,9 +134,9 @@ def test_gpu_refuses_what_it_cannot_measure():
 def test_the_photometry_stage_on_the_gpu_equals_the_cpu():
     out = run_simulated("""
         import pyarrow as pa
-        from engine.extraction import extract_run
+        from engine.photometry_stage import measure_run
         from engine.flags import MeasurementFlag
-        from engine.settings import ExtractionConfig
+        from engine.settings import PhotometryConfig
 
         # Five stars, no two alike in their distances: an asterism registration can match.
         stars = ([14.2, 47.5, 30.8, 18.9, 50.1], [12.7, 15.3, 33.1, 50.6, 46.2],
@@ -146,8 +146,8 @@ def test_the_photometry_stage_on_the_gpu_equals_the_cpu():
                           "airmass": [1.2] * 3, "site_height_m": [500.0] * 3})
         runs = {}
         for device in ("cpu", "cuda"):
-            config = ExtractionConfig(device=device, tracking_min_stars=3, max_stars=5)
-            runs[device] = extract_run(frames, table, radii=[2.0, 3.0], annulus=(6.0, 9.0),
+            config = PhotometryConfig(device=device, tracking_min_stars=3, max_stars=5)
+            runs[device] = measure_run(frames, table, radii=[2.0, 3.0], annulus=(6.0, 9.0),
                                        config=config, threads=1).photometry
         cpu, gpu = runs["cpu"], runs["cuda"]
         assert cpu.num_rows == gpu.num_rows == 3 * 5 * 2

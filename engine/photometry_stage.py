@@ -55,11 +55,11 @@ from engine.progress import progress
 from engine.psf import (choose_psf_model, fit_psf_models, psf_photometry,
                         psf_photometry_frames, psf_residual_image)
 from engine.registration import FrameTracker, Transform, recentre, registrations_table
-from engine.settings.extraction import ExtractionConfig
+from engine.settings.photometry import PhotometryConfig
 
-__all__ = ["ExtractionConfig", "RunPhotometry", "extract_run"]
+__all__ = ["PhotometryConfig", "RunPhotometry", "measure_run"]
 
-log = logging.getLogger("engine.extraction")
+log = logging.getLogger("engine.photometry_stage")
 
 
 @dataclass
@@ -83,7 +83,7 @@ def _column(frames: pa.Table, name: str, default: float) -> np.ndarray:
     return np.where(np.isfinite(values), values, default)
 
 
-def _choose_reference(data, candidates: list[int], config: ExtractionConfig, threads):
+def _choose_reference(data, candidates: list[int], config: PhotometryConfig, threads):
     """The candidate frame with the sharpest stars among those with enough of them (each
     frame's FWHM measured on its stars: hot pixels and cosmic rays are not stars). A FWHM
     under half the candidates' median is a failed measurement, not a sharp frame."""
@@ -126,8 +126,8 @@ def _with_cosmic_rays(block: np.ndarray, block_mask, fwhm: float, persistent) ->
     return flags
 
 
-def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None, annulus=None,
-                config: ExtractionConfig = ExtractionConfig(), threads: int | None = None
+def measure_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None, annulus=None,
+                config: PhotometryConfig = PhotometryConfig(), threads: int | None = None
                 ) -> RunPhotometry:
     """Measure every star of a run on every frame.
 
@@ -142,7 +142,7 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     mask : array-like (frames, y, x) of uint8 PixelFlag bits, optional.
     target_xy : (x, y) of the target in the cube's first frame (0-based), optional.
     radii, annulus : aperture radii and (inner, outer) in pixels, overriding the FWHM multiples.
-    config : ExtractionConfig.
+    config : PhotometryConfig.
     threads : threads for the compiled kernels (default: all cores).
     """
     n_frames = int(data.shape[0])
