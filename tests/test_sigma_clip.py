@@ -71,7 +71,7 @@ def test_core_clipped_stats_are_astropys_and_the_cpp_annulus_clips():
         for iterations, sigma in ((1, 3.0), (4, 2.5), (5, 2.0)):
             data = values.copy()
             median, std, kept = clipped_median_std(data, data.size, sigma, iterations)
-            a_mean, a_median, a_std = sigma_clipped_stats(values, sigma=sigma, maxiters=iterations)
+            _, a_median, a_std = sigma_clipped_stats(values, sigma=sigma, maxiters=iterations)
             assert median == pytest.approx(a_median, rel=1e-13)
             assert std == pytest.approx(a_std, rel=1e-12, abs=1e-13)
             cpp = engine.cext.sigma_clipped_median(values, sigma=sigma, iterations=iterations)
