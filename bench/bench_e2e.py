@@ -53,7 +53,7 @@ def _real_night() -> Path:
 
 _REAL_NIGHT = _real_night()
 #: Follow every detected star (the default follows the brightest 400).
-_SETTINGS = "[extraction]\nmax_stars = 2000\n"
+_SETTINGS = "[photometry]\nmax_stars = 2000\n"
 
 _workspace: Path | None = None
 

@@ -11,7 +11,7 @@ background='none')`. 'psf' fits positions and fluxes, 'psf-fixed' fluxes only (p
 x_0, y_0 fixed). The check before timing is the largest relative flux difference (both sides
 converge to the same least-squares minimum; photutils stops at its fitter's tolerance).
 
-'psf-reduce': the photometry stage of `reduce` (engine.extraction.extract_run) with PSF
+'psf-reduce': the photometry stage of `reduce` (engine.photometry_stage.measure_run) with PSF
 photometry on against the same stage with it off (the aperture path: its anchor), in frames/s:
 16 frames (quick: 4) of 512² (quick: 256²) with ~400 (quick: ~100) isolated Gaussian stars of
 FWHM 3 px, Poisson sky 100 e-, 5 e- read noise, pointing jitter 0.3 px. The check: with no star
@@ -29,7 +29,7 @@ import numpy as np
 
 from .harness import Benchmark, Case, max_abs_difference, register, require
 from engine.psf import PSFModel, psf_photometry
-from engine.settings.extraction import ExtractionConfig
+from engine.settings.photometry import PhotometryConfig
 
 _FWHM = 3.0
 _BOX = 4
@@ -151,10 +151,10 @@ def _run_setup(quick: bool, rng: np.random.Generator) -> Case:
 
 def _stage(psf: bool):
     def run(inputs, threads: int = 1) -> np.ndarray:  # the anchor, on one thread too
-        from engine.extraction import extract_run
+        from engine.photometry_stage import measure_run
 
-        config = ExtractionConfig(psf_photometry=psf, aperture_diameter_m=0.5)
-        table = extract_run(inputs["cube"], inputs["frames"], config=config,
+        config = PhotometryConfig(psf_photometry=psf, aperture_diameter_m=0.5)
+        table = measure_run(inputs["cube"], inputs["frames"], config=config,
                             threads=threads).photometry
         aperture = np.asarray(table.column("method").to_pylist()) == "aperture"
         return table.column("flux").to_numpy(zero_copy_only=False)[aperture]

@@ -49,7 +49,7 @@ def _reduce(raw: Path, out: Path, truth: dict) -> dict:
     run = truth["runs"][0]
     xy = next(s for s in run["star_positions"] if s["id"] == target["id"])
     settings = out.parent / "reduce.toml"
-    settings.write_text(f"[extraction]\nmax_stars = {MAX_STARS}\n")
+    settings.write_text(f"[photometry]\nmax_stars = {MAX_STARS}\n")
     command = [sys.executable, "-m", "engine", "reduce", str(raw), "--out", str(out),
                "--target-ra", target["ra_hms"], "--target-dec", target["dec_dms"],
                "--target-xy", str(xy["x"]), str(xy["y"]), "--config", str(settings)]

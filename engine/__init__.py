@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+import warnings
 from importlib import metadata as _metadata
 
 try:
@@ -26,11 +27,11 @@ _HOMES = {
                         "read_reference_catalogue", "write_lightcurves", "write_report"),
     "engine.errors": ("EngineError", "EngineFileError", "EngineValueError", "MissingToolError",
                       "RegistrationError"),
-    "engine.extraction": ("RunPhotometry", "extract_run"),
     "engine.ingest": ("IngestResult", "ingest"),
     "engine.io.exports": ("write_aavso_extended", "write_csv"),
     "engine.periods": ("PeriodSearch", "find_period"),
     "engine.photometry": ("aperture_photometry", "aperture_photometry_frames"),
+    "engine.photometry_stage": ("RunPhotometry", "measure_run"),
     "engine.pipeline": ("ReduceResult", "reduce"),
     "engine.plots": ("plot_comparison_weights", "plot_noise_budget", "plot_transit_fit",
                      "plot_transparency"),
@@ -40,11 +41,14 @@ _HOMES = {
                             "match_catalogue", "match_transform", "recentre", "register_frames",
                             "register_images", "registrations_table", "sky_to_pixels",
                             "stack_reference"),
-    "engine.settings": ("CalibrationConfig", "EnsembleConfig", "ExtractionConfig", "IngestConfig",
+    "engine.settings": ("CalibrationConfig", "EnsembleConfig", "IngestConfig", "PhotometryConfig",
                         "PipelineConfig", "Site", "SkyConfig"),
     "engine.transit_fit": ("TransitFit", "fit_transit"),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+#: Old public names, still importable with a DeprecationWarning: old name -> new name.
+_RENAMED = {"ExtractionConfig": "PhotometryConfig", "extract_run": "measure_run"}
 
 __all__ = [
     "CalibrationConfig",
@@ -53,13 +57,13 @@ __all__ = [
     "EngineFileError",
     "EngineValueError",
     "EnsembleConfig",
-    "ExtractionConfig",
     "FrameTracker",
     "IngestConfig",
     "IngestResult",
     "MissingToolError",
     "PSFModel",
     "PeriodSearch",
+    "PhotometryConfig",
     "PipelineConfig",
     "ReduceResult",
     "Registration",
@@ -77,7 +81,6 @@ __all__ = [
     "circle_overlap_grid",
     "detect_stars",
     "disk_rectangle_area",
-    "extract_run",
     "find_period",
     "fit_psf_model",
     "fit_psf_models",
@@ -86,6 +89,7 @@ __all__ = [
     "ingest",
     "match_catalogue",
     "match_transform",
+    "measure_run",
     "merge_runs",
     "plot_comparison_weights",
     "plot_noise_budget",
@@ -110,6 +114,10 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    if name in _RENAMED:
+        warnings.warn(f"engine.{name} is deprecated: it is now engine.{_RENAMED[name]}",
+                      DeprecationWarning, stacklevel=2)
+        return __getattr__(_RENAMED[name])
     module = _HOME_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'engine' has no attribute {name!r}")

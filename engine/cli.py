@@ -128,7 +128,7 @@ def _add_reduce(sub) -> None:
     _add_threads(p, "threads inside each process")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"),
                    help="measure photometry on the CPU, an NVIDIA GPU, or the GPU when one is "
-                        "usable (default: the --config file's [extraction] device, else cpu)")
+                        "usable (default: the --config file's [photometry] device, else cpu)")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="TOML settings (`python -m engine config` prints every option)")
 
@@ -468,14 +468,14 @@ def _check_preset(name: str) -> None:
 
 
 def _check_device(args) -> None:
-    """The device from --device or the --config file's [extraction] device: 'cuda' without a
+    """The device from --device or the --config file's [photometry] device: 'cuda' without a
     GPU is refused before the output folder is made, and the line saying which is printed."""
     from engine.device import resolve_device
     from engine.settings.file import load_config
 
     asked = args.device
     if asked is None and args.config is not None:
-        asked = load_config(args.config).extraction.device
+        asked = load_config(args.config).photometry.device
     if asked not in (None, "cpu"):
         args.device, said = resolve_device(asked)
         print(said)

@@ -47,7 +47,6 @@ from engine.checks import integer, require_dask
 from engine.device import resolve_device
 from engine.ensemble import build_run_lightcurve, merge_runs, write_lightcurves, write_report
 from engine.errors import EngineValueError
-from engine.extraction import extract_run
 from engine.ingest import ingest
 from engine.io.atomic import atomic_path
 from engine.io.cube import open_cube
@@ -59,9 +58,10 @@ from engine.io.manifest import Manifest, fingerprint
 from engine.io.schemas import (FRAMES_SCHEMA, PHOTOMETRY_SCHEMA, REGISTRATION_SCHEMA,
                                STARS_SCHEMA)
 from engine.io.tables import concat_parquet, read_parquet, write_parquet
+from engine.photometry_stage import measure_run
 from engine.progress import progress, quiet
 from engine.registration import Transform
-from engine.settings import EnsembleConfig, ExtractionConfig, PipelineConfig
+from engine.settings import EnsembleConfig, PhotometryConfig, PipelineConfig
 from engine.sky import RunStars, fetch_field_catalogue, locate_runs, sky_star_columns
 
 __all__ = ["ReduceResult", "reduce"]
@@ -110,8 +110,8 @@ def _run_frames(frames: pa.Table, run_id: str) -> pa.Table:
     return rows.sort_by("cube_index")
 
 
-def _measure_run(run_id: str, cube_path: str, recipe_path: str, frames: pa.Table,
-                 config: ExtractionConfig, out_dir: str, threads, on_worker: bool = False) -> str:
+def _write_run_photometry(run_id: str, cube_path: str, recipe_path: str, frames: pa.Table,
+                 config: PhotometryConfig, out_dir: str, threads, on_worker: bool = False) -> str:
     """Photometry of one run into photometry/RUN_ID.parquet (+ stars and registration tables),
     from its raw cube calibrated block by block with its recipe as the blocks are read.
 
@@ -120,13 +120,13 @@ def _measure_run(run_id: str, cube_path: str, recipe_path: str, frames: pa.Table
     """
     if on_worker:
         with quiet():
-            return _measure_run(run_id, cube_path, recipe_path, frames, config, out_dir, threads)
+            return _write_run_photometry(run_id, cube_path, recipe_path, frames, config, out_dir, threads)
     own_masks = bad_pixel_cube_path(cube_path)
     data = CalibratedFrames(open_cube(cube_path), load_recipe(recipe_path),
                             frame_bad_pixels=open_cube(own_masks) if own_masks.is_dir() else None,
                             threads=threads)
     mask = data.mask
-    result = extract_run(data, frames, mask=mask, config=config, threads=threads)
+    result = measure_run(data, frames, mask=mask, config=config, threads=threads)
     run = pa.array([run_id] * result.photometry.num_rows)
     write_parquet(result.stars.append_column("run_id", pa.array([run_id] * result.stars.num_rows)),
                   run_stars(out_dir, run_id), schema=STARS_SCHEMA)
@@ -141,10 +141,12 @@ def _measure_run(run_id: str, cube_path: str, recipe_path: str, frames: pa.Table
                              metadata={"engine": json.dumps(meta)}, schema=PHOTOMETRY_SCHEMA))
 
 
-def _settings(config: ExtractionConfig) -> str:
+def _settings(config: PhotometryConfig) -> str:
     """What a run's photometry depends on besides its cube: a product made otherwise is redone."""
     settings = asdict(config)
     del settings["device"]  # where it was measured, not what: the same numbers to rounding
+    # "extraction", the stage's old name, is part of every finished run's fingerprint: a new
+    # key would redo the photometry of every output folder made before the rename.
     return json.dumps({"extraction": settings}, sort_keys=True)
 
 
@@ -153,10 +155,10 @@ def _photometry_products(out: Path, run_id: str) -> list[Path]:
 
 
 def _photometry_inputs(manifest: Manifest, cube_path: Path, recipe_path: Path,
-                       run_frames: pa.Table, config: ExtractionConfig) -> str:
+                       run_frames: pa.Table, config: PhotometryConfig) -> str:
     """A run's photometry is made from its raw cube and the files' own bad-pixel masks (by
     content), its calibration recipe (which holds the masters' pixels it applies), its rows of
-    the frames table and the extraction settings."""
+    the frames table and the photometry settings."""
     own_masks = bad_pixel_cube_path(cube_path)
     return fingerprint(_settings(config), manifest.hash_of(cube_path),
                        manifest.hash_of(own_masks) if own_masks.is_dir() else None,
@@ -200,7 +202,7 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
         threads inside each process (default: every core).
     device
         'cpu', 'cuda' or 'auto', where the photometry stage measures (default: the
-        configuration's `[extraction] device`).
+        configuration's `[photometry] device`).
 
     Raises
     ------
@@ -224,8 +226,8 @@ def reduce(paths, out_dir, *, target=None, target_xy=None, catalogue=None,
     if config.cluster.plain_remote_scheduler():
         log.warning("the scheduler %s is on another machine and the connection is not "
                     "encrypted: use a tls:// address with TLS files", config.cluster.scheduler)
-    device, said = resolve_device(config.extraction.device if device is None else device)
-    config = dataclasses.replace(config, extraction=dataclasses.replace(config.extraction,
+    device, said = resolve_device(config.photometry.device if device is None else device)
+    config = dataclasses.replace(config, photometry=dataclasses.replace(config.photometry,
                                                                         device=device))
     catalogue = _catalogue(catalogue if catalogue is not None else config.sky.catalogue)
     out = Path(out_dir)
@@ -316,10 +318,10 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
         run_frames = _run_frames(frames, run_id)
         raw_cube, recipe = ingested.cubes[run_id], calibrated.recipes[run_id]
         inputs[run_id] = _photometry_inputs(manifest, Path(raw_cube), recipe, run_frames,
-                                            config.extraction)
+                                            config.photometry)
         if manifest.is_current(_photometry_products(out, run_id), inputs[run_id]):
             continue
-        jobs.append((run_id, str(raw_cube), str(recipe), run_frames, config.extraction,
+        jobs.append((run_id, str(raw_cube), str(recipe), run_frames, config.photometry,
                      str(out), threads))
     _run_jobs(jobs, workers, config.cluster, done=lambda run_id: manifest.record(
         _photometry_products(out, run_id), inputs[run_id]))
@@ -506,7 +508,7 @@ def _run_jobs(jobs, workers, cluster_config, done) -> None:
         return
     if workers is None and cluster_config.scheduler is None:
         for job in jobs:
-            _measure_run(*job)
+            _write_run_photometry(*job)
             done(job[0])
         return
     from dask.distributed import Client, LocalCluster
@@ -521,7 +523,7 @@ def _run_jobs(jobs, workers, cluster_config, done) -> None:
     try:
         from dask.distributed import as_completed
 
-        futures = {client.submit(_measure_run, *job, on_worker=True, pure=False): job[0]
+        futures = {client.submit(_write_run_photometry, *job, on_worker=True, pure=False): job[0]
                    for job in jobs}
         for future in progress(as_completed(futures), total=len(futures),
                                desc="photometry (runs)", unit="run"):

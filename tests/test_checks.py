@@ -8,7 +8,7 @@ import pytest
 from engine.checks import (integer, non_negative, non_negative_array, number, one_of, positive,
                            positive_array)
 from engine.errors import EngineValueError
-from engine.settings import ExtractionConfig, SkyConfig
+from engine.settings import PhotometryConfig, SkyConfig
 from engine.settings.file import parse_config
 
 
@@ -51,15 +51,15 @@ def test_arrays_are_checked_element_by_element():
     dict(psf_model="airy"), dict(detection_threshold=math.nan), dict(tracking_min_stars=1.5),
     dict(psf_photometry="yes"), dict(aperture_diameter_m=0.0),
 ])
-def test_extraction_settings_are_refused_where_they_are_read(settings):
+def test_photometry_settings_are_refused_where_they_are_read(settings):
     name = next(iter(settings))
     with pytest.raises(EngineValueError, match=name):
-        ExtractionConfig(**settings)
+        PhotometryConfig(**settings)
 
 
 def test_the_configuration_file_names_the_bad_setting():
     with pytest.raises(EngineValueError, match="block_frames"):
-        parse_config("[extraction]\nblock_frames = 0\n")
+        parse_config("[photometry]\nblock_frames = 0\n")
     with pytest.raises(EngineValueError, match="temperature_tolerance"):
         parse_config("[calibration]\ntemperature_tolerance = 0\n")
     with pytest.raises(EngineValueError, match="chunk_bytes"):

@@ -27,7 +27,7 @@ longitude_deg = -81.0
 latitude_deg = 28.5
 clock_offset_s = 2.5
 
-[extraction]
+[photometry]
 aperture_fwhm = [1.0, 2.0]
 psf_photometry = true
 aperture_diameter_m = 0.28
@@ -41,18 +41,18 @@ comparisons = [3, 4, 5]
     assert config.ingest.frame_types == (("*/twilight/*", "flat"),)
     assert config.ingest.sites == (Site("florida", longitude_deg=-81.0, latitude_deg=28.5,
                                         clock_offset_s=2.5, match=("*/florida/*",)),)
-    assert config.extraction.aperture_fwhm == (1.0, 2.0) and config.extraction.psf_photometry
-    assert config.extraction.aperture_diameter_m == 0.28
+    assert config.photometry.aperture_fwhm == (1.0, 2.0) and config.photometry.psf_photometry
+    assert config.photometry.aperture_diameter_m == 0.28
     assert config.ensemble.event_windows == ((2460659.55, 2460659.67),)
     assert config.ensemble.comparisons == (3, 4, 5)
 
 
 @pytest.mark.parametrize("text, message", [
-    ("[extraction]\naperture_fwhm_typo = [1.0]\n", "aperture_fwhm_typo"),
+    ("[photometry]\naperture_fwhm_typo = [1.0]\n", "aperture_fwhm_typo"),
     ("[reduction]\n", "reduction"),
     ("[ingest]\nbayer = \"rainbow\"\n", "bayer"),
     ("[[ingest.sites]]\nname = \"x\"\nlatitude_deg = 95.0\nlongitude_deg = 0.0\n", "latitude"),
-    ("[extraction\n", "TOML"),
+    ("[photometry\n", "TOML"),
 ])
 def test_mistakes_are_named(text, message):
     with pytest.raises(EngineValueError, match=message):
@@ -81,6 +81,28 @@ def test_old_option_names_are_read_with_a_warning(caplog):
         in caplog.text
     with pytest.raises(EngineValueError, match="give scintillation_cy only"):
         parse_config("[ensemble]\nscintillation_cy = 1.0\nscintillation_c_y = 1.2\n")
+
+
+def test_the_old_extraction_table_is_read_as_photometry_with_a_warning(caplog):
+    old = parse_config("[extraction]\nmax_stars = 50\naperture_fwhm = [1.0, 2.5]\n")
+    assert old == parse_config("[photometry]\nmax_stars = 50\naperture_fwhm = [1.0, 2.5]\n")
+    assert old.photometry.max_stars == 50 and old.photometry.aperture_fwhm == (1.0, 2.5)
+    assert "[extraction] is deprecated: it is now called [photometry]" in caplog.text
+    # Its options are checked under the new name; both tables at once is a mistake.
+    with pytest.raises(EngineValueError, match="photometry block_frames"):
+        parse_config("[extraction]\nblock_frames = 0\n")
+    with pytest.raises(EngineValueError, match=r"give \[photometry\] only"):
+        parse_config("[extraction]\nmax_stars = 50\n[photometry]\nmax_stars = 60\n")
+
+
+def test_the_old_public_names_still_import_with_a_deprecation_warning():
+    import engine
+
+    with pytest.warns(DeprecationWarning, match="engine.PhotometryConfig"):
+        assert engine.ExtractionConfig is engine.PhotometryConfig
+    with pytest.warns(DeprecationWarning, match="engine.measure_run"):
+        assert engine.extract_run is engine.measure_run
+    assert "ExtractionConfig" not in engine.__all__ and "extract_run" not in engine.__all__
 
 
 def test_exclude_flags_by_name_or_bitmask():

@@ -12,7 +12,7 @@ import pytest
 from engine.cli import main
 from engine.device import resolve_device
 from engine.errors import DeviceUnavailableError, EngineValueError
-from engine.settings import ExtractionConfig
+from engine.settings import PhotometryConfig
 from engine.settings.file import parse_config
 
 
@@ -32,11 +32,11 @@ def _has_gpu() -> bool:
 
 
 def test_the_setting_is_checked_and_read_from_the_toml_file():
-    assert ExtractionConfig().device == "cpu"
-    assert parse_config('[extraction]\ndevice = "cuda"\n').extraction.device == "cuda"
-    assert parse_config('[extraction]\ndevice = "auto"\n').extraction.device == "auto"
-    with pytest.raises(EngineValueError, match="extraction device"):
-        ExtractionConfig(device="gpu")
+    assert PhotometryConfig().device == "cpu"
+    assert parse_config('[photometry]\ndevice = "cuda"\n').photometry.device == "cuda"
+    assert parse_config('[photometry]\ndevice = "auto"\n').photometry.device == "auto"
+    with pytest.raises(EngineValueError, match="photometry device"):
+        PhotometryConfig(device="gpu")
     with pytest.raises(EngineValueError, match="device must be one of"):
         resolve_device("opencl")
     assert resolve_device("cpu") == ("cpu", "device: cpu")
@@ -45,7 +45,7 @@ def test_the_setting_is_checked_and_read_from_the_toml_file():
 def test_the_cpu_path_never_imports_numba_cuda():
     out = _python("""
         import sys
-        import engine, engine.extraction, engine.pipeline, engine.photometry
+        import engine, engine.photometry_stage, engine.pipeline, engine.photometry
         from engine.device import resolve_device
         assert resolve_device("cpu")[0] == "cpu"
         print("numba.cuda" in sys.modules)
@@ -74,7 +74,7 @@ def test_cuda_without_a_device_stops_before_any_work(tmp_path, capsys):
         reduce([tmp_path / "nothing"], tmp_path / "api", device="cuda")
     assert not (tmp_path / "api").exists()
     config = tmp_path / "gpu.toml"
-    config.write_text('[extraction]\ndevice = "cuda"\n')
+    config.write_text('[photometry]\ndevice = "cuda"\n')
     empty = tmp_path / "empty"
     empty.mkdir()
     for argv in (["--device", "cuda"], ["--config", str(config)]):

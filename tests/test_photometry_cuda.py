@@ -112,6 +112,57 @@ def test_gpu_sums_meet_analytic_answers():
     assert out.strip().endswith("ok")
 
 
+def test_gpu_annulus_clip_is_the_cpu_clipping_core():
+    out = run_simulated("""
+        from numba import cuda
+        from engine.cext import aperture_sums
+        from engine.kernels.photometry_cuda import aperture_sums_cuda
+        from engine.kernels.sigma_clip import clipped_median_std
+
+        # The core as a device function gives the CPU's numbers, outliers and ties included.
+        @cuda.jit
+        def clip_rows(values, counts, sigma, iterations, out):
+            row = cuda.grid(1)
+            if row < values.shape[0]:
+                work = cuda.local.array(64, np.float64)  # as the kernel's annulus: on the device
+                for i in range(values.shape[1]):
+                    work[i] = values[row, i]
+                median, std, kept = clipped_median_std(work, counts[row], sigma, iterations)
+                out[row, 0], out[row, 1], out[row, 2] = median, std, kept
+
+        rng = np.random.default_rng(2)
+        values = np.r_["0,2", rng.normal(10.0, 2.0, 60), rng.integers(0, 4, 60),
+                       np.r_[rng.normal(5.0, 1.0, 50), rng.uniform(40.0, 80.0, 10)]]
+        counts = np.array([60, 60, 60, 0])
+        values = np.vstack([values, values[:1]])
+        for iterations, sigma in ((0, 3.0), (1, 3.0), (5, 2.0)):
+            device = np.zeros((4, 3))
+            clip_rows[1, 4](values.copy(), counts, sigma, iterations, device)
+            for row in range(4):
+                host = clipped_median_std(values[row].copy(), counts[row], sigma, iterations)
+                np.testing.assert_array_equal(device[row], host)
+
+        # In the photometry: the neighbours in each other's annuli (unmasked) and hot pixels
+        # are clipped as the C++ kernel clips them, at every iteration count.
+        frames, x, y = star_field(n_frames=2)
+        hot = rng.integers(0, 64, (2, 60, 2))
+        for f in range(2):
+            frames[f, hot[f, :, 0], hot[f, :, 1]] += 400.0
+        kept = []
+        for iterations, sigma in ((0, 3.0), (1, 3.0), (5, 2.0)):
+            kwargs = dict(annulus=(4.0, 10.0), clip_sigma=sigma, clip_iterations=iterations)
+            gpu = aperture_sums_cuda(frames, x, y, [2.0], **kwargs)
+            cpu = aperture_sums(frames, x, y, [2.0], **kwargs)
+            np.testing.assert_array_equal(gpu["background_pixels"], cpu["background_pixels"])
+            for name in ("background", "background_std"):
+                np.testing.assert_allclose(gpu[name], cpu[name], rtol=1e-9, err_msg=name)
+            kept.append(int(gpu["background_pixels"].sum()))
+        assert kept[0] > kept[1] > kept[2]  # clipping removed pixels, more with more passes
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")
+
+
 def test_gpu_refuses_what_it_cannot_measure():
     out = run_simulated("""
         from engine.errors import EngineValueError
@@ -134,9 +185,9 @@ def test_gpu_refuses_what_it_cannot_measure():
 def test_the_photometry_stage_on_the_gpu_equals_the_cpu():
     out = run_simulated("""
         import pyarrow as pa
-        from engine.extraction import extract_run
+        from engine.photometry_stage import measure_run
         from engine.flags import MeasurementFlag
-        from engine.settings import ExtractionConfig
+        from engine.settings import PhotometryConfig
 
         # Five stars, no two alike in their distances: an asterism registration can match.
         stars = ([14.2, 47.5, 30.8, 18.9, 50.1], [12.7, 15.3, 33.1, 50.6, 46.2],
@@ -146,8 +197,8 @@ def test_the_photometry_stage_on_the_gpu_equals_the_cpu():
                           "airmass": [1.2] * 3, "site_height_m": [500.0] * 3})
         runs = {}
         for device in ("cpu", "cuda"):
-            config = ExtractionConfig(device=device, tracking_min_stars=3, max_stars=5)
-            runs[device] = extract_run(frames, table, radii=[2.0, 3.0], annulus=(6.0, 9.0),
+            config = PhotometryConfig(device=device, tracking_min_stars=3, max_stars=5)
+            runs[device] = measure_run(frames, table, radii=[2.0, 3.0], annulus=(6.0, 9.0),
                                        config=config, threads=1).photometry
         cpu, gpu = runs["cpu"], runs["cuda"]
         assert cpu.num_rows == gpu.num_rows == 3 * 5 * 2

@@ -186,12 +186,12 @@ def test_command_line_reduce_and_fit_transit(night, tmp_path, capsys):
 
 
 def test_psf_photometry_joins_the_photometry_table(night, tmp_path):
-    from engine.settings import ExtractionConfig, PipelineConfig
+    from engine.settings import PhotometryConfig, PipelineConfig
 
     raw, truth = night
     target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
     positions = target_positions(truth, ingest([raw], tmp_path, target=target).frames)
-    config = PipelineConfig(extraction=ExtractionConfig(psf_photometry=True))
+    config = PipelineConfig(photometry=PhotometryConfig(psf_photometry=True))
     result = reduce([raw], tmp_path, target=target, target_xy=positions, config=config)
     photometry = pq.read_table(tmp_path / "photometry.parquet")
     methods = photometry.column("method").to_pylist()
@@ -220,13 +220,13 @@ def test_psf_photometry_joins_the_photometry_table(night, tmp_path):
 
 
 def test_changed_settings_redo_the_photometry(reduced, night):
-    from engine.settings import ExtractionConfig, PipelineConfig
+    from engine.settings import PhotometryConfig, PipelineConfig
 
     out, result, positions, target = reduced
     raw, _ = night
     product = out / "photometry" / f"{result.runs[0]}.parquet"
     before = product.stat().st_mtime_ns
-    config = PipelineConfig(extraction=ExtractionConfig(aperture_fwhm=(1.0, 2.0)))
+    config = PipelineConfig(photometry=PhotometryConfig(aperture_fwhm=(1.0, 2.0)))
     reduce([raw], out, target=target, target_xy=positions, config=config)
     assert product.stat().st_mtime_ns != before
     radii = set(pq.read_table(product).column("radius").to_pylist())

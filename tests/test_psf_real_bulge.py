@@ -21,7 +21,7 @@ import pytest
 from astropy.io import fits
 
 from engine.pipeline import reduce
-from engine.settings import ExtractionConfig, PipelineConfig
+from engine.settings import PhotometryConfig, PipelineConfig
 
 BULGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / \
     "saao_microlensing_bulge"
@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.slow,
 def report(tmp_path_factory):
     files = [BULGE / "AKB13475I0001.fits"] + [
         f for f in sorted(BULGE.glob("*.fits")) if fits.getheader(f)["DATE-OBS"] in NIGHTS]
-    config = PipelineConfig(extraction=ExtractionConfig(psf_photometry=True))
+    config = PipelineConfig(photometry=PhotometryConfig(psf_photometry=True))
     result = reduce(files, tmp_path_factory.mktemp("bulge"), target=("18:15:29", "-25:17:06"),
                     target_xy=(257.0, 243.5), config=config)
     return result.report["runs"]

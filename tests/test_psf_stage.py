@@ -1,4 +1,4 @@
-"""PSF photometry in the photometry stage (engine.extraction with psf_photometry on): close
+"""PSF photometry in the photometry stage (engine.photometry_stage with psf_photometry on): close
 pairs (1.5-2.5 FWHM) that detection merges are found in the reference frame's PSF residual, and
 the PSF light curves of both stars of every pair reach the noise their rows predict; the rows
 carry the aperture rows' noise terms; the aperture rows are the same whether PSF is on or off."""
@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 from scipy.spatial import cKDTree
 
-from engine.extraction import extract_run
+from engine.photometry_stage import measure_run
 from engine.kernels.psf import add_stars
-from engine.settings.extraction import ExtractionConfig
+from engine.settings.photometry import PhotometryConfig
 
 FWHM, SKY, READ_NOISE = 3.0, 200.0, 5.0
 SEPARATIONS = (1.5, 2.0, 2.5)
@@ -56,8 +56,8 @@ def _pairs_run(seed=0, n_frames=20, size=240, cell=30, pairs=True):
 def pairs_run():
     cube, frames, x, y, flux, separation = _pairs_run()
     # A large telescope and long exposures: scintillation, which the frames lack, is negligible.
-    config = ExtractionConfig(psf_photometry=True, aperture_diameter_m=4.0)
-    return extract_run(cube, frames, config=config), (cube, frames, x, y, flux, separation)
+    config = PhotometryConfig(psf_photometry=True, aperture_diameter_m=4.0)
+    return measure_run(cube, frames, config=config), (cube, frames, x, y, flux, separation)
 
 
 def _columns(table, *names):
@@ -106,9 +106,9 @@ def test_aperture_rows_do_not_change_when_psf_is_on():
     rows and changes none (where it finds some, they join the list: their aperture rows are
     measured too, and the neighbours' annuli mask them)."""
     isolated, frames, *_ = _pairs_run(seed=1, n_frames=6, pairs=False)
-    plain = extract_run(isolated, frames, config=ExtractionConfig(aperture_diameter_m=4.0))
-    both = extract_run(isolated, frames,
-                       config=ExtractionConfig(aperture_diameter_m=4.0, psf_photometry=True))
+    plain = measure_run(isolated, frames, config=PhotometryConfig(aperture_diameter_m=4.0))
+    both = measure_run(isolated, frames,
+                       config=PhotometryConfig(aperture_diameter_m=4.0, psf_photometry=True))
     assert plain.psf is None and both.psf is not None
     aperture = both.photometry.filter(pa.compute.equal(both.photometry.column("method"),
                                                        "aperture"))

@@ -3,10 +3,10 @@ clip (engine.cext.sigma_clipped_median) against the rule, on random and edge inp
 
 import numpy as np
 import pytest
-from astropy.stats import sigma_clip
+from astropy.stats import sigma_clip, sigma_clipped_stats
 
 import engine.cext
-from engine.kernels.sigma_clip import clipped_bounds, wirth_median
+from engine.kernels.sigma_clip import clipped_bounds, clipped_median_std, wirth_median
 
 
 def _samples(rng):
@@ -63,3 +63,23 @@ def test_cpp_annulus_clip_follows_the_core():
             assert median == pytest.approx(np.median(kept), rel=1e-13)
             # The C++ sums about the median; the core's std is two-pass: equal to rounding.
             assert std == pytest.approx(np.std(kept), rel=1e-10, abs=1e-13)
+
+
+def test_core_clipped_stats_are_astropys_and_the_cpp_annulus_clips():
+    rng = np.random.default_rng(5)
+    for values in _samples(rng):
+        for iterations, sigma in ((1, 3.0), (4, 2.5), (5, 2.0)):
+            data = values.copy()
+            median, std, kept = clipped_median_std(data, data.size, sigma, iterations)
+            _, a_median, a_std = sigma_clipped_stats(values, sigma=sigma, maxiters=iterations)
+            assert median == pytest.approx(a_median, rel=1e-13)
+            assert std == pytest.approx(a_std, rel=1e-12, abs=1e-13)
+            cpp = engine.cext.sigma_clipped_median(values, sigma=sigma, iterations=iterations)
+            assert kept == cpp[2] and median == cpp[0]
+            assert std == pytest.approx(cpp[1], rel=1e-10, abs=1e-13)
+    # No clipping at iterations 0 (the C++ rule), and nothing kept gives NaNs.
+    values = np.r_[np.zeros(20), 1e6]
+    assert clipped_median_std(values.copy(), values.size, 3.0, 0) == (0.0, np.std(values), 21)
+    assert engine.cext.sigma_clipped_median(values, sigma=3.0, iterations=0)[2] == 21
+    median, std, kept = clipped_median_std(np.empty(0), 0, 3.0, 5)
+    assert kept == 0 and np.isnan(median) and np.isnan(std)

@@ -37,20 +37,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 from engine.calibration.camera import CameraNoise, measure_noise
-from engine.calibration.files import write_master
-from engine.calibration.masters import (DarkModel, Master, bad_pixel_mask, check_frames,
-                                        master_bias, master_dark, master_flat)
+from engine.calibration.masters import DarkModel, bad_pixel_mask, check_frames
 from engine.calibration.recipe import CalibrationRecipe
 from engine.calibration.runs import calibrate_cube
-from engine.errors import EngineFileError, EngineValueError
+from engine.calibration.sets import (ASSUMED_SATURATION_FRACTION, CalibrationSets,
+                                     assumed_saturation, finite_median, open_set_cube,
+                                     reference_values)
+from engine.errors import EngineFileError
 from engine.io.atomic import write_text
 from engine.io.headers import camera_identity, describe_camera
 from engine.io.layout import (CALIBRATED_FOLDER, CALIBRATION_REPORT, CUBES_FOLDER, FRAMES_TABLE,
@@ -63,10 +62,6 @@ __all__ = ["CalibrationResult", "calibrate"]
 log = logging.getLogger("engine.calibration")
 
 _FORMAT = "calibrate-1"
-#: Without SATURATE or DATAMAX in the headers, stored values above this fraction of an integer
-#: format's range count as saturated: full wells and ADCs clip near the top of the range, and
-#: few cameras stay linear through its last percent.
-ASSUMED_SATURATION_FRACTION = 0.95
 
 
 @dataclass
@@ -151,25 +146,6 @@ def _split_by_camera(by_run: dict[str, list[dict]], cubes: dict, result) -> dict
     return cameras
 
 
-def _night_distance(a: str | None, b: str | None) -> float:
-    try:
-        return abs((date.fromisoformat(a) - date.fromisoformat(b)).days)
-    except (TypeError, ValueError):
-        return math.inf if a != b else 0.0
-
-
-def _median(values) -> float | None:
-    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return float(np.median(values)) if values else None
-
-
-def _reference(rows) -> dict:
-    return {"shape": rows[0].get("shape"), "binning_x": rows[0].get("binning_x"),
-            "binning_y": rows[0].get("binning_y"),
-            "set_temperature": _median(r.get("set_temperature") for r in rows),
-            "temperature": _median(r.get("temperature") for r in rows)}
-
-
 def _geometry(rows, notes: list[str]) -> dict:
     """Trim and overscan (columns) from the frames' sections, as the kernels take them."""
     row = rows[0]
@@ -210,111 +186,6 @@ def _jsonable(value):
     return str(value)
 
 
-class _Sets:
-    """The calibration sets of one camera and the masters made from them (built once each)."""
-
-    def __init__(self, sets, cubes, result: CalibrationResult, out: Path, threads,
-                 temperature_tolerance):
-        self.sets = sets  # set id -> rows (ok, sorted by cube index)
-        self.cubes = cubes
-        self.result = result
-        self.out = out
-        self.threads = threads
-        self.tolerance = temperature_tolerance
-        self.built: dict[tuple, object] = {}
-
-    def nearest(self, frame_type, night, filter_name=None):
-        candidates = [(sid, rows) for sid, rows in self.sets.items()
-                      if rows[0]["frame_type"] == frame_type
-                      and (filter_name is None or rows[0].get("filter") == filter_name)]
-        if not candidates:
-            return None
-        return min(candidates, key=lambda c: (_night_distance(c[1][0].get("night"), night),
-                                              c[0]))[0]
-
-    def _accepted(self, set_id):
-        rows = self.sets[set_id]
-        saturation = _median(r.get("saturation") for r in rows)
-        if saturation is None and rows[0].get("dtype"):
-            saturation = _assumed_saturation(rows[0]["dtype"])
-        accepted, rejected = check_frames(rows, _reference(rows),
-                                          temperature_tolerance=self.tolerance,
-                                          saturation=saturation)
-        for path, reason in rejected:
-            self.result.rejected.append((path, reason))
-            log.warning("calibration frame %s rejected: %s", path, reason)
-        return [rows[i] for i in accepted]
-
-    def _notes(self, key, master_notes):
-        if master_notes:
-            self.result.notes.setdefault(key, [])
-            for text in master_notes:
-                if text not in self.result.notes[key]:
-                    self.result.notes[key].append(text)
-
-    def _write(self, master: Master, prefix: str) -> str:
-        path = write_master(master, self.out / MASTERS_FOLDER, prefix=prefix)
-        self.result.masters[path.name] = path
-        return path.name
-
-    def bias(self, set_id, geometry):
-        key = ("bias", set_id, json.dumps(geometry))
-        if key not in self.built:
-            rows = self._accepted(set_id)
-            master = None
-            if rows:
-                master = master_bias(
-                    _cube(self.cubes, set_id), frames=[r["cube_index"] for r in rows],
-                    names=_names(rows), binning=_binning(rows),
-                    temperatures=[r.get("temperature") for r in rows],
-                    camera=rows[0].get("instrument"), threads=self.threads, **geometry)
-                self._notes(set_id, master.notes)
-                self._write(master, set_id)
-            self.built[key] = master
-        return self.built[key]
-
-    def dark(self, set_id, bias, geometry):
-        key = ("dark", set_id, id(bias), json.dumps(geometry))
-        if key not in self.built:
-            rows = self._accepted(set_id)
-            model = None
-            if rows:
-                model = master_dark(
-                    _cube(self.cubes, set_id), [r["exptime"] for r in rows],
-                    frames=[r["cube_index"] for r in rows], names=_names(rows),
-                    bias=bias, gain=_median(r.get("gain") for r in rows),
-                    binning=_binning(rows), temperatures=[r.get("temperature") for r in rows],
-                    camera=rows[0].get("instrument"), threads=self.threads, **geometry)
-                self._notes(set_id, model.notes)
-                for master in model.masters():
-                    self._write(master, set_id)
-            self.built[key] = model
-        return self.built[key]
-
-    def flat(self, set_id, bias, dark, geometry, saturation):
-        key = ("flat", set_id, id(bias), id(dark), json.dumps(geometry))
-        if key not in self.built:
-            rows = self._accepted(set_id)
-            master = None
-            if rows:
-                try:
-                    master = master_flat(
-                        _cube(self.cubes, set_id), frames=[r["cube_index"] for r in rows],
-                        names=_names(rows), filter=rows[0].get("filter"),
-                        exptimes=[r["exptime"] for r in rows], bias=bias, dark=dark,
-                        saturation=saturation, binning=_binning(rows),
-                        temperatures=[r.get("temperature") for r in rows],
-                        camera=rows[0].get("instrument"), threads=self.threads, **geometry)
-                except EngineValueError as exc:
-                    self.result.rejected.append((set_id, str(exc)))
-                    master = None
-                if master is not None:
-                    self._notes(set_id, master.notes)
-                    self._write(master, set_id)
-            self.built[key] = master
-        return self.built[key]
-
-
 def _first(values):
     return next((v for v in values if v), None)
 
@@ -324,7 +195,7 @@ def _saturation_levels(rows, dtype, notes: list[str]) -> list[float | None]:
     raw pixels); frames without one take the integer format's assumed level, and it is said."""
     levels = [r.get("saturation") for r in rows]
     if any(level is None for level in levels):
-        assumed = _assumed_saturation(dtype)
+        assumed = assumed_saturation(dtype)
         if assumed is not None:
             notes.append(f"no saturation level for {sum(v is None for v in levels)} frame(s): "
                          f"{assumed:.0f} ADU assumed ({ASSUMED_SATURATION_FRACTION:.0%} of the "
@@ -336,8 +207,8 @@ def _saturation_levels(rows, dtype, notes: list[str]) -> list[float | None]:
 def _camera_noise(light_rows, cubes, run_id, sets, bias_id, flat_id) -> CameraNoise:
     """The run's gain and read noise: the headers' or configuration's, else measured on the
     raw frames of the run and of the bias and flat sets chosen for it (at most 8 of each)."""
-    gain = _median(r.get("gain") for r in light_rows)
-    read_noise = _median(r.get("read_noise") for r in light_rows)
+    gain = finite_median(r.get("gain") for r in light_rows)
+    read_noise = finite_median(r.get("read_noise") for r in light_rows)
     given = dict(gain=gain, gain_source=_first(r.get("gain_source") for r in light_rows),
                  read_noise=read_noise,
                  read_noise_source=_first(r.get("read_noise_source") for r in light_rows))
@@ -347,25 +218,11 @@ def _camera_noise(light_rows, cubes, run_id, sets, bias_id, flat_id) -> CameraNo
     def frames(set_id, limit):
         if set_id is None:
             return []
-        cube = _cube(cubes, set_id)
+        cube = open_set_cube(cubes, set_id)
         return [np.asarray(cube[r["cube_index"]]) for r in sets.get(set_id, light_rows)[:limit]]
 
     return measure_noise(frames(run_id, 5), frames(bias_id, 8),
                          frames(flat_id, 8) if gain is None else [], **given)
-
-
-def _assumed_saturation(dtype) -> float | None:
-    """Saturation level of raw integer data whose headers give none (None for float data)."""
-    dtype = np.dtype(dtype)
-    if dtype.kind not in "ui":
-        return None
-    return ASSUMED_SATURATION_FRACTION * float(np.iinfo(dtype).max)
-
-
-def _cube(cubes, set_id, path=None):
-    from engine.io.cube import open_cube
-
-    return open_cube(path or cubes[set_id])
 
 
 def _already_applied(rows, notes: list[str]) -> set[str]:
@@ -381,19 +238,6 @@ def _already_applied(rows, notes: list[str]) -> set[str]:
         notes.append("the run mixes raw and already-calibrated frames: only the steps all "
                      "share are skipped")
     return done
-
-
-def _names(rows) -> list[str]:
-    """The frames' paths indexed by cube index, as the master builders read them (a set may
-    be part of its cube: another camera's frames or rejected ones are not in it)."""
-    names = [""] * (max(int(r["cube_index"]) for r in rows) + 1)
-    for row in rows:
-        names[int(row["cube_index"])] = row["path"]
-    return names
-
-
-def _binning(rows) -> tuple[int, int]:
-    return (int(rows[0].get("binning_x") or 1), int(rows[0].get("binning_y") or 1))
 
 
 def _dark_report(model: DarkModel | None):
@@ -434,7 +278,7 @@ def calibrate(ingested, out_dir=None, *, threads: int | None = None,
     for camera, runs in sorted(cameras.items(), key=lambda c: str(c[0])):
         sets = {k: v for k, v in runs.items() if v[0]["frame_type"] != "light"}
         lights = {k: v for k, v in runs.items() if v[0]["frame_type"] == "light"}
-        library = _Sets(sets, cubes, result, out, threads, temperature_tolerance)
+        library = CalibrationSets(sets, cubes, result, out, threads, temperature_tolerance)
         if not lights:
             _masters_only(library, sets, result, report)
             continue
@@ -463,13 +307,13 @@ def _reject_other_shapes(cameras, result) -> None:
                 for set_id, set_rows in other_runs.items():
                     if set_rows[0]["frame_type"] == "light":
                         continue
-                    _, rejected = check_frames([_reference(set_rows)], _reference(light_rows))
+                    _, rejected = check_frames([reference_values(set_rows)], reference_values(light_rows))
                     if rejected:
                         result.rejected.append((set_id, f"not used for {run_id}: "
                                                         f"{rejected[0][1]}"))
 
 
-def _choose_set(library: _Sets, sets, frame_type, filter_name, *, night, reference, run_id,
+def _choose_set(library: CalibrationSets, sets, frame_type, filter_name, *, night, reference, run_id,
                 result, notes: list[str], temperature_tolerance: float):
     """The calibration set of `frame_type` (and filter) nearest the run's night that fits its
     lights, or None; why one is missing or left out goes into notes (and result.rejected)."""
@@ -478,7 +322,7 @@ def _choose_set(library: _Sets, sets, frame_type, filter_name, *, night, referen
         what = frame_type if filter_name is None else f"{frame_type} ({filter_name})"
         notes.append(f"no {what} frames for this camera: calibrated without")
         return None
-    _, rejected = check_frames([_reference(sets[set_id])], reference,
+    _, rejected = check_frames([reference_values(sets[set_id])], reference,
                                temperature_tolerance=temperature_tolerance)
     if rejected:
         result.rejected.append((set_id, f"not used for {run_id}: {rejected[0][1]}"))
@@ -509,14 +353,14 @@ class _RunMasters:
     saturation: float | None  # their median
 
 
-def _run_masters(run_id, light_rows, library: _Sets, sets, cubes, result,
+def _run_masters(run_id, light_rows, library: CalibrationSets, sets, cubes, result,
                  temperature_tolerance) -> _RunMasters:
     """Choose one light run's bias, dark and flat (each skipped when the frames say it was
     applied already) and write its bad-pixel mask."""
     notes: list[str] = []
     geometry = _geometry(light_rows, notes)
     night = light_rows[0].get("night")
-    reference = _reference(light_rows)
+    reference = reference_values(light_rows)
     used: dict[str, str | None] = {}
 
     def choose(frame_type, filter_name=None):
@@ -530,8 +374,8 @@ def _run_masters(run_id, light_rows, library: _Sets, sets, cubes, result,
     dark_id = choose("dark") if "dark" not in done else None
     dark = library.dark(dark_id, bias, geometry) if dark_id else None
     flat_id = choose("flat", light_rows[0].get("filter")) if "flat" not in done else None
-    levels = _saturation_levels(light_rows, _cube(cubes, run_id).dtype, notes)
-    saturation = _median(levels)
+    levels = _saturation_levels(light_rows, open_set_cube(cubes, run_id).dtype, notes)
+    saturation = finite_median(levels)
     flat = library.flat(flat_id, bias, dark, geometry, saturation) if flat_id else None
     bad = None
     if dark is not None or flat is not None:
@@ -542,7 +386,7 @@ def _run_masters(run_id, light_rows, library: _Sets, sets, cubes, result,
                        bad, levels, saturation)
 
 
-def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result, report, *,
+def _calibrate_run(run_id, light_rows, library: CalibrationSets, sets, cubes, out, result, report, *,
                    threads, temperature_tolerance, uncertainty, chunk_bytes, manifest,
                    write_calibrated) -> None:
     """Write one light run's calibration recipe (and, when asked, its calibrated cubes) unless
@@ -565,7 +409,7 @@ def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result,
     notes.extend(noise.notes)
     result.camera[run_id] = noise.as_dict()
     recipe = CalibrationRecipe.build(
-        _cube(cubes, run_id).shape[1:], exptimes, bias=m.bias, dark=m.dark, flat=m.flat,
+        open_set_cube(cubes, run_id).shape[1:], exptimes, bias=m.bias, dark=m.dark, flat=m.flat,
         bad_pixels=m.bad, saturation=m.levels, gain=noise.gain,
         read_noise=noise.read_noise, **m.geometry)
     notes.extend(n for n in recipe.notes if n not in notes)
@@ -580,13 +424,13 @@ def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result,
         recipe.save(recipe_path)
         if write_calibrated:
             calibrate_cube(
-                _cube(cubes, run_id), exptimes, bias=m.bias, dark=m.dark, flat=m.flat,
+                open_set_cube(cubes, run_id), exptimes, bias=m.bias, dark=m.dark, flat=m.flat,
                 bad_pixels=m.bad, saturation=m.levels, gain=noise.gain,
                 read_noise=noise.read_noise, uncertainty=uncertainty, out=target,
                 attributes={"run_id": run_id, "fingerprint": fingerprint,
                             "masters": m.used, "format": _FORMAT},
                 chunk_bytes=chunk_bytes or 256 * 1024 * 1024, threads=threads,
-                frame_bad_pixels=_cube(cubes, run_id, own_masks) if own_masks else None,
+                frame_bad_pixels=open_set_cube(cubes, run_id, own_masks) if own_masks else None,
                 **m.geometry)
         manifest.record(products, fingerprint)
     result.recipes[run_id] = recipe_path
@@ -603,7 +447,7 @@ def _calibrate_run(run_id, light_rows, library: _Sets, sets, cubes, out, result,
         "up_to_date": run_id in result.skipped_runs}
 
 
-def _masters_only(library: _Sets, sets, result, report) -> None:
+def _masters_only(library: CalibrationSets, sets, result, report) -> None:
     """No lights for this camera: every set's masters, each with its own geometry."""
     for set_id, rows in sorted(sets.items()):
         frame_type = rows[0]["frame_type"]
@@ -618,7 +462,7 @@ def _masters_only(library: _Sets, sets, result, report) -> None:
         elif frame_type == "flat":
             dark_id = library.nearest("dark", night)
             dark = library.dark(dark_id, bias, geometry) if dark_id else None
-            saturation = _median(r.get("saturation") for r in rows)
+            saturation = finite_median(r.get("saturation") for r in rows)
             flat = library.flat(set_id, bias, dark, geometry, saturation)
             if bias is None:
                 notes.append("no bias frames: the flat keeps the bias level")

@@ -17,9 +17,10 @@ the CPU: results equal the CPU kernel to rounding (summation order differs): rto
 areas and backgrounds, flags and annulus pixel counts exactly (tests/test_photometry_cuda.py).
 
 Layout: one thread block per (frame, star). The block's threads walk the star's pixel box row by
-row (neighbouring threads read neighbouring pixels: coalesced), sum each radius, gather the
-annulus into shared memory, sort it there (bitonic) and clip it, so that nothing goes back to the
-host until the block's table is done. Frames go to the device in chunks on two streams from
+row (neighbouring threads read neighbouring pixels: coalesced), sum each radius and gather the
+annulus into shared memory, where one thread clips it with the CPU's clipping core
+(engine.kernels.sigma_clip.clipped_median_std, compiled for the device), so that nothing goes back
+to the host until the block's table is done. Frames go to the device in chunks on two streams from
 pinned host memory, so that one chunk's copy overlaps the previous chunk's measurement; only the
 photometry arrays come back.
 
@@ -42,6 +43,7 @@ from numba import cuda, float64, int32, uint32
 from engine.cext import aperture_job
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag, PixelFlag
+from engine.kernels.sigma_clip import clipped_median_std
 
 __all__ = ["MAX_ANNULUS_PIXELS", "MAX_RADII", "aperture_sums_cuda"]
 
@@ -150,105 +152,6 @@ def _block_sum(buffer, value):
 
 
 @cuda.jit(device=True)
-def _block_sort(values, n):
-    """Sorts values[0:n] ascending in place (bitonic, padded with +inf to a power of two)."""
-    tid = cuda.threadIdx.x
-    threads = cuda.blockDim.x
-    size = 1
-    while size < n:
-        size *= 2
-    for i in range(n + tid, size, threads):
-        values[i] = math.inf
-    cuda.syncthreads()
-    k = 2
-    while k <= size:
-        j = k // 2
-        while j > 0:
-            for i in range(tid, size, threads):
-                partner = i ^ j
-                if partner > i:
-                    a = values[i]
-                    b = values[partner]
-                    if (a > b) if (i & k) == 0 else (a < b):
-                        values[i] = b
-                        values[partner] = a
-            cuda.syncthreads()
-            j //= 2
-        k *= 2
-
-
-@cuda.jit(device=True)
-def _median(values, first, last):
-    n = last - first
-    lower = values[first + (n - 1) // 2]
-    if n % 2 == 1:
-        return lower
-    return 0.5 * (lower + values[first + n // 2])
-
-
-@cuda.jit(device=True)
-def _spread(values, first, last, buffer):
-    """Standard deviation (ddof = 0) of values[first:last], two passes over the block."""
-    tid = cuda.threadIdx.x
-    partial = 0.0
-    for i in range(first + tid, last, cuda.blockDim.x):
-        partial += values[i]
-    mean = _block_sum(buffer, partial) / (last - first)
-    partial = 0.0
-    for i in range(first + tid, last, cuda.blockDim.x):
-        partial += (values[i] - mean) * (values[i] - mean)
-    return math.sqrt(_block_sum(buffer, partial) / (last - first))
-
-
-@cuda.jit(device=True)
-def _first_at_least(values, first, last, bound, strictly_above):
-    """The first index in sorted values[first:last] whose value is >= bound (> bound when
-    strictly_above), or last."""
-    while first < last:
-        middle = (first + last) // 2
-        v = values[middle]
-        if v > bound or (not strictly_above and v == bound):
-            last = middle
-        else:
-            first = middle + 1
-    return first
-
-
-@cuda.jit(device=True)
-def _clipped_stats(values, n, sigma, iterations, buffer, stats):
-    """astropy's sigma_clipped_stats (median centre, std spread) of values[0:n] as the C++
-    SigmaClipper computes it: stats = (median, std, kept). Sorts values."""
-    stats[0] = math.nan
-    stats[1] = math.nan
-    stats[2] = 0.0
-    if n <= 0:
-        return
-    _block_sort(values, n)
-    first = 0
-    last = n
-    centre = _median(values, first, last)
-    spread = _spread(values, first, last, buffer)
-    for _ in range(iterations):
-        low = centre - sigma * spread
-        high = centre + sigma * spread
-        if not (low <= high):
-            return
-        new_first = _first_at_least(values, first, last, low, False)
-        new_last = _first_at_least(values, new_first, last, high, True)
-        if new_first == first and new_last == last:
-            break
-        first = new_first
-        last = new_last
-        if first == last:
-            return
-        centre = _median(values, first, last)
-        spread = _spread(values, first, last, buffer)
-    stats[0] = centre
-    stats[1] = spread
-    stats[2] = last - first
-
-
-@cuda.jit(device=True)
 def _masked(px, py, neighbour_x, neighbour_y, count, x, y, frame, star, mask2):
     """A pixel closer than the mask radius to another star. Beyond the shared list's capacity
     every star of the frame is tested (slower, same answer)."""
@@ -294,6 +197,98 @@ def _find_neighbours(x, y, frame, star, xc, yc, reach2, blend2, neighbour_x, nei
     cuda.syncthreads()
 
 
+@cuda.jit(device=True)
+def _reach(radii, inner, outer):
+    """The largest radius any pixel of a star's measurement lies within."""
+    reach = outer if outer > inner else 0.0
+    for k in range(radii.shape[0]):
+        reach = max(reach, radii[k])
+    return reach
+
+
+@cuda.jit(device=True)
+def _write_off_frame(frame, star, n_radii, out_sum, out_area, out_flags, background,
+                     background_std, background_pixels):
+    for k in range(n_radii):
+        out_sum[frame, star, k] = math.nan
+        out_area[frame, star, k] = 0.0
+        out_flags[frame, star, k] = _OFF_FRAME
+    background[frame, star] = math.nan
+    background_std[frame, star] = math.nan
+    background_pixels[frame, star] = 0
+
+
+@cuda.jit(device=True)
+def _add_to_apertures(value, usable, pixel, dx, dy, radii, sums, areas, flags):
+    """One pixel's exact share of each aperture (this thread's partial sums)."""
+    for k in range(radii.shape[0]):
+        w = _pixel_weight(dx, dy, radii[k])
+        if w > 0.0:
+            if usable:
+                sums[k] += w * value
+                areas[k] += w
+                if pixel & _PIXEL_SATURATED:
+                    flags[k] |= _SATURATED
+            else:
+                flags[k] |= _BAD_PIXEL
+
+
+@cuda.jit(device=True)
+def _measure_pixels(frames, pixel_flags, has_flags, frame, star, x, y, radii, inner, outer,
+                    mask_radius, reach, neighbour_x, neighbour_y, n_neighbours, sums, areas,
+                    flags, annulus, shared_ints):
+    """This thread's pixels of the star's box (neighbouring threads take neighbouring pixels):
+    partial aperture sums into sums, areas, flags; annulus pixels appended to `annulus`
+    (shared_ints[2] counts them)."""
+    ny = frames.shape[1]
+    nx = frames.shape[2]
+    xc = x[frame, star]
+    yc = y[frame, star]
+    ia = max(0, int(math.floor(xc - reach - 0.5)))
+    ib = min(nx - 1, int(math.ceil(xc + reach + 0.5)))
+    ja = max(0, int(math.floor(yc - reach - 0.5)))
+    jb = min(ny - 1, int(math.ceil(yc + reach + 0.5)))
+    width = ib - ia + 1
+    has_annulus = outer > inner
+    inner2 = inner * inner
+    outer2 = outer * outer
+    mask2 = mask_radius * mask_radius
+    for p in range(cuda.threadIdx.x, width * max(0, jb - ja + 1), cuda.blockDim.x):
+        j = ja + p // width
+        i = ia + p - (p // width) * width
+        value = float64(frames[frame, j, i])
+        pixel = pixel_flags[frame, j, i] if has_flags else 0
+        usable = math.isfinite(value) and (pixel & _UNUSABLE) == 0
+        dx = i - xc
+        dy = j - yc
+        _add_to_apertures(value, usable, pixel, dx, dy, radii, sums, areas, flags)
+        d2 = dx * dx + dy * dy
+        if (has_annulus and d2 < outer2 and not d2 < inner2 and usable
+                and (pixel & _PIXEL_SATURATED) == 0
+                and not _masked(float64(i), float64(j), neighbour_x, neighbour_y, n_neighbours,
+                                x, y, frame, star, mask2)):
+            slot = cuda.atomic.add(shared_ints, 2, 1)
+            if slot < MAX_ANNULUS_PIXELS:  # the driver sizes outer so that it always is
+                annulus[slot] = value
+
+
+@cuda.jit(device=True)
+def _star_flag(xc, yc, r, nx, ny, blended, background_failed, area):
+    """The flags of one aperture that do not come from its pixels."""
+    flag = 0
+    if not (xc >= -0.5 and xc < nx - 0.5 and yc >= -0.5 and yc < ny - 0.5):
+        flag |= _OFF_FRAME
+    if xc - r < -0.5 or xc + r > nx - 0.5 or yc - r < -0.5 or yc + r > ny - 0.5:
+        flag |= _NEAR_EDGE
+    if blended:
+        flag |= _BLENDED
+    if background_failed:
+        flag |= _BACKGROUND_FAILED
+    if area <= 0.0:
+        flag |= _OFF_FRAME
+    return flag
+
+
 @cuda.jit
 def _measure_stars(frames, pixel_flags, has_flags, x, y, radii, inner, outer, clip_sigma,
                    clip_iterations, mask_radius, blend_radius, min_background_pixels,
@@ -303,26 +298,16 @@ def _measure_stars(frames, pixel_flags, has_flags, x, y, radii, inner, outer, cl
     frame = cuda.blockIdx.x // n_stars
     star = cuda.blockIdx.x - frame * n_stars
     tid = cuda.threadIdx.x
-    threads = cuda.blockDim.x
     n_radii = radii.shape[0]
     ny = frames.shape[1]
     nx = frames.shape[2]
     xc = x[frame, star]
     yc = y[frame, star]
-    has_annulus = outer > inner
-    r_max = 0.0
-    for k in range(n_radii):
-        r_max = max(r_max, radii[k])
-    reach = max(r_max, outer if has_annulus else 0.0)
+    reach = _reach(radii, inner, outer)
     if not (xc > -reach - 1.0 and xc < nx + reach and yc > -reach - 1.0 and yc < ny + reach):
         if tid == 0:  # the whole block leaves here together
-            for k in range(n_radii):
-                out_sum[frame, star, k] = math.nan
-                out_area[frame, star, k] = 0.0
-                out_flags[frame, star, k] = _OFF_FRAME
-            background[frame, star] = math.nan
-            background_std[frame, star] = math.nan
-            background_pixels[frame, star] = 0
+            _write_off_frame(frame, star, n_radii, out_sum, out_area, out_flags, background,
+                             background_std, background_pixels)
         return
 
     buffer = cuda.shared.array(_MAX_THREADS, float64)
@@ -333,17 +318,9 @@ def _measure_stars(frames, pixel_flags, has_flags, x, y, radii, inner, outer, cl
     shared_flags = cuda.shared.array(MAX_RADII, uint32)
     if tid < n_radii:
         shared_flags[tid] = 0
-    mask_reach = outer + mask_radius if has_annulus and mask_radius > 0.0 else 0.0
+    mask_reach = outer + mask_radius if outer > inner and mask_radius > 0.0 else 0.0
     _find_neighbours(x, y, frame, star, xc, yc, mask_reach * mask_reach,
                      blend_radius * blend_radius, neighbour_x, neighbour_y, shared_ints)
-    n_neighbours = shared_ints[0]
-
-    # The pixel box of the largest disk or annulus; neighbouring threads take neighbouring pixels.
-    ia = max(0, int(math.floor(xc - reach - 0.5)))
-    ib = min(nx - 1, int(math.ceil(xc + reach + 0.5)))
-    ja = max(0, int(math.floor(yc - reach - 0.5)))
-    jb = min(ny - 1, int(math.ceil(yc + reach + 0.5)))
-    width = ib - ia + 1
     sums = cuda.local.array(MAX_RADII, float64)
     areas = cuda.local.array(MAX_RADII, float64)
     flags = cuda.local.array(MAX_RADII, uint32)
@@ -351,35 +328,9 @@ def _measure_stars(frames, pixel_flags, has_flags, x, y, radii, inner, outer, cl
         sums[k] = 0.0
         areas[k] = 0.0
         flags[k] = 0
-    inner2 = inner * inner
-    outer2 = outer * outer
-    mask2 = mask_radius * mask_radius
-    for p in range(tid, width * max(0, jb - ja + 1), threads):
-        j = ja + p // width
-        i = ia + p - (p // width) * width
-        value = float64(frames[frame, j, i])
-        pixel = pixel_flags[frame, j, i] if has_flags else 0
-        usable = math.isfinite(value) and (pixel & _UNUSABLE) == 0
-        dx = i - xc
-        dy = j - yc
-        for k in range(n_radii):
-            w = _pixel_weight(dx, dy, radii[k])
-            if w > 0.0:
-                if usable:
-                    sums[k] += w * value
-                    areas[k] += w
-                    if pixel & _PIXEL_SATURATED:
-                        flags[k] |= _SATURATED
-                else:
-                    flags[k] |= _BAD_PIXEL
-        d2 = dx * dx + dy * dy
-        if (has_annulus and d2 < outer2 and not d2 < inner2 and usable
-                and (pixel & _PIXEL_SATURATED) == 0
-                and not _masked(float64(i), float64(j), neighbour_x, neighbour_y, n_neighbours,
-                                x, y, frame, star, mask2)):
-            slot = cuda.atomic.add(shared_ints, 2, 1)
-            if slot < MAX_ANNULUS_PIXELS:  # the driver sizes outer so that it always is
-                annulus[slot] = value
+    _measure_pixels(frames, pixel_flags, has_flags, frame, star, x, y, radii, inner, outer,
+                    mask_radius, reach, neighbour_x, neighbour_y, shared_ints[0], sums, areas,
+                    flags, annulus, shared_ints)
     for k in range(n_radii):
         if flags[k]:
             cuda.atomic.or_(shared_flags, k, flags[k])
@@ -387,34 +338,21 @@ def _measure_stars(frames, pixel_flags, has_flags, x, y, radii, inner, outer, cl
     for k in range(n_radii):
         sums[k] = _block_sum(buffer, sums[k])
         areas[k] = _block_sum(buffer, areas[k])
-
-    stats = cuda.local.array(3, float64)
-    _clipped_stats(annulus, min(shared_ints[2], MAX_ANNULUS_PIXELS), clip_sigma,
-                   clip_iterations, buffer, stats)
     if tid != 0:
         return
-    fx = float64(nx)
-    fy = float64(ny)
-    centre_on_frame = xc >= -0.5 and xc < fx - 0.5 and yc >= -0.5 and yc < fy - 0.5
+    # The annulus background: the engine's one clipping core, compiled for the device.
+    median, spread, kept = clipped_median_std(annulus, min(shared_ints[2], MAX_ANNULUS_PIXELS),
+                                              clip_sigma, clip_iterations)
+    background_failed = outer > inner and kept < min_background_pixels
     for k in range(n_radii):
-        r = radii[k]
-        flag = shared_flags[k]
-        if not centre_on_frame:
-            flag |= _OFF_FRAME
-        if xc - r < -0.5 or xc + r > fx - 0.5 or yc - r < -0.5 or yc + r > fy - 0.5:
-            flag |= _NEAR_EDGE
-        if shared_ints[1]:
-            flag |= _BLENDED
-        if has_annulus and stats[2] < min_background_pixels:
-            flag |= _BACKGROUND_FAILED
-        if areas[k] <= 0.0:
-            flag |= _OFF_FRAME
         out_sum[frame, star, k] = sums[k] if areas[k] > 0.0 else math.nan
         out_area[frame, star, k] = areas[k]
-        out_flags[frame, star, k] = flag
-    background[frame, star] = stats[0]
-    background_std[frame, star] = stats[1]
-    background_pixels[frame, star] = int(stats[2])
+        out_flags[frame, star, k] = shared_flags[k] | _star_flag(
+            xc, yc, radii[k], float64(nx), float64(ny), shared_ints[1], background_failed,
+            areas[k])
+    background[frame, star] = median
+    background_std[frame, star] = spread
+    background_pixels[frame, star] = kept
 
 
 @functools.lru_cache(maxsize=2)

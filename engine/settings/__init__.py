@@ -6,7 +6,7 @@ setting's name (engine.checks).
   words), frame-type overrides, Bayer mode, the target;
 - `calibration.CalibrationConfig`: temperature tolerance, uncertainty cubes, chunk size, whether
   reduce writes calibrated cubes;
-- `extraction.ExtractionConfig`: detection, apertures, registration, scintillation, PSF;
+- `photometry.PhotometryConfig`: detection, apertures, registration, scintillation, PSF;
 - `sky.SkyConfig`: reference catalogue, target pixel positions, solution tolerances;
 - `ensemble.EnsembleConfig`: comparisons, weights, clouds, detrending, the merge;
 - `cluster.ClusterConfig`: the Dask scheduler and its TLS files (the file's `[pipeline]` table);
@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from engine.settings.calibration import CalibrationConfig
 from engine.settings.cluster import ClusterConfig
 from engine.settings.ensemble import EnsembleConfig
-from engine.settings.extraction import ExtractionConfig
 from engine.settings.ingest import IngestConfig, Site
+from engine.settings.photometry import PhotometryConfig
 from engine.settings.sky import SkyConfig
 
-__all__ = ["CalibrationConfig", "ClusterConfig", "EnsembleConfig", "ExtractionConfig", "IngestConfig",
-           "PipelineConfig", "Site", "SkyConfig"]
+__all__ = ["CalibrationConfig", "ClusterConfig", "EnsembleConfig", "IngestConfig",
+           "PhotometryConfig", "PipelineConfig", "Site", "SkyConfig"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class PipelineConfig:
 
     ingest: IngestConfig = field(default_factory=IngestConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    photometry: PhotometryConfig = field(default_factory=PhotometryConfig)
     sky: SkyConfig = field(default_factory=SkyConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

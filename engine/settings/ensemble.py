@@ -218,6 +218,21 @@ class EnsembleConfig:
     merge_clip_sigma: float = 4.0
 
     def __post_init__(self):
+        self._check_stars_and_windows()
+        self._check_counts()
+        self._check_numbers()
+        if self.aperture is not None and not isinstance(self.aperture, str):
+            self._number("aperture", positive=True)
+        elif self.aperture not in (None, "psf"):
+            raise EngineValueError(f"aperture must be a radius or 'psf', got {self.aperture!r}")
+        object.__setattr__(self, "exclude_flags",
+                           _flag_mask("exclude_flags", self.exclude_flags))
+        for name in ("colour_extinction", "airmass_term", "estimate_scintillation",
+                     "include_field_stars"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
+
+    def _check_stars_and_windows(self):
+        """Star lists, time windows and regressors, as tuples."""
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         set_("comparisons", _stars("comparisons", self.comparisons))
         set_("check_stars", _stars("check_stars", self.check_stars))
@@ -229,6 +244,8 @@ class EnsembleConfig:
         if unknown:
             raise EngineValueError(f"unknown regressors {unknown}; known: {list(REGRESSORS)}")
         set_("regressors", regressors)
+
+    def _check_counts(self):
         for name in ("max_comparisons", "min_comparisons", "max_iterations",
                      "min_stars_per_frame", "min_baseline_frames"):
             self._integer(name, 1)
@@ -236,6 +253,9 @@ class EnsembleConfig:
             self._integer(name, 0)
         if self.min_comparisons > self.max_comparisons:
             raise EngineValueError("min_comparisons must not exceed max_comparisons")
+
+    def _check_numbers(self):
+        """Sigmas, magnitudes, fractions and lengths, as finite floats in their ranges."""
         for name in ("clip_sigma", "cloud_sigma", "scatter_sigma", "scatter_min_ratio",
                      "match_radius_arcsec", "merge_clip_sigma", "scintillation_cy",
                      "catalogue_error_mag"):
@@ -256,16 +276,7 @@ class EnsembleConfig:
             value = float(self.site_altitude_m)
             if not math.isfinite(value):
                 raise EngineValueError("site_altitude_m must be finite")
-            set_("site_altitude_m", value)
-        if isinstance(self.aperture, str):
-            if self.aperture != "psf":
-                raise EngineValueError(f"aperture must be a radius or 'psf', got {self.aperture!r}")
-        elif self.aperture is not None:
-            self._number("aperture", positive=True)
-        set_("exclude_flags", _flag_mask("exclude_flags", self.exclude_flags))
-        for name in ("colour_extinction", "airmass_term", "estimate_scintillation",
-                     "include_field_stars"):
-            set_(name, bool(getattr(self, name)))
+            object.__setattr__(self, "site_altitude_m", value)
 
     def _integer(self, name, minimum):
         value = getattr(self, name)

@@ -6,7 +6,7 @@ documentation of every option and its default:
     [ingest]       engine.settings.IngestConfig (sites, frame-type overrides, Bayer mode, target)
     [calibration]  engine.settings.CalibrationConfig (temperature tolerance, uncertainty cubes,
                    write_calibrated)
-    [extraction]   engine.settings.ExtractionConfig (detection, apertures, registration, PSF)
+    [photometry]   engine.settings.PhotometryConfig (detection, apertures, registration, PSF)
     [ensemble]     engine.settings.EnsembleConfig (comparisons, weights, clouds, detrending)
     [sky]          engine.settings.SkyConfig (reference catalogue, target pixel positions per run or
                    site, sky-solution tolerances)
@@ -24,9 +24,10 @@ default is "none" are shown commented out, as TOML has no null). Sites are an ar
 frame-type overrides a table of path glob = type: `[ingest.frame_types]` `"*/twilight/*" = "flat"`,
 and target pixel positions a table of run id or site name = [x, y]: `[sky.target_xy]`
 `florida = [512.3, 380.1]`.
-An unknown option or a value of the wrong kind is an EngineValueError naming it. Options renamed
-since (see `_RENAMED`) are still read under their old name, with a warning. `[ensemble]
-exclude_flags` is a list of flag names (engine.flags.MeasurementFlag) or their bitmask.
+An unknown option or a value of the wrong kind is an EngineValueError naming it. Tables and
+options renamed since (see `_RENAMED_TABLES`, `_RENAMED`) are still read under their old name,
+with a warning. `[ensemble] exclude_flags` is a list of flag names (engine.flags.MeasurementFlag)
+or their bitmask.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from pathlib import Path
 
 from engine.errors import EngineFileError, EngineValueError
 from engine.flags import describe
-from engine.settings import (CalibrationConfig, ClusterConfig, EnsembleConfig, ExtractionConfig, IngestConfig,
-                             PipelineConfig, Site, SkyConfig)
+from engine.settings import (CalibrationConfig, ClusterConfig, EnsembleConfig, IngestConfig,
+                             PhotometryConfig, PipelineConfig, Site, SkyConfig)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,8 +50,11 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["default_config_toml", "load_config", "parse_config"]
 
 _SECTIONS = {"ingest": IngestConfig, "calibration": CalibrationConfig,
-             "extraction": ExtractionConfig, "ensemble": EnsembleConfig,
+             "photometry": PhotometryConfig, "ensemble": EnsembleConfig,
              "sky": SkyConfig, "pipeline": ClusterConfig}
+
+#: Old table names, still read: old name -> new name.
+_RENAMED_TABLES = {"extraction": "photometry"}
 
 #: Old option names, still read: (table, old name) -> new name.
 _RENAMED = {("ensemble", "telescope_aperture_m"): "aperture_diameter_m",
@@ -93,12 +97,25 @@ def _renamed(values: dict, where: str) -> dict:
     return values
 
 
+def _renamed_tables(document: dict) -> dict:
+    """`document` with old table names replaced by the new ones (each warned about)."""
+    document = dict(document)
+    for old, new in _RENAMED_TABLES.items():
+        if old in document:
+            if new in document:
+                raise EngineValueError(f"give [{new}] only ([{old}] is its old name)")
+            log.warning("[%s] is deprecated: it is now called [%s]", old, new)
+            document[new] = document.pop(old)
+    return document
+
+
 def parse_config(text: str) -> PipelineConfig:
     """The PipelineConfig a TOML text describes (missing options keep their defaults)."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise EngineValueError(f"configuration is not valid TOML: {exc}") from None
+    document = _renamed_tables(document)
     unknown = sorted(set(document) - set(_SECTIONS))
     if unknown:
         raise EngineValueError(f"unknown configuration table(s) {', '.join(unknown)}; known: "
@@ -121,7 +138,7 @@ def parse_config(text: str) -> PipelineConfig:
     return PipelineConfig(
         ingest=_build(IngestConfig, ingest, "ingest"),
         calibration=_build(CalibrationConfig, document.get("calibration", {}), "calibration"),
-        extraction=_build(ExtractionConfig, document.get("extraction", {}), "extraction"),
+        photometry=_build(PhotometryConfig, document.get("photometry", {}), "photometry"),
         ensemble=_build(EnsembleConfig, document.get("ensemble", {}), "ensemble"),
         sky=_build(SkyConfig, sky, "sky"),
         cluster=_build(ClusterConfig, document.get("pipeline", {}), "pipeline"))
@@ -156,7 +173,7 @@ def default_config_toml() -> str:
     """A configuration file holding every option at its default value."""
     lines = ["# The engine's configuration for `python -m engine reduce --config FILE`.",
              "# Every option is shown at its default; the classes of engine.settings (one per",
-             "# table: IngestConfig and Site, CalibrationConfig, ExtractionConfig, SkyConfig,",
+             "# table: IngestConfig and Site, CalibrationConfig, PhotometryConfig, SkyConfig,",
              "# EnsembleConfig) say what each one does.", ""]
     for section, cls in _SECTIONS.items():
         lines.append(f"[{section}]")

@@ -120,6 +120,16 @@ class Site:
         owner = f"site {self.name!r}"
         if not isinstance(self.name, str) or not self.name.strip():
             raise EngineValueError(f"a site needs a non-empty name, got {self.name!r}")
+        self._check_camera_values(owner)
+        self._check_clock(owner)
+        self._check_location(owner)
+        object.__setattr__(self, "frame_types", _frame_type_pairs(owner, self.frame_types))
+        if isinstance(self.match, str):
+            object.__setattr__(self, "match", (self.match,))
+        object.__setattr__(self, "match", tuple(str(m) for m in self.match))
+
+    def _check_camera_values(self, owner: str):
+        """Every optional number finite (or None); the camera's values in their ranges."""
         for name in ("longitude_deg", "latitude_deg", "height_m", "utc_offset_hours",
                      "aperture_diameter_m", "pedestal_adu", "gain_e_per_adu", "read_noise_e",
                      "saturation_adu"):
@@ -129,24 +139,24 @@ class Site:
                 raise EngineValueError(f"{owner}: {name} must be positive")
         if self.read_noise_e is not None and self.read_noise_e < 0.0:
             raise EngineValueError(f"{owner}: read_noise_e must not be negative")
+
+    def _check_clock(self, owner: str):
         offset = _finite_or_none(owner, "clock_offset_s", self.clock_offset_s)
         object.__setattr__(self, "clock_offset_s", 0.0 if offset is None else offset)
         spread = _finite_or_none(owner, "clock_uncertainty_s", self.clock_uncertainty_s)
         if spread is not None and spread < 0.0:
             raise EngineValueError(f"{owner}: clock_uncertainty_s must not be negative")
         object.__setattr__(self, "clock_uncertainty_s", 0.0 if spread is None else spread)
-        object.__setattr__(self, "frame_types", _frame_type_pairs(owner, self.frame_types))
+        if self.time_reference is not None and self.time_reference not in TIME_REFERENCES:
+            raise EngineValueError(f"{owner}: time_reference must be one of {TIME_REFERENCES}")
+
+    def _check_location(self, owner: str):
         if (self.longitude_deg is None) != (self.latitude_deg is None):
             raise EngineValueError(f"{owner}: give both longitude_deg and latitude_deg, or neither")
         if self.latitude_deg is not None and not -90.0 <= self.latitude_deg <= 90.0:
             raise EngineValueError(f"{owner}: latitude_deg must lie in [-90, 90]")
         if self.longitude_deg is not None and not -360.0 <= self.longitude_deg <= 360.0:
             raise EngineValueError(f"{owner}: longitude_deg must lie in [-360, 360]")
-        if self.time_reference is not None and self.time_reference not in TIME_REFERENCES:
-            raise EngineValueError(f"{owner}: time_reference must be one of {TIME_REFERENCES}")
-        if isinstance(self.match, str):
-            object.__setattr__(self, "match", (self.match,))
-        object.__setattr__(self, "match", tuple(str(m) for m in self.match))
 
     @property
     def has_location(self) -> bool:

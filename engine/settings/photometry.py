@@ -1,4 +1,4 @@
-"""Settings of the photometry stage (engine.extraction): detection, apertures, registration,
+"""Settings of the photometry stage (engine.photometry_stage): detection, apertures, registration,
 scintillation, PSF photometry."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from engine.checks import integer, one_of, positive
 from engine.device import DEVICES
 from engine.errors import EngineValueError
 
-__all__ = ["ExtractionConfig"]
+__all__ = ["PhotometryConfig"]
 
 
 @dataclass(frozen=True)
-class ExtractionConfig:
+class PhotometryConfig:
     """Settings of the photometry stage (defaults in brackets are what a user gets)."""
 
     #: Detection threshold on the reference frame, in background sigma [5].
@@ -54,27 +54,27 @@ class ExtractionConfig:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         for name in ("detection_threshold", "recentre_max_shift_fwhm", "tracking_max_rms",
                      "scintillation_cy"):
-            set_(name, positive(f"extraction {name}", getattr(self, name)))
+            set_(name, positive(f"photometry {name}", getattr(self, name)))
         for name, least in (("max_stars", 3), ("tracking_stars", 3), ("tracking_min_stars", 2),
                             ("block_frames", 1)):
-            set_(name, integer(f"extraction {name}", getattr(self, name), least=least))
-        set_("aperture_diameter_m", positive("extraction aperture_diameter_m",
+            set_(name, integer(f"photometry {name}", getattr(self, name), least=least))
+        set_("aperture_diameter_m", positive("photometry aperture_diameter_m",
                                              self.aperture_diameter_m, allow_none=True))
-        radii = tuple(positive("extraction aperture_fwhm", r) for r in _sequence(
-            "extraction aperture_fwhm", self.aperture_fwhm))
+        radii = tuple(positive("photometry aperture_fwhm", r) for r in _sequence(
+            "photometry aperture_fwhm", self.aperture_fwhm))
         if not radii:
-            raise EngineValueError("extraction aperture_fwhm must hold at least one radius")
+            raise EngineValueError("photometry aperture_fwhm must hold at least one radius")
         set_("aperture_fwhm", radii)
-        annulus = tuple(positive("extraction annulus_fwhm", r) for r in _sequence(
-            "extraction annulus_fwhm", self.annulus_fwhm))
+        annulus = tuple(positive("photometry annulus_fwhm", r) for r in _sequence(
+            "photometry annulus_fwhm", self.annulus_fwhm))
         if len(annulus) != 2 or not annulus[0] < annulus[1]:
-            raise EngineValueError(f"extraction annulus_fwhm must be (inner, outer) with inner "
+            raise EngineValueError(f"photometry annulus_fwhm must be (inner, outer) with inner "
                                    f"< outer, got {self.annulus_fwhm!r}")
         set_("annulus_fwhm", annulus)
-        one_of("extraction psf_model", self.psf_model, ("auto", "moffat", "gaussian", "empirical"))
-        one_of("extraction device", self.device, DEVICES)
+        one_of("photometry psf_model", self.psf_model, ("auto", "moffat", "gaussian", "empirical"))
+        one_of("photometry device", self.device, DEVICES)
         if not isinstance(self.psf_photometry, bool):
-            raise EngineValueError(f"extraction psf_photometry must be true or false, got "
+            raise EngineValueError(f"photometry psf_photometry must be true or false, got "
                                    f"{self.psf_photometry!r}")
 
 

@@ -55,11 +55,11 @@ from engine.progress import progress
 from engine.psf import (choose_psf_model, fit_psf_models, psf_photometry,
                         psf_photometry_frames, psf_residual_image)
 from engine.registration import FrameTracker, Transform, recentre, registrations_table
-from engine.settings.extraction import ExtractionConfig
+from engine.settings.photometry import PhotometryConfig
 
-__all__ = ["ExtractionConfig", "RunPhotometry", "extract_run"]
+__all__ = ["PhotometryConfig", "RunPhotometry", "measure_run"]
 
-log = logging.getLogger("engine.extraction")
+log = logging.getLogger("engine.photometry_stage")
 
 
 @dataclass
@@ -83,7 +83,7 @@ def _column(frames: pa.Table, name: str, default: float) -> np.ndarray:
     return np.where(np.isfinite(values), values, default)
 
 
-def _choose_reference(data, candidates: list[int], config: ExtractionConfig, threads):
+def _choose_reference(data, candidates: list[int], config: PhotometryConfig, threads):
     """The candidate frame with the sharpest stars among those with enough of them (each
     frame's FWHM measured on its stars: hot pixels and cosmic rays are not stars). A FWHM
     under half the candidates' median is a failed measurement, not a sharp frame."""
@@ -126,8 +126,8 @@ def _with_cosmic_rays(block: np.ndarray, block_mask, fwhm: float, persistent) ->
     return flags
 
 
-def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None, annulus=None,
-                config: ExtractionConfig = ExtractionConfig(), threads: int | None = None
+def measure_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None, annulus=None,
+                config: PhotometryConfig = PhotometryConfig(), threads: int | None = None
                 ) -> RunPhotometry:
     """Measure every star of a run on every frame.
 
@@ -142,7 +142,7 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     mask : array-like (frames, y, x) of uint8 PixelFlag bits, optional.
     target_xy : (x, y) of the target in the cube's first frame (0-based), optional.
     radii, annulus : aperture radii and (inner, outer) in pixels, overriding the FWHM multiples.
-    config : ExtractionConfig.
+    config : PhotometryConfig.
     threads : threads for the compiled kernels (default: all cores).
     """
     n_frames = int(data.shape[0])
@@ -159,81 +159,91 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     if not math.isfinite(fwhm) or fwhm <= 0:
         fwhm = 3.0
         notes.append("the reference FWHM could not be measured: 3 px assumed")
-    persistent = _persistent_sharp_pixels(data, candidates, fwhm)
-    tracker = FrameTracker(reference_stars, fwhm=fwhm, threshold=config.detection_threshold,
-                           max_stars=config.max_stars, tracking_stars=config.tracking_stars,
-                           min_stars=config.tracking_min_stars, max_rms=config.tracking_max_rms,
-                           threads=threads)
-    ref_xy = star_positions(reference_stars)
-    n_stars = len(ref_xy)
     radii = (np.asarray(config.aperture_fwhm) * fwhm if radii is None
              else np.atleast_1d(np.asarray(radii, dtype=np.float64)))
     annulus = (tuple(float(a) * fwhm for a in config.annulus_fwhm) if annulus is None
                else tuple(float(a) for a in annulus))
-
-    gain = _column(frames, "gain", np.nan)
-    if not np.all(np.isfinite(gain)):
-        # The pipeline fills the gain (header, configuration or calibration's measurement);
-        # a caller's table without one is said, never assumed silently.
-        notes.append(f"gain unknown for {int(np.sum(~np.isfinite(gain)))} frame(s): 1.0 e-/ADU "
-                     "assumed (engine.calibration.camera.measure_noise measures it)")
-        gain = np.where(np.isfinite(gain), gain, 1.0)
-    read_noise = _column(frames, "read_noise", 0.0)
-    exptime = _column(frames, "exptime", 1.0)
-    airmass = _column(frames, "airmass", 1.0)
-    height = _column(frames, "site_height_m", 0.0)
-    dark = _column(frames, "dark_current", 0.0)
-    if config.aperture_diameter_m is not None:
-        diameter = np.full(n_frames, float(config.aperture_diameter_m))
-    else:
-        diameter = _column(frames, "aperture_diameter_m", np.nan)
-        if not np.all(diameter > 0.0):
-            diameter = np.where(diameter > 0.0, diameter, 0.3)
-            notes.append("telescope aperture unknown: 0.3 m assumed for the scintillation term")
-    sigma_scint = scintillation_sigma(diameter, np.maximum(airmass, 1.0), np.maximum(height, 0.0),
-                                      np.maximum(exptime, 1e-3), c_y=config.scintillation_cy)
-    noise = _FrameNoise(gain, read_noise, dark * exptime, sigma_scint)
+    noise = _FrameNoise.of_frames(frames, config, notes)
+    plan = _StarPlan(reference, reference_stars, star_positions(reference_stars), fwhm,
+                     np.zeros(reference_stars.num_rows, dtype=bool))
     psf_choice = None
-    held = np.zeros(n_stars, dtype=bool)  # stars placed by the transform alone, not re-centred
     if config.psf_photometry:
-        psf_choice = _choose_psf(data[reference], ref_xy, gain, read_noise, config, threads, notes)
+        psf_choice = _choose_psf(data[reference], plan.xy, noise.gain, noise.read_noise, config,
+                                 threads, notes)
     if psf_choice is not None:
-        reference_stars, ref_xy, held = _with_faint_neighbours(
-            data[reference], reference_stars, psf_choice[0], gain, read_noise, fwhm, config,
-            threads, notes)
-        n_stars = len(ref_xy)
-
+        plan = _with_faint_neighbours(data[reference], plan, psf_choice[0], noise, config,
+                                      threads, notes)
+    tracker = FrameTracker(reference_stars, fwhm=fwhm, threshold=config.detection_threshold,
+                           max_stars=config.max_stars, tracking_stars=config.tracking_stars,
+                           min_stars=config.tracking_min_stars, max_rms=config.tracking_max_rms,
+                           threads=threads)
     # Frames are registered in cube order; the first is searched blind unless it is the reference.
     tracker.previous = Transform(1.0, 0.0, 0.0, 0.0) if reference == 0 else None
+    photometry, registrations = _measure_blocks(
+        data, mask, frames, plan, tracker, radii, annulus, noise, psf_choice,
+        _persistent_sharp_pixels(data, candidates, fwhm), config, device, threads)
+    target = None if target_xy is None else _target_star(registrations[0], plan, target_xy)
+    return RunPhotometry(stars=_stars_table(plan, target),
+                         registration=registrations_table(registrations),
+                         photometry=photometry, reference_frame=reference, fwhm=float(fwhm),
+                         target=target, notes=notes,
+                         psf=None if psf_choice is None else psf_choice[1])
+
+
+@dataclass(frozen=True)
+class _StarPlan:
+    """The stars a run measures, as the reference frame gives them."""
+
+    reference: int           # the reference frame
+    stars: pa.Table          # its detections (plus the PSF residual's), one row per star
+    xy: np.ndarray           # (stars, 2) their positions on it
+    fwhm: float              # its FWHM, pixels
+    held: np.ndarray         # stars placed by the transform alone, not re-centred
+
+
+def _place_stars(block, start, tracker, plan: _StarPlan, max_shift, registrations, threads):
+    """Registers each frame of a block (into `registrations`) and places the plan's stars on it,
+    re-centred within max_shift: x, y (frames, stars), NaN on frames not registered, and each
+    star's CENTROID_FAILED flag."""
+    shape = (block.shape[0], len(plan.xy))
+    x, y = np.full(shape, np.nan), np.full(shape, np.nan)
+    centroid_flags = np.zeros(shape, dtype=np.uint32)
+    held = plan.held
+    for k in range(block.shape[0]):
+        result = tracker.register(block[k], start + k)
+        registrations[start + k] = result
+        if not result.ok:
+            log.warning("frame %d not registered: %s", start + k, result.reason)
+            continue
+        predicted = result.transform.apply(plan.xy)
+        xs, ys, flags = recentre(block[k], predicted[:, 0], predicted[:, 1], plan.fwhm,
+                                 max_shift=max_shift, threads=threads)
+        # Faint stars whose centroid failed keep the transform's position (better than noise).
+        xs[held], ys[held] = predicted[held, 0], predicted[held, 1]
+        flags[held] = 0
+        x[k], y[k] = xs, ys
+        centroid_flags[k] = flags & np.uint32(MeasurementFlag.CENTROID_FAILED)
+    return x, y, centroid_flags
+
+
+def _measure_blocks(data, mask, frames, plan: _StarPlan, tracker, radii, annulus, noise,
+                    psf_choice, persistent, config: PhotometryConfig, device, threads):
+    """The one pass over the cube, block by block of frames: each frame registered, the stars
+    placed and measured (apertures, and PSF fits when chosen). Returns (photometry table,
+    registrations in frame order)."""
+    n_frames = int(data.shape[0])
     registrations: list = [None] * n_frames
     tables = []
-    max_shift = config.recentre_max_shift_fwhm * fwhm
+    max_shift = config.recentre_max_shift_fwhm * plan.fwhm
     run_id = frames.column("run_id")[0].as_py() if "run_id" in frames.column_names else ""
     with progress(total=n_frames, desc=f"photometry {run_id}".rstrip()) as bar:
         for start in range(0, n_frames, config.block_frames):
             stop = min(n_frames, start + config.block_frames)
             block = np.ascontiguousarray(np.asarray(data[start:stop]), dtype=np.float32)
             block_mask = _with_cosmic_rays(block, None if mask is None else mask[start:stop],
-                                           fwhm, persistent)
-            x = np.full((stop - start, n_stars), np.nan)
-            y = np.full((stop - start, n_stars), np.nan)
-            centroid_flags = np.zeros((stop - start, n_stars), dtype=np.uint32)
-            for k in range(stop - start):
-                f = start + k
-                result = tracker.register(block[k], f)
-                registrations[f] = result
-                if not result.ok:
-                    log.warning("frame %d not registered: %s", f, result.reason)
-                    continue
-                predicted = result.transform.apply(ref_xy)
-                xs, ys, flags = recentre(block[k], predicted[:, 0], predicted[:, 1], fwhm,
-                                         max_shift=max_shift, threads=threads)
-                # Faint stars whose centroid failed keep the transform's position (better
-                # than noise).
-                xs[held], ys[held] = predicted[held, 0], predicted[held, 1]
-                flags[held] = 0
-                x[k], y[k] = xs, ys
-                centroid_flags[k] = flags & np.uint32(MeasurementFlag.CENTROID_FAILED)
+                                           plan.fwhm, persistent)
+            x, y, centroid_flags = _place_stars(block, start, tracker, plan, max_shift,
+                                                registrations, threads)
             table = aperture_photometry_frames(
                 block, x, y, radii, annulus, gain=1.0, pixel_flags=block_mask, threads=threads,
                 device=device)
@@ -244,30 +254,31 @@ def extract_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
                 tables.append(_psf_rows(block, x, y, block_mask, start, noise, centroid_flags,
                                         registrations[start:stop], table, psf_choice, threads))
             bar.update(stop - start)
-    photometry = pa.concat_tables(tables, promote_options="default")
+    return pa.concat_tables(tables, promote_options="default"), registrations
 
-    target = None
-    if target_xy is not None:
-        first = registrations[0]
-        if not first.ok:
-            raise EngineValueError("the first frame is not registered: --target-xy cannot be placed")
-        in_reference = first.transform.inverse().apply(np.asarray([target_xy], dtype=float))[0]
-        distance = np.hypot(ref_xy[:, 0] - in_reference[0], ref_xy[:, 1] - in_reference[1])
-        target = int(np.argmin(distance))
-        if distance[target] > 2.0 * fwhm:
-            raise EngineValueError(f"no star within {2 * fwhm:.1f} px of the target position "
-                                   f"{tuple(target_xy)} (nearest at {distance[target]:.1f} px)")
-    stars = pa.table({
+
+def _target_star(first, plan: _StarPlan, target_xy) -> int:
+    """The star nearest the target's position on the first frame (registration `first`)."""
+    if not first.ok:
+        raise EngineValueError("the first frame is not registered: --target-xy cannot be placed")
+    in_reference = first.transform.inverse().apply(np.asarray([target_xy], dtype=float))[0]
+    distance = np.hypot(plan.xy[:, 0] - in_reference[0], plan.xy[:, 1] - in_reference[1])
+    target = int(np.argmin(distance))
+    if distance[target] > 2.0 * plan.fwhm:
+        raise EngineValueError(f"no star within {2 * plan.fwhm:.1f} px of the target position "
+                               f"{tuple(target_xy)} (nearest at {distance[target]:.1f} px)")
+    return target
+
+
+def _stars_table(plan: _StarPlan, target: int | None) -> pa.Table:
+    n_stars = len(plan.xy)
+    return pa.table({
         "star": pa.array(np.arange(n_stars), pa.int64()),
-        "x": pa.array(ref_xy[:, 0]), "y": pa.array(ref_xy[:, 1]),
-        "flux": reference_stars.column("flux"), "fwhm": reference_stars.column("fwhm"),
-        "peak": reference_stars.column("peak"),
+        "x": pa.array(plan.xy[:, 0]), "y": pa.array(plan.xy[:, 1]),
+        "flux": plan.stars.column("flux"), "fwhm": plan.stars.column("fwhm"),
+        "peak": plan.stars.column("peak"),
         "is_target": pa.array(np.arange(n_stars) == (-1 if target is None else target)),
     })
-    return RunPhotometry(stars=stars, registration=registrations_table(registrations),
-                         photometry=photometry, reference_frame=reference, fwhm=float(fwhm),
-                         target=target, notes=notes,
-                         psf=None if psf_choice is None else psf_choice[1])
 
 
 @dataclass(frozen=True)
@@ -278,6 +289,32 @@ class _FrameNoise:
     read_noise: np.ndarray      # e-
     dark_e: np.ndarray          # dark electrons per pixel in the exposure
     sigma_scint: np.ndarray     # relative scintillation sigma
+
+    @classmethod
+    def of_frames(cls, frames: pa.Table, config: PhotometryConfig, notes: list) -> _FrameNoise:
+        """The noise inputs of a run's frames table; what it lacks is assumed, said in notes."""
+        gain = _column(frames, "gain", np.nan)
+        if not np.all(np.isfinite(gain)):
+            # The pipeline fills the gain (header, configuration or calibration's measurement);
+            # a caller's table without one is said, never assumed silently.
+            notes.append(f"gain unknown for {int(np.sum(~np.isfinite(gain)))} frame(s): 1.0 "
+                         "e-/ADU assumed (engine.calibration.camera.measure_noise measures it)")
+            gain = np.where(np.isfinite(gain), gain, 1.0)
+        exptime = _column(frames, "exptime", 1.0)
+        if config.aperture_diameter_m is not None:
+            diameter = np.full(frames.num_rows, float(config.aperture_diameter_m))
+        else:
+            diameter = _column(frames, "aperture_diameter_m", np.nan)
+            if not np.all(diameter > 0.0):
+                diameter = np.where(diameter > 0.0, diameter, 0.3)
+                notes.append("telescope aperture unknown: 0.3 m assumed for the scintillation "
+                             "term")
+        sigma_scint = scintillation_sigma(
+            diameter, np.maximum(_column(frames, "airmass", 1.0), 1.0),
+            np.maximum(_column(frames, "site_height_m", 0.0), 0.0), np.maximum(exptime, 1e-3),
+            c_y=config.scintillation_cy)
+        return cls(gain, _column(frames, "read_noise", 0.0),
+                   _column(frames, "dark_current", 0.0) * exptime, sigma_scint)
 
     def pixel_variance(self, frame, sky, sigma):
         """The frame's own noise per pixel (e-^2), bounded by the annulus scatter sigma (see the
@@ -358,18 +395,18 @@ def _choose_psf(reference_image, ref_xy, gain, read_noise, config, threads, note
     return model, report
 
 
-def _with_faint_neighbours(reference_image, reference_stars, psf, gain, read_noise, fwhm, config,
-                           threads, notes):
+def _with_faint_neighbours(reference_image, plan: _StarPlan, psf, noise: _FrameNoise, config,
+                           threads, notes) -> _StarPlan:
     """The reference star list plus the stars that the reference frame's PSF residual reveals
     (neighbours within a few FWHM that detection merged with a brighter star, and in a crowded
     field the fainter stars beyond the list's max_stars), more than one FWHM from every listed
-    star. Returns (stars, xy, held): held marks the added stars and
-    their listed neighbours within 2.5 FWHM, whose reference positions come from one joint PSF
-    fit and which every frame places by its transform (centroids would pull them together)."""
+    star. Its `held` marks the added stars and their listed neighbours within 2.5 FWHM, whose
+    reference positions come from one joint PSF fit and which every frame places by its
+    transform (centroids would pull them together)."""
     image = np.asarray(reference_image, dtype=np.float32)
-    xy = star_positions(reference_stars)
-    kwargs = {"gain": float(np.median(gain)), "read_noise": float(np.median(read_noise)),
-              "threads": threads}
+    reference_stars, xy, fwhm = plan.stars, plan.xy, plan.fwhm
+    kwargs = {"gain": float(np.median(noise.gain)),
+              "read_noise": float(np.median(noise.read_noise)), "threads": threads}
     residual = psf_residual_image(image, xy[:, 0], xy[:, 1], psf, **kwargs)
     found = detect_stars(residual, config.detection_threshold, max_stars=config.max_stars,
                          threads=threads)
@@ -378,7 +415,7 @@ def _with_faint_neighbours(reference_image, reference_stars, psf, gain, read_noi
         distance = cKDTree(xy).query(star_positions(found))[0]
         found = found.filter(pa.array(distance > fwhm))
     if not found.num_rows:
-        return reference_stars, xy, held
+        return plan
     notes.append(f"{found.num_rows} star(s) found in the reference frame's PSF residual added, "
                  "held with their neighbours at registered positions")
     added = star_positions(found)
@@ -407,7 +444,7 @@ def _with_faint_neighbours(reference_image, reference_stars, psf, gain, read_noi
         drop = np.zeros(len(xy), dtype=bool)
         drop[np.where(flux[pairs[:, 0]] < flux[pairs[:, 1]], pairs[:, 0], pairs[:, 1])] = True
         stars, xy, held = stars.filter(pa.array(~drop)), xy[~drop], held[~drop]
-    return stars, xy, held
+    return _StarPlan(plan.reference, stars, xy, fwhm, held)
 
 
 def _psf_rows(block, x, y, block_mask, start, noise: _FrameNoise, centroid_flags,
