@@ -34,7 +34,7 @@ __all__ = ["plot_comparison_weights", "plot_noise_budget", "plot_transit_fit",
 FRAME_FLAGS = (MeasurementFlag.CLOUD, MeasurementFlag.NOISE_MODEL_EXCEEDED,
                MeasurementFlag.NO_ENSEMBLE)
 
-#: Noise terms of the photometry table (engine/extraction.py), in plotting order, with labels.
+#: Noise terms of the photometry table (engine/photometry_stage.py), in plotting order, with labels.
 #: var_read and var_dark are parts of var_background, drawn dashed, not added to the total.
 NOISE_TERMS = (
     ("var_star", "star (Poisson)"),

@@ -26,7 +26,7 @@ same array from the page cache: 7.1 GB/s for the first set, 17.7 GB/s for the se
     14 x 1024² AST443 frames  none 1.00 1414/3281  lz4-bit 1.83 733/1406  lz4-byte 1.59  667/1787
                               zstd1-bit 2.02 421/917
 
-Every later stage reads the cubes (calibration, extraction, perhaps more than once), so decode
+Every later stage reads the cubes (calibration, photometry, perhaps more than once), so decode
 speed matters most: LZ4 with bit-shuffle decodes at 2.5-3.7 GB/s per core, 2-4x faster than zstd,
 and still saves 30-60% of the space (80-95% of what zstd saves). Byte-shuffle LZ4 reads 15-30%
 faster through zarr but its cubes are 15-20% larger on every noisy frame; zstd halves the read
