@@ -301,10 +301,7 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
         epoch = round((tmid - ephemeris[0]) / ephemeris[1])
         o_minus_c = tmid - (ephemeris[0] + epoch * ephemeris[1])
         o_minus_c_err = tmid_err
-    bounds = {name: (lower[i] + (t0 if i == 0 else 0.0), upper[i] + (t0 if i == 0 else 0.0))
-              for i, name in enumerate(FIT_PARAMETERS)}
-    at_bound = {name: {-1: "lower", 1: "upper"}.get(int(solution.active_mask[i]))
-                for i, name in enumerate(FIT_PARAMETERS)}
+    bounds, at_bound = _shape_bounds(lower, upper, t0, solution.active_mask)
     return TransitFit(tmid=tmid, tmid_err=tmid_err, rp_rs=p, rp_rs_err=float(errors[1]),
                       a_rs=a, a_rs_err=float(errors[2]), inc=inc_fit, inc_err=float(errors[3]),
                       depth=depth, period=float(period), chi2_reduced=chi2_reduced,
@@ -315,6 +312,15 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
                       correlations=_shape_correlations(covariance), limb_darkening=ld_used,
                       star=star, priors={FIT_PARAMETERS[i]: (m, w) for i, m, w in prior_terms},
                       baseline=baseline, time_origin=float(t0))
+
+
+def _shape_bounds(lower, upper, t0: float, active_mask) -> tuple[dict, dict]:
+    """The shape parameters' bounds (the mid-time's in BJD_TDB) and which bound each ended on."""
+    bounds = {name: (lower[i] + (t0 if i == 0 else 0.0), upper[i] + (t0 if i == 0 else 0.0))
+              for i, name in enumerate(FIT_PARAMETERS)}
+    at_bound = {name: {-1: "lower", 1: "upper"}.get(int(active_mask[i]))
+                for i, name in enumerate(FIT_PARAMETERS)}
+    return bounds, at_bound
 
 
 def _check_arguments(period: float, t0: float, baseline: str) -> None:

@@ -18,7 +18,8 @@ and observations beyond merge_clip_sigma are left out, until nothing changes.
 Every light-curve row then gets mag_std = mag - O[r] - sum_d K[r, d] P_d(c) and an error that
 includes the transformation's covariance. Stars of unknown colour are transformed at the median
 colour c0 (noted in the report). Runs share stars through a global star id: the star tables'
-star_id when every run has one, else positions (ra, dec) matched within match_radius_arcsec.
+star_id when every run has one, else positions (ra, dec) matched within match_radius_arcsec
+(engine.ensemble.network_stars).
 """
 
 from __future__ import annotations
@@ -29,170 +30,13 @@ import pyarrow.compute as pc
 
 from engine.ensemble.io import jsonable
 from engine.ensemble.lightcurve import RunLightCurve
+from engine.ensemble.network_stars import MAG_COLUMNS, NetworkStars
 from engine.errors import EngineValueError
 from engine.io.catalogue import BANDS, filter_band
 from engine.io.schemas import LIGHTCURVES_SCHEMA
 from engine.settings.ensemble import EnsembleConfig
 
 __all__ = ["merge_runs"]
-
-_MAG_COLUMNS = ("G", "g", "phot_g_mean_mag", "Gmag", "mag")
-_COLOUR_COLUMNS = ("BP_RP", "bp_rp", "BP-RP", "bp-rp", "colour", "color")
-_RA_COLUMNS = ("ra", "RA", "ra_deg", "RA_ICRS")
-_DEC_COLUMNS = ("dec", "DEC", "dec_deg", "DE_ICRS")
-_ID_COLUMNS = ("source_id", "star_id", "id", "Source")
-
-
-def _pick(table: pa.Table, names, what, required=True):
-    for name in names:
-        if name in table.column_names:
-            return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
-    if required:
-        raise EngineValueError(f"reference catalogue lacks a {what} column (one of {list(names)})")
-    return None
-
-
-def _unit_vectors(ra, dec):
-    ra, dec = np.radians(ra), np.radians(dec)
-    return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
-
-
-def _greedy_match(tree_points, query_points, radius_rad):
-    """One-to-one nearest matches within radius: (query index, tree index) pairs."""
-    from scipy.spatial import cKDTree
-
-    if len(tree_points) == 0 or len(query_points) == 0:
-        return []
-    chord = 2.0 * np.sin(radius_rad / 2.0)
-    tree = cKDTree(tree_points)
-    pairs = []
-    for q, found in enumerate(tree.query_ball_point(query_points, chord)):
-        for t in found:
-            pairs.append((float(np.sum((query_points[q] - tree_points[t]) ** 2)), q, t))
-    pairs.sort()
-    used_q, used_t, out = set(), set(), []
-    for _, q, t in pairs:
-        if q not in used_q and t not in used_t:
-            used_q.add(q)
-            used_t.add(t)
-            out.append((q, t))
-    return out
-
-
-class _Stars:
-    """Every run's star summary in one place, with global star numbers."""
-
-    def __init__(self, runs, catalogue, config):
-        tables = [run.stars for run in runs]
-        self.run = np.concatenate([np.full(t.num_rows, r) for r, t in enumerate(tables)])
-        col = lambda name: np.concatenate(  # noqa: E731
-            [np.asarray(t.column(name).to_numpy(zero_copy_only=False)) for t in tables])
-        self.star = col("star").astype(np.int64)
-        self.star_id = col("star_id").astype(np.int64)
-        self.role = np.concatenate([np.asarray(t.column("role").to_pylist(), dtype=object)
-                                    for t in tables])
-        self.ra, self.dec = col("ra").astype(float), col("dec").astype(float)
-        self.colour = col("colour").astype(float)
-        self.mag, self.mag_err = col("mag").astype(float), col("mag_err").astype(float)
-        self.frames = col("frames").astype(np.int64)
-        self.excess = col("excess").astype(float)
-        self.expected = col("expected").astype(float)
-        self.notes = []
-        self._identify(runs, catalogue, config)
-
-    def _identify(self, runs, catalogue, config):
-        by_id = all(run.diagnostics.get("star_id_source") == "star table" for run in runs)
-        radius = np.radians(config.match_radius_arcsec / 3600.0)
-        positions = self._global_stars(by_id, len(runs), radius, config)
-        n_global = self.global_id.size
-        self.catalogue_mag = np.full(n_global, np.nan)
-        self.catalogue_colour = np.full(n_global, np.nan)
-        self.catalogue_matches = 0
-        if catalogue is not None:
-            self._match_catalogue(catalogue, by_id, positions, radius)
-        # One colour per global star: the catalogue's, else the mean of the runs'.
-        sums = np.zeros(n_global)
-        counts = np.zeros(n_global)
-        finite = np.isfinite(self.colour)
-        np.add.at(sums, self.global_index[finite], self.colour[finite])
-        np.add.at(counts, self.global_index[finite], 1)
-        with np.errstate(all="ignore"):
-            fallback = sums / counts
-        self.global_colour = np.where(np.isfinite(self.catalogue_colour), self.catalogue_colour,
-                                      fallback)
-
-    def _global_stars(self, by_id: bool, n_runs: int, radius: float, config):
-        """Set global_index / global_id / how: by star_id, by one run's star numbers, or by
-        positions matched run after run. Returns the global stars' unit vectors when matched
-        by position (else None)."""
-        if by_id or not (np.all(np.isfinite(self.ra)) and np.all(np.isfinite(self.dec))):
-            if not by_id and n_runs != 1:
-                raise EngineValueError(
-                    "merge_runs needs a global star_id in every run's star table, or ra and "
-                    "dec for every star, to tell which stars the runs share")
-            self.how = "star_id of the star tables" if by_id else "one run: its star numbers"
-            ids, self.global_index = np.unique(self.star_id, return_inverse=True)
-            self.global_id = ids.astype(np.int64)
-            return None
-        self.how = f"positions matched within {config.match_radius_arcsec:g} arcsec"
-        self.global_index = np.full(self.star.size, -1, dtype=np.int64)
-        points = _unit_vectors(self.ra, self.dec)
-        positions = []
-        for r in np.unique(self.run):
-            rows = np.flatnonzero(self.run == r)
-            known = np.array(positions) if positions else np.zeros((0, 3))
-            taken = set()
-            for q, t in _greedy_match(known, points[rows], radius):
-                self.global_index[rows[q]] = t
-                taken.add(q)
-            for q in range(rows.size):
-                if q not in taken:
-                    self.global_index[rows[q]] = len(positions)
-                    positions.append(points[rows[q]])
-        self.global_id = np.arange(len(positions), dtype=np.int64)
-        return positions
-
-    def _catalogue_pairs(self, catalogue, by_id, positions, radius, cat_ids) -> list:
-        """(global star, catalogue row) pairs: by star_id, else by position."""
-        cat_ra = _pick(catalogue, _RA_COLUMNS, "ra", required=False)
-        cat_dec = _pick(catalogue, _DEC_COLUMNS, "dec", required=False)
-        if by_id and cat_ids is not None and "star_id" in catalogue.column_names:
-            lookup = {int(v): k for k, v in enumerate(cat_ids)}
-            return [(gi, lookup[int(i)]) for gi, i in enumerate(self.global_id)
-                    if int(i) in lookup]
-        if cat_ra is None or cat_dec is None:
-            raise EngineValueError("the reference catalogue needs ra and dec (or a star_id "
-                                   "column matching the star tables' star_id)")
-        if positions is not None:
-            return _greedy_match(_unit_vectors(cat_ra, cat_dec), np.array(positions), radius)
-        n_global = self.global_id.size
-        ra = np.full(n_global, np.nan)
-        dec = np.full(n_global, np.nan)
-        ra[self.global_index] = self.ra
-        dec[self.global_index] = self.dec
-        have = np.flatnonzero(np.isfinite(ra) & np.isfinite(dec))
-        query = _unit_vectors(ra[have], dec[have])
-        return [(int(have[q]), t) for q, t in
-                _greedy_match(_unit_vectors(cat_ra, cat_dec), query, radius)]
-
-    def _match_catalogue(self, catalogue, by_id, positions, radius):
-        g = _pick(catalogue, _MAG_COLUMNS, "magnitude (G)")
-        c = _pick(catalogue, _COLOUR_COLUMNS, "colour (BP-RP)")
-        cat_ids = _pick(catalogue, _ID_COLUMNS, "id", required=False)
-        pairs = self._catalogue_pairs(catalogue, by_id, positions, radius, cat_ids)
-        for gi, t in pairs:
-            self.catalogue_mag[gi] = g[t]
-            self.catalogue_colour[gi] = c[t]
-        self.catalogue_matches = len(pairs)
-        if positions is not None and cat_ids is not None:
-            # Catalogue stars keep the catalogue's id; the others get ids above them all.
-            new_ids = np.full(self.global_id.size, -1, dtype=np.int64)
-            for gi, t in pairs:
-                new_ids[gi] = int(cat_ids[t])
-            top = int(np.nanmax(cat_ids)) + 1 if cat_ids.size else 0
-            free = np.flatnonzero(new_ids < 0)
-            new_ids[free] = top + np.arange(free.size)
-            self.global_id = new_ids
 
 
 def _basis(colour, degree, c0, cs):
@@ -283,7 +127,7 @@ def _catalogue_bands(catalogue: pa.Table | None) -> dict[str, str]:
 def _band_catalogue(catalogue: pa.Table, column: str) -> pa.Table:
     """The catalogue with one band's magnitudes as its magnitude column."""
     keep = [name for name in catalogue.column_names
-            if not name.startswith("mag_") and name not in _MAG_COLUMNS]
+            if not name.startswith("mag_") and name not in MAG_COLUMNS]
     return catalogue.select(keep).append_column("mag", catalogue.column(column))
 
 
@@ -319,7 +163,7 @@ def _run_band(run, catalogue: pa.Table, bands: dict[str, str], config: EnsembleC
 def _band_scatter(run, catalogue: pa.Table, config: EnsembleConfig) -> float | None:
     """1.4826 x the median absolute deviation of (run mean - catalogue) over the run's
     well-measured stars in one band, or None with fewer than 5 of them."""
-    stars = _Stars([run], catalogue, config)
+    stars = NetworkStars([run], catalogue, config)
     reference = stars.catalogue_mag[stars.global_index]
     use = ((stars.role != "target") & np.isfinite(stars.mag) & np.isfinite(reference)
            & (stars.frames >= 3))
@@ -331,7 +175,7 @@ def _band_scatter(run, catalogue: pa.Table, config: EnsembleConfig) -> float | N
 
 def _merge(runs, catalogue: pa.Table | None, config: EnsembleConfig, band: str | None):
     """merge_runs for runs that share one standard band (catalogue's `mag`), or none."""
-    stars = _Stars(runs, catalogue, config)
+    stars = NetworkStars(runs, catalogue, config)
     solution = _solve(stars, len(runs), catalogue is not None, config)
     system = (f"catalogue {band}" if catalogue is not None
               else f"run {runs[solution['reference']].run_id}")
@@ -465,7 +309,7 @@ def _run_covariances(factor, run_columns, n_unknowns: int) -> list:
     return covariance
 
 
-def _solve(stars: _Stars, n_runs: int, with_catalogue: bool, config: EnsembleConfig) -> dict:
+def _solve(stars: NetworkStars, n_runs: int, with_catalogue: bool, config: EnsembleConfig) -> dict:
     colour = stars.global_colour
     c0, cs = _colour_scale(colour)
     obs = np.flatnonzero((stars.role != "target") & np.isfinite(stars.mag)
@@ -513,7 +357,7 @@ def _transform(solution: dict, r: int, colour):
     return g @ params, np.einsum("ij,jk,ik->i", g, cov, g)
 
 
-def _standardised_table(runs, stars: _Stars, solution: dict, system: str) -> pa.Table:
+def _standardised_table(runs, stars: NetworkStars, solution: dict, system: str) -> pa.Table:
     tables = []
     for r, run in enumerate(runs):
         t = run.table
@@ -548,7 +392,7 @@ def _rms(values):
     return float(np.sqrt(np.mean(values ** 2))) if values.size else None
 
 
-def _merge_diagnostics(runs, stars: _Stars, solution: dict, with_catalogue: bool,
+def _merge_diagnostics(runs, stars: NetworkStars, solution: dict, with_catalogue: bool,
                       band: str | None) -> dict:
     per_run = []
     std_mean = np.full(stars.mag.size, np.nan)
