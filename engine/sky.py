@@ -344,6 +344,31 @@ def locate_runs(runs: list[RunStars], *, catalogue=None, target_radec=None, targ
     """
     config = SkyConfig() if config is None else config
     skies = {run.run_id: RunSky(run.run_id) for run in runs}
+    _solve_runs(runs, skies, catalogue, config)
+    first = min(runs, key=_start_time) if runs else None
+    for run in runs:
+        sky = skies[run.run_id]
+        sky.target, why = _target(run, sky, target_radec,
+                                  _given_xy(run, first, target_xy, config), config)
+        sky.notes.append(why)
+    found = [run for run in runs if skies[run.run_id].target is not None]
+    for run in runs:
+        sky = skies[run.run_id]
+        if sky.target is None and found:
+            sky.target, why = _target_from_runs(run, found, skies, config)
+            sky.notes.append(why)
+        if sky.target is None:
+            sky.skipped = sky.notes[-1]
+            log.warning("run %s: target not found: %s", run.run_id, sky.skipped)
+        if sky.solution is not None:
+            log.info("run %s on the sky: %s, %d stars matched, rms %.2f arcsec", run.run_id,
+                     sky.solution.method, sky.solution.n_matched, sky.solution.rms_arcsec)
+    return skies
+
+
+def _solve_runs(runs: list[RunStars], skies: dict, catalogue, config: SkyConfig) -> None:
+    """Each run's own sky solution; header solutions that disagree with the others are refused
+    (without a catalogue); runs left without one are matched to the solved runs."""
     solved: list[tuple[RunStars, object]] = []
     for run in runs:
         sky = skies[run.run_id]
@@ -359,41 +384,28 @@ def locate_runs(runs: list[RunStars], *, catalogue=None, target_radec=None, targ
         for run_id in refused:
             skies[run_id].solution = None
         solved = [pair for pair in solved if pair[0].run_id not in refused]
-    # Runs without a solution of their own are matched to the solved ones, the run with the
-    # most matched (or most) stars first.
+    # The run with the most matched (or most) stars is the first anchor tried.
     solved.sort(key=lambda pair: (-pair[1].n_matched, -len(pair[0].xy())))
     for run in runs:
         sky = skies[run.run_id]
         if sky.solution is None and solved:
             sky.solution = _anchor(run, solved, sky.notes)
-    # One pixel position for several runs belongs to the first run (in time): the others find
-    # the target by matching their stars to that run's, as a multi-night series from one
-    # telescope must (its pointing moves by tens of pixels between nights, and in a crowded
-    # field the star nearest the same pixel is another star).
-    first = min(runs, key=_start_time) if runs else None
-    for run in runs:
-        sky = skies[run.run_id]
-        if isinstance(target_xy, dict):
-            given = target_xy.get(run.run_id)
-        else:
-            given = target_xy if run is first else None
-        if given is None:
-            given = config.target_xy_for(run.run_id, run.value("site"))
-        sky.target, why = _target(run, sky, target_radec, given, config)
-        sky.notes.append(why)
-    found = [run for run in runs if skies[run.run_id].target is not None]
-    for run in runs:
-        sky = skies[run.run_id]
-        if sky.target is None and found:
-            sky.target, why = _target_from_runs(run, found, skies, config)
-            sky.notes.append(why)
-        if sky.target is None:
-            sky.skipped = sky.notes[-1]
-            log.warning("run %s: target not found: %s", run.run_id, sky.skipped)
-        if sky.solution is not None:
-            log.info("run %s on the sky: %s, %d stars matched, rms %.2f arcsec", run.run_id,
-                     sky.solution.method, sky.solution.n_matched, sky.solution.rms_arcsec)
-    return skies
+
+
+def _given_xy(run: RunStars, first: RunStars, target_xy, config: SkyConfig):
+    """The target's pixel position given for this run, or None.
+
+    One pixel position for several runs belongs to the first run (in time): the others find
+    the target by matching their stars to that run's, as a multi-night series from one
+    telescope must (its pointing moves by tens of pixels between nights, and in a crowded
+    field the star nearest the same pixel is another star)."""
+    if isinstance(target_xy, dict):
+        given = target_xy.get(run.run_id)
+    else:
+        given = target_xy if run is first else None
+    if given is None:
+        given = config.target_xy_for(run.run_id, run.value("site"))
+    return given
 
 
 #: Added to a run's field radius for the Gaia fetch: solve_field searches up to 12 arcmin from

@@ -263,99 +263,34 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
         metallicity (dex): with teff, filters without given coefficients take the
         grey-atmosphere model's (engine.limb_darkening); all three are recorded in FIT.json.
     """
-    if not (period > 0 and math.isfinite(period) and math.isfinite(t0)):
-        raise EngineValueError("period must be > 0 and t0 finite")
-    if baseline not in ("airmass", "time", "offset"):
-        raise EngineValueError(f"baseline must be 'airmass', 'time' or 'offset', got {baseline!r}")
+    _check_arguments(period, t0, baseline)
     prior_terms = _prior_terms(priors)
     data = _as_arrays(lightcurves)
     runs = sorted(set(data["run_id"].tolist()))
     if not runs or len(data["time_bjd_tdb"]) < 5:
         raise EngineValueError("too few good target measurements to fit a transit")
-    run_index = np.array([runs.index(r) for r in data["run_id"]])
-    n_runs = len(runs)
     star = _star(teff, logg, feh)
     ld_used = {str(f): limb_darkening_choice(str(f), limb_darkening, star)
                for f in sorted(set(data["filter"].tolist()))}
-    ld = np.array([(ld_used[str(f)]["u1"], ld_used[str(f)]["u2"]) for f in data["filter"]])
-    time = data["time_bjd_tdb"]
-    flux = data["rel_flux"]
-    sigma = data["rel_flux_err"]
-    exptime = data["exptime_days"]
-    if baseline == "airmass":
-        regressor = data["airmass"] - 1.0
-    elif baseline == "time":
-        regressor = time - t0
-    else:
-        regressor = np.zeros_like(time)
-    n_slopes = n_runs if baseline != "offset" else 0
+    joint = _JointModel.build(data, runs, ld_used, baseline, t0, period, prior_terms)
     if t0_window is None:
         duration = period / math.pi * math.asin(min(1.0, (1.0 + rp_rs) / a_rs))
         t0_window = max(0.05, 0.5 * duration)
-    # Limb darkening differs by filter: evaluate the model once per distinct (u1, u2).
-    groups = {}
-    for key in {tuple(row) for row in ld}:
-        groups[key] = np.all(ld == np.array(key), axis=1)
-
-    # The mid-time is fitted as an offset from t0 (days): finite-difference steps are relative to
-    # a parameter's size, and a BJD of 2.46e6 would make them tens of minutes long.
-    def transit(params, t=time, e=exptime, group_masks=groups):
-        shift, p, a, i = params[:4]
-        tmid = t0 + shift
-        model = np.empty_like(t)
-        for (u1, u2), mask in group_masks.items():
-            model[mask] = transit_light_curve(t[mask], tmid, period, p, a, i, u1, u2,
-                                              exptime=e[mask])
-        return model
-
-    def model(params):
-        offsets = params[4:4 + n_runs][run_index]
-        slopes = params[4 + n_runs:][run_index] if n_slopes else 0.0
-        return transit(params) * offsets * (1.0 + slopes * regressor)
-
-    def residuals(params):
-        data_terms = (flux - model(params)) / sigma
-        if not prior_terms:
-            return data_terms
-        return np.concatenate([data_terms, [(params[index] - mean) / width
-                                            for index, mean, width in prior_terms]])
-
-    start = [0.0, rp_rs, a_rs, inc]
-    for index, mean, _ in prior_terms:
-        start[index] = mean  # a prior's mean is a better start than a default guess
-    start += [float(np.median(flux[run_index == k])) for k in range(n_runs)]
-    start += [0.0] * n_slopes
-    lower = [-t0_window, 1e-3, 1.5, 60.0] + [0.0] * n_runs + [-np.inf] * n_slopes
-    upper = [t0_window, 0.5, 200.0, 90.0] + [np.inf] * n_runs + [np.inf] * n_slopes
-    start = np.clip(start, np.nextafter(lower, np.inf), np.nextafter(upper, -np.inf))
-    solution = least_squares(residuals, start, bounds=(lower, upper), x_scale="jac",
+    start, lower, upper = joint.starting_point(rp_rs, a_rs, inc, t0_window)
+    solution = least_squares(joint.residuals, start, bounds=(lower, upper), x_scale="jac",
                              method="trf", max_nfev=2000)
     params = solution.x
+    flux = joint.flux
     dof = max(1, len(flux) - len(params))
     chi2_reduced = float(np.sum(solution.fun[:len(flux)] ** 2) / dof)
-    residual = flux - model(params)
-    beta_by_run = {run: red_noise_beta(time[run_index == k], residual[run_index == k])
-                   for k, run in enumerate(runs)}
-    beta = red_noise_beta_of_runs([(time[run_index == k], residual[run_index == k])
-                                   for k in range(n_runs)])
+    residual = flux - joint.model(params)
+    beta = red_noise_beta_of_runs([(joint.time[joint.run_index == k],
+                                    residual[joint.run_index == k]) for k in range(len(runs))])
     error_scale = math.sqrt(max(1.0, chi2_reduced)) * beta
     errors, covariance = _parameter_errors(solution.jac, at_bound=solution.active_mask != 0)
     errors = errors * error_scale
 
-    run_report = {}
-    timing = data["time_err_s"]
-    for k, run in enumerate(runs):
-        mine = run_index == k
-        run_report[run] = {
-            "n_points": int(np.count_nonzero(mine)),
-            "residual_rms": float(np.std(residual[mine])),
-            "beta": beta_by_run[run],
-            "filter": str(data["filter"][mine][0]),
-            "offset": float(params[4 + k]),
-            "slope": float(params[4 + n_runs + k]) if n_slopes else 0.0,
-            **_run_timing(t0, params, k, mine, time, flux, sigma, exptime, ld, regressor,
-                          period, n_runs, n_slopes, float(np.median(timing[mine]))),
-        }
+    run_report = _run_report(joint, runs, params, residual, data)
     shift, p, a, inc_fit = (float(v) for v in params[:4])
     tmid = t0 + shift
     depth = p * p  # the geometric depth (Rp/Rs)^2; the observed one depends on limb darkening
@@ -366,10 +301,7 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
         epoch = round((tmid - ephemeris[0]) / ephemeris[1])
         o_minus_c = tmid - (ephemeris[0] + epoch * ephemeris[1])
         o_minus_c_err = tmid_err
-    bounds = {name: (lower[i] + (t0 if i == 0 else 0.0), upper[i] + (t0 if i == 0 else 0.0))
-              for i, name in enumerate(FIT_PARAMETERS)}
-    at_bound = {name: {-1: "lower", 1: "upper"}.get(int(solution.active_mask[i]))
-                for i, name in enumerate(FIT_PARAMETERS)}
+    bounds, at_bound = _shape_bounds(lower, upper, t0, solution.active_mask)
     return TransitFit(tmid=tmid, tmid_err=tmid_err, rp_rs=p, rp_rs_err=float(errors[1]),
                       a_rs=a, a_rs_err=float(errors[2]), inc=inc_fit, inc_err=float(errors[3]),
                       depth=depth, period=float(period), chi2_reduced=chi2_reduced,
@@ -380,6 +312,118 @@ def fit_transit(lightcurves: pa.Table, *, period: float, t0: float, rp_rs: float
                       correlations=_shape_correlations(covariance), limb_darkening=ld_used,
                       star=star, priors={FIT_PARAMETERS[i]: (m, w) for i, m, w in prior_terms},
                       baseline=baseline, time_origin=float(t0))
+
+
+def _shape_bounds(lower, upper, t0: float, active_mask) -> tuple[dict, dict]:
+    """The shape parameters' bounds (the mid-time's in BJD_TDB) and which bound each ended on."""
+    bounds = {name: (lower[i] + (t0 if i == 0 else 0.0), upper[i] + (t0 if i == 0 else 0.0))
+              for i, name in enumerate(FIT_PARAMETERS)}
+    at_bound = {name: {-1: "lower", 1: "upper"}.get(int(active_mask[i]))
+                for i, name in enumerate(FIT_PARAMETERS)}
+    return bounds, at_bound
+
+
+def _check_arguments(period: float, t0: float, baseline: str) -> None:
+    if not (period > 0 and math.isfinite(period) and math.isfinite(t0)):
+        raise EngineValueError("period must be > 0 and t0 finite")
+    if baseline not in ("airmass", "time", "offset"):
+        raise EngineValueError(f"baseline must be 'airmass', 'time' or 'offset', got {baseline!r}")
+
+
+@dataclass
+class _JointModel:
+    """The joint model's data and parameter layout: [tmid - t0, rp_rs, a_rs, inc], then one
+    offset per run, then one slope per run (none with the 'offset' baseline).
+
+    The mid-time is fitted as an offset from t0 (days): finite-difference steps are relative to
+    a parameter's size, and a BJD of 2.46e6 would make them tens of minutes long."""
+
+    time: np.ndarray
+    flux: np.ndarray
+    sigma: np.ndarray
+    exptime: np.ndarray
+    regressor: np.ndarray
+    run_index: np.ndarray
+    ld: np.ndarray               # (n, 2) quadratic limb darkening of each point
+    groups: dict                 # (u1, u2) -> the points with those coefficients
+    n_runs: int
+    n_slopes: int
+    t0: float
+    period: float
+    prior_terms: list
+
+    @classmethod
+    def build(cls, data, runs, ld_used, baseline, t0, period, prior_terms) -> _JointModel:
+        time = data["time_bjd_tdb"]
+        if baseline == "airmass":
+            regressor = data["airmass"] - 1.0
+        elif baseline == "time":
+            regressor = time - t0
+        else:
+            regressor = np.zeros_like(time)
+        ld = np.array([(ld_used[str(f)]["u1"], ld_used[str(f)]["u2"]) for f in data["filter"]])
+        # Limb darkening differs by filter: evaluate the model once per distinct (u1, u2).
+        groups = {key: np.all(ld == np.array(key), axis=1) for key in {tuple(row) for row in ld}}
+        return cls(time=time, flux=data["rel_flux"], sigma=data["rel_flux_err"],
+                   exptime=data["exptime_days"], regressor=regressor,
+                   run_index=np.array([runs.index(r) for r in data["run_id"]]), ld=ld,
+                   groups=groups, n_runs=len(runs),
+                   n_slopes=len(runs) if baseline != "offset" else 0, t0=t0, period=period,
+                   prior_terms=prior_terms)
+
+    def transit(self, params) -> np.ndarray:
+        shift, p, a, i = params[:4]
+        tmid = self.t0 + shift
+        model = np.empty_like(self.time)
+        for (u1, u2), mask in self.groups.items():
+            model[mask] = transit_light_curve(self.time[mask], tmid, self.period, p, a, i, u1, u2,
+                                              exptime=self.exptime[mask])
+        return model
+
+    def model(self, params) -> np.ndarray:
+        offsets = params[4:4 + self.n_runs][self.run_index]
+        slopes = params[4 + self.n_runs:][self.run_index] if self.n_slopes else 0.0
+        return self.transit(params) * offsets * (1.0 + slopes * self.regressor)
+
+    def residuals(self, params) -> np.ndarray:
+        data_terms = (self.flux - self.model(params)) / self.sigma
+        if not self.prior_terms:
+            return data_terms
+        return np.concatenate([data_terms, [(params[index] - mean) / width
+                                            for index, mean, width in self.prior_terms]])
+
+    def starting_point(self, rp_rs, a_rs, inc, t0_window):
+        """(start, lower, upper) of the parameter vector; a prior's mean is a better start
+        than a default guess, and each run's offset starts at its median flux."""
+        n_runs, n_slopes = self.n_runs, self.n_slopes
+        start = [0.0, rp_rs, a_rs, inc]
+        for index, mean, _ in self.prior_terms:
+            start[index] = mean
+        start += [float(np.median(self.flux[self.run_index == k])) for k in range(n_runs)]
+        start += [0.0] * n_slopes
+        lower = [-t0_window, 1e-3, 1.5, 60.0] + [0.0] * n_runs + [-np.inf] * n_slopes
+        upper = [t0_window, 0.5, 200.0, 90.0] + [np.inf] * n_runs + [np.inf] * n_slopes
+        start = np.clip(start, np.nextafter(lower, np.inf), np.nextafter(upper, -np.inf))
+        return start, lower, upper
+
+
+def _run_report(joint: _JointModel, runs, params, residual, data) -> dict:
+    """Per run: points, residual rms and beta, filter, baseline and its own timing residual."""
+    report = {}
+    for k, run in enumerate(runs):
+        mine = joint.run_index == k
+        report[run] = {
+            "n_points": int(np.count_nonzero(mine)),
+            "residual_rms": float(np.std(residual[mine])),
+            "beta": red_noise_beta(joint.time[mine], residual[mine]),
+            "filter": str(data["filter"][mine][0]),
+            "offset": float(params[4 + k]),
+            "slope": float(params[4 + joint.n_runs + k]) if joint.n_slopes else 0.0,
+            **_run_timing(joint.t0, params, k, mine, joint.time, joint.flux, joint.sigma,
+                          joint.exptime, joint.ld, joint.regressor, joint.period, joint.n_runs,
+                          joint.n_slopes, float(np.median(data["time_err_s"][mine]))),
+        }
+    return report
 
 
 def red_noise_beta(time: np.ndarray, residuals: np.ndarray,

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from engine import plots
+from engine.plots import canvas, noise_budget, transit, transparency, weights
 from engine.ensemble.schema import table_from_columns
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
@@ -25,14 +26,14 @@ NO_ENSEMBLE = (7,)       # frame without a zero point in run B
 def figures(monkeypatch):
     """The figures the plot functions save, kept open for inspection."""
     kept = []
-    save = plots._save
 
     def keep(figure, path):
         kept.append((figure, [(ax, list(ax.get_lines()), list(ax.patches)) for ax in
                               figure.axes]))
-        return save(figure, path)
+        return canvas.save(figure, path)
 
-    monkeypatch.setattr(plots, "_save", keep)
+    for module in (noise_budget, transit, transparency, weights):
+        monkeypatch.setattr(module, "save", keep)
     return kept
 
 
@@ -75,7 +76,7 @@ def _lightcurves():
 
 def _photometry():
     """Aperture photometry of the same runs: stars 1, 5, 7 at radii 3 and 4.5 px, with the noise
-    terms (e-^2) of engine/extraction.py."""
+    terms (e-^2) of engine/photometry_stage.py."""
     rows = {name: [] for name in ("run_id", "frame", "star", "radius", "flux", "flux_err",
                                   "flags", "var_star", "var_background", "var_background_error",
                                   "var_scintillation", "var_read", "var_dark", "method")}

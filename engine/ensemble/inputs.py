@@ -220,54 +220,27 @@ def _block(columns: dict, rows, fp, sp, n_frames: int, n_stars: int, what: str) 
     return _Block(frame_pos=f, star_pos=s, columns=columns)
 
 
-def prepare_run(photometry: pa.Table, frames: pa.Table, stars: pa.Table, target=None,
-                psf: pa.Table | None = None, run_id: str | None = None) -> RunData:
-    """Validate one run's tables and index them (see the module docstring for the columns).
-
-    target: the target's star number; None reads the star table's `is_target` column, which
-    must mark exactly one star.
-    """
-    _require(photometry, "photometry", ("frame", "star", "radius", "flux", "flux_err"))
-    _require(frames, "frames table", ("frame", "time_bjd_tdb", "airmass", "exptime"))
-    _require(stars, "star table", ())
-    if psf is not None:
-        _require(psf, "psf photometry", ("frame", "star", "flux", "flux_err"))
-    notes: list = []
-
+def _measured_frames(frames: pa.Table, photometry: pa.Table, psf, notes: list):
+    """(positions in the frames table in time order, frame numbers) of the frames with
+    photometry; the others are left out with a note."""
     frame = _column(frames, "frame", np.int64)
     if np.unique(frame).size != frame.size:
         raise EngineValueError("frames table lists a frame twice")
-    time = _column(frames, "time_bjd_tdb")
-    order = np.argsort(time, kind="stable")
+    order = np.argsort(_column(frames, "time_bjd_tdb"), kind="stable")
     frame = frame[order]
-    measured = np.unique(_column(photometry, "frame", np.int64))
-    keep = np.isin(frame, measured)
+    keep = np.isin(frame, np.unique(_column(photometry, "frame", np.int64)))
     if psf is not None:
         keep |= np.isin(frame, np.unique(_column(psf, "frame", np.int64)))
     if not keep.all():
         notes.append(f"{int((~keep).sum())} frame(s) of the frames table have no photometry "
                      f"and are left out: {frame[~keep][:10].tolist()}")
-    order = order[keep]
-    frame = frame[keep]
-    if frame.size == 0:
+    if not keep.any():
         raise EngineValueError("no frame of the frames table has photometry")
+    return order[keep], frame[keep]
 
-    def per_frame(name, required=False):
-        values = _column(frames, name)
-        if values is None:
-            if required:
-                raise EngineValueError(f"frames table lacks {name!r}")
-            return None
-        return values[order]
 
-    time = per_frame("time_bjd_tdb")
-    if not np.all(np.isfinite(time)):
-        raise EngineValueError("frames table: time_bjd_tdb must be finite for every frame")
-    airmass = per_frame("airmass")
-    exptime = per_frame("exptime")
-    if not np.all(np.isfinite(exptime) & (exptime > 0)):
-        raise EngineValueError("frames table: exptime must be finite and > 0 for every frame")
-
+def _star_columns(stars: pa.Table):
+    """(star numbers, star_id, where the ids came from, colour, x, y) of the star table."""
     star = _column(stars, "star", np.int64)
     if star is None:
         star = np.arange(stars.num_rows, dtype=np.int64)
@@ -285,29 +258,35 @@ def prepare_run(photometry: pa.Table, frames: pa.Table, stars: pa.Table, target=
             break
     if colour is None:
         colour = np.full(star.shape, np.nan)
-    nan_stars = np.full(star.shape, np.nan)
     star_x = _column(stars, "x")
     star_y = _column(stars, "y")
+    star_x = star_x if star_x is not None else np.full(star.shape, np.nan)
+    star_y = star_y if star_y is not None else np.full(star.shape, np.nan)
+    return star, star_id, star_id_source, colour, star_x, star_y
 
-    if target is None:
-        is_target = _column(stars, "is_target", bool)
-        if is_target is None:
-            raise EngineValueError("no target given and the star table has no is_target column")
-        if int(is_target.sum()) != 1:
-            raise EngineValueError(f"the star table marks {int(is_target.sum())} targets; "
-                                   "exactly one is needed (or pass target=)")
-        target_pos = int(np.flatnonzero(is_target)[0])
-    else:
+
+def _target_position(stars: pa.Table, star: np.ndarray, target) -> int:
+    """Position of the target: the star numbered `target`, else the one marked is_target."""
+    if target is not None:
         matches = np.flatnonzero(star == int(target))
         if matches.size != 1:
             raise EngineValueError(f"target {target!r} is not in the star table")
-        target_pos = int(matches[0])
+        return int(matches[0])
+    is_target = _column(stars, "is_target", bool)
+    if is_target is None:
+        raise EngineValueError("no target given and the star table has no is_target column")
+    if int(is_target.sum()) != 1:
+        raise EngineValueError(f"the star table marks {int(is_target.sum())} targets; "
+                               "exactly one is needed (or pass target=)")
+    return int(np.flatnonzero(is_target)[0])
 
+
+def _aperture_blocks(photometry: pa.Table, psf, frame, star):
+    """(apertures, their blocks): one per finite radius of the photometry, then the PSF's."""
     fp, sp = _rows(photometry, frame, star, "photometry")
     radius = _column(photometry, "radius")
     apertures, blocks = [], {}
-    finite = np.isfinite(radius)
-    radii = np.unique(radius[finite])
+    radii = np.unique(radius[np.isfinite(radius)])
     row_sets = [np.flatnonzero(radius == r) for r in radii]
     for r, rows, columns in zip(radii, row_sets, _table_columns(photometry, row_sets)):
         blocks[len(apertures)] = _block(columns, rows, fp, sp, frame.size, star.size,
@@ -321,20 +300,48 @@ def prepare_run(photometry: pa.Table, frames: pa.Table, stars: pa.Table, target=
         apertures.append(Aperture(label="psf", radius=float("nan")))
     if not apertures:
         raise EngineValueError("the photometry has no finite radius and no psf table was given")
+    return apertures, blocks
 
-    data = RunData(
-        frame=frame, time=time, airmass=airmass, exptime=exptime, time_err=per_frame("time_err_s"),
-        fwhm=per_frame("fwhm"), sky=per_frame("sky"), scintillation=per_frame("scintillation"),
-        star=star, star_id=star_id,
-        star_x=star_x if star_x is not None else nan_stars.copy(),
-        star_y=star_y if star_y is not None else nan_stars.copy(),
+
+def prepare_run(photometry: pa.Table, frames: pa.Table, stars: pa.Table, target=None,
+                psf: pa.Table | None = None, run_id: str | None = None) -> RunData:
+    """Validate one run's tables and index them (see the module docstring for the columns).
+
+    target: the target's star number; None reads the star table's `is_target` column, which
+    must mark exactly one star.
+    """
+    _require(photometry, "photometry", ("frame", "star", "radius", "flux", "flux_err"))
+    _require(frames, "frames table", ("frame", "time_bjd_tdb", "airmass", "exptime"))
+    _require(stars, "star table", ())
+    if psf is not None:
+        _require(psf, "psf photometry", ("frame", "star", "flux", "flux_err"))
+    notes: list = []
+    order, frame = _measured_frames(frames, photometry, psf, notes)
+
+    def per_frame(name):
+        values = _column(frames, name)
+        return None if values is None else values[order]
+
+    time = per_frame("time_bjd_tdb")
+    if not np.all(np.isfinite(time)):
+        raise EngineValueError("frames table: time_bjd_tdb must be finite for every frame")
+    exptime = per_frame("exptime")
+    if not np.all(np.isfinite(exptime) & (exptime > 0)):
+        raise EngineValueError("frames table: exptime must be finite and > 0 for every frame")
+    star, star_id, star_id_source, colour, star_x, star_y = _star_columns(stars)
+    target_pos = _target_position(stars, star, target)
+    apertures, blocks = _aperture_blocks(photometry, psf, frame, star)
+    return RunData(
+        frame=frame, time=time, airmass=per_frame("airmass"), exptime=exptime,
+        time_err=per_frame("time_err_s"), fwhm=per_frame("fwhm"), sky=per_frame("sky"),
+        scintillation=per_frame("scintillation"), star=star, star_id=star_id,
+        star_x=star_x, star_y=star_y,
         ra=_column(stars, "ra"), dec=_column(stars, "dec"), colour=colour, target=target_pos,
         run_id=run_id or _one_value(_column(frames, "run_id", str), "run_id", notes, "run"),
         site=_one_value(_column(frames, "site", str), "site", notes),
         telescope=_one_value(_column(frames, "telescope", str), "telescope", notes),
         filter=_one_value(_column(frames, "filter", str), "filter", notes),
         apertures=apertures, star_id_source=star_id_source, notes=notes, _blocks=blocks)
-    return data
 
 
 def usable(data: RunData, a: int, exclude_flags: int) -> np.ndarray:

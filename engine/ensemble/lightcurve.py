@@ -14,8 +14,8 @@ The steps, each in its own module:
    ensemble again on colour-corrected magnitudes.
 6. zeropoints: clear-sky baseline, transparency, CLOUD / NOISE_MODEL_EXCEEDED / NO_ENSEMBLE.
 7. sysrem: shared systematics of the field stars; detrend: the target's own fit, out of event.
-8. rows: relative fluxes (comparisons against the others), magnitudes, flags; noise: expected
-   vs achieved; the report's diagnostics.
+8. rows: relative fluxes (comparisons against the others), magnitudes, flags; report: noise
+   expected vs achieved, and the rest of the report's diagnostics.
 """
 
 from __future__ import annotations
@@ -28,20 +28,20 @@ import pyarrow as pa
 from engine.ensemble.detrend import ColourExtinction, baseline_mask, colour_extinction, fit_target
 from engine.ensemble.inputs import RunData, prepare_run, usable
 from engine.ensemble.io import jsonable
-from engine.ensemble.noise import noise_summary
+from engine.ensemble.noise import MAG_PER_RELATIVE_FLUX as _MAG
+from engine.ensemble.report import noise_report, plain, run_diagnostics
 from engine.ensemble.schema import Repeated, table_from_columns
 from engine.ensemble.selection import Selection, select_stars
 from engine.ensemble.sysrem import FieldSystematics, field_systematics
 from engine.ensemble.weights import Ensemble, row_nanmedian, solve_ensemble
 from engine.ensemble.zeropoints import FrameQuality, frame_quality
 from engine.errors import EngineValueError
-from engine.flags import MeasurementFlag, describe
+from engine.flags import MeasurementFlag
 from engine.io.schemas import LIGHTCURVES_SCHEMA, STAR_SUMMARY_SCHEMA
 from engine.settings.ensemble import EnsembleConfig
 
 __all__ = ["RunLightCurve", "build_run_lightcurve"]
 
-_MAG = 2.5 / np.log(10.0)          # mag per unit relative flux error: 1.0857
 _FRAME_BAD = np.uint32(MeasurementFlag.CLOUD | MeasurementFlag.NO_ENSEMBLE)
 
 
@@ -235,10 +235,10 @@ def build_run_lightcurve(photometry: pa.Table, frames: pa.Table, stars: pa.Table
                           "against the others (geometric mean)"}[basis]
     aperture_report = {
         "chosen": data.apertures[chosen].label,
-        "radius": _plain(data.apertures[chosen].radius),
+        "radius": plain(data.apertures[chosen].radius),
         "how": ("configured" if config.aperture is not None else
                 "the only one" if len(data.apertures) == 1 else how),
-        "scatter_mag": {data.apertures[a].label: _plain(s) for a, s in scores.items()},
+        "scatter_mag": {data.apertures[a].label: plain(s) for a, s in scores.items()},
     }
     data.drop_cache(keep=chosen)
     return _reduce(data, chosen, selection, baseline, config, threads, aperture_report)
@@ -248,18 +248,7 @@ def _reduce(data: RunData, a: int, selection: Selection, baseline, config: Ensem
             threads, aperture_report) -> RunLightCurve:
     target = data.target
     comparisons = selection.comparisons
-    scint, scint_source, estimate = _scintillation(data, a, config)
-    phot = _photometry(data, a, config, scint)
-    ensemble = solve_ensemble(phot.mag, phot.var, phot.ok, comparisons, config, threads,
-                              data.time)
-    if estimate:
-        scint = _estimated_scintillation(data, ensemble)
-        if np.any(scint > 0):
-            phot = _photometry(data, a, config, scint)
-            ensemble = solve_ensemble(phot.mag, phot.var, phot.ok, comparisons, config, threads,
-                              data.time)
-        else:
-            scint_source += ": none detected"
+    phot, ensemble, scint, scint_source = _first_ensemble(data, a, comparisons, config, threads)
     quality = _frame_quality(data, a, config, ensemble, scint, None, threads)
 
     # Field stars: everything but the target measured on most frames.
@@ -299,23 +288,17 @@ def _reduce(data: RunData, a: int, selection: Selection, baseline, config: Ensem
     trend_var = np.zeros_like(mag)
     trend_var[:, target] = target_fit.model_var
 
-    # Output rows.
-    roles = {target: "target"}
-    roles.update({int(j): "comparison" for j in comparisons})
-    roles.update({int(j): "check" for j in selection.checks})
-    if config.include_field_stars:
-        for j in field:
-            roles.setdefault(int(j), "field")
+    roles = _roles(target, selection, field, config)
     curves = _curves(data, a, phot, ensemble, quality, correction + trend, trend_var,
                      baseline, roles)
     table = _rows(data, a, curves, roles, quality, ensemble.zero_point)
 
-    noise = _noise(data, a, phot, curves, roles, ensemble, baseline, clear, scint, scint_source,
-                   target_fit)
+    noise = noise_report(data, a, phot, curves, roles, baseline, clear, scint, scint_source,
+                         target_fit)
     stars = _star_summary(data, phot, curves, field, roles, ensemble)
-    diagnostics = _diagnostics(data, a, selection, ensemble, quality, colour_term, systematics,
-                               target_fit, noise, aperture_report, config, baseline, field,
-                               scint_source)
+    diagnostics = run_diagnostics(data, a, selection, ensemble, quality, colour_term,
+                                  systematics, target_fit, noise, aperture_report, config,
+                                  baseline, field, scint_source)
     if baseline is not None and not curves.norm_frames[:, 0].any():
         diagnostics["notes"].append("no usable out-of-event frame: the target is normalised "
                                     "over all its frames (its level here is not the baseline)")
@@ -325,10 +308,33 @@ def _reduce(data: RunData, a: int, selection: Selection, baseline, config: Ensem
     return RunLightCurve(table=table, diagnostics=jsonable(diagnostics), stars=stars)
 
 
-def quality_aperture(data: RunData, a: int) -> str:
-    """Label of the aperture the transparency is judged at: the largest radius (else a)."""
-    radii = [(ap.radius, k) for k, ap in enumerate(data.apertures) if np.isfinite(ap.radius)]
-    return data.apertures[max(radii)[1] if radii else a].label
+def _first_ensemble(data: RunData, a: int, comparisons, config: EnsembleConfig, threads):
+    """(photometry, ensemble, scintillation, its source in words) at aperture a, the
+    scintillation estimated from the comparisons' excess scatter when nothing else gives it."""
+    scint, scint_source, estimate = _scintillation(data, a, config)
+    phot = _photometry(data, a, config, scint)
+    ensemble = solve_ensemble(phot.mag, phot.var, phot.ok, comparisons, config, threads,
+                              data.time)
+    if estimate:
+        scint = _estimated_scintillation(data, ensemble)
+        if np.any(scint > 0):
+            phot = _photometry(data, a, config, scint)
+            ensemble = solve_ensemble(phot.mag, phot.var, phot.ok, comparisons, config, threads,
+                                      data.time)
+        else:
+            scint_source += ": none detected"
+    return phot, ensemble, scint, scint_source
+
+
+def _roles(target: int, selection: Selection, field, config: EnsembleConfig) -> dict:
+    """Output star position -> role (target, comparison, check, field)."""
+    roles = {target: "target"}
+    roles.update({int(j): "comparison" for j in selection.comparisons})
+    roles.update({int(j): "check" for j in selection.checks})
+    if config.include_field_stars:
+        for j in field:
+            roles.setdefault(int(j), "field")
+    return roles
 
 
 def _frame_quality(data, a, config, ensemble, scint, correction, threads) -> FrameQuality:
@@ -506,46 +512,6 @@ def _rows(data: RunData, a: int, curves: _Curves, roles: dict, quality: FrameQua
     return table_from_columns(columns, LIGHTCURVES_SCHEMA)
 
 
-def _noise(data, a, phot, curves, roles, ensemble, baseline, clear, scint, scint_source,
-           target_fit):
-    terms_available = data.variance_terms(a)
-
-    def summary(s, frames, basis):
-        j = int(curves.stars[s])
-        parameters = {data.target: max(target_fit.parameters, 1)}
-        flux = phot.flux[:, j]
-        with np.errstate(all="ignore"):
-            terms = {name.removeprefix("var_"): np.sqrt(data.matrix(a, name)[:, j]) / np.abs(flux)
-                     for name in terms_available}
-            if not terms_available:
-                terms["photometric (flux_err)"] = data.matrix(a, "flux_err")[:, j] / np.abs(flux)
-            if scint is not None:
-                terms["scintillation"] = np.asarray(scint, dtype=np.float64)
-            terms["ensemble and detrending"] = np.sqrt(curves.zero_var[:, s]) / _MAG
-        result = noise_summary(curves.rel_flux[:, s], curves.rel_flux_err[:, s], frames, terms,
-                               basis=basis, parameters=parameters.get(j, 1))
-        result.update(star=int(data.star[j]), star_id=int(data.star_id[j]), role=roles[j])
-        return result
-
-    ok_rows = (curves.flags & np.uint32(~int(MeasurementFlag.BLENDED) & 0xFFFFFFFF)) == 0
-    target_frames = ok_rows[:, 0] & clear
-    if baseline is not None and (target_frames & baseline).sum() >= 10:
-        target = summary(0, target_frames & baseline, "target, out-of-event frames")
-        headline = "rms_ratio"
-    else:
-        basis = ("target, all clear frames (no event window: any signal counts as scatter)"
-                 if baseline is None else
-                 "target, all clear frames (too few out-of-event frames: any signal counts "
-                 "as scatter)")
-        target = summary(0, target_frames, basis)
-        headline = "point_to_point_ratio"
-    checks = [summary(s, ok_rows[:, s] & clear, "check star, all clear frames")
-              for s, j in enumerate(curves.stars) if roles[int(j)] == "check"]
-    ratio = target.get(headline)
-    return {"target": target, "check_stars": checks, "ratio": ratio, "ratio_basis": headline,
-            "scintillation_source": scint_source}
-
-
 def _star_summary(data, phot, curves, field, roles, ensemble) -> pa.Table:
     """Run-mean detrended magnitude of every field star and output star (for merge_runs):
     weighted mean over the star's clear (normalisation) frames, its error (the larger of the
@@ -592,121 +558,3 @@ def _star_summary(data, phot, curves, field, roles, ensemble) -> pa.Table:
         "weight_share": np.array([share_of.get(int(j), 0.0) for j in members]),
     }
     return table_from_columns(columns, STAR_SUMMARY_SCHEMA)
-
-
-# ------------------------------------------------------------------------------------------------
-# report.json
-# ------------------------------------------------------------------------------------------------
-
-def _plain(value):
-    """JSON-ready: NaN / inf become None, NumPy scalars plain Python."""
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    value = float(value)
-    return value if np.isfinite(value) else None
-
-
-def _diagnostics(data, a, selection, ensemble, quality, colour_term, systematics, target_fit,
-                 noise, aperture_report, config, baseline, field, scint_source) -> dict:
-    fit = ensemble.fit
-    comparisons = []
-    for i, j in enumerate(ensemble.comparisons):
-        used = fit.used[:, i]
-        residual = ensemble.mag[:, i] - fit.star_mag[i] - ensemble.loo_zero_point[:, i]
-        good = used & np.isfinite(residual)
-        expected = np.sqrt(ensemble.var[:, i] + ensemble.loo_var[:, i])
-        comparisons.append({
-            "star": int(data.star[j]), "star_id": int(data.star_id[j]),
-            "weight_share": _plain(ensemble.share[i]),
-            "mag_instrumental": _plain(selection.magnitude[j]),
-            "delta_mag": _plain(selection.magnitude[j] - selection.magnitude[data.target]),
-            "colour": _plain(data.colour[j]),
-            "rms_mag": _plain(np.sqrt(np.mean(residual[good] ** 2)) if good.any() else None),
-            "expected_rms_mag": _plain(np.sqrt(np.mean(expected[good] ** 2))
-                                       if good.any() else None),
-            "excess_rms_mag": _plain(np.sqrt(ensemble.total_excess[i])),
-            "red_excess_rms_mag": _plain(np.sqrt(ensemble.red_excess[i])),
-            "frames_used": int(used.sum()),
-            "frames_clipped": int((ensemble.valid[:, i] & ~used).sum()),
-        })
-    shares = np.array([c["weight_share"] or 0.0 for c in comparisons])
-    # Suspected variables: scatter beyond twice the noise, or a time-correlated part beyond
-    # three times what noise leaves after averaging over the weighting timescale.
-    n_bin = max(int(ensemble.timescale_frames), 1)
-    suspects = [c["star"] for c in comparisons
-                if c["expected_rms_mag"] and (c["weight_share"] or 0.0) < 1.0 / len(comparisons)
-                and ((c["excess_rms_mag"] or 0.0) > 2.0 * c["expected_rms_mag"]
-                     or (c["red_excess_rms_mag"] or 0.0)
-                     > 3.0 * c["expected_rms_mag"] / np.sqrt(n_bin))]
-    frames = []
-    for k in range(data.n_frames):
-        frames.append({
-            "frame": int(data.frame[k]), "time_bjd_tdb": float(data.time[k]),
-            "airmass": _plain(data.airmass[k]),
-            "zero_point": _plain(ensemble.zero_point[k]),
-            "zero_point_err": _plain(np.sqrt(ensemble.zero_point_var[k])),
-            "transparency_zero_point": _plain(quality.zero_point[k]),
-            "clear_sky": _plain(quality.baseline[k]),
-            "transparency": _plain(quality.transparency[k]),
-            "scatter_ratio": _plain(ensemble.scatter_ratio[k]),
-            "comparisons_used": int(fit.stars_used[k]),
-            "flags": int(quality.flags[k]),
-        })
-    flagged = [{"frame": int(data.frame[k]), "time_bjd_tdb": float(data.time[k]),
-                "flags": describe(int(quality.flags[k])), "reason": quality.reasons[k]}
-               for k in range(data.n_frames) if quality.flags[k]]
-    n_cloud = int(((quality.flags & np.uint32(MeasurementFlag.CLOUD)) != 0).sum())
-    n_noisy = int(((quality.flags & np.uint32(MeasurementFlag.NOISE_MODEL_EXCEEDED)) != 0).sum())
-    rejected = {}
-    for reason in selection.rejected.values():
-        key = reason.split(":")[0].split(" (")[0]
-        key = "measured on too few frames" if key.startswith("measured on") else key
-        key = "saturated" if key.startswith("saturated") else key
-        key = "blended" if key.startswith("blended") else key
-        rejected[key] = rejected.get(key, 0) + 1
-    return {
-        "run_id": data.run_id, "site": data.site, "telescope": data.telescope,
-        "filter": data.filter, "frames": int(data.n_frames), "stars": int(data.n_stars),
-        "star_id_source": data.star_id_source,
-        "target": {"star": int(data.star[data.target]),
-                   "star_id": int(data.star_id[data.target]),
-                   "mag_instrumental": _plain(selection.magnitude[data.target]),
-                   "colour": _plain(data.colour[data.target])},
-        "aperture": aperture_report,
-        "selection": {"automatic": selection.automatic,
-                      "comparisons": [int(data.star[j]) for j in selection.comparisons],
-                      "check_stars": [int(data.star[j]) for j in selection.checks],
-                      "rejected_counts": rejected, "notes": selection.notes},
-        "weights": {"comparisons": comparisons,
-                    "largest_share": _plain(shares.max()) if shares.size else None,
-                    "suspected_variables": suspects,
-                    "timescale_min": config.weight_timescale_min,
-                    "timescale_frames": int(ensemble.timescale_frames),
-                    "iterations": int(fit.iterations), "converged": bool(fit.converged)},
-        "zero_points": {"aperture": data.apertures[a].label,
-                        "transparency_aperture": quality_aperture(data, a),
-                        "extinction_mag_per_airmass": _plain(quality.extinction),
-                        "clear_sky_jitter_mag": _plain(quality.jitter),
-                        "frames": frames},
-        "flagged_frames": flagged,
-        "flag_counts": {"cloud": n_cloud, "noise_model_exceeded": n_noisy,
-                        "no_ensemble": int(((quality.flags & np.uint32(
-                            MeasurementFlag.NO_ENSEMBLE)) != 0).sum())},
-        "detrending": {
-            "windows": {"event": [list(w) for w in config.event_windows],
-                        "baseline": [list(w) for w in config.baseline_windows],
-                        "out_of_event_frames": None if baseline is None else int(baseline.sum())},
-            "colour_extinction": {k: _plain(v) if not isinstance(v, str) else v
-                                  for k, v in colour_term.as_dict().items()},
-            "sysrem": systematics.as_dict() | {"field_stars": int(field.size)},
-            "target_fit": target_fit.as_dict(),
-        },
-        "noise": noise,
-        "scintillation_source": scint_source,
-        "config": config.as_dict(),
-        "notes": list(data.notes),
-    }

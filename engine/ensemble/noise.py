@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["noise_summary"]
+__all__ = ["MAG_PER_RELATIVE_FLUX", "noise_summary"]
+
+#: Magnitudes per unit relative flux error, 2.5 / ln 10 = 1.0857.
+MAG_PER_RELATIVE_FLUX = 2.5 / np.log(10.0)
 
 
 def _robust_std(values):

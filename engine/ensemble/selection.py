@@ -88,39 +88,41 @@ def _positions(data: RunData, numbers, what: str) -> np.ndarray:
     return positions
 
 
-def select_stars(data: RunData, a: int, config: EnsembleConfig) -> Selection:
-    """Choose (or take the user's) comparison and check stars, judged at aperture a."""
-    ok = usable(data, a, config.exclude_flags)
+def _frame_fractions(data: RunData, a: int, ok: np.ndarray):
+    """Per star: fractions of frames measured (usable), SATURATED and BLENDED."""
     flags = data.matrix(a, "flags", fill=0, dtype=np.uint32)
     n_frames = max(data.n_frames, 1)
     coverage = ok.sum(axis=0) / n_frames
     saturated = ((flags & np.uint32(MeasurementFlag.SATURATED)) != 0).sum(axis=0) / n_frames
     blended = ((flags & np.uint32(MeasurementFlag.BLENDED)) != 0).sum(axis=0) / n_frames
-    magnitude = instrumental_magnitudes(data, a, ok)
-    target = data.target
-    target_mag = magnitude[target]
-    notes: list = []
-    if not np.isfinite(target_mag):
-        notes.append("the target has no usable measurement at the selection aperture")
+    return coverage, saturated, blended
 
-    radius = config.isolation_radius
-    if radius is None:
-        finite = [ap.radius for ap in data.apertures if np.isfinite(ap.radius)]
-        radius = max(finite) if finite else 10.0  # beyond it: annulus masking, BLENDED flags
+
+def _isolation_radius(data: RunData, config: EnsembleConfig) -> float:
+    if config.isolation_radius is not None:
+        return config.isolation_radius
+    finite = [ap.radius for ap in data.apertures if np.isfinite(ap.radius)]
+    return max(finite) if finite else 10.0  # beyond it: annulus masking, BLENDED flags
+
+
+def _screen(data: RunData, a: int, ok, magnitude, config: EnsembleConfig, rejected: dict):
+    """Stars fit to compare with (positions); each other one's reason goes into `rejected`."""
+    coverage, saturated, blended = _frame_fractions(data, a, ok)
+    radius = _isolation_radius(data, config)
     neighbour = _isolation(data, magnitude, radius, config.isolation_delta_mag)
-
+    target = data.target
+    check_colour = (config.max_colour_difference is not None
+                    and np.isfinite(data.colour[target]))
     excluded = set(config.exclude_stars)
-    rejected: dict = {}
     good = []
     for j in range(data.n_stars):
         number = int(data.star[j])
         if j == target:
             continue
-        if number in excluded:
-            rejected[number] = "excluded by the user"
-            continue
         reason = None
-        if coverage[j] < config.min_coverage:
+        if number in excluded:
+            reason = "excluded by the user"
+        elif coverage[j] < config.min_coverage:
             reason = f"measured on {coverage[j]:.0%} of frames (< {config.min_coverage:.0%})"
         elif saturated[j] > config.max_saturated_fraction:
             reason = f"saturated on {saturated[j]:.0%} of frames"
@@ -129,28 +131,30 @@ def select_stars(data: RunData, a: int, config: EnsembleConfig) -> Selection:
         elif neighbour[j] >= 0:
             reason = (f"not isolated: star {int(data.star[neighbour[j]])} within "
                       f"{radius:g} px")
-        elif config.max_colour_difference is not None and np.isfinite(data.colour[target]):
-            if not abs(data.colour[j] - data.colour[target]) <= config.max_colour_difference:
-                reason = "colour unknown or too far from the target's"
+        elif check_colour and not (abs(data.colour[j] - data.colour[target])
+                                   <= config.max_colour_difference):
+            reason = "colour unknown or too far from the target's"
         if reason is None:
             good.append(j)
         else:
             rejected[number] = reason
-    good = np.array(good, dtype=np.int64)
-    reference = target_mag
+    return np.array(good, dtype=np.int64), coverage
+
+
+def _brightness_window(data: RunData, good, magnitude, config: EnsembleConfig, rejected: dict,
+                       notes: list) -> np.ndarray:
+    """The candidates within the brightness window around the target, closest first.
+
+    An ensemble needs enough members to tell a variable one: the window widens in 0.5 mag
+    steps (both ways) until it holds the wanted number of candidates, or every candidate.
+    """
+    reference = magnitude[data.target]
     if not np.isfinite(reference):
         reference = float(np.nanmedian(magnitude[good])) if good.size else 0.0
     delta = magnitude[good] - reference
-    in_window = ((delta >= -config.comparison_brighter_mag)
-                 & (delta <= config.comparison_fainter_mag))
-
-    def ranked(members):
-        return members[np.argsort(np.abs(delta[members]), kind="stable")]
-
-    # An ensemble needs enough members to tell a variable one: widen the window in 0.5 mag
-    # steps (both ways) until it holds `wanted` candidates, or every candidate.
     wanted = min(config.max_comparisons, max(config.min_comparisons, _WANTED)) + config.n_check
     brighter, fainter = config.comparison_brighter_mag, config.comparison_fainter_mag
+    in_window = (delta >= -brighter) & (delta <= fainter)
     while in_window.sum() < wanted and not in_window.all() and good.size:
         brighter += 0.5
         fainter += 0.5
@@ -159,41 +163,63 @@ def select_stars(data: RunData, a: int, config: EnsembleConfig) -> Selection:
         notes.append(f"{int(in_window.sum())} candidate(s) within -{brighter:g}/+{fainter:g} mag "
                      f"of the target: the brightness window was widened from "
                      f"-{config.comparison_brighter_mag:g}/+{config.comparison_fainter_mag:g}")
-    candidates = good[ranked(np.flatnonzero(in_window))]
+    inside = np.flatnonzero(in_window)
     for j in good[~in_window]:
         rejected[int(data.star[j])] = "outside the brightness window"
+    return good[inside[np.argsort(np.abs(delta[inside]), kind="stable")]]
 
-    automatic = config.comparisons is None
-    if automatic:
+
+def _comparisons(data: RunData, candidates, config: EnsembleConfig, rejected: dict,
+                 notes: list):
+    """(comparisons, the candidates left for check stars): the closest in brightness, keeping
+    n_check back when enough remain, or the user's list."""
+    if config.comparisons is None:
         reserve = config.n_check if config.check_stars is None else 0
         if candidates.size < max(config.min_comparisons, _WANTED) + reserve:
             reserve = 0
         n_comp = min(config.max_comparisons, candidates.size - reserve)
-        comparisons = candidates[:n_comp]
-        rest = candidates[n_comp:]
-    else:
-        comparisons = _positions(data, config.comparisons, "comparisons")
-        for j in comparisons:
-            number = int(data.star[j])
-            if number in rejected:
-                notes.append(f"comparison {number} chosen by the user although "
-                             f"{rejected.pop(number)}")
-        rest = np.array([j for j in candidates if j not in set(comparisons.tolist())],
-                        dtype=np.int64)
-    if config.check_stars is not None:
-        checks = _positions(data, config.check_stars, "check stars")
-        overlap = set(checks.tolist()) & set(comparisons.tolist())
-        if overlap:
-            raise EngineValueError(f"run {data.run_id!r}: stars "
-                                   f"{sorted(int(data.star[j]) for j in overlap)} are both "
-                                   "comparison and check stars")
-    else:
-        checks = np.asarray(rest[:config.n_check], dtype=np.int64)
+        return candidates[:n_comp], candidates[n_comp:]
+    comparisons = _positions(data, config.comparisons, "comparisons")
+    for j in comparisons:
+        number = int(data.star[j])
+        if number in rejected:
+            notes.append(f"comparison {number} chosen by the user although "
+                         f"{rejected.pop(number)}")
+    chosen = set(comparisons.tolist())
+    rest = np.array([j for j in candidates if j not in chosen], dtype=np.int64)
+    return comparisons, rest
+
+
+def _check_stars(data: RunData, comparisons, rest, config: EnsembleConfig) -> np.ndarray:
+    if config.check_stars is None:
+        return np.asarray(rest[:config.n_check], dtype=np.int64)
+    checks = _positions(data, config.check_stars, "check stars")
+    overlap = set(checks.tolist()) & set(comparisons.tolist())
+    if overlap:
+        raise EngineValueError(f"run {data.run_id!r}: stars "
+                               f"{sorted(int(data.star[j]) for j in overlap)} are both "
+                               "comparison and check stars")
+    return checks
+
+
+def select_stars(data: RunData, a: int, config: EnsembleConfig) -> Selection:
+    """Choose (or take the user's) comparison and check stars, judged at aperture a."""
+    ok = usable(data, a, config.exclude_flags)
+    magnitude = instrumental_magnitudes(data, a, ok)
+    notes: list = []
+    if not np.isfinite(magnitude[data.target]):
+        notes.append("the target has no usable measurement at the selection aperture")
+    rejected: dict = {}
+    good, coverage = _screen(data, a, ok, magnitude, config, rejected)
+    candidates = _brightness_window(data, good, magnitude, config, rejected, notes)
+    comparisons, rest = _comparisons(data, candidates, config, rejected, notes)
+    checks = _check_stars(data, comparisons, rest, config)
     if comparisons.size < config.min_comparisons:
         raise EngineValueError(
             f"run {data.run_id!r}: {comparisons.size} usable comparison star(s), at least "
             f"{config.min_comparisons} needed (candidates rejected: "
             + "; ".join(f"{s}: {r}" for s, r in list(rejected.items())[:5]) + ")")
     return Selection(comparisons=np.asarray(comparisons, dtype=np.int64),
-                     checks=np.asarray(checks, dtype=np.int64), automatic=automatic,
+                     checks=np.asarray(checks, dtype=np.int64),
+                     automatic=config.comparisons is None,
                      magnitude=magnitude, coverage=coverage, rejected=rejected, notes=notes)

@@ -18,7 +18,8 @@ and observations beyond merge_clip_sigma are left out, until nothing changes.
 Every light-curve row then gets mag_std = mag - O[r] - sum_d K[r, d] P_d(c) and an error that
 includes the transformation's covariance. Stars of unknown colour are transformed at the median
 colour c0 (noted in the report). Runs share stars through a global star id: the star tables'
-star_id when every run has one, else positions (ra, dec) matched within match_radius_arcsec.
+star_id when every run has one, else positions (ra, dec) matched within match_radius_arcsec
+(engine.ensemble.network_stars).
 """
 
 from __future__ import annotations
@@ -29,168 +30,13 @@ import pyarrow.compute as pc
 
 from engine.ensemble.io import jsonable
 from engine.ensemble.lightcurve import RunLightCurve
+from engine.ensemble.network_stars import MAG_COLUMNS, NetworkStars
 from engine.errors import EngineValueError
 from engine.io.catalogue import BANDS, filter_band
 from engine.io.schemas import LIGHTCURVES_SCHEMA
 from engine.settings.ensemble import EnsembleConfig
 
 __all__ = ["merge_runs"]
-
-_MAG_COLUMNS = ("G", "g", "phot_g_mean_mag", "Gmag", "mag")
-_COLOUR_COLUMNS = ("BP_RP", "bp_rp", "BP-RP", "bp-rp", "colour", "color")
-_RA_COLUMNS = ("ra", "RA", "ra_deg", "RA_ICRS")
-_DEC_COLUMNS = ("dec", "DEC", "dec_deg", "DE_ICRS")
-_ID_COLUMNS = ("source_id", "star_id", "id", "Source")
-
-
-def _pick(table: pa.Table, names, what, required=True):
-    for name in names:
-        if name in table.column_names:
-            return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
-    if required:
-        raise EngineValueError(f"reference catalogue lacks a {what} column (one of {list(names)})")
-    return None
-
-
-def _unit_vectors(ra, dec):
-    ra, dec = np.radians(ra), np.radians(dec)
-    return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
-
-
-def _greedy_match(tree_points, query_points, radius_rad):
-    """One-to-one nearest matches within radius: (query index, tree index) pairs."""
-    from scipy.spatial import cKDTree
-
-    if len(tree_points) == 0 or len(query_points) == 0:
-        return []
-    chord = 2.0 * np.sin(radius_rad / 2.0)
-    tree = cKDTree(tree_points)
-    pairs = []
-    for q, found in enumerate(tree.query_ball_point(query_points, chord)):
-        for t in found:
-            pairs.append((float(np.sum((query_points[q] - tree_points[t]) ** 2)), q, t))
-    pairs.sort()
-    used_q, used_t, out = set(), set(), []
-    for _, q, t in pairs:
-        if q not in used_q and t not in used_t:
-            used_q.add(q)
-            used_t.add(t)
-            out.append((q, t))
-    return out
-
-
-class _Stars:
-    """Every run's star summary in one place, with global star numbers."""
-
-    def __init__(self, runs, catalogue, config):
-        tables = [run.stars for run in runs]
-        self.run = np.concatenate([np.full(t.num_rows, r) for r, t in enumerate(tables)])
-        col = lambda name: np.concatenate(  # noqa: E731
-            [np.asarray(t.column(name).to_numpy(zero_copy_only=False)) for t in tables])
-        self.star = col("star").astype(np.int64)
-        self.star_id = col("star_id").astype(np.int64)
-        self.role = np.concatenate([np.asarray(t.column("role").to_pylist(), dtype=object)
-                                    for t in tables])
-        self.ra, self.dec = col("ra").astype(float), col("dec").astype(float)
-        self.colour = col("colour").astype(float)
-        self.mag, self.mag_err = col("mag").astype(float), col("mag_err").astype(float)
-        self.frames = col("frames").astype(np.int64)
-        self.excess = col("excess").astype(float)
-        self.expected = col("expected").astype(float)
-        self.notes = []
-        self._identify(runs, catalogue, config)
-
-    def _identify(self, runs, catalogue, config):
-        by_id = all(run.diagnostics.get("star_id_source") == "star table" for run in runs)
-        radius = np.radians(config.match_radius_arcsec / 3600.0)
-        n = self.star.size
-        self.global_index = np.full(n, -1, dtype=np.int64)
-        if by_id:
-            self.how = "star_id of the star tables"
-            ids, self.global_index = np.unique(self.star_id, return_inverse=True)
-            self.global_id = ids.astype(np.int64)
-            positions = None
-        else:
-            if not (np.all(np.isfinite(self.ra)) and np.all(np.isfinite(self.dec))):
-                if len(runs) == 1:
-                    ids, self.global_index = np.unique(self.star_id, return_inverse=True)
-                    self.global_id = ids.astype(np.int64)
-                    self.how = "one run: its star numbers"
-                    positions = None
-                else:
-                    raise EngineValueError(
-                        "merge_runs needs a global star_id in every run's star table, or ra and "
-                        "dec for every star, to tell which stars the runs share")
-            else:
-                self.how = f"positions matched within {config.match_radius_arcsec:g} arcsec"
-                points = _unit_vectors(self.ra, self.dec)
-                positions = []
-                for r in np.unique(self.run):
-                    rows = np.flatnonzero(self.run == r)
-                    known = np.array(positions) if positions else np.zeros((0, 3))
-                    taken = set()
-                    for q, t in _greedy_match(known, points[rows], radius):
-                        self.global_index[rows[q]] = t
-                        taken.add(q)
-                    for q in range(rows.size):
-                        if q not in taken:
-                            self.global_index[rows[q]] = len(positions)
-                            positions.append(points[rows[q]])
-                self.global_id = np.arange(len(positions), dtype=np.int64)
-        n_global = self.global_id.size
-        self.catalogue_mag = np.full(n_global, np.nan)
-        self.catalogue_colour = np.full(n_global, np.nan)
-        self.catalogue_matches = 0
-        if catalogue is not None:
-            g = _pick(catalogue, _MAG_COLUMNS, "magnitude (G)")
-            c = _pick(catalogue, _COLOUR_COLUMNS, "colour (BP-RP)")
-            cat_ids = _pick(catalogue, _ID_COLUMNS, "id", required=False)
-            cat_ra = _pick(catalogue, _RA_COLUMNS, "ra", required=False)
-            cat_dec = _pick(catalogue, _DEC_COLUMNS, "dec", required=False)
-            pairs = []
-            if by_id and cat_ids is not None and "star_id" in catalogue.column_names:
-                lookup = {int(v): k for k, v in enumerate(cat_ids)}
-                pairs = [(gi, lookup[int(i)]) for gi, i in enumerate(self.global_id)
-                         if int(i) in lookup]
-            elif cat_ra is not None and cat_dec is not None:
-                if positions is None:
-                    ra = np.full(n_global, np.nan)
-                    dec = np.full(n_global, np.nan)
-                    ra[self.global_index] = self.ra
-                    dec[self.global_index] = self.dec
-                    have = np.flatnonzero(np.isfinite(ra) & np.isfinite(dec))
-                    query = _unit_vectors(ra[have], dec[have])
-                    pairs = [(int(have[q]), t) for q, t in
-                             _greedy_match(_unit_vectors(cat_ra, cat_dec), query, radius)]
-                else:
-                    pairs = _greedy_match(_unit_vectors(cat_ra, cat_dec), np.array(positions),
-                                          radius)
-            else:
-                raise EngineValueError("the reference catalogue needs ra and dec (or a star_id "
-                                       "column matching the star tables' star_id)")
-            for gi, t in pairs:
-                self.catalogue_mag[gi] = g[t]
-                self.catalogue_colour[gi] = c[t]
-            self.catalogue_matches = len(pairs)
-            if positions is not None and cat_ids is not None:
-                # Catalogue stars keep the catalogue's id; the others get ids above them all.
-                new_ids = np.full(n_global, -1, dtype=np.int64)
-                for gi, t in pairs:
-                    new_ids[gi] = int(cat_ids[t])
-                top = int(np.nanmax(cat_ids)) + 1 if cat_ids.size else 0
-                free = np.flatnonzero(new_ids < 0)
-                new_ids[free] = top + np.arange(free.size)
-                self.global_id = new_ids
-        # One colour per global star: the catalogue's, else the mean of the runs'.
-        colour = self.catalogue_colour.copy()
-        sums = np.zeros(n_global)
-        counts = np.zeros(n_global)
-        finite = np.isfinite(self.colour)
-        np.add.at(sums, self.global_index[finite], self.colour[finite])
-        np.add.at(counts, self.global_index[finite], 1)
-        with np.errstate(all="ignore"):
-            fallback = sums / counts
-        self.global_colour = np.where(np.isfinite(colour), colour, fallback)
 
 
 def _basis(colour, degree, c0, cs):
@@ -225,6 +71,14 @@ def merge_runs(runs, reference_catalogue: pa.Table | None = None,
     """
     config = EnsembleConfig() if config is None else config
     runs = list(runs)
+    _check_runs(runs, reference_catalogue)
+    bands = _catalogue_bands(reference_catalogue)
+    if not bands:
+        return _merge(runs, reference_catalogue, config, "G" if reference_catalogue else None)
+    return _merge_by_band(runs, reference_catalogue, bands, config)
+
+
+def _check_runs(runs: list, reference_catalogue) -> None:
     if not runs:
         raise EngineValueError("merge_runs needs at least one run")
     for run in runs:
@@ -237,14 +91,16 @@ def merge_runs(runs, reference_catalogue: pa.Table | None = None,
     if reference_catalogue is not None and not isinstance(reference_catalogue, pa.Table):
         raise EngineValueError("reference_catalogue must be a pyarrow.Table "
                                "(engine.io.catalogue.read_catalogue reads a file)")
-    bands = _catalogue_bands(reference_catalogue)
-    if not bands:
-        return _merge(runs, reference_catalogue, config, "G" if reference_catalogue else None)
-    chosen = {run.run_id: _run_band(run, reference_catalogue, bands, config) for run in runs}
+
+
+def _merge_by_band(runs: list, catalogue: pa.Table, bands: dict, config: EnsembleConfig):
+    """Each run standardised to its band (`_run_band`): one merge per band, the rows back in
+    the runs' order, and the diagnostics of every band."""
+    chosen = {run.run_id: _run_band(run, catalogue, bands, config) for run in runs}
     tables, groups = {}, {}
     for band in sorted({band for band, _ in chosen.values()}):
         members = [run for run in runs if chosen[run.run_id][0] == band]
-        table, diagnostics = _merge(members, _band_catalogue(reference_catalogue, bands[band]),
+        table, diagnostics = _merge(members, _band_catalogue(catalogue, bands[band]),
                                     config, band)
         groups[band] = diagnostics
         for run in members:
@@ -271,7 +127,7 @@ def _catalogue_bands(catalogue: pa.Table | None) -> dict[str, str]:
 def _band_catalogue(catalogue: pa.Table, column: str) -> pa.Table:
     """The catalogue with one band's magnitudes as its magnitude column."""
     keep = [name for name in catalogue.column_names
-            if not name.startswith("mag_") and name not in _MAG_COLUMNS]
+            if not name.startswith("mag_") and name not in MAG_COLUMNS]
     return catalogue.select(keep).append_column("mag", catalogue.column(column))
 
 
@@ -307,7 +163,7 @@ def _run_band(run, catalogue: pa.Table, bands: dict[str, str], config: EnsembleC
 def _band_scatter(run, catalogue: pa.Table, config: EnsembleConfig) -> float | None:
     """1.4826 x the median absolute deviation of (run mean - catalogue) over the run's
     well-measured stars in one band, or None with fewer than 5 of them."""
-    stars = _Stars([run], catalogue, config)
+    stars = NetworkStars([run], catalogue, config)
     reference = stars.catalogue_mag[stars.global_index]
     use = ((stars.role != "target") & np.isfinite(stars.mag) & np.isfinite(reference)
            & (stars.frames >= 3))
@@ -319,7 +175,7 @@ def _band_scatter(run, catalogue: pa.Table, config: EnsembleConfig) -> float | N
 
 def _merge(runs, catalogue: pa.Table | None, config: EnsembleConfig, band: str | None):
     """merge_runs for runs that share one standard band (catalogue's `mag`), or none."""
-    stars = _Stars(runs, catalogue, config)
+    stars = NetworkStars(runs, catalogue, config)
     solution = _solve(stars, len(runs), catalogue is not None, config)
     system = (f"catalogue {band}" if catalogue is not None
               else f"run {runs[solution['reference']].run_id}")
@@ -328,20 +184,17 @@ def _merge(runs, catalogue: pa.Table | None, config: EnsembleConfig, band: str |
     return table, jsonable(diagnostics)
 
 
-def _solve(stars: _Stars, n_runs: int, with_catalogue: bool, config: EnsembleConfig) -> dict:
-    from scipy import sparse
-    from scipy.sparse.linalg import splu
-
-    colour = stars.global_colour
+def _colour_scale(colour) -> tuple[float, float]:
+    """(c0, cs): the median and spread of the known colours, the P_d basis' centre and scale."""
     known = np.isfinite(colour)
     c0 = float(np.median(colour[known])) if known.any() else 0.0
     cs = float(np.std(colour[known])) if known.sum() > 1 else 1.0
-    cs = cs if cs > 0 else 1.0
+    return c0, (cs if cs > 0 else 1.0)
 
-    obs = np.flatnonzero((stars.role != "target") & np.isfinite(stars.mag)
-                         & np.isfinite(stars.mag_err) & (stars.frames >= 3))
-    g_obs = stars.global_index[obs]
-    r_obs = stars.run[obs]
+
+def _colour_degrees(colour, g_obs, r_obs, n_runs: int, config: EnsembleConfig) -> np.ndarray:
+    """Each run's colour-term degree: colour_degree, lowered to one per 8 stars of known
+    colour, and 0 when their colours span less than 0.1 mag."""
     degree = np.zeros(n_runs, dtype=np.int64)
     for r in range(n_runs):
         mine = g_obs[r_obs == r]
@@ -349,25 +202,30 @@ def _solve(stars: _Stars, n_runs: int, with_catalogue: bool, config: EnsembleCon
         n_col = int(coloured.sum())
         spread = float(np.std(colour[mine][coloured])) if n_col > 1 else 0.0
         degree[r] = min(config.colour_degree, n_col // 8) if spread >= 0.1 else 0
-    # Runs' parameter columns; without a catalogue the reference run has none (gauge).
-    counts = np.bincount(r_obs, minlength=n_runs)
-    reference = None if with_catalogue else int(np.argmax(counts))
+    return degree
+
+
+def _run_columns(degree, reference) -> tuple[list, int]:
+    """Each run's parameter columns (offset, then colour terms) and their total; the
+    reference run has none (it fixes the gauge when there is no catalogue)."""
     run_columns = []
     column = 0
-    for r in range(n_runs):
+    for r, d in enumerate(degree):
         if r == reference:
             run_columns.append(np.zeros(0, dtype=np.int64))
         else:
-            run_columns.append(np.arange(column, column + 1 + degree[r]))
-            column += 1 + degree[r]
-    n_run_params = column
-    used_stars, star_column = np.unique(g_obs, return_inverse=True)
-    n_unknowns = n_run_params + used_stars.size
+            run_columns.append(np.arange(column, column + 1 + d))
+            column += 1 + d
+    return run_columns, column
 
-    cat_rows = np.flatnonzero(np.isfinite(stars.catalogue_mag[used_stars])) if with_catalogue \
-        else np.zeros(0, dtype=np.int64)
-    # Observations whose star has no usable colour cannot take colour terms: they fit offsets.
-    obs_colour = colour[g_obs]
+
+def _design_matrix(r_obs, star_column, obs_colour, cat_rows, run_columns, degree, c0, cs,
+                   n_run_params: int, n_unknowns: int):
+    """Sparse rows: each observation (its star, its run's offset and colour terms), then each
+    catalogue magnitude (its star alone). Observations whose star has no usable colour cannot
+    take colour terms: they fit offsets."""
+    from scipy import sparse
+
     rows, cols, vals = [], [], []
     for n_row, (r, sc, c) in enumerate(zip(r_obs, star_column, obs_colour)):
         rows.append(n_row)
@@ -383,61 +241,99 @@ def _solve(stars: _Stars, n_runs: int, with_catalogue: bool, config: EnsembleCon
                     rows.append(n_row)
                     cols.append(run_columns[r][1 + d])
                     vals.append(basis[d])
-    n_obs = obs.size
+    n_obs = r_obs.size
     for k, sc in enumerate(cat_rows):
         rows.append(n_obs + k)
         cols.append(n_run_params + sc)
         vals.append(1.0)
-    design = sparse.csr_matrix((vals, (rows, cols)), shape=(n_obs + cat_rows.size, n_unknowns))
-    y = np.concatenate([stars.mag[obs], stars.catalogue_mag[used_stars][cat_rows]])
-    sigma2 = np.concatenate([stars.mag_err[obs] ** 2 + config.merge_floor_mag ** 2,
-                             np.full(cat_rows.size, config.catalogue_error_mag ** 2)])
+    return sparse.csr_matrix((vals, (rows, cols)), shape=(n_obs + cat_rows.size, n_unknowns))
+
+
+def _star_extra_variance(residual, sigma2, keep, extra, star_column, n_stars: int):
+    """Per-star variance beyond the errors (a moment step), from stars seen in several runs."""
+    u = np.where(keep, 1.0 / (sigma2 + extra[star_column]) ** 2, 0.0)
+    num = np.bincount(star_column, u * (residual ** 2 - sigma2), minlength=n_stars)
+    den = np.bincount(star_column, u, minlength=n_stars)
+    runs_per_star = np.bincount(star_column, keep, minlength=n_stars)
+    with np.errstate(all="ignore"):
+        return np.where((runs_per_star >= 2) & (den > 0), np.maximum(num / den, 0.0), 0.0)
+
+
+def _iterate(design, y, sigma2, star_column, n_stars: int, config: EnsembleConfig):
+    """Weighted least squares by the normal equations, re-estimating the stars' extra variance
+    and clipping beyond merge_clip_sigma until nothing changes (at most 15 times).
+    Returns (solution, LU factor or None, keep, extra, ok)."""
+    from scipy import sparse
+    from scipy.sparse.linalg import splu
+
+    n_obs = star_column.size
+    n_cat = y.size - n_obs
+    n_unknowns = design.shape[1]
     keep = np.ones(y.size, dtype=bool)
-    extra = np.zeros(used_stars.size)          # per-star variance beyond the errors
+    extra = np.zeros(n_stars)
     solution = np.zeros(n_unknowns)
     factor = None
-    ok = True
     for _ in range(15):
-        star_extra = np.concatenate([extra[star_column], np.zeros(cat_rows.size)])
+        star_extra = np.concatenate([extra[star_column], np.zeros(n_cat)])
         w = np.where(keep, 1.0 / (sigma2 + star_extra), 0.0)
         normal = (design.T @ sparse.diags(w) @ design).tocsc()
         normal = normal + sparse.identity(n_unknowns, format="csc") * 1e-12
         try:
             factor = splu(normal)
         except RuntimeError:
-            ok = False
-            break
+            return solution, factor, keep, extra, False
         solution = factor.solve(design.T @ (w * y))
         residual = y - design @ solution
-        # Per-star extra variance (moment step) from observations in several runs.
-        res_obs = residual[:n_obs]
-        s2 = sigma2[:n_obs]
-        u = np.where(keep[:n_obs], 1.0 / (s2 + extra[star_column]) ** 2, 0.0)
-        num = np.bincount(star_column, u * (res_obs ** 2 - s2), minlength=used_stars.size)
-        den = np.bincount(star_column, u, minlength=used_stars.size)
-        runs_per_star = np.bincount(star_column, keep[:n_obs], minlength=used_stars.size)
-        with np.errstate(all="ignore"):
-            new_extra = np.where((runs_per_star >= 2) & (den > 0), np.maximum(num / den, 0.0),
-                                 0.0)
-        total = sigma2 + np.concatenate([new_extra[star_column], np.zeros(cat_rows.size)])
+        new_extra = _star_extra_variance(residual[:n_obs], sigma2[:n_obs], keep[:n_obs], extra,
+                                         star_column, n_stars)
+        total = sigma2 + np.concatenate([new_extra[star_column], np.zeros(n_cat)])
         new_keep = residual ** 2 <= config.merge_clip_sigma ** 2 * total
         changed = not np.array_equal(new_keep, keep) or (
             new_extra.size > 0 and np.max(np.abs(new_extra - extra)) > 1e-10)
         keep, extra = new_keep, new_extra
         if not changed:
             break
+    return solution, factor, keep, extra, True
 
+
+def _run_covariances(factor, run_columns, n_unknowns: int) -> list:
+    """Each run's block of the inverse normal matrix (its parameters' covariance)."""
     covariance = []
-    for r in range(n_runs):
-        idx = run_columns[r]
+    for idx in run_columns:
         if idx.size == 0 or factor is None:
             covariance.append(np.zeros((idx.size, idx.size)))
             continue
         unit = np.zeros((n_unknowns, idx.size))
         unit[idx, np.arange(idx.size)] = 1.0
-        inverse = factor.solve(unit)
-        covariance.append(inverse[idx])
+        covariance.append(factor.solve(unit)[idx])
+    return covariance
+
+
+def _solve(stars: NetworkStars, n_runs: int, with_catalogue: bool, config: EnsembleConfig) -> dict:
+    colour = stars.global_colour
+    c0, cs = _colour_scale(colour)
+    obs = np.flatnonzero((stars.role != "target") & np.isfinite(stars.mag)
+                         & np.isfinite(stars.mag_err) & (stars.frames >= 3))
+    g_obs = stars.global_index[obs]
+    r_obs = stars.run[obs]
+    degree = _colour_degrees(colour, g_obs, r_obs, n_runs, config)
+    counts = np.bincount(r_obs, minlength=n_runs)
+    reference = None if with_catalogue else int(np.argmax(counts))
+    run_columns, n_run_params = _run_columns(degree, reference)
+    used_stars, star_column = np.unique(g_obs, return_inverse=True)
+    n_unknowns = n_run_params + used_stars.size
+    cat_rows = np.flatnonzero(np.isfinite(stars.catalogue_mag[used_stars])) if with_catalogue \
+        else np.zeros(0, dtype=np.int64)
+    design = _design_matrix(r_obs, star_column, colour[g_obs], cat_rows, run_columns, degree,
+                            c0, cs, n_run_params, n_unknowns)
+    y = np.concatenate([stars.mag[obs], stars.catalogue_mag[used_stars][cat_rows]])
+    sigma2 = np.concatenate([stars.mag_err[obs] ** 2 + config.merge_floor_mag ** 2,
+                             np.full(cat_rows.size, config.catalogue_error_mag ** 2)])
+    solution, factor, keep, extra, ok = _iterate(design, y, sigma2, star_column,
+                                                 used_stars.size, config)
+    covariance = _run_covariances(factor, run_columns, n_unknowns)
     residual = y - design @ solution
+    n_obs = obs.size
     return {"solution": solution, "sigma2": sigma2[:n_obs] + extra[star_column],
             "run_columns": run_columns, "degree": degree, "c0": c0, "cs": cs,
             "covariance": covariance, "reference": reference, "ok": ok, "obs": obs,
@@ -461,7 +357,7 @@ def _transform(solution: dict, r: int, colour):
     return g @ params, np.einsum("ij,jk,ik->i", g, cov, g)
 
 
-def _standardised_table(runs, stars: _Stars, solution: dict, system: str) -> pa.Table:
+def _standardised_table(runs, stars: NetworkStars, solution: dict, system: str) -> pa.Table:
     tables = []
     for r, run in enumerate(runs):
         t = run.table
@@ -496,7 +392,7 @@ def _rms(values):
     return float(np.sqrt(np.mean(values ** 2))) if values.size else None
 
 
-def _merge_diagnostics(runs, stars: _Stars, solution: dict, with_catalogue: bool,
+def _merge_diagnostics(runs, stars: NetworkStars, solution: dict, with_catalogue: bool,
                       band: str | None) -> dict:
     per_run = []
     std_mean = np.full(stars.mag.size, np.nan)

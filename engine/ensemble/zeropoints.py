@@ -77,16 +77,9 @@ def _robust_std(values):
     return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
-def frame_quality(time, airmass, zero_point, zero_point_var, scatter_ratio, scatter_count,
-                  config: EnsembleConfig, fwhm=None) -> FrameQuality:
-    """Fit the clear-sky baseline of the zero points and flag frames (see the module doc).
-
-    fwhm: optional per-frame seeing; when given (finite and varying) the baseline gets a term
-    linear in it, for the aperture loss that follows the seeing."""
-    time = np.asarray(time, dtype=np.float64)
-    airmass = np.asarray(airmass, dtype=np.float64)
-    n = time.shape[0]
-    has = np.isfinite(zero_point) & np.isfinite(zero_point_var)
+def _baseline_design(time, airmass, fwhm, has, config: EnsembleConfig):
+    """(design matrix of the clear-sky baseline, whether it has the airmass term): terms
+    dropped, time first, until there are 5 frames with a zero point per term."""
     use_airmass = bool(np.all(np.isfinite(airmass[has]))) and np.ptp(airmass[has]) > 1e-3 \
         if has.any() else False
     x = np.where(np.isfinite(airmass), airmass, np.nanmean(airmass) if np.isfinite(
@@ -101,9 +94,14 @@ def frame_quality(time, airmass, zero_point, zero_point_var, scatter_ratio, scat
     n_par = design.shape[1]
     while n_par > 1 and has.sum() < 5 * n_par:  # too few frames for every term: simplify
         n_par -= 1
-    design = design[:, :n_par]
+    return design[:, :n_par], use_airmass
 
-    baseline = np.full(n, np.nan)
+
+def _clear_sky_fit(design, zero_point, zero_point_var, has):
+    """The upper envelope by asymmetric clipping: (baseline, clear frames, jitter,
+    coefficients)."""
+    n_par = design.shape[1]
+    baseline = np.full(has.shape[0], np.nan)
     clear = has.copy()
     jitter = 0.0
     coefficients = np.zeros(n_par)
@@ -129,20 +127,13 @@ def frame_quality(time, airmass, zero_point, zero_point_var, scatter_ratio, scat
         if np.array_equal(new_clear, clear):
             break
         clear = new_clear
+    return baseline, clear, jitter, coefficients
 
-    loss = zero_point - baseline
-    sigma = np.sqrt(zero_point_var + jitter ** 2)
-    with np.errstate(all="ignore"):
-        loss_sigma = loss / sigma
-        transparency = 10.0 ** (-0.4 * loss)
-    min_loss_mag = -2.5 * np.log10(1.0 - config.cloud_min_loss)
-    cloudy = has & (loss_sigma > config.cloud_sigma) & (loss > min_loss_mag)
-    with np.errstate(invalid="ignore"):
-        allowed = 1.0 + config.scatter_sigma * _RATIO_STANDARD_ERROR / np.sqrt(
-            np.maximum(scatter_count, 1))
-        noisy = (np.isfinite(scatter_ratio) & (scatter_ratio > allowed)
-                 & (scatter_ratio > config.scatter_min_ratio))
 
+def _flag_frames(has, cloudy, noisy, transparency, loss_sigma, allowed, scatter_ratio,
+                 scatter_count, config: EnsembleConfig):
+    """(flags, reasons in words) per frame: NO_ENSEMBLE, CLOUD, NOISE_MODEL_EXCEEDED."""
+    n = has.shape[0]
     flags = np.zeros(n, dtype=np.uint32)
     reasons: list = [None] * n
     for k in range(n):
@@ -163,7 +154,36 @@ def frame_quality(time, airmass, zero_point, zero_point_var, scatter_ratio, scat
                        f"{int(scatter_count[k])} stars (allowed {limit:.2f})")
         if why:
             reasons[k] = "; ".join(why)
-    extinction = float(coefficients[1]) if use_airmass and n_par > 1 else float("nan")
+    return flags, reasons
+
+
+def frame_quality(time, airmass, zero_point, zero_point_var, scatter_ratio, scatter_count,
+                  config: EnsembleConfig, fwhm=None) -> FrameQuality:
+    """Fit the clear-sky baseline of the zero points and flag frames (see the module doc).
+
+    fwhm: optional per-frame seeing; when given (finite and varying) the baseline gets a term
+    linear in it, for the aperture loss that follows the seeing."""
+    time = np.asarray(time, dtype=np.float64)
+    airmass = np.asarray(airmass, dtype=np.float64)
+    has = np.isfinite(zero_point) & np.isfinite(zero_point_var)
+    design, use_airmass = _baseline_design(time, airmass, fwhm, has, config)
+    baseline, clear, jitter, coefficients = _clear_sky_fit(design, zero_point, zero_point_var,
+                                                           has)
+    loss = zero_point - baseline
+    sigma = np.sqrt(zero_point_var + jitter ** 2)
+    with np.errstate(all="ignore"):
+        loss_sigma = loss / sigma
+        transparency = 10.0 ** (-0.4 * loss)
+    min_loss_mag = -2.5 * np.log10(1.0 - config.cloud_min_loss)
+    cloudy = has & (loss_sigma > config.cloud_sigma) & (loss > min_loss_mag)
+    with np.errstate(invalid="ignore"):
+        allowed = 1.0 + config.scatter_sigma * _RATIO_STANDARD_ERROR / np.sqrt(
+            np.maximum(scatter_count, 1))
+        noisy = (np.isfinite(scatter_ratio) & (scatter_ratio > allowed)
+                 & (scatter_ratio > config.scatter_min_ratio))
+    flags, reasons = _flag_frames(has, cloudy, noisy, transparency, loss_sigma, allowed,
+                                  scatter_ratio, scatter_count, config)
+    extinction = float(coefficients[1]) if use_airmass and design.shape[1] > 1 else float("nan")
     return FrameQuality(zero_point=np.asarray(zero_point, dtype=np.float64),
                         baseline=baseline, loss=loss, transparency=transparency,
                         loss_sigma=loss_sigma, flags=flags, reasons=reasons,

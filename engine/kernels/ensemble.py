@@ -277,12 +277,7 @@ def weighted_ensemble(mag, var, valid=None, *, clip: float = 5.0, min_stars: int
     """
     mag = _float_matrix("mag", mag)
     var = _float_matrix("var", var, mag.shape)
-    ok = np.isfinite(mag) & np.isfinite(var) & (var > 0.0)
-    if valid is not None:
-        valid = np.asarray(valid)
-        if valid.shape != mag.shape:
-            raise EngineValueError(f"valid must have shape {mag.shape}, got {valid.shape}")
-        ok &= valid.astype(bool)
+    ok = _usable(mag, var, valid)
     clip = float(clip)
     if not (math.isfinite(clip) and clip > 0.0):
         raise EngineValueError(f"clip must be finite and > 0, got {clip!r}")
@@ -294,57 +289,97 @@ def weighted_ensemble(mag, var, valid=None, *, clip: float = 5.0, min_stars: int
         raise EngineValueError(f"tol must be >= 0, got {tol!r}")
     set_threads(1 if mag.size < _PARALLEL_MIN else threads)
 
-    n_frames, n_stars = mag.shape
     # Star-major copies; masked entries hold harmless numbers so no NaN reaches a sum.
     ok_t = np.ascontiguousarray(ok.T)
-    mag_t = np.ascontiguousarray(np.where(ok_t, mag.T, 0.0))
-    var_t = np.ascontiguousarray(np.where(ok_t, var.T, 1.0))
-    valid8 = ok_t.astype(np.uint8)
-    use = valid8.copy()
-    # Start from each star's plain mean (0 when never measured); the iteration does the rest.
-    with np.errstate(all="ignore"):
-        star_mag = mag_t.sum(axis=1) / ok_t.sum(axis=1)
-    star_mag = np.ascontiguousarray(np.where(np.isfinite(star_mag), star_mag, 0.0))
-    excess = np.zeros(n_stars)
-    zero_point = np.full(n_frames, np.nan)
-    weight_sum = np.zeros(n_frames)
-    count = np.zeros(n_frames, dtype=np.int64)
-    changed = np.zeros(n_stars, dtype=np.int64)
+    state = _EnsembleState.start(np.ascontiguousarray(np.where(ok_t, mag.T, 0.0)),
+                                 np.ascontiguousarray(np.where(ok_t, var.T, 1.0)), ok_t)
+    iterations, converged = _iterate(state, clip, min_stars, max_iter, tol,
+                                     unclipped_iterations)
+    return _final_fit(state, min_stars, iterations, converged)
 
-    converged = False
-    iterations = 0
-    previous_zero = np.full(n_frames, np.nan)
+
+def _usable(mag, var, valid):
+    """Finite mag, finite var > 0, and the caller's valid mask."""
+    ok = np.isfinite(mag) & np.isfinite(var) & (var > 0.0)
+    if valid is not None:
+        valid = np.asarray(valid)
+        if valid.shape != mag.shape:
+            raise EngineValueError(f"valid must have shape {mag.shape}, got {valid.shape}")
+        ok &= valid.astype(bool)
+    return ok
+
+
+class _EnsembleState(NamedTuple):
+    """The star-major arrays the kernels update in place."""
+
+    mag_t: np.ndarray          # (stars, frames) magnitudes, 0 where unusable
+    var_t: np.ndarray          # (stars, frames) variances, 1 where unusable
+    valid8: np.ndarray         # (stars, frames) uint8 usable
+    use: np.ndarray            # (stars, frames) uint8 used (not clipped)
+    star_mag: np.ndarray       # (stars,)
+    excess: np.ndarray         # (stars,) excess variance
+    zero_point: np.ndarray     # (frames,)
+    weight_sum: np.ndarray     # (frames,)
+    count: np.ndarray          # (frames,) stars used
+    changed: np.ndarray        # (stars,) measurements whose use changed this iteration
+
+    @classmethod
+    def start(cls, mag_t, var_t, ok_t):
+        n_stars, n_frames = mag_t.shape
+        valid8 = ok_t.astype(np.uint8)
+        # Start from each star's plain mean (0 when never measured); the iteration does the rest.
+        with np.errstate(all="ignore"):
+            star_mag = mag_t.sum(axis=1) / ok_t.sum(axis=1)
+        star_mag = np.ascontiguousarray(np.where(np.isfinite(star_mag), star_mag, 0.0))
+        return cls(mag_t=mag_t, var_t=var_t, valid8=valid8, use=valid8.copy(),
+                   star_mag=star_mag, excess=np.zeros(n_stars),
+                   zero_point=np.full(n_frames, np.nan), weight_sum=np.zeros(n_frames),
+                   count=np.zeros(n_frames, dtype=np.int64),
+                   changed=np.zeros(n_stars, dtype=np.int64))
+
+    def update_zero_points(self, min_stars):
+        _zero_points(self.mag_t, self.var_t, self.use, self.star_mag, self.excess, min_stars,
+                     self.zero_point, self.weight_sum, self.count)
+
+
+def _iterate(state: _EnsembleState, clip, min_stars, max_iter, tol, unclipped_iterations):
+    """Zero points, then star magnitudes, excess variances and clipping, until nothing moves
+    more than tol. Returns (iterations, converged)."""
+    previous_zero = np.full(state.zero_point.size, np.nan)
     for iteration in range(max_iter):
-        iterations = iteration + 1
-        _zero_points(mag_t, var_t, use, star_mag, excess, min_stars, zero_point, weight_sum,
-                     count)
-        previous_mag = star_mag.copy()
+        state.update_zero_points(min_stars)
+        previous_mag = state.star_mag.copy()
         do_clip = iteration >= unclipped_iterations
-        _star_updates(mag_t, var_t, valid8, use, zero_point, weight_sum, star_mag, excess, clip,
-                      do_clip, changed)
-        moved_zero = _largest_change(zero_point, previous_zero)
-        moved_mag = _largest_change(star_mag, previous_mag)
-        previous_zero = zero_point.copy()
+        _star_updates(state.mag_t, state.var_t, state.valid8, state.use, state.zero_point,
+                      state.weight_sum, state.star_mag, state.excess, clip, do_clip,
+                      state.changed)
+        moved_zero = _largest_change(state.zero_point, previous_zero)
+        moved_mag = _largest_change(state.star_mag, previous_mag)
+        previous_zero = state.zero_point.copy()
         if (iteration > unclipped_iterations and moved_zero <= tol and moved_mag <= tol
-                and not changed.any()):
-            converged = True
-            break
+                and not state.changed.any()):
+            return iteration + 1, True
+    return max_iter, False
 
-    # The final zero points with the final weights and use.
-    _zero_points(mag_t, var_t, use, star_mag, excess, min_stars, zero_point, weight_sum, count)
+
+def _final_fit(state: _EnsembleState, min_stars, iterations, converged) -> EnsembleFit:
+    """The final zero points with the final weights and use, shifted to mean zero."""
+    state.update_zero_points(min_stars)
+    zero_point, star_mag = state.zero_point, state.star_mag
     has_zero = np.isfinite(zero_point)
-    weight_t = np.where((use != 0) & has_zero[None, :], 1.0 / (var_t + excess[:, None]), 0.0)
+    weight_t = np.where((state.use != 0) & has_zero[None, :],
+                        1.0 / (state.var_t + state.excess[:, None]), 0.0)
     if has_zero.any():
         shift = float(np.mean(zero_point[has_zero]))
         zero_point -= shift
         star_mag = star_mag + shift
-    used = (use.T != 0) & has_zero[:, None]
+    used = (state.use.T != 0) & has_zero[:, None]
     star_mag = np.where(used.any(axis=0), star_mag, np.nan)
     with np.errstate(divide="ignore"):
-        zero_point_var = np.where(has_zero, 1.0 / weight_sum, np.nan)
+        zero_point_var = np.where(has_zero, 1.0 / state.weight_sum, np.nan)
     return EnsembleFit(zero_point=zero_point, zero_point_var=zero_point_var, star_mag=star_mag,
-                       excess=excess, weight=np.ascontiguousarray(weight_t.T), used=used,
-                       stars_used=np.where(has_zero, count, 0), iterations=iterations,
+                       excess=state.excess, weight=np.ascontiguousarray(weight_t.T), used=used,
+                       stars_used=np.where(has_zero, state.count, 0), iterations=iterations,
                        converged=converged)
 
 

@@ -460,6 +460,33 @@ def _limb_darkening(u1, u2) -> tuple[float, float]:
     return u1, u2
 
 
+def _exposure_times(exptime, shape: tuple, period: float) -> np.ndarray:
+    """Exposure times (days) as one value or one per time, flat, each in [0, period]."""
+    exptime = _real_array("exptime", exptime)
+    if exptime.ndim == 0:
+        exptime = exptime.reshape(1)
+    elif exptime.shape == shape:
+        exptime = exptime.reshape(-1)
+    else:
+        raise EngineValueError(
+            f"exptime must be a scalar or have time's shape {shape}, got {exptime.shape}")
+    if exptime.size and (exptime.min() < 0.0 or exptime.max() > period):
+        raise EngineValueError(f"exptime must lie in [0, period = {period}] days")
+    return exptime
+
+
+def _nodes_per_piece(supersample) -> int:
+    """Gauss-Legendre nodes per exposure piece; 0 lets the kernel choose."""
+    if supersample is None:
+        return 0
+    if isinstance(supersample, bool) or not isinstance(supersample, (int, np.integer)):
+        raise EngineValueError(f"supersample must be an integer, got {supersample!r}")
+    nodes_count = int(supersample)
+    if not 1 <= nodes_count <= _MAX_NODES:
+        raise EngineValueError(f"supersample must be in [1, {_MAX_NODES}], got {nodes_count}")
+    return nodes_count
+
+
 def _orbit(t0, period, a_rs, inc_deg) -> tuple[float, float, float, float]:
     t0 = _scalar("t0", t0)
     period = _scalar("period", period)
@@ -602,24 +629,8 @@ def transit_light_curve(time, t0, period, rp_rs, a_rs, inc_deg, u1, u2, exptime=
             f"a_rs must exceed 1 + rp_rs = {1.0 + p!r} (planet clear of the star at quadrature), "
             f"got {a_rs!r}")
     u1, u2 = _limb_darkening(u1, u2)
-    exptime = _real_array("exptime", exptime)
-    if exptime.ndim == 0:
-        exptime = exptime.reshape(1)
-    elif exptime.shape == time.shape:
-        exptime = exptime.reshape(-1)
-    else:
-        raise EngineValueError(
-            f"exptime must be a scalar or have time's shape {time.shape}, got {exptime.shape}")
-    if exptime.size and (exptime.min() < 0.0 or exptime.max() > period):
-        raise EngineValueError(f"exptime must lie in [0, period = {period}] days")
-    if supersample is None:
-        nodes_count = 0
-    else:
-        if isinstance(supersample, bool) or not isinstance(supersample, (int, np.integer)):
-            raise EngineValueError(f"supersample must be an integer, got {supersample!r}")
-        nodes_count = int(supersample)
-        if not 1 <= nodes_count <= _MAX_NODES:
-            raise EngineValueError(f"supersample must be in [1, {_MAX_NODES}], got {nodes_count}")
+    exptime = _exposure_times(exptime, time.shape, period)
+    nodes_count = _nodes_per_piece(supersample)
     result = _output(out, time.shape)
     driver = _light_curve_array if set_threads(threads) > 1 and time.size >= _PARALLEL_MIN else \
         _light_curve_serial
