@@ -44,6 +44,7 @@ __all__ = [
     "GAUSSIAN",
     "MOFFAT",
     "add_stars",
+    "fwhm_per_width",
     "gaussian_box_radius",
     "gaussian_profile",
     "gaussian_sigma",
@@ -81,16 +82,23 @@ _PIXEL_TOLERANCE = 1e-13
 # Shape helpers (Python, scalar or array)
 # ----------------------------------------------------------------------------------------------
 
+def fwhm_per_width(profile: str, beta=2.5):
+    """FWHM of a profile of unit width: 2 sqrt(2^(1/beta) - 1) for a Moffat of core width alpha,
+    2 sqrt(2 ln 2) for a Gaussian of sigma (beta ignored). The one conversion between the FWHM
+    the engine speaks and the width parameter inside each profile's formula."""
+    if profile == "moffat":
+        return 2.0 * np.sqrt(np.power(2.0, 1.0 / np.asarray(beta, dtype=np.float64)) - 1.0)
+    return 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+
 def moffat_alpha(fwhm, beta):
     """Moffat core width alpha for a FWHM: fwhm = 2 alpha sqrt(2^(1/beta) - 1)."""
-    fwhm = np.asarray(fwhm, dtype=np.float64)
-    beta = np.asarray(beta, dtype=np.float64)
-    return fwhm / (2.0 * np.sqrt(np.power(2.0, 1.0 / beta) - 1.0))
+    return np.asarray(fwhm, dtype=np.float64) / fwhm_per_width("moffat", beta)
 
 
 def gaussian_sigma(fwhm):
     """Gaussian sigma for a FWHM: fwhm = 2 sqrt(2 ln 2) sigma."""
-    return np.asarray(fwhm, dtype=np.float64) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    return np.asarray(fwhm, dtype=np.float64) / fwhm_per_width("gaussian")
 
 
 def _axes(width, ellipticity):
