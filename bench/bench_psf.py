@@ -193,7 +193,7 @@ def _coma_setup(quick: bool, rng: np.random.Generator) -> Case:
 
 
 def _empirical_engine(inputs, threads: int) -> np.ndarray:
-    from engine.psf_empirical import build_empirical_psf
+    from engine.psf import build_empirical_psf
 
     image = np.asarray(inputs["image"], dtype=np.float64)
     psf = build_empirical_psf(image, inputs["x"], inputs["y"], inputs["stars"], fwhm=_FWHM,

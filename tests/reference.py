@@ -583,7 +583,7 @@ def sigma_clipped_mean_numpy(stack, sigma=3.0, maxiters=5):
 
 
 # ------------------------------------------------------------------------------------------------
-# PSF photometry (engine/cext/src/psf.cpp through engine.psf). Written from the
+# PSF photometry (engine/cext/src/psf_*.cpp through engine.psf). Written from the
 # definitions in engine/cext/include/engine/psf.hpp, sharing nothing with the compiled code:
 # pixel integrals by a fixed 24 x 24 Gauss-Legendre product rule on every pixel (no adaptive node
 # counts, no erf), groups by an all-pairs union-find, fits by scipy.optimize.least_squares with

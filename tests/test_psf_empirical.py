@@ -1,4 +1,4 @@
-"""The empirical PSF (engine.psf_empirical) on simulated stars whose PSF no analytic profile
+"""The empirical PSF (engine.psf.empirical) on simulated stars whose PSF no analytic profile
 fits: a coma-like sum of two Gaussians offset by 1.3 px (70% and 30% of the light). Held to the
 simulator's truth (fluxes, the pixel-integrated PSF), to analytic answers (the noise-equivalent
 area of a Gaussian) and to photutils' EPSFBuilder on the same stars."""
@@ -14,7 +14,7 @@ from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
 from engine.kernels.psf import add_stars
 from engine.psf import choose_psf_model, fit_psf_model, psf_photometry
-from engine.psf_empirical import EmpiricalPSF
+from engine.psf.empirical import EmpiricalPSF
 
 SKY, READ_NOISE, FWHM = 100.0, 5.0, 3.0
 # The second Gaussian's offset and share of the light; the light's centroid is at

@@ -1,4 +1,4 @@
-"""The PSF core (engine/cext/psf.py over psf.cpp): pixel integrals against a slow quadrature, the
+"""The PSF core (engine/cext/psf.py): pixel integrals against a slow quadrature, the
 independent renderer (engine.kernels.psf) and analytic answers; fits against
 scipy.optimize.least_squares (tests/reference.py); flags, threads and bad inputs."""
 

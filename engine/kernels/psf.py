@@ -44,6 +44,7 @@ __all__ = [
     "GAUSSIAN",
     "MOFFAT",
     "add_stars",
+    "fwhm_per_width",
     "gaussian_box_radius",
     "gaussian_profile",
     "gaussian_sigma",
@@ -81,16 +82,23 @@ _PIXEL_TOLERANCE = 1e-13
 # Shape helpers (Python, scalar or array)
 # ----------------------------------------------------------------------------------------------
 
+def fwhm_per_width(profile: str, beta=2.5):
+    """FWHM of a profile of unit width: 2 sqrt(2^(1/beta) - 1) for a Moffat of core width alpha,
+    2 sqrt(2 ln 2) for a Gaussian of sigma (beta ignored). The one conversion between the FWHM
+    the engine speaks and the width parameter inside each profile's formula."""
+    if profile == "moffat":
+        return 2.0 * np.sqrt(np.power(2.0, 1.0 / np.asarray(beta, dtype=np.float64)) - 1.0)
+    return 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+
 def moffat_alpha(fwhm, beta):
     """Moffat core width alpha for a FWHM: fwhm = 2 alpha sqrt(2^(1/beta) - 1)."""
-    fwhm = np.asarray(fwhm, dtype=np.float64)
-    beta = np.asarray(beta, dtype=np.float64)
-    return fwhm / (2.0 * np.sqrt(np.power(2.0, 1.0 / beta) - 1.0))
+    return np.asarray(fwhm, dtype=np.float64) / fwhm_per_width("moffat", beta)
 
 
 def gaussian_sigma(fwhm):
     """Gaussian sigma for a FWHM: fwhm = 2 sqrt(2 ln 2) sigma."""
-    return np.asarray(fwhm, dtype=np.float64) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    return np.asarray(fwhm, dtype=np.float64) / fwhm_per_width("gaussian")
 
 
 def _axes(width, ellipticity):
@@ -327,58 +335,63 @@ def add_stars(image, x, y, flux, fwhm, *, profile="moffat", beta=2.5, ellipticit
     if profile not in _KINDS:
         raise EngineValueError(f"profile must be one of {sorted(_KINDS)}, got {profile!r}")
     kind = _KINDS[profile]
-    image_arr = image
-    if not isinstance(image_arr, np.ndarray) or image_arr.ndim != 2:
+    if not isinstance(image, np.ndarray) or image.ndim != 2:
         raise EngineValueError("image must be a 2-D NumPy array")
-    if image_arr.dtype != np.float64 or not image_arr.flags.c_contiguous \
-            or not image_arr.flags.writeable:
+    if image.dtype != np.float64 or not image.flags.c_contiguous or not image.flags.writeable:
         raise EngineValueError("image must be float64, C-contiguous and writable")
-    x = np.atleast_1d(np.asarray(x, dtype=np.float64))
-    if x.ndim != 1:
-        raise EngineValueError("x must be one-dimensional")
-    n = x.shape[0]
-    x = _per_star("x", x, n)
-    y = _per_star("y", y, n)
-    flux = _per_star("flux", flux, n)
-    fwhm = _per_star("fwhm", fwhm, n)
-    if np.any(fwhm <= 0.0):
-        raise EngineValueError("fwhm must be > 0")
-    beta = _per_star("beta", beta, n)
-    if kind == MOFFAT and np.any(beta <= 1.0):
-        raise EngineValueError("Moffat beta must be > 1 (otherwise it cannot be normalised)")
-    ellipticity = _per_star("ellipticity", ellipticity, n)
-    if np.any(ellipticity < 0.0) or np.any(ellipticity >= 1.0):
-        raise EngineValueError("ellipticity must be in [0, 1)")
-    angle = _per_star("angle", angle, n)
+    stars = _star_values(kind, x, y, flux, fwhm, beta, ellipticity, angle)
     if not (0.0 < tolerance < 1.0):
         raise EngineValueError(f"tolerance must be in (0, 1), got {tolerance}")
     if not (1e-15 <= accuracy < 1.0):
         raise EngineValueError(f"accuracy must be in [1e-15, 1), got {accuracy}")
+    width, radius = _widths_and_boxes(kind, stars, radius, tolerance, max(image.shape))
+    if radius.size == 0:
+        return image
+    # Waking a thread pool costs far more than a small render (milliseconds on a busy
+    # machine): stamps and small frames run on the calling thread.
+    work = float(np.sum((2.0 * np.minimum(radius, max(image.shape)) + 1.0) ** 2))
+    threads = set_threads(1 if work < _SERIAL_WORK else threads)
+    band_rows = max(8, min(64, image.shape[0] // (4 * threads) or 8))
+    _add_stars_bands(image, stars["x"], stars["y"], stars["flux"], kind, width, stars["beta"],
+                     stars["ellipticity"], stars["angle"], radius, math.log(_PIXEL_TOLERANCE),
+                     -math.log(accuracy), band_rows, _NODES, _WEIGHTS)
+    return image
+
+
+def _star_values(kind, x, y, flux, fwhm, beta, ellipticity, angle) -> dict[str, np.ndarray]:
+    """`add_stars`' per-star values as checked float64 arrays of one length."""
+    x = np.atleast_1d(np.asarray(x, dtype=np.float64))
+    if x.ndim != 1:
+        raise EngineValueError("x must be one-dimensional")
+    n = x.shape[0]
+    stars = {name: _per_star(name, value, n) for name, value in (
+        ("x", x), ("y", y), ("flux", flux), ("fwhm", fwhm), ("beta", beta),
+        ("ellipticity", ellipticity), ("angle", angle))}
+    if np.any(stars["fwhm"] <= 0.0):
+        raise EngineValueError("fwhm must be > 0")
+    if kind == MOFFAT and np.any(stars["beta"] <= 1.0):
+        raise EngineValueError("Moffat beta must be > 1 (otherwise it cannot be normalised)")
+    if np.any(stars["ellipticity"] < 0.0) or np.any(stars["ellipticity"] >= 1.0):
+        raise EngineValueError("ellipticity must be in [0, 1)")
+    return stars
+
+
+def _widths_and_boxes(kind, stars, radius, tolerance, image_size):
+    """Each star's profile width (Moffat alpha or Gaussian sigma) and box half-width: `radius`,
+    or where `tolerance` of its flux falls outside, bounded near the image's size so that
+    off-image stars cost nothing."""
+    fwhm, ellipticity = stars["fwhm"], stars["ellipticity"]
     if kind == MOFFAT:
-        width = moffat_alpha(fwhm, beta)
-        default_radius = moffat_box_radius(fwhm, beta, ellipticity, tolerance)
+        width = moffat_alpha(fwhm, stars["beta"])
+        default_radius = moffat_box_radius(fwhm, stars["beta"], ellipticity, tolerance)
     else:
         width = gaussian_sigma(fwhm)
         default_radius = gaussian_box_radius(fwhm, ellipticity, tolerance)
-    if radius is None:
-        radius = default_radius
-    radius = _per_star("radius", radius, n)
+    radius = _per_star("radius", default_radius if radius is None else radius, fwhm.size)
     if np.any(radius <= 0.0):
         raise EngineValueError("radius must be > 0")
-    # Keep boxes within a sane bound of the image so that off-image stars cost nothing.
-    radius = np.minimum(radius, float(max(image_arr.shape)) + 1.0)
-    if n == 0:
-        return image_arr
-    # Waking a thread pool costs far more than a small render (milliseconds on a busy
-    # machine): stamps and small frames run on the calling thread.
-    work = float(np.sum((2.0 * np.minimum(radius, max(image_arr.shape)) + 1.0) ** 2))
-    threads = set_threads(1 if work < _SERIAL_WORK else threads)
-    band_rows = max(8, min(64, image_arr.shape[0] // (4 * threads) or 8))
-    _add_stars_bands(image_arr, x, y, flux, kind, np.ascontiguousarray(width, dtype=np.float64),
-                     beta, ellipticity, angle, radius, math.log(_PIXEL_TOLERANCE),
-                     -math.log(accuracy), band_rows,
-                     _NODES, _WEIGHTS)
-    return image_arr
+    return (np.ascontiguousarray(width, dtype=np.float64),
+            np.minimum(radius, float(image_size) + 1.0))
 
 
 def moffat_stamp(shape, x, y, flux, fwhm, beta, ellipticity=0.0, angle=0.0, *, radius=None,

@@ -14,7 +14,8 @@
 //     Gaussian: sqrt(det) / (2 pi)         exp(-q / 2),
 // both normalised exactly over the plane. (For the renderer's parameters in
 // engine/kernels/psf.py, a = cos^2/A^2 + sin^2/B^2, b = cos sin (1/A^2 - 1/B^2),
-// c = sin^2/A^2 + cos^2/B^2 with A, B the major and minor axis widths.) A pixel's value is the
+// c = sin^2/A^2 + cos^2/B^2 with A, B the major and minor axis widths: the one conversion is
+// engine/psf/model.py's shape_from_parameters.) A pixel's value is the
 // profile integrated over the pixel: a tensor Gauss-Legendre rule whose node count per axis is
 // chosen from the pixel's distance to the star (more nodes near the core), aiming at a relative
 // error of 1e-11 of the pixel's value or 1e-14 of the flux, whichever is larger; an axis-aligned
