@@ -13,7 +13,8 @@ from astropy.time import Time
 
 from engine.errors import HeaderError
 from engine.ingest import _night, ingest
-from engine.io.timestamps import exposure_mid, header_timestamps
+from engine.io.mid_exposure import exposure_mid
+from engine.io.timestamps import header_timestamps
 from engine.settings.ingest import IngestConfig, Site
 
 DAY = 86400.0
@@ -271,3 +272,18 @@ def test_header_pointing_as_target_warns(tmp_path, caplog):
     assert "header pointing (OBJCTRA/OBJCTDEC)" in rows[0]["target_source"]
     assert "geocentric BJD_TDB" in rows[0]["time_source"]  # no site anywhere
     assert rows[0]["airmass"] is None
+
+
+def test_mid_exposure_names_still_import_from_timestamps():
+    """Choosing mid-exposure moved to engine.io.mid_exposure; the old import path still works."""
+    import engine.io.timestamps as timestamps
+    from engine.io import mid_exposure
+    from engine.io.timestamps import MidExposure, RunConvention, mid_from_stamps, run_convention
+
+    assert MidExposure is mid_exposure.MidExposure
+    assert RunConvention is mid_exposure.RunConvention
+    assert mid_from_stamps is mid_exposure.mid_from_stamps
+    assert run_convention is mid_exposure.run_convention
+    assert timestamps.exposure_mid is exposure_mid
+    with pytest.raises(AttributeError):
+        timestamps.no_such_name

@@ -19,7 +19,8 @@ from engine.flags import PixelFlag
 from engine.ingest import ingest
 from engine.io.cube import open_cube
 from engine.io.layout import bad_pixel_cube_path
-from engine.io.timestamps import header_timestamps, mid_from_stamps, run_convention
+from engine.io.mid_exposure import mid_from_stamps, run_convention
+from engine.io.timestamps import header_timestamps
 from engine.settings.ingest import IngestConfig, Site
 from engine.simulation import simulate
 

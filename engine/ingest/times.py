@@ -1,8 +1,9 @@
 """Times of ingested frames: mid-exposure UTC of each frame under its run's time convention,
 the night it belongs to, and, for a run's lights, the target, BJD_TDB and airmass.
 
-The header's time stamps are read and judged in engine.io.timestamps; this module puts what it
-finds into the frames table and computes BJD_TDB (engine.timing, offline)."""
+The header's time stamps are read in engine.io.timestamps and judged in engine.io.mid_exposure;
+this module puts what they find into the frames table and computes BJD_TDB (engine.timing,
+offline)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import math
 import numpy as np
 
 from engine.ingest.table import note
-from engine.io.timestamps import MidExposure, mid_from_stamps, run_convention
+from engine.io.mid_exposure import MidExposure, mid_from_stamps, run_convention
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def frame_time(scanned, convention) -> MidExposure:
 
 def run_times(members: list) -> None:
     """One time convention for a run: what each keyword marks, read from how the run's
-    keywords agree (engine.io.timestamps.run_convention), and one keyword for every frame."""
+    keywords agree (engine.io.mid_exposure.run_convention), and one keyword for every frame."""
     site = members[0].site
     convention = run_convention([(m.stamps, m.row["exptime"]) for m in members],
                                 time_reference=site.time_reference if site else None)

@@ -35,7 +35,9 @@ def saturation_level(frame: np.ndarray) -> tuple[float, str] | None:
     if highest <= 0:
         return None
     # The storage scale: the low bits every value leaves at zero (at most x16).
-    bits_used = int(np.bitwise_or.reduce(data.ravel().astype(np.int64) & 0xF))
+    # (OR over the stored dtype: the low bits of a negative value are its two's complement's,
+    # as in int64, without a copy of the frame at 8 bytes a pixel.)
+    bits_used = int(np.bitwise_or.reduce(data, axis=None)) & 0xF
     scale = 1
     while scale < 16 and bits_used % (2 * scale) == 0:
         scale *= 2
