@@ -273,17 +273,3 @@ def test_header_pointing_as_target_warns(tmp_path, caplog):
     assert "geocentric BJD_TDB" in rows[0]["time_source"]  # no site anywhere
     assert rows[0]["airmass"] is None
 
-
-def test_mid_exposure_names_still_import_from_timestamps():
-    """Choosing mid-exposure moved to engine.io.mid_exposure; the old import path still works."""
-    import engine.io.timestamps as timestamps
-    from engine.io import mid_exposure
-    from engine.io.timestamps import MidExposure, RunConvention, mid_from_stamps, run_convention
-
-    assert MidExposure is mid_exposure.MidExposure
-    assert RunConvention is mid_exposure.RunConvention
-    assert mid_from_stamps is mid_exposure.mid_from_stamps
-    assert run_convention is mid_exposure.run_convention
-    assert timestamps.exposure_mid is exposure_mid
-    with pytest.raises(AttributeError):
-        timestamps.no_such_name

@@ -33,9 +33,6 @@ import numpy as np
 
 __all__ = ["TimeStamp", "add_seconds", "header_timestamps", "keyword_order"]
 
-# Their home until they moved to engine.io.mid_exposure; importable from here still.
-_MOVED = ("MidExposure", "RunConvention", "exposure_mid", "mid_from_stamps", "run_convention")
-
 _DAY = 86400.0
 _ISO = re.compile(
     r"^\s*(\d{4})-(\d{1,2})-(\d{1,2})"
@@ -326,10 +323,3 @@ def keyword_order(keys: list[str]) -> list[str]:
     rank = {key: n for n, (key, _, _) in enumerate(_ISO_KEYS + _JD_KEYS + _MJD_KEYS)}
     return sorted(keys, key=lambda k: rank.get(k.split("+")[0], len(rank)))
 
-
-def __getattr__(name: str):
-    if name in _MOVED:  # imported on first use: engine.io.mid_exposure imports this module
-        from engine.io import mid_exposure
-
-        return getattr(mid_exposure, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
