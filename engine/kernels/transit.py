@@ -23,7 +23,9 @@ Kernel layout: `_flux` (engine.kernels.occultation), `_separation` and `_exposur
 scalar cores; `_occulted_flux_array`, `_separation_array`, `_light_curve_array` (parallel) and
 `_light_curve_serial` (the same loop for short inputs) are the array drivers. The drivers trust
 their inputs: call them only through the validating public functions at the bottom of this
-module.
+module. Numba's disk cache checks only a kernel's own file: after editing
+engine.kernels.occultation, delete __pycache__/transit.* beside this file so that these
+kernels recompile with it.
 """
 
 from __future__ import annotations
