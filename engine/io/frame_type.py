@@ -222,6 +222,7 @@ def classify_frame(header, path, *, override: tuple[str, str] | None = None,
             notes.append(f"the file name says {name_kind} but {key} = {raw!r}; "
                          f"trusting the header")
         return FrameType(header_kind, f"{key} = {raw!r}", tuple(notes))
+
     for clue_kind, clue in ((name_kind, "file name"), (folder_kind, "folder name")):
         if clue_kind is None:
             continue
