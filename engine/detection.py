@@ -212,27 +212,81 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
         mask = given.pixel_flags if mask is None else (np.asarray(mask) != 0) | (
             given.pixel_flags != 0)
     data, bad = _prepared(given.data, mask)
-    wcs = given.wcs
     box = integer("background_box", background_box, least=1)
     filter_size = integer("background_filter", background_filter, least=1)
-    min_area = integer("min_area", min_area, least=1)
+    extract_options = _extract_options(min_area, deblend_cont, deblend_nthresh, filter_kernel)
+    if max_stars is not None:
+        max_stars = integer("max_stars", max_stars, least=1)
+
+    level, noise = _subtract_background(data, bad, box, filter_size, noise)
+    objects = _sep_call(sep.extract, data, threshold, err=noise, mask=bad, **extract_options)
+    if len(objects) == 0:
+        return _table({}, 0, given.wcs)
+    objects = objects[np.argsort(-objects["flux"], kind="stable")]
+
+    r50, total = _half_light_radius(data, objects, bad)
+    x_win, y_win, flags = _windowed_positions(data, bad, objects, r50, threads)
+    ny, nx = data.shape
+    xpeak = np.clip(objects["xpeak"].astype(np.intp), 0, nx - 1)
+    ypeak = np.clip(objects["ypeak"].astype(np.intp), 0, ny - 1)
+    if saturation is not None:
+        raw = np.asarray(image)[ypeak, xpeak].astype(np.float64)
+        flags[raw >= float(saturation)] |= _SATURATED
+
+    keep, star_r50 = _not_sharp(data, objects, r50, total, flags, xpeak, ypeak, noise,
+                                reject_sharp)
+    sharp = int(np.count_nonzero(~keep))
+    if max_stars is not None:
+        keep &= np.cumsum(keep) <= max_stars
+    columns = {
+        "x_win": x_win, "y_win": y_win, "fwhm": 2.0 * r50, "flags": flags,
+        "background": level[ypeak, xpeak].astype(np.float64),
+    }
+    columns = {name: values[keep] for name, values in _sep_columns(objects, columns).items()}
+    return _table(columns, int(np.count_nonzero(keep)), given.wcs, fwhm=2.0 * star_r50,
+                  sharp=sharp)
+
+
+def _sep_columns(objects, measured: dict) -> dict:
+    """The star table's columns: sep's own measurements of each detection and ours."""
+    return {
+        "x": objects["x"].astype(np.float64), "y": objects["y"].astype(np.float64),
+        "flux": objects["flux"].astype(np.float64),
+        "peak": objects["peak"].astype(np.float64),
+        "a": objects["a"].astype(np.float64), "b": objects["b"].astype(np.float64),
+        "theta": objects["theta"].astype(np.float64),
+        "npix": objects["npix"].astype(np.int32),
+        "extraction_flags": objects["flag"].astype(np.uint16),
+        **measured,
+    }
+
+
+def _extract_options(min_area, deblend_cont, deblend_nthresh, filter_kernel) -> dict:
+    """sep.extract's keyword arguments for the detection area, deblending and filter, checked."""
+    options = {"minarea": integer("min_area", min_area, least=1)}
     if not 0.0 <= float(deblend_cont) <= 1.0:
         raise EngineValueError(f"deblend_cont must be in [0, 1], got {deblend_cont!r}")
-    deblend_nthresh = integer("deblend_nthresh", deblend_nthresh, least=1)
+    options["deblend_cont"] = float(deblend_cont)
+    options["deblend_nthresh"] = integer("deblend_nthresh", deblend_nthresh, least=1)
     if isinstance(filter_kernel, str):
         if filter_kernel != "default":
             raise EngineValueError(f"filter_kernel must be 'default', None or an array, "
                                    f"got {filter_kernel!r}")
-        kernel_args = {}
     elif filter_kernel is None:
-        kernel_args = {"filter_kernel": None}
+        options["filter_kernel"] = None
     else:
         kernel = np.ascontiguousarray(filter_kernel, dtype=np.float32)
         if kernel.ndim != 2 or not np.isfinite(kernel).all():
             raise EngineValueError("filter_kernel must be a finite 2-D array")
-        kernel_args = {"filter_kernel": kernel}
-    if max_stars is not None:
-        max_stars = integer("max_stars", max_stars, least=1)
+        options["filter_kernel"] = kernel
+    return options
+
+
+def _subtract_background(data, bad, box: int, filter_size: int,
+                         noise) -> tuple[np.ndarray, float]:
+    """Subtract sep's background map from `data` in place (masked pixels become 0); returns the
+    map and the background noise (`noise` if given, else sep's global RMS)."""
+    import sep
 
     ny, nx = data.shape
     background = _sep_call(sep.Background, data, mask=bad, bw=min(box, nx), bh=min(box, ny),
@@ -248,27 +302,25 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
     data -= level.astype(data.dtype, copy=False)
     if bad is not None:
         data[bad] = 0.0
-    objects = _sep_call(sep.extract, data, threshold, err=noise, mask=bad, minarea=min_area,
-                        deblend_cont=float(deblend_cont), deblend_nthresh=deblend_nthresh,
-                        **kernel_args)
-    if len(objects) == 0:
-        return _table({}, 0, wcs)
-    objects = objects[np.argsort(-objects["flux"], kind="stable")]
+    return level, noise
 
+
+def _windowed_positions(data, bad, objects, r50, threads):
+    """Windowed centroids (XWIN, YWIN) of the detections in a Gaussian window of their own
+    FWHM, and their flags: BLENDED, NEAR_EDGE, CENTROID_FAILED. A failed centroid, or one that
+    moved more than max(2 px, FWHM), gives back the barycentre. Masked pixels of `data` become
+    NaN here, for good: the kernel and `_peak_excess` skip them."""
     x = objects["x"].astype(np.float64)
     y = objects["y"].astype(np.float64)
-    r50, total = _half_light_radius(data, objects, bad)
     fwhm = 2.0 * r50
     sigma = np.where(np.isfinite(r50) & (r50 > 0), fwhm / _GAUSSIAN_FWHM_PER_SIGMA, 1.0)
     sigma = np.maximum(sigma, 0.25)
     if bad is not None:
-        data[bad] = np.nan  # the centroid kernel skips non-finite pixels
+        data[bad] = np.nan
     x_win, y_win, status = _centroid.windowed_centroid(
         data, x, y, sigma, background=0.0, max_shift=np.inf, threads=threads)
     moved = np.hypot(x_win - x, y_win - y)
     failed = ((status & _centroid.FAILED) != 0) | (moved > np.maximum(2.0, fwhm))
-    x_win = np.where(failed, x, x_win)
-    y_win = np.where(failed, y, y_win)
 
     sep_flags = objects["flag"].astype(np.uint16)
     flags = np.zeros(len(objects), dtype=np.uint32)
@@ -276,14 +328,13 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
     edge = ((sep_flags & _SEP_TRUNC) != 0) | (((status & _centroid.TRUNCATED) != 0) & ~failed)
     flags[edge] |= _NEAR_EDGE
     flags[failed] |= _CENTROID_FAILED
-    xpeak = np.clip(objects["xpeak"].astype(np.intp), 0, nx - 1)
-    ypeak = np.clip(objects["ypeak"].astype(np.intp), 0, ny - 1)
-    if saturation is not None:
-        saturation = float(saturation)
-        raw = np.asarray(image)[ypeak, xpeak].astype(np.float64)
-        flags[raw >= saturation] |= _SATURATED
+    return np.where(failed, x, x_win), np.where(failed, y, y_win), flags
 
-    peak = objects["peak"].astype(np.float64)
+
+def _not_sharp(data, objects, r50, total, flags, xpeak, ypeak, noise: float,
+               reject_sharp: bool) -> tuple[np.ndarray, float]:
+    """Which detections to keep (all unless `reject_sharp`: those no sharper than the frame's
+    stars), and the stars' half-light radius (NaN without a stellar locus)."""
     # The smaller of FLUX_AUTO and the isophotal flux: a Kron ellipse can take in a
     # neighbour and hide a spike's share.
     isophotal = objects["flux"].astype(np.float64)
@@ -292,29 +343,15 @@ def detect_stars(image, threshold: float = 3.0, *, mask=None, noise: float | Non
     with np.errstate(divide="ignore", invalid="ignore"):
         spike = excess / total
         roundness = objects["b"].astype(np.float64) / objects["a"].astype(np.float64)
+    x = objects["x"].astype(np.float64)
+    y = objects["y"].astype(np.float64)
     star_r50, star_spike = _stellar_locus(r50, spike, total, roundness, flags, x, y)
-    keep = np.ones(len(objects), dtype=bool)
-    if reject_sharp:
-        # Judged on the spike less 3 sigma of its noise: faint stars' peaks are noisy.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            surely = (excess - 3.0 * math.sqrt(1.25) * noise) / total
-        keep = ~_sharper_than_stars(r50, surely, star_r50, star_spike)
-    sharp = int(np.count_nonzero(~keep))
-    if max_stars is not None:
-        keep &= np.cumsum(keep) <= max_stars
-    columns = {
-        "x": x, "y": y, "x_win": x_win, "y_win": y_win,
-        "flux": objects["flux"].astype(np.float64),
-        "peak": peak,
-        "fwhm": fwhm,
-        "a": objects["a"].astype(np.float64), "b": objects["b"].astype(np.float64),
-        "theta": objects["theta"].astype(np.float64),
-        "npix": objects["npix"].astype(np.int32),
-        "background": level[ypeak, xpeak].astype(np.float64),
-        "flags": flags, "extraction_flags": sep_flags,
-    }
-    columns = {name: values[keep] for name, values in columns.items()}
-    return _table(columns, int(np.count_nonzero(keep)), wcs, fwhm=2.0 * star_r50, sharp=sharp)
+    if not reject_sharp:
+        return np.ones(len(objects), dtype=bool), star_r50
+    # Judged on the spike less 3 sigma of its noise: faint stars' peaks are noisy.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        surely = (excess - 3.0 * math.sqrt(1.25) * noise) / total
+    return ~_sharper_than_stars(r50, surely, star_r50, star_spike), star_r50
 
 
 def _peak_excess(data, xpeak, ypeak) -> np.ndarray:

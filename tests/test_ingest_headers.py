@@ -6,7 +6,8 @@ from astropy.io import fits
 
 from engine.errors import EngineValueError
 from engine.io import bayer
-from engine.io.frame_type import classify_frame, header_frame_type, name_exptime, name_frame_type
+from engine.io.frame_type import (FrameType, classify_frame, header_frame_type, name_exptime,
+                                   name_frame_type)
 from engine.io.headers import normalise_header, parse_dec, parse_ra, parse_section
 from engine.settings.ingest import IngestConfig, Site
 
@@ -438,6 +439,24 @@ def test_override_wins_and_unknown_type_stays_unknown():
     assert classify_frame(h, "/n/a.fits", exptime=3.0).frame_type is None
     kind = classify_frame(h, "/n/a.fits", exptime=3.0, override=("light", "/n/*"))
     assert kind.frame_type == "light" and kind.evidence == "override (/n/*)"
+
+
+def test_names_never_type_a_frame_whose_keyword_names_another_kind():
+    h = fits.Header()
+    h["IMAGETYP"] = "FOCUS"
+    kind = classify_frame(h, "/n/flats/flat_0001.fits", exptime=3.0, level=lambda: 0.5)
+    assert kind.frame_type is None and "FOCUS" in kind.evidence
+    assert [n for n in kind.notes if "is not a frame type" in n] == [
+        "IMAGETYP = 'FOCUS' is not a frame type; the file name says flat",
+        "IMAGETYP = 'FOCUS' is not a frame type; the folder name says flat"]
+
+
+def test_a_file_name_agreeing_with_a_header_light_ends_the_search():
+    # The folder says flat and the level would back it, but the file name already agrees.
+    h = fits.Header()
+    h["IMAGETYP"] = "LIGHT"
+    kind = classify_frame(h, "/n/flats/M42_Light_0001.fits", exptime=3.0, level=lambda: 0.5)
+    assert kind == FrameType("light", "IMAGETYP = 'LIGHT'", ())
 
 
 # --------------------------------------------------------------------------- configuration

@@ -20,6 +20,7 @@ from engine.ingest import ingest
 from engine.io.cube import open_cube
 from engine.io.layout import bad_pixel_cube_path
 from engine.io.mid_exposure import mid_from_stamps, run_convention
+from engine.io.processing import calibrated_state
 from engine.io.timestamps import header_timestamps
 from engine.settings.ingest import IngestConfig, Site
 from engine.simulation import simulate
@@ -185,6 +186,24 @@ def test_pedestal_is_removed_and_calstat_marks_a_calibrated_light(tmp_path):
     np.testing.assert_array_equal(result.cube(row["run_id"])[0], data.astype(np.float32) - 100)
     assert row["calibrated_state"] == "bias,dark,flat"
     assert "CALSTAT = 'BDF'" in row["calibrated_evidence"]
+
+
+def test_calibrated_state_joins_every_convention_in_order():
+    header = fits.Header()
+    header["CALSTAT"] = "B"
+    header["SUBDARK"] = "ccd=<CCDData>, master=dark.fits"
+    header["RLEVEL"] = 0
+    header["HISTORY"] = "Bias=/data/Bias.fits"           # bias already known: not evidence
+    header["HISTORY"] = "divided by the flat"
+    header["HISTORY"] = "Flat=/data/Flat58.fits"         # a second line for the flat: not either
+    steps, evidence = calibrated_state(header)
+    assert steps == ("bias", "dark", "flat")
+    assert evidence == "CALSTAT = 'B'; SUBDARK; HISTORY 'divided by the flat'"
+    # An observatory pipeline product names its steps; without them it is flat-fielded.
+    lco = fits.Header({"RLEVEL": 91, "L1STATBI": 1, "L1STATDA": 0})
+    assert calibrated_state(lco) == (("bias",), "RLEVEL = 91 (observatory pipeline product)")
+    assert calibrated_state(fits.Header({"RLEVEL": 91}))[0] == ("bias", "dark", "flat")
+    assert calibrated_state(fits.Header({"CALSTAT": "XYZ", "ZEROCOR": 0})) == ((), "")
 
 
 def test_site_pedestal_and_frame_type_words_are_configurable(tmp_path):

@@ -8,7 +8,7 @@ from scipy import special
 
 import reference
 from engine.errors import EngineValueError
-from engine.kernels import transit
+from engine.kernels import occultation
 from engine.kernels.transit import occulted_flux, projected_separation, transit_light_curve
 
 # (u1, u2): uniform, linear only, typical solar-type, strong, quadratic only, non-physical pair.
@@ -131,12 +131,12 @@ def test_flux_is_continuous_across_special_points():
 def test_bulirsch_cel_matches_scipy():
     for m in (1e-6, 0.1, 0.5, 0.9, 0.999999):
         kc = math.sqrt(1.0 - m)
-        assert transit._cel(kc, 1.0, 1.0, 1.0) == pytest.approx(special.ellipk(m), rel=1e-14)
-        assert transit._cel(kc, 1.0, 1.0, kc * kc) == pytest.approx(special.ellipe(m), rel=1e-14)
+        assert occultation._cel(kc, 1.0, 1.0, 1.0) == pytest.approx(special.ellipk(m), rel=1e-14)
+        assert occultation._cel(kc, 1.0, 1.0, kc * kc) == pytest.approx(special.ellipe(m), rel=1e-14)
         for n in (-3.0, -0.2, 0.4, 0.95):   # Pi(n, m) = R_F + n/3 R_J, 1 - n = cel's p
             pi_nm = (special.elliprf(0.0, 1.0 - m, 1.0)
                      + n / 3.0 * special.elliprj(0.0, 1.0 - m, 1.0, 1.0 - n))
-            assert transit._cel(kc, 1.0 - n, 1.0, 1.0) == pytest.approx(pi_nm, rel=1e-13)
+            assert occultation._cel(kc, 1.0 - n, 1.0, 1.0) == pytest.approx(pi_nm, rel=1e-13)
 
 
 def test_out_argument_is_filled_in_place():

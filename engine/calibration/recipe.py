@@ -35,6 +35,44 @@ def _data(master):
     return master.data if isinstance(master, Master) else master
 
 
+def _section(values) -> tuple[int, ...] | None:
+    """A section (trim, overscan) as a tuple of ints; None stays None."""
+    return None if values is None else tuple(int(v) for v in values)
+
+
+def _bias_level(bias_data, dark: DarkModel | None, notes: list[str]):
+    """The level to subtract before the dark: the bias master, or else the dark fit's intercept,
+    plus the dark model's offset when it has one."""
+    if bias_data is None and dark is not None and dark.intercept is not None:
+        bias_data = dark.intercept
+        _note(notes, "no bias: the dark fit's intercept stands in for it")
+    if dark is not None and dark.offset is not None and bias_data is not None:
+        bias_data = bias_data + dark.offset
+    return bias_data
+
+
+def _darks_by_exposure(dark: DarkModel | None, times: np.ndarray, notes: list[str]):
+    """(distinct dark arrays, each frame's index into them or -1, each frame's dark scale): one
+    dark and scale per distinct exposure time (to the ms); a dark rate is one array for all."""
+    darks: list[np.ndarray] = []
+    index = np.full(times.shape, -1, dtype=np.int64)
+    scale = np.zeros(times.shape)
+    if dark is None:
+        return darks, index, scale
+    rounded = np.round(times, 3)
+    for t in sorted(set(rounded)):
+        array, factor, text = dark.for_exposure(float(t))
+        if text:
+            _note(notes, text)
+        known = next((k for k, d in enumerate(darks) if d is array), None)
+        if known is None:
+            darks.append(array)
+            known = len(darks) - 1
+        chosen = rounded == t
+        index[chosen], scale[chosen] = known, factor
+    return darks, index, scale
+
+
 @dataclass
 class CalibrationRecipe:
     """How to calibrate each frame of one light run (masters already made).
@@ -76,39 +114,18 @@ class CalibrationRecipe:
             raise EngineValueError(f"need finite exposure times, got {times.size}")
         levels = np.array(np.broadcast_to(np.asarray(
             np.nan if saturation is None else saturation, dtype=np.float64), times.shape))
-        bias_data = _data(bias)
-        if bias_data is None and dark is not None and dark.intercept is not None:
-            bias_data = dark.intercept
-            _note(notes, "no bias: the dark fit's intercept stands in for it")
-        if dark is not None and dark.offset is not None and bias_data is not None:
-            bias_data = bias_data + dark.offset
+        bias_data = _bias_level(_data(bias), dark, notes)
         flat_data = _data(flat)
         for label, present in (("bias", bias_data is not None or (dark is not None
                                                                     and dark.includes_bias)),
                                ("dark", dark is not None), ("flat", flat_data is not None)):
             if not present:
                 _note(notes, f"no {label}: calibrated without it")
-        darks: list[np.ndarray] = []
-        index = np.full(times.shape, -1, dtype=np.int64)
-        scale = np.zeros(times.shape)
-        if dark is not None:
-            # One dark (and scale) per distinct exposure time; a rate is one array for all.
-            for t in sorted(set(np.round(times, 3))):
-                array, factor, text = dark.for_exposure(float(t))
-                if text:
-                    _note(notes, text)
-                known = next((k for k, d in enumerate(darks) if d is array), None)
-                if known is None:
-                    darks.append(array)
-                    known = len(darks) - 1
-                chosen = np.round(times, 3) == t
-                index[chosen], scale[chosen] = known, factor
-        return cls(raw_shape=tuple(int(v) for v in raw_shape), exptimes=times,
-                   saturation=levels, dark_index=index, dark_scale=scale, bias=bias_data,
-                   darks=darks, flat=flat_data, bad_pixels=_data(bad_pixels),
-                   trim=None if trim is None else tuple(int(v) for v in trim),
-                   overscan=None if overscan is None else tuple(int(v) for v in overscan),
-                   overscan_method=overscan_method,
+        darks, index, scale = _darks_by_exposure(dark, times, notes)
+        return cls(raw_shape=tuple(int(v) for v in raw_shape), exptimes=times, saturation=levels,
+                   dark_index=index, dark_scale=scale, bias=bias_data, darks=darks,
+                   flat=flat_data, bad_pixels=_data(bad_pixels), trim=_section(trim),
+                   overscan=_section(overscan), overscan_method=overscan_method,
                    nonlinearity=None if nonlinearity is None else tuple(nonlinearity),
                    gain=gain, read_noise=read_noise, notes=notes)
 

@@ -151,42 +151,74 @@ def aperture_job(frames, x, y, radii, *, annulus=None, pixel_flags=None, clip_si
                  min_background_pixels=5) -> SimpleNamespace:
     """`aperture_sums`' arguments checked and coerced, and its outputs allocated: what a
     kernel (the C++ core or the GPU's, engine.kernels.photometry_cuda) may trust."""
-    frames = np.asarray(frames)
-    if frames.ndim != 3:
-        raise EngineValueError(f"frames must be 3-d (frame, y, x), got shape {frames.shape}")
-    if frames.dtype not in (np.float32, np.float64):
-        frames = frames.astype(np.float64)
-    frames = np.ascontiguousarray(frames)
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    y = np.ascontiguousarray(y, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] != frames.shape[0] or y.shape != x.shape:
-        raise EngineValueError(
-            f"x and y must both have shape (n_frames, n_stars) = ({frames.shape[0]}, n), "
-            f"got {x.shape} and {y.shape}")
+    frames = _frames(frames)
+    x, y = _centres(x, y, frames.shape[0])
     radii = np.ascontiguousarray(np.atleast_1d(radii), dtype=np.float64)
     if radii.ndim != 1 or radii.size == 0 or not np.all(np.isfinite(radii)) or np.any(radii <= 0):
         raise EngineValueError(f"radii must be finite and > 0, got {radii!r}")
-    inner, outer = 0.0, 0.0
-    if annulus is not None:
-        try:
-            inner, outer = (float(a) for a in annulus)
-        except (TypeError, ValueError):
-            raise EngineValueError(f"annulus must be (inner, outer), got {annulus!r}") from None
-        if not (math.isfinite(inner) and math.isfinite(outer) and 0.0 <= inner < outer):
-            raise EngineValueError(f"annulus must satisfy 0 <= inner < outer, got {annulus!r}")
+    inner, outer = _annulus(annulus)
     for name, value in (("mask_radius", mask_radius), ("blend_radius", blend_radius)):
         if _finite(name, value) < 0:
             raise EngineValueError(f"{name} must be >= 0, got {value!r}")
     if _finite("clip_sigma", clip_sigma) <= 0 or int(clip_iterations) < 0:
         raise EngineValueError("clip_sigma must be > 0 and clip_iterations >= 0")
-    if pixel_flags is not None:
-        pixel_flags = np.asarray(pixel_flags)
-        if pixel_flags.shape != frames.shape:
-            raise EngineValueError(
-                f"pixel_flags must have the frames' shape {frames.shape}, got {pixel_flags.shape}")
-        pixel_flags = np.ascontiguousarray(pixel_flags, dtype=np.uint8)
-    n_frames, n_stars, n_radii = frames.shape[0], x.shape[1], radii.size
-    out = dict(
+    pixel_flags = _pixel_flags(pixel_flags, frames.shape)
+    return SimpleNamespace(
+        frames=frames, pixel_flags=pixel_flags, x=x, y=y, radii=radii, inner=inner, outer=outer,
+        clip_sigma=float(clip_sigma), clip_iterations=int(clip_iterations),
+        mask_radius=float(mask_radius), blend_radius=float(blend_radius),
+        min_background_pixels=int(min_background_pixels),
+        out=_aperture_outputs(frames.shape[0], x.shape[1], radii.size))
+
+
+def _frames(frames) -> np.ndarray:
+    """A (frame, y, x) block as C-contiguous float32 or float64 (other dtypes become float64)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 3:
+        raise EngineValueError(f"frames must be 3-d (frame, y, x), got shape {frames.shape}")
+    if frames.dtype not in (np.float32, np.float64):
+        frames = frames.astype(np.float64)
+    return np.ascontiguousarray(frames)
+
+
+def _centres(x, y, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Star centres as C-contiguous float64 (n_frames, n_stars) arrays."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] != n_frames or y.shape != x.shape:
+        raise EngineValueError(
+            f"x and y must both have shape (n_frames, n_stars) = ({n_frames}, n), "
+            f"got {x.shape} and {y.shape}")
+    return x, y
+
+
+def _pixel_flags(pixel_flags, shape: tuple) -> np.ndarray | None:
+    """PixelFlag bits as a C-contiguous uint8 array of the frames' shape, or None."""
+    if pixel_flags is None:
+        return None
+    pixel_flags = np.asarray(pixel_flags)
+    if pixel_flags.shape != shape:
+        raise EngineValueError(
+            f"pixel_flags must have the frames' shape {shape}, got {pixel_flags.shape}")
+    return np.ascontiguousarray(pixel_flags, dtype=np.uint8)
+
+
+def _annulus(annulus) -> tuple[float, float]:
+    """(inner, outer) radii of the background annulus; (0, 0) for none."""
+    if annulus is None:
+        return 0.0, 0.0
+    try:
+        inner, outer = (float(a) for a in annulus)
+    except (TypeError, ValueError):
+        raise EngineValueError(f"annulus must be (inner, outer), got {annulus!r}") from None
+    if not (math.isfinite(inner) and math.isfinite(outer) and 0.0 <= inner < outer):
+        raise EngineValueError(f"annulus must satisfy 0 <= inner < outer, got {annulus!r}")
+    return inner, outer
+
+
+def _aperture_outputs(n_frames: int, n_stars: int, n_radii: int) -> dict[str, np.ndarray]:
+    """The arrays the aperture kernels fill, as `aperture_sums` returns them."""
+    return dict(
         sum=np.empty((n_frames, n_stars, n_radii)),
         area=np.empty((n_frames, n_stars, n_radii)),
         flags=np.empty((n_frames, n_stars, n_radii), dtype=np.uint32),
@@ -194,8 +226,3 @@ def aperture_job(frames, x, y, radii, *, annulus=None, pixel_flags=None, clip_si
         background_std=np.empty((n_frames, n_stars)),
         background_pixels=np.empty((n_frames, n_stars), dtype=np.int64),
     )
-    return SimpleNamespace(
-        frames=frames, pixel_flags=pixel_flags, x=x, y=y, radii=radii, inner=inner, outer=outer,
-        clip_sigma=float(clip_sigma), clip_iterations=int(clip_iterations),
-        mask_radius=float(mask_radius), blend_radius=float(blend_radius),
-        min_background_pixels=int(min_background_pixels), out=out)

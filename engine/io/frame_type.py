@@ -97,19 +97,24 @@ def header_frame_type(header) -> tuple[str | None, str | None, str | None]:
         text = str(raw).strip()
         if not text or text.replace(".", "").isdigit():
             continue
-        squashed = _squash(text)
-        if squashed.startswith("master") or squashed in _NOT_FRAME_TYPES:
-            return None, key, text
-        kind = _HEADER_WORDS.get(squashed)
-        if kind is None:
-            # 'Flat Field Frame', 'Sky Flat V': look at the words one by one.
-            words = {_HEADER_WORDS.get(w) for w in re.findall(r"[a-z]+", text.lower())} - {None}
-            if len(words) == 1:
-                kind = words.pop()
-            elif words == {"dark", "flat"}:
-                kind = "dark"  # a dark for flats
-        return kind, key, text
+        return _header_word_type(text), key, text
     return None, None, None
+
+
+def _header_word_type(text: str) -> str | None:
+    """The type a header's type value names, or None (a master, FOCUS, ARC, an unknown word)."""
+    squashed = _squash(text)
+    if squashed.startswith("master") or squashed in _NOT_FRAME_TYPES:
+        return None
+    kind = _HEADER_WORDS.get(squashed)
+    if kind is None:
+        # 'Flat Field Frame', 'Sky Flat V': look at the words one by one.
+        words = {_HEADER_WORDS.get(w) for w in re.findall(r"[a-z]+", text.lower())} - {None}
+        if len(words) == 1:
+            kind = words.pop()
+        elif words == {"dark", "flat"}:
+            kind = "dark"  # a dark for flats
+    return kind
 
 
 def _tokens(text: str) -> list[str]:
@@ -197,17 +202,11 @@ def classify_frame(header, path, *, override: tuple[str, str] | None = None,
     median as a fraction of full scale, or None. rules: the site's (header value, type) pairs.
     """
     path = PurePath(path)
-    notes: list[str] = []
     header_kind, key, raw = header_frame_type(header)
     stem = _file_stem(path)
     name_kind = name_frame_type(stem)
     folder_kind = name_frame_type(path.parent.name) if path.parent.name else None
-
-    named_exptime = name_exptime(stem)
-    if named_exptime is not None and exptime is not None and (
-            abs(named_exptime - exptime) > max(0.01 * exptime, 0.0011)):
-        notes.append(f"the file name says {named_exptime:g} s but the header says "
-                     f"EXPTIME = {exptime:g} s; trusting the header")
+    notes = _exptime_notes(stem, exptime)
 
     if override is not None:
         kind, pattern = override
@@ -228,28 +227,49 @@ def classify_frame(header, path, *, override: tuple[str, str] | None = None,
         if clue_kind is None:
             continue
         if header_kind == "light" and clue_kind != "light":
-            agrees, why = _name_agrees(clue_kind, exptime, level)
-            if not agrees:
-                notes.append(f"the {clue} says {clue_kind} but {key} = {raw!r} and {why}; "
-                             "kept as light (a path override can say otherwise)")
-                continue
-            notes.append(f"{key} = {raw!r} but the {clue} says {clue_kind} and {why}; trusting "
-                         f"the {clue} ({key} = 'Light' is many programs' default)")
-            return FrameType(clue_kind, f"{clue} and {why} (over {key} = {raw!r})",
-                             tuple(notes))
-        if header_kind is None:
-            if key is not None:
-                notes.append(f"{key} = {raw!r} is not a frame type; the {clue} says {clue_kind}")
-                continue
-            return FrameType(clue_kind, clue, tuple(notes))
-        if clue_kind == "light":
-            break
+            named = _name_over_light(clue_kind, clue, key, raw, exptime, level, notes)
+            if named is not None:
+                return named
+        elif header_kind is None:
+            if key is None:
+                return FrameType(clue_kind, clue, tuple(notes))
+            notes.append(f"{key} = {raw!r} is not a frame type; the {clue} says {clue_kind}")
+        else:
+            break  # the header and a name agree on light
+    return _without_name(header_kind, key, raw, exptime, level, notes)
 
+
+def _exptime_notes(stem: str, exptime: float | None) -> list[str]:
+    """A note when the exposure time in the file name disagrees with the header's."""
+    named = name_exptime(stem)
+    if named is not None and exptime is not None and (
+            abs(named - exptime) > max(0.01 * exptime, 0.0011)):
+        return [(f"the file name says {named:g} s but the header says EXPTIME = {exptime:g} s; "
+                 "trusting the header")]
+    return []
+
+
+def _name_over_light(clue_kind: str, clue: str, key: str, raw, exptime: float | None,
+                     level: Callable[[], float | None] | None, notes: list[str]) -> FrameType | None:
+    """The name's type when the pixels back it against a header 'light'; else None, noted."""
+    agrees, why = _name_agrees(clue_kind, exptime, level)
+    if not agrees:
+        notes.append(f"the {clue} says {clue_kind} but {key} = {raw!r} and {why}; "
+                     "kept as light (a path override can say otherwise)")
+        return None
+    notes.append(f"{key} = {raw!r} but the {clue} says {clue_kind} and {why}; trusting "
+                 f"the {clue} ({key} = 'Light' is many programs' default)")
+    return FrameType(clue_kind, f"{clue} and {why} (over {key} = {raw!r})", tuple(notes))
+
+
+def _without_name(header_kind: str | None, key: str | None, raw, exptime: float | None,
+                  level: Callable[[], float | None] | None, notes: list[str]) -> FrameType:
+    """The type when no name decides: the header's light, none of the four, or with no type
+    keyword at all the exposure time and the level."""
     if header_kind == "light":
         return FrameType("light", f"{key} = {raw!r}", tuple(notes))
     if key is not None:
         return FrameType(None, f"{key} = {raw!r} is none of bias, dark, flat, light", tuple(notes))
-
     if exptime is not None and exptime <= 0.0:
         return FrameType("bias", "no type keyword or name; exposure time 0", tuple(notes))
     fraction = level() if level is not None else None

@@ -47,32 +47,58 @@ def calibrated_state(header) -> tuple[tuple[str, ...], str]:
     """(steps applied, in STEPS order; evidence in words). ((), '') for a raw frame."""
     steps: set[str] = set()
     evidence: list[str] = []
+    for read in (_calstat_steps, _correction_keywords, _pipeline_level):
+        found, why = read(header)
+        steps |= found
+        evidence += why
+    found, why = _history_steps(header, steps)
+    steps |= found
+    evidence += why
+    if "flat" in steps:
+        steps |= {"bias", "dark"}
+    return tuple(s for s in STEPS if s in steps), "; ".join(evidence)
+
+
+# Each reader below returns the steps a header's convention says were applied, and its evidence.
+
+def _calstat_steps(header) -> tuple[set[str], list[str]]:
+    """MaxIm DL's CALSTAT: one letter per step ('BDF')."""
     calstat = str(header.get("CALSTAT", "")).strip().upper() if "CALSTAT" in header else ""
     letters = {"B": "bias", "D": "dark", "F": "flat"}
     if calstat and set(calstat) <= set(letters):
-        steps |= {letters[c] for c in calstat}
-        evidence.append(f"CALSTAT = {calstat!r}")
-    for key, step in _KEYWORDS:
-        if _present(header, key):
-            steps.add(step)
-            evidence.append(key)
+        return {letters[c] for c in calstat}, [f"CALSTAT = {calstat!r}"]
+    return set(), []
+
+
+def _correction_keywords(header) -> tuple[set[str], list[str]]:
+    """IRAF's and astropy ccdproc's keywords, one per step (ZEROCOR, SUBDARK, FLATCOR, ...)."""
+    present = [(key, step) for key, step in _KEYWORDS if _present(header, key)]
+    return {step for _, step in present}, [key for key, _ in present]
+
+
+def _pipeline_level(header) -> tuple[set[str], list[str]]:
+    """An observatory pipeline's product (LCO's RLEVEL > 0): its L1STAT* steps, else a flat."""
     try:
         level = int(header.get("RLEVEL", 0) or 0)
     except (TypeError, ValueError):
         level = 0
-    if level > 0:
-        lco = {step for key, step in _LCO_STATUS if key in header and _present(header, key)}
-        steps |= lco or {"flat"}
-        evidence.append(f"RLEVEL = {level} (observatory pipeline product)")
+    if level <= 0:
+        return set(), []
+    lco = {step for key, step in _LCO_STATUS if key in header and _present(header, key)}
+    return lco or {"flat"}, [f"RLEVEL = {level} (observatory pipeline product)"]
+
+
+def _history_steps(header, found) -> tuple[set[str], list[str]]:
+    """HISTORY lines naming a step not `found` otherwise; the first line per step is evidence."""
     history = [str(card) for card in header.get("HISTORY", [])] if "HISTORY" in header else []
+    steps: set[str] = set()
+    evidence: list[str] = []
     for line in history:
         for pattern, step in _HISTORY:
-            if step not in steps and pattern.search(line):
+            if step not in found and step not in steps and pattern.search(line):
                 steps.add(step)
                 evidence.append(f"HISTORY {line.strip()[:60]!r}")
-    if "flat" in steps:
-        steps |= {"bias", "dark"}
-    return tuple(s for s in STEPS if s in steps), "; ".join(evidence)
+    return steps, evidence
 
 
 def pedestal(header, configured: float | None = None) -> tuple[float, str | None]:

@@ -192,13 +192,30 @@ def windowed_centroid(image, x, y, sigma, *, background=0.0, max_shift: float = 
     -------
     (x, y, status): float64, float64, uint8 arrays; status bits as in the module docstring.
     """
+    image = _image(image)
+    x, y = _start_positions(x, y)
+    n = x.shape[0]
+    sigma = _per_star("sigma", sigma, n, positive=True)
+    background = _per_star("background", background, n)
+    max_shift, max_iter, tolerance = _stopping_rule(max_shift, max_iter, tolerance)
+    out = _outputs(out, n)
+    set_threads(threads)
+    _centroid_array(image, x, y, sigma, background, max_shift, max_iter, tolerance, *out)
+    return out
+
+
+def _image(image) -> np.ndarray:
+    """A 2-D real image as the kernel takes it: native-order C-contiguous float32 or float64."""
     image = np.asarray(image)
     if image.ndim != 2:
         raise EngineValueError(f"image must be 2-D, got {image.ndim}-D")
     if image.dtype.kind not in "uif":
         raise EngineValueError(f"image must hold real numbers, got dtype {image.dtype}")
     dtype = np.float32 if image.dtype == np.float32 else np.float64
-    image = np.ascontiguousarray(image, dtype=np.dtype(dtype).newbyteorder("="))
+    return np.ascontiguousarray(image, dtype=np.dtype(dtype).newbyteorder("="))
+
+
+def _start_positions(x, y) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if x.ndim != 1 or x.shape != y.shape:
@@ -206,11 +223,11 @@ def windowed_centroid(image, x, y, sigma, *, background=0.0, max_shift: float = 
                                f"{x.shape} and {y.shape}")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise EngineValueError("x and y must be finite")
-    n = x.shape[0]
-    x = np.ascontiguousarray(x)
-    y = np.ascontiguousarray(y)
-    sigma = _per_star("sigma", sigma, n, positive=True)
-    background = _per_star("background", background, n)
+    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
+def _stopping_rule(max_shift, max_iter, tolerance) -> tuple[float, int, float]:
+    """When the iteration stops: (max_shift, max_iter, tolerance), checked."""
     max_shift = float(max_shift)
     if not max_shift > 0.0:  # also refuses NaN
         raise EngineValueError(f"max_shift must be > 0, got {max_shift!r}")
@@ -219,17 +236,19 @@ def windowed_centroid(image, x, y, sigma, *, background=0.0, max_shift: float = 
     tolerance = float(tolerance)
     if not (tolerance > 0.0 and math.isfinite(tolerance)):
         raise EngineValueError(f"tolerance must be finite and > 0, got {tolerance!r}")
+    return max_shift, int(max_iter), tolerance
+
+
+def _outputs(out, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y, status) output arrays for n stars: `out` checked, or new ones."""
     if out is None:
-        out = (np.empty(n), np.empty(n), np.empty(n, dtype=np.uint8))
-    else:
-        kinds = (np.float64, np.float64, np.uint8)
-        if (not isinstance(out, tuple) or len(out) != 3
-                or any(not isinstance(a, np.ndarray) or a.dtype != k or a.shape != (n,)
-                       or not a.flags.c_contiguous or not a.flags.writeable
-                       for a, k in zip(out, kinds))):
-            raise EngineValueError(
-                f"out must be a tuple of writable C-contiguous float64, float64, uint8 arrays "
-                f"of length {n}")
-    set_threads(threads)
-    _centroid_array(image, x, y, sigma, background, max_shift, int(max_iter), tolerance, *out)
+        return np.empty(n), np.empty(n), np.empty(n, dtype=np.uint8)
+    kinds = (np.float64, np.float64, np.uint8)
+    if (not isinstance(out, tuple) or len(out) != 3
+            or any(not isinstance(a, np.ndarray) or a.dtype != k or a.shape != (n,)
+                   or not a.flags.c_contiguous or not a.flags.writeable
+                   for a, k in zip(out, kinds))):
+        raise EngineValueError(
+            f"out must be a tuple of writable C-contiguous float64, float64, uint8 arrays "
+            f"of length {n}")
     return out
