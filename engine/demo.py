@@ -31,6 +31,7 @@ from engine.plots import plot_transit_fit
 from engine.settings import IngestConfig, PipelineConfig, Site
 from engine.simulation import simulate
 from engine.transit_fit import TransitFit, fit_transit, weak_shape_reason
+from engine.warmup import kernel_cache_is_warm, start_warmup
 
 #: How far the demo's "published ephemeris" misses the true mid-time (days): 6 minutes.
 EPHEMERIS_ERROR_DAYS = 6.0 / 1440.0
@@ -63,10 +64,14 @@ def network_config(truth: dict) -> PipelineConfig:
 
 
 def run_demo(out_dir: Path, seed: int = 0, preset: str = "demo", workers: int | None = None,
-             echo=print) -> dict:
+             echo=print, warm_kernels: bool = True) -> dict:
+    """Simulate, reduce and fit the night; print the comparison with the truth. warm_kernels:
+    on a cold Numba cache, compile the reduction's kernels in a second process while simulating
+    (`engine.warmup`, which runs this with False)."""
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    simulation = simulate(out_dir / "raw", preset=preset, seed=seed)
+    warming = start_warmup() if warm_kernels and not kernel_cache_is_warm() else None
+    simulation = _simulate_while_warming(out_dir / "raw", preset, seed, warming)
     echo(simulation.summary())
     truth = simulation.truth
     target = (truth["target"]["ra_deg"], truth["target"]["dec_deg"])
@@ -100,6 +105,20 @@ def run_demo(out_dir: Path, seed: int = 0, preset: str = "demo", workers: int | 
          "calibrated/ (each run's calibration recipe)")
     echo(f"demo finished in {time.perf_counter() - started:.1f} s")
     return {"fit": fit.to_dict(), "truth_tmid": planet["t0_bjd_tdb"], "error_s": error_s}
+
+
+def _simulate_while_warming(raw_dir: Path, preset: str, seed: int, warming):
+    """Simulate the night while the warm-up process (or None) compiles the reduction's kernels;
+    wait for it, so that the reduction loads them from the cache."""
+    try:
+        simulation = simulate(raw_dir, preset=preset, seed=seed)
+        if warming is not None:
+            warming.wait()   # a failed warm-up only means the reduction compiles for itself
+    finally:
+        if warming is not None and warming.poll() is None:
+            warming.kill()
+            warming.wait()
+    return simulation
 
 
 def _fit_night(lightcurves, planet: dict, limb_darkening: dict, echo) -> TransitFit:
