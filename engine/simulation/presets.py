@@ -40,9 +40,9 @@ _REFERENCE_UTC = "2024-12-15T02:30:00"      # planned mid-transit
 _T0_BJD_TDB = 2460659.61052                 # the transit's true mid-time (BJD_TDB)
 
 # ----------------------------------------------------------------------------------------------
-# Cameras (demo sizes; the other presets resize them). The demo's night is sized for
-# `python -m engine demo` to finish in under 30 s on a fresh install of a 2-core machine, its
-# products under 250 MB: 45 lights at Negev and La Palma (0.6 and 0.4 Mpx), 60 at Florida
+# Cameras (demo sizes; the other presets resize them). The demo's night is sized towards issue
+# #14 (`python -m engine demo` in 30 s on a 2-core machine, products within 250 MB): 45 lights
+# at Negev and La Palma (0.6 and 0.4 Mpx), 60 at Florida
 # (0.3 Mpx: with 45 its constant stars scatter 0.89 of their stored errors, outside the 0.9-1.1
 # that tests/test_network_night.py holds), 7 biases a site.
 # ----------------------------------------------------------------------------------------------
