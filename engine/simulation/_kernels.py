@@ -3,11 +3,11 @@
 They live here rather than in `engine.kernels` because only the simulator draws noise; no
 reduction stage uses them. Each is made by the engine's one JIT factory.
 
-Random numbers: Poisson counts come from Numba's generator re-seeded at the start of every row
-(seed + row), so a frame is the same bit for bit whatever the thread count; the read noise comes
-from NumPy's ziggurat normals, drawn before `digitise_rows` runs (faster than Numba's). The
-drivers trust their inputs (C-contiguous arrays of matching shapes, as `Detector.expose` passes
-them).
+Random numbers: every draw comes from NumPy's generator of the frame (uniforms for the
+Poisson counts, ziggurat normals for the large counts and the read noise), drawn before the
+kernels run, so the kernels are pure functions of their inputs and a frame is the same bit for bit
+whatever the thread count. The drivers trust their inputs (C-contiguous arrays of matching
+shapes, as `Detector.expose` passes them).
 """
 
 from __future__ import annotations
@@ -19,22 +19,53 @@ from numba import prange
 
 from engine.kernels._jit import jit
 
-__all__ = ["bleed_columns", "digitise_rows", "poisson_rows"]
+__all__ = ["NORMAL_FROM_MEAN", "bleed_columns", "digitise_rows", "photon_count", "photon_counts"]
+
+
+#: From this mean on, a photon count is drawn from the normal approximation with the Poisson
+#: skewness kept (Cornish-Fisher): its mean, variance and third moment are the Poisson ones, and
+#: the distribution's remaining error is O(1/mean). Below it, exact inversion of the Poisson CDF,
+#: whose cost grows with the mean.
+NORMAL_FROM_MEAN = 50.0
+
+# 1 / k for the inversion's recurrence (a multiplication is several times cheaper than a
+# division in its dependent chain); the search never passes k = 1000.
+_RECIPROCALS = 1.0 / np.arange(1.0, 1001.0)
+
+
+@jit
+def photon_count(mean, uniform, normal):
+    """One Poisson(mean) count from a uniform in [0, 1) and a standard normal draw.
+
+    mean < NORMAL_FROM_MEAN: the smallest k with CDF(k) > uniform (exact inversion);
+    otherwise round(mean + sqrt(mean) z + (z^2 - 1) / 6), at least 0. A mean <= 0 gives 0.
+    """
+    if mean <= 0.0:
+        return 0.0
+    if mean >= NORMAL_FROM_MEAN:
+        count = math.floor(mean + math.sqrt(mean) * normal + (normal * normal - 1.0) / 6.0 + 0.5)
+        return max(count, 0.0)
+    k = 0
+    term = math.exp(-mean)
+    cdf = term
+    # The cap only guards against a CDF that rounding stops short of `uniform`.
+    while cdf <= uniform and k < 1000:
+        term *= mean * _RECIPROCALS[k]
+        cdf += term
+        k += 1
+    return float(k)
 
 
 @jit(parallel=True)
-def poisson_rows(light_e, dark_e, seed, out):
-    """out = Poisson(light_e + dark_e) as float32, each row from Numba's generator seeded with
-    seed + row (the same numbers whatever the thread count).
+def photon_counts(light_e, dark_e, uniforms, normals, out):
+    """out = Poisson(light_e + dark_e) as float32, one `photon_count` per pixel.
 
-    light_e, dark_e: float64 (rows, columns) expected electrons; out: float32, same shape.
+    light_e, dark_e: float64 (rows, columns); uniforms, normals, out: float32, same shape.
     """
     ny, nx = light_e.shape
     for j in prange(ny):
-        np.random.seed(seed + j)
         for i in range(nx):
-            lam = light_e[j, i] + dark_e[j, i]
-            out[j, i] = np.random.poisson(lam) if lam > 0.0 else 0.0
+            out[j, i] = photon_count(light_e[j, i] + dark_e[j, i], uniforms[j, i], normals[j, i])
     return out
 
 

@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from engine.kernels._jit import set_threads
-from engine.simulation._kernels import bleed_columns, digitise_rows, poisson_rows
+from engine.simulation._kernels import bleed_columns, digitise_rows, photon_counts
 from engine.simulation.config import Site
 
 __all__ = ["Detector"]
@@ -190,9 +190,9 @@ class Detector:
         # Small frames are cheaper on the calling thread than on a woken thread pool.
         set_threads(1 if ny * nx < 250_000 else self.threads)
         electrons = np.empty(self.shape, dtype=np.float32)
-        poisson_rows(np.ascontiguousarray(expected_e, dtype=np.float64),
-                     self.dark_electrons(exptime_s), int(rng.integers(0, 2 ** 31 - ny - 1)),
-                     electrons)
+        photon_counts(np.ascontiguousarray(expected_e, dtype=np.float64),
+                      self.dark_electrons(exptime_s), rng.random(self.shape, dtype=np.float32),
+                      rng.standard_normal(self.shape, dtype=np.float32), electrons)
         xs, ys, es, centres = self.cosmic_rays(
             rng, exptime_s + (cam.readout_s if readout_s is None else readout_s))
         if xs.size:

@@ -549,7 +549,7 @@ def _render_light(config, stars, site, plan, detector, k, x0, y0, rate0, relativ
     angle = float(plan.ellipticity_angle[k]) + theta
     psf.add_stars(image, xi[visible], ys[visible], flux[visible], fwhm, profile="moffat",
                   beta=site.moffat_beta, ellipticity=ell, angle=angle, radius=radius[visible],
-                  accuracy=1e-6, threads=config.threads)
+                  accuracy=1e-5, threads=config.threads)
     flat = detector.flat(site.filter)
     image *= flat
     data, info = detector.expose(image, exptime, rng)
