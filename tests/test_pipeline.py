@@ -158,9 +158,13 @@ def test_command_line_reduce_and_fit_transit(night, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     # Only the observatory camera writes a WCS: its run finds the target by RA/Dec. The tiny
-    # frames of the other two share too few stars with it (5) to be put on the sky from it or
-    # to find its target by star matching: they are reported, not fatal.
-    assert printed.count("skipped (target not found from the other runs") == 2
+    # frames of the other two share few stars with it (about 5): each is either put on the sky
+    # from it or reported as skipped, never fatal. (Where placed runs put their target is held
+    # against the truth by tests/test_sky_network.py.)
+    skipped = printed.count("skipped (target not found from the other runs")
+    with_target = {row["run_id"] for row in pq.read_table(tmp_path / "lightcurves.parquet")
+                   .to_pylist() if row["role"] == "target"}
+    assert len(with_target) + skipped == 3 and len(with_target) >= 1
     assert (tmp_path / "lightcurves.parquet").is_file()
     planet = truth["planet"]
     code = main(["fit-transit", str(tmp_path / "lightcurves.parquet"), "--period",
