@@ -535,6 +535,15 @@ def _run_jobs(jobs, workers, cluster_config, done) -> None:
             cluster.close()
 
 
+def _with_target(stars: pa.Table, target: int | None) -> pa.Table:
+    """The run's star table with `is_target` where the sky stage found the target (by RA/Dec or
+    from the other runs: the photometry stage knows it only from a target pixel)."""
+    if target is None:
+        return stars
+    column = stars.column_names.index("is_target")
+    return stars.set_column(column, stars.field(column), pa.array(np.arange(stars.num_rows) == target))
+
+
 def _ensemble(out: Path, runs: list[str], frames: pa.Table, skies, stars: dict, catalogue,
               config: EnsembleConfig, threads):
     results = []
@@ -553,7 +562,8 @@ def _ensemble(out: Path, runs: list[str], frames: pa.Table, skies, stars: dict, 
             results.append(result)
     concat_parquet([run_photometry(out, run_id) for run_id in runs], out / PHOTOMETRY_TABLE,
                    schema=PHOTOMETRY_SCHEMA)
-    write_parquet(pa.concat_tables([stars[run_id] for run_id in runs], promote_options="default"),
+    write_parquet(pa.concat_tables([_with_target(stars[run_id], skies[run_id].target)
+                                    for run_id in runs], promote_options="default"),
                   out / STARS_TABLE, schema=STARS_SCHEMA)
     if not results:
         reasons = "; ".join(f"{run_id}: {report['runs'][run_id].get('skipped', '?')}"

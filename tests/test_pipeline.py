@@ -165,6 +165,9 @@ def test_command_line_reduce_and_fit_transit(night, tmp_path, capsys):
     with_target = {row["run_id"] for row in pq.read_table(tmp_path / "lightcurves.parquet")
                    .to_pylist() if row["role"] == "target"}
     assert len(with_target) + skipped == 3 and len(with_target) >= 1
+    marked = {row["run_id"] for row in pq.read_table(tmp_path / "stars.parquet").to_pylist()
+              if row["is_target"]}
+    assert marked == with_target  # stars.parquet names the target the sky stage found
     assert (tmp_path / "lightcurves.parquet").is_file()
     planet = truth["planet"]
     code = main(["fit-transit", str(tmp_path / "lightcurves.parquet"), "--period",
