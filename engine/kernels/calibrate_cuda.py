@@ -7,10 +7,12 @@ dtype: equal to the CPU kernel and the reference to rounding (~1e-12 in float64)
 per output pixel; the overscan levels first, one thread per frame row. Inputs are copied to the
 device and results back into host arrays (the caller's `out`, `mask`, `uncertainty` when given).
 
-For a run calibrated block by block on the device (engine.calibration.recipe.DeviceCalibratedFrames)
-the two halves are apart: `upload_masters` puts a prepared job's masters on the device once, and
-`calibrate_on_device` calibrates a raw block already there into device arrays, which stay there
-for the photometry kernel; `set_pixel_flags` then writes the few flags the host added.
+Raw frames go up in chunks on two streams from pinned host memory, so that one chunk's copy
+overlaps the previous chunk's calibration. For a run calibrated block by block on the device
+(engine.calibration.recipe.DeviceCalibratedFrames) the steps are apart: `upload_masters` puts a
+prepared job's masters on the device once per run, `calibrate_streamed` calibrates a block into
+device arrays, which stay there for the photometry kernel, and `set_pixel_flags` writes the few
+flags the host adds.
 
 Limits: a median overscan strip holds at most 128 columns per row (a mean has no limit).
 
@@ -21,6 +23,7 @@ imported) on small frames. Kernels keep no state; concurrent calls on separate o
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -31,10 +34,12 @@ from engine.flags import PixelFlag
 from engine.kernels.calibrate import Calibrated
 from engine.kernels.calibrate_args import prepare
 
-__all__ = ["calibrate_frames_cuda", "calibrate_on_device", "set_pixel_flags", "upload_masters"]
+__all__ = ["calibrate_frames_cuda", "calibrate_on_device", "calibrate_streamed", "set_pixel_flags",
+           "upload_masters"]
 
 _MAX_MEDIAN_OVERSCAN = 128
 _THREADS_PER_BLOCK = 256
+_FRAMES_PER_TRANSFER = 4
 _SATURATED = int(PixelFlag.SATURATED)
 _NONFINITE = int(PixelFlag.NONFINITE)
 
@@ -178,6 +183,34 @@ def calibrate_on_device(job, raw, masters: dict, out, mask, error=None, stream=0
         out, mask, job.mask is not None, error, want_error)
 
 
+@functools.lru_cache(maxsize=2)
+def _raw_lanes(shape: tuple, dtype: str):
+    """Two streams, each with a pinned host buffer and a device buffer of one transfer's raw
+    frames: allocating pinned memory is slow, so a run's blocks reuse them."""
+    return [(cuda.stream(), cuda.pinned_array(shape, dtype), cuda.device_array(shape, dtype))
+            for _ in range(2)]
+
+
+def calibrate_streamed(job, masters: dict, out, mask, error=None) -> None:
+    """`calibrate_on_device` for a job whose raw frames are on the host: they go to the device a
+    few frames at a time on two streams from pinned memory, each chunk calibrated on its stream
+    as soon as it is there. Returns when the device arrays out, mask (and error) are filled."""
+    nframes = job.raw.shape[0]
+    chunk = min(_FRAMES_PER_TRANSFER, nframes)
+    lanes = _raw_lanes((chunk,) + job.raw.shape[1:], job.raw.dtype.str)
+    for number, start in enumerate(range(0, nframes, chunk)):
+        stop = min(nframes, start + chunk)
+        stream, host, device = lanes[number % 2]
+        stream.synchronize()  # this lane's previous copy has left its pinned buffer
+        host[:stop - start] = job.raw[start:stop]
+        device[:stop - start].copy_to_device(host[:stop - start], stream=stream)
+        part = job._replace(raw=job.raw[start:stop], dark_scale=job.dark_scale[start:stop])
+        calibrate_on_device(part, device[:stop - start], masters, out[start:stop],
+                            mask if job.mask is None else mask[start:stop],
+                            None if error is None else error[start:stop], stream)
+    cuda.synchronize()
+
+
 def set_pixel_flags(mask, index: np.ndarray, values: np.ndarray, stream=0) -> None:
     """Set the device mask's pixels at flat indices `index` (int64) to `values` (the mask's
     dtype): the flags the host adds to a block calibrated on the device, sent as a list because
@@ -201,12 +234,11 @@ def calibrate_frames_cuda(raw, *, bias=None, dark=None, dark_scale=None, flat=No
                   overscan_method=overscan_method, trim=trim, nonlinearity=nonlinearity,
                   gain=gain, read_noise=read_noise, out=out, mask=mask,
                   uncertainty=uncertainty, dtype=dtype)
-    d_raw = cuda.to_device(job.raw)
     d_out = cuda.device_array(job.out.shape, job.out.dtype)
     d_mask = cuda.device_array(job.placeholder(job.mask, job.mask_dtype).shape, job.mask_dtype)
     d_error = (None if job.uncertainty is None
                else cuda.device_array(job.uncertainty.shape, job.out.dtype))
-    calibrate_on_device(job, d_raw, upload_masters(job), d_out, d_mask, d_error)
+    calibrate_streamed(job, upload_masters(job), d_out, d_mask, d_error)
     d_out.copy_to_host(job.out)
     if job.mask is not None:
         d_mask.copy_to_host(job.mask)
