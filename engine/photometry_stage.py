@@ -136,7 +136,8 @@ def measure_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     ----------
     data : array-like (frames, y, x)
         The calibrated cube (a Zarr array or NumPy array, float32), in electrons / gain units
-        (ADU) as calibration leaves it.
+        (ADU) as calibration leaves it, or raw frames with their recipe (CalibratedFrames),
+        which on device 'cuda' are calibrated on the GPU where they are measured.
     frames : pyarrow.Table
         The run's light frames in cube order: `gain` (e-/ADU), `read_noise` (e-), `exptime` (s),
         `airmass`, `site_height_m`, and optionally `time_bjd_tdb`, `dark_current` (e-/s/pixel).

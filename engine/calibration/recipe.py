@@ -167,13 +167,14 @@ class CalibrationRecipe:
         for a, b in itertools.pairwise(edges):
             dark = self.dark_index[first + a]
             level = self.saturation[first + a]
-            calls.append((a, b, dict(
-                bias=self.bias, dark=self.darks[dark] if dark >= 0 else None,
-                dark_scale=self.dark_scale[first + a] if dark >= 0 else None,
-                flat=self.flat, bad_pixels=self.bad_pixels,
-                saturation=None if np.isnan(level) else float(level), trim=self.trim,
-                overscan=self.overscan, overscan_method=self.overscan_method,
-                nonlinearity=self.nonlinearity, gain=self.gain, read_noise=self.read_noise)))
+            calls.append((a, b, {
+                "bias": self.bias, "dark": self.darks[dark] if dark >= 0 else None,
+                "dark_scale": self.dark_scale[first + a] if dark >= 0 else None,
+                "flat": self.flat, "bad_pixels": self.bad_pixels,
+                "saturation": None if np.isnan(level) else float(level), "trim": self.trim,
+                "overscan": self.overscan, "overscan_method": self.overscan_method,
+                "nonlinearity": self.nonlinearity, "gain": self.gain,
+                "read_noise": self.read_noise}))
         return calls
 
     def flag_own_bad_pixels(self, own, mask: np.ndarray) -> None:
