@@ -6,7 +6,9 @@ overscan, gain and read noise) is a `CalibrationRecipe`, written as RUN.recipe.n
 archive, read back without pickle). The photometry stage reads raw blocks and calibrates each one
 with the same kernel (engine.kernels.calibrate) while it is in cache, through `CalibratedFrames`:
 every raw pixel is read once and no calibrated cube need be written (`[calibration]
-write_calibrated`). The numbers are those a calibrated cube would hold, bit for bit.
+write_calibrated`). The numbers are those a calibrated cube would hold, bit for bit. On the GPU
+(`CalibratedFrames.on_device`, the photometry stage's device 'cuda') each raw block is calibrated
+on the device by engine.kernels.calibrate_cuda and stays there to be measured.
 """
 
 from __future__ import annotations
