@@ -6,7 +6,10 @@ raw to the device and float32 + mask back, against `calibrate_frames` on every c
 family's workload: 3 radii, clipped annulus, neighbours masked), frames streamed from the host,
 against the C++ `aperture_sums` on every core.
 `gpu-night`: `reduce` of the simulator's `large` night (`tiny` when quick) with device 'cuda'
-against device 'cpu', each into a fresh folder; the check compares the photometry tables.
+against device 'cpu', each into a fresh folder; the check compares the photometry tables' fluxes.
+On 'cuda' each raw block goes to the device once, is calibrated there (masters uploaded once per
+run) and measured there; the calibrated block comes back once for registration and cosmic rays.
+Its float32 pixels differ from the CPU calibration's in the last bit, so fluxes agree to 1e-5.
 
 Bandwidth: the calibrate and aperture rows count their work in bytes (`unit` 'bytes': what the
 device reads and writes of the frames), so `engine_units_per_s` is the achieved bandwidth; the
@@ -168,8 +171,9 @@ register(Benchmark(
     name="gpu-night", anchor="engine cpu", requires=("numba",), setup=_night_setup,
     run_engine=lambda inputs, threads: _reduce_on("cuda", inputs),
     run_anchor=lambda inputs: _reduce_on("cpu", inputs), discrepancy=_flux_difference,
-    tolerance=1e-9, rounds=1, quick_rounds=1,
-    notes="reduce --device cuda vs --device cpu on a simulated night; units are raw FITS bytes"))
+    tolerance=1e-5, rounds=1, quick_rounds=1,
+    notes="reduce --device cuda (raw blocks calibrated and measured on the GPU) vs --device cpu "
+          "on a simulated night; units are raw FITS bytes"))
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""Where blocks of frames are measured: the CPU, or an NVIDIA GPU through numba.cuda.
+"""Where blocks of frames are calibrated and measured: the CPU, or an NVIDIA GPU through numba.cuda.
 
 `resolve_device` turns the `device` setting ('cpu', 'cuda', 'auto') into 'cpu' or 'cuda' before
 any work, and says which in one line. numba.cuda is imported only when a GPU is asked for or

@@ -45,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 from scipy.spatial import cKDTree
 
+from engine.calibration.recipe import CalibratedFrames, DeviceCalibratedFrames
 from engine.detection import cosmic_ray_mask, detect_stars, frame_fwhm, star_positions
 from engine.device import resolve_device
 from engine.errors import EngineValueError
@@ -135,7 +136,8 @@ def measure_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     ----------
     data : array-like (frames, y, x)
         The calibrated cube (a Zarr array or NumPy array, float32), in electrons / gain units
-        (ADU) as calibration leaves it.
+        (ADU) as calibration leaves it, or raw frames with their recipe (CalibratedFrames),
+        which on device 'cuda' are calibrated on the GPU where they are measured.
     frames : pyarrow.Table
         The run's light frames in cube order: `gain` (e-/ADU), `read_noise` (e-), `exptime` (s),
         `airmass`, `site_height_m`, and optionally `time_bjd_tdb`, `dark_current` (e-/s/pixel).
@@ -154,6 +156,11 @@ def measure_run(data, frames: pa.Table, *, mask=None, target_xy=None, radii=None
     device, said = resolve_device(config.device)
     if config.device == "auto":
         log.info(said)
+    if device == "cuda" and isinstance(data, CalibratedFrames):
+        # Raw blocks go to the device and are calibrated there, where the photometry measures them.
+        on_device = data.on_device()
+        mask = on_device.mask if mask is data.mask else mask
+        data = on_device
     candidates = sorted(set(np.linspace(0, n_frames - 1, min(n_frames, 5)).astype(int).tolist()))
     reference, reference_stars, fwhm = _choose_reference(data, candidates, config, threads)
     if not math.isfinite(fwhm) or fwhm <= 0:
@@ -244,8 +251,11 @@ def _measure_blocks(data, mask, frames, plan: _StarPlan, tracker, radii, annulus
                                            plan.fwhm, persistent)
             x, y, centroid_flags = _place_stars(block, start, tracker, plan, max_shift,
                                                 registrations, threads)
+            pixels, pixel_flags = block, block_mask
+            if isinstance(data, DeviceCalibratedFrames):  # measured where they were calibrated
+                pixels, pixel_flags = data.device_block(start, stop, block_mask)
             table = aperture_photometry_frames(
-                block, x, y, radii, annulus, gain=1.0, pixel_flags=block_mask, threads=threads,
+                pixels, x, y, radii, annulus, gain=1.0, pixel_flags=pixel_flags, threads=threads,
                 device=device)
             table = _with_noise_terms(table, start, noise, centroid_flags,
                                       registrations[start:stop])

@@ -16,7 +16,9 @@ TESTS = Path(__file__).resolve().parent
 
 
 def run_simulated(code: str) -> str:
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(TESTS))
+    # This checkout's engine first (PYTHONPATH as given), then the tests' helpers.
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(TESTS)) if p)
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=path)
     # Run outside the checkout: from its root, `-c` would import the source tree's engine/,
     # which has no compiled core after a plain `pip install .`.
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
@@ -66,6 +68,52 @@ def test_cuda_calibration_matches_reference_under_the_simulator():
         np.testing.assert_allclose(gpu.data, cpu.data, rtol=1e-6, atol=1e-3, equal_nan=True)
         np.testing.assert_array_equal(gpu.mask, cpu.mask)
         assert gpu.mask[2, 5, 8] == PixelFlag.SATURATED
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")
+
+
+def test_a_run_calibrated_on_the_device_equals_the_cpu_blocks():
+    out = run_simulated("""
+        import numpy as np
+        import engine.kernels.calibrate_cuda as gpu
+        from engine.calibration.recipe import CalibratedFrames, CalibrationRecipe
+        from engine.flags import PixelFlag
+        from test_calibration_recipe import _run
+
+        # Overscan, trim, two matched darks and one scaled, per-frame saturation levels, the
+        # frames' own bad pixels: every part of the recipe, cut into blocks unlike its groups.
+        raw, times, settings = _run(np.random.default_rng(3), n=7)
+        own = np.zeros(raw.shape, np.uint8)
+        own[5, 12, 30] = 1
+        recipe = CalibrationRecipe.build(raw.shape[1:], times, **settings)
+        cpu = CalibratedFrames(raw, recipe, frame_bad_pixels=own)
+        uploads = []
+        upload = gpu.upload_masters
+        gpu.upload_masters = lambda job, known=None: uploads.append(known is None) or upload(
+            job, known)
+        device = cpu.on_device()
+        for start, stop in ((0, 3), (3, 7)):
+            np.testing.assert_allclose(device[start:stop], cpu[start:stop], rtol=1e-6,
+                                       atol=1e-3)
+            np.testing.assert_array_equal(device.mask[start:stop], cpu.mask[start:stop])
+        # Every master once per run: bias, flat and bad pixels with the first dark, then the
+        # other dark alone (the 20 s frames scale one of the two).
+        assert len(recipe.darks) == 2 and uploads == [True, False], uploads
+        assert device.mask[5][10, 22] & PixelFlag.BAD  # the frames' own mask, trimmed
+        assert device.mask[4][8, 12] & PixelFlag.SATURATED
+
+        # The device keeps the block; the host's added flags reach it, and only they are sent.
+        flags = np.array(device.mask[3:7])
+        flags[1, 0, 0] |= PixelFlag.COSMIC_RAY
+        sent = []
+        scatter = gpu.set_pixel_flags
+        gpu.set_pixel_flags = lambda mask, index, values: sent.append(index.size) or scatter(
+            mask, index, values)
+        data, mask = device.device_block(3, 7, flags)
+        np.testing.assert_array_equal(mask.copy_to_host(), flags)
+        np.testing.assert_array_equal(data.copy_to_host(), device[3:7])
+        assert sent == [2], sent  # the cosmic ray and the frames' own bad pixel
         print("ok")
     """)
     assert out.strip().endswith("ok")

@@ -220,3 +220,76 @@ def test_the_photometry_stage_on_the_gpu_equals_the_cpu():
         print("ok")
     """)
     assert out.strip().endswith("ok")
+
+
+def test_the_stage_calibrates_on_the_gpu_and_equals_the_cpu():
+    """reduce's case: the stage gets raw frames and their recipe. On 'cuda' the raw blocks are
+    calibrated on the device (the CPU kernel is never called) and measured there (no calibrated
+    frame goes up from the host). Tolerance: the GPU calibrates in float64 without folding the
+    masters, so calibrated float32 pixels differ from the CPU's in the last bit, and fluxes,
+    positions and noise terms by up to ~1e-7 relative: rtol 1e-5; flags and counts exactly."""
+    out = run_simulated("""
+        import pyarrow as pa
+        import engine.calibration.recipe as recipe_module
+        import engine.kernels.photometry_cuda as photometry_cuda
+        from engine.calibration import DarkModel, Master
+        from engine.calibration.recipe import CalibratedFrames, CalibrationRecipe
+        from engine.flags import MeasurementFlag as M
+        from engine.photometry_stage import measure_run
+        from engine.settings import PhotometryConfig
+
+        stars = ([14.2, 47.5, 30.8, 18.9, 50.1], [12.7, 15.3, 33.1, 50.6, 46.2],
+                 [4000, 3000, 2500, 2000, 3500])
+        signal, x, y = star_field(3, dtype=np.float64, stars=stars)
+        rng = np.random.default_rng(7)
+        bias = rng.normal(500.0, 3.0, (64, 64)).astype(np.float32)
+        rate = rng.uniform(0.0, 0.5, (64, 64)).astype(np.float32)
+        flat = rng.uniform(0.9, 1.1, (64, 64)).astype(np.float32)
+        bad = np.zeros((64, 64), np.uint8)
+        bad[13, 15] = 1                      # in star 0's apertures
+        signal[1, 35, 32] += 4000.0          # a cosmic ray 2.3 px from star 2, frame 1
+        raw = np.round(bias + 30.0 * rate + flat * signal).astype(np.uint16)
+        own = np.zeros(raw.shape, np.uint8)
+        own[2, 16, 47] = 1                   # the frame's own bad pixel, on star 1
+        dark = DarkModel("rate", Master("dark", rate, 5, rate=True), {}, False, {})
+        recipe = CalibrationRecipe.build((64, 64), [30.0] * 3, bias=bias, dark=dark, flat=flat,
+                                         bad_pixels=bad)
+        table = pa.table({"gain": [1.5] * 3, "read_noise": [4.0] * 3, "exptime": [30.0] * 3,
+                          "airmass": [1.2] * 3, "site_height_m": [500.0] * 3})
+
+        def measure(device):
+            data = CalibratedFrames(raw, recipe, frame_bad_pixels=own)
+            config = PhotometryConfig(device=device, tracking_min_stars=3, max_stars=5,
+                                      block_frames=2)
+            return measure_run(data, table, mask=data.mask, radii=[2.0, 3.0],
+                               annulus=(6.0, 9.0), config=config, threads=1).photometry
+
+        cpu = measure("cpu")
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("not on the device")
+
+        recipe_module.calibrate_frames = refuse   # the CPU calibration kernel
+        photometry_cuda._staging = refuse         # calibrated frames sent up from the host
+        gpu = measure("cuda")
+        assert cpu.num_rows == gpu.num_rows == 3 * 5 * 2
+        assert cpu.column_names == gpu.column_names
+        for name in cpu.column_names:
+            a, b = cpu.column(name).to_numpy(), gpu.column(name).to_numpy()
+            if a.dtype.kind == "f":
+                np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, equal_nan=True,
+                                           err_msg=name)
+            else:
+                np.testing.assert_array_equal(b, a, err_msg=name)
+        # The flags that only calibration, the frames' own masks and the host's cosmic-ray
+        # search give reached the device's measurement.
+        flags = gpu.column("flags").to_numpy().reshape(3, 5, 2)
+        x0 = gpu.column("x").to_numpy().reshape(3, 5, 2)[:, :, 0]
+        star = lambda f, xs: int(np.argmin(np.abs(x0[f] - xs)))
+        assert np.all(flags[:, star(0, 14.2)] & M.BAD_PIXEL)
+        assert flags[2, star(2, 47.5), 1] & M.BAD_PIXEL
+        assert flags[1, star(1, 30.8), 1] & M.BAD_PIXEL
+        assert not flags[0, star(0, 30.8)].any()
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")

@@ -6,7 +6,9 @@ overscan, gain and read noise) is a `CalibrationRecipe`, written as RUN.recipe.n
 archive, read back without pickle). The photometry stage reads raw blocks and calibrates each one
 with the same kernel (engine.kernels.calibrate) while it is in cache, through `CalibratedFrames`:
 every raw pixel is read once and no calibrated cube need be written (`[calibration]
-write_calibrated`). The numbers are those a calibrated cube would hold, bit for bit.
+write_calibrated`). The numbers are those a calibrated cube would hold, bit for bit. On the GPU
+(`CalibratedFrames.on_device`, the photometry stage's device 'cuda') each raw block is calibrated
+on the device by engine.kernels.calibrate_cuda and stays there to be measured.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from engine.flags import PixelFlag
 from engine.io.atomic import atomic_path
 from engine.kernels.calibrate import calibrate_frames
 
-__all__ = ["CalibratedFrames", "CalibrationRecipe", "load_recipe"]
+__all__ = ["CalibratedFrames", "CalibrationRecipe", "DeviceCalibratedFrames", "load_recipe"]
 
 _FORMAT = "recipe-1"
 
@@ -144,7 +146,15 @@ class CalibrationRecipe:
               uncertainty: np.ndarray | bool = False, threads: int | None = None) -> None:
         """Calibrate raw frames first, first + 1, ... of the run into `out` (float32) and `mask`
         (uint8 PixelFlag bits), and `uncertainty` when given an array."""
-        count = raw.shape[0]
+        for a, b, arguments in self.kernel_calls(first, raw.shape[0]):
+            calibrate_frames(
+                raw[a:b], **arguments, out=out[a:b], mask=mask[a:b],
+                uncertainty=uncertainty[a:b] if isinstance(uncertainty, np.ndarray) else False,
+                threads=threads)
+
+    def kernel_calls(self, first: int, count: int):
+        """The calibration of frames first..first + count - 1 as kernel calls: (a, b, the
+        masters and settings of calibrate_frames) for frames a..b - 1 of the block."""
         if first < 0 or first + count > self.frames:
             raise EngineValueError(f"frames {first}..{first + count - 1} are not in the run's "
                                    f"{self.frames}")
@@ -155,19 +165,19 @@ class CalibrationRecipe:
         key = list(zip(self.dark_index[span], self.dark_scale[span],
                        np.nan_to_num(self.saturation[span], nan=-1.0)))
         edges = [0] + [i for i in range(1, count) if key[i] != key[i - 1]] + [count]
+        calls = []
         for a, b in itertools.pairwise(edges):
             dark = self.dark_index[first + a]
             level = self.saturation[first + a]
-            calibrate_frames(
-                raw[a:b], bias=self.bias, dark=self.darks[dark] if dark >= 0 else None,
-                dark_scale=self.dark_scale[first + a] if dark >= 0 else None,
-                flat=self.flat, bad_pixels=self.bad_pixels,
-                saturation=None if np.isnan(level) else float(level), trim=self.trim,
-                overscan=self.overscan, overscan_method=self.overscan_method,
-                nonlinearity=self.nonlinearity, gain=self.gain, read_noise=self.read_noise,
-                out=out[a:b], mask=mask[a:b],
-                uncertainty=uncertainty[a:b] if isinstance(uncertainty, np.ndarray) else False,
-                threads=threads)
+            calls.append((a, b, {
+                "bias": self.bias, "dark": self.darks[dark] if dark >= 0 else None,
+                "dark_scale": self.dark_scale[first + a] if dark >= 0 else None,
+                "flat": self.flat, "bad_pixels": self.bad_pixels,
+                "saturation": None if np.isnan(level) else float(level), "trim": self.trim,
+                "overscan": self.overscan, "overscan_method": self.overscan_method,
+                "nonlinearity": self.nonlinearity, "gain": self.gain,
+                "read_noise": self.read_noise}))
+        return calls
 
     def flag_own_bad_pixels(self, own, mask: np.ndarray) -> None:
         """Flag BAD in `mask` the pixels that the raw frames' own masks `own` (raw shape,
@@ -290,6 +300,71 @@ class CalibratedFrames:
     def __array__(self, dtype=None, copy=None):
         data = self.block(0, self.shape[0])[0]
         return data if dtype is None else data.astype(dtype)
+
+    def on_device(self) -> DeviceCalibratedFrames:
+        """The same frames calibrated on the GPU (numba.cuda must find one)."""
+        return DeviceCalibratedFrames(self.raw, self.recipe, self.frame_bad_pixels, self.threads)
+
+
+class DeviceCalibratedFrames(CalibratedFrames):
+    """CalibratedFrames calibrated on the GPU (engine.kernels.calibrate_cuda): each raw block
+    goes to the device once and is calibrated there, with the recipe's masters uploaded on the
+    first block and kept for the run. The calibrated block and its flags stay on the device for
+    the photometry kernel (`device_block`); the host gets one copy of them per block, because
+    registration, cosmic-ray detection and PSF fits read the pixels on the CPU. Pixels equal
+    CalibratedFrames' to float32 rounding (the GPU neither folds the masters nor multiplies by
+    1 / flat), flags exactly.
+    """
+
+    def __init__(self, raw, recipe: CalibrationRecipe, frame_bad_pixels=None,
+                 threads: int | None = None):
+        super().__init__(raw, recipe, frame_bad_pixels, threads)
+        self._masters: dict[int, dict] = {}  # by dark index: the masters on the device
+        # The last block on the device: (start, stop), data, mask, and the mask as it is there.
+        self._device: tuple | None = None
+
+    def block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._last is None or self._last[0] != (start, stop):
+            self._last = ((start, stop),) + self._calibrate_on_device(start, stop)
+        return self._last[1], self._last[2]
+
+    def _calibrate_on_device(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        from numba import cuda
+
+        from engine.kernels.calibrate_args import prepare
+        from engine.kernels.calibrate_cuda import calibrate_streamed, upload_masters
+
+        raw = np.asarray(self.raw[start:stop])
+        shape = (stop - start,) + self.recipe.shape
+        data, mask = cuda.device_array(shape, np.float32), cuda.device_array(shape, np.uint8)
+        for a, b, arguments in self.recipe.kernel_calls(start, stop - start):
+            # prepare's host outputs are never written (nor their pages touched).
+            job = prepare(raw[a:b], **arguments, out=None, mask=True, uncertainty=False,
+                          dtype=np.float32)
+            dark = int(self.recipe.dark_index[start + a])
+            if dark not in self._masters:
+                self._masters[dark] = upload_masters(job, next(iter(self._masters.values()),
+                                                               None))
+            calibrate_streamed(job, self._masters[dark], data[a:b], mask[a:b])
+        host_data, as_on_device = data.copy_to_host(), mask.copy_to_host()
+        host_mask = as_on_device.copy()
+        if self.frame_bad_pixels is not None:
+            self.recipe.flag_own_bad_pixels(self.frame_bad_pixels[start:stop], host_mask)
+        self._device = ((start, stop), data, mask, as_on_device)
+        return host_data, host_mask
+
+    def device_block(self, start: int, stop: int, flags: np.ndarray):
+        """(data, mask) of frames start..stop - 1 on the device, the mask made equal to the
+        host's `flags` (uint8, the block's shape: the calibration's flags plus what the host
+        added) by sending only the pixels that differ."""
+        from engine.kernels.calibrate_cuda import set_pixel_flags
+
+        self.block(start, stop)
+        _, data, mask, as_on_device = self._device
+        changed = np.flatnonzero(flags != as_on_device)
+        set_pixel_flags(mask, changed, flags.ravel()[changed])
+        as_on_device.ravel()[changed] = flags.ravel()[changed]
+        return data, mask
 
 
 class _MaskView:

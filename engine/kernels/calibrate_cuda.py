@@ -7,6 +7,13 @@ dtype: equal to the CPU kernel and the reference to rounding (~1e-12 in float64)
 per output pixel; the overscan levels first, one thread per frame row. Inputs are copied to the
 device and results back into host arrays (the caller's `out`, `mask`, `uncertainty` when given).
 
+Raw frames go up in chunks on two streams from pinned host memory, so that one chunk's copy
+overlaps the previous chunk's calibration. For a run calibrated block by block on the device
+(engine.calibration.recipe.DeviceCalibratedFrames) the steps are apart: `upload_masters` puts a
+prepared job's masters on the device once per run, `calibrate_streamed` calibrates a block into
+device arrays, which stay there for the photometry kernel, and `set_pixel_flags` writes the few
+flags the host adds.
+
 Limits: a median overscan strip holds at most 128 columns per row (a mean has no limit).
 
 Import this module only where a GPU is wanted: importing numba.cuda is slow and the CPU path never
@@ -16,6 +23,7 @@ imported) on small frames. Kernels keep no state; concurrent calls on separate o
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -26,10 +34,12 @@ from engine.flags import PixelFlag
 from engine.kernels.calibrate import Calibrated
 from engine.kernels.calibrate_args import prepare
 
-__all__ = ["calibrate_frames_cuda"]
+__all__ = ["calibrate_frames_cuda", "calibrate_on_device", "calibrate_streamed", "set_pixel_flags",
+           "upload_masters"]
 
 _MAX_MEDIAN_OVERSCAN = 128
 _THREADS_PER_BLOCK = 256
+_FRAMES_PER_TRANSFER = 4
 _SATURATED = int(PixelFlag.SATURATED)
 _NONFINITE = int(PixelFlag.NONFINITE)
 
@@ -59,7 +69,9 @@ def _overscan_levels(raw, x0, x1, use_median, levels):
                     j -= 1
                 values[j] = v
             n += 1
-    if n == 0:
+    if x1 <= x0:
+        levels[f, y] = 0.0  # no overscan strip: nothing to subtract
+    elif n == 0:
         levels[f, y] = math.nan
     elif not use_median:
         levels[f, y] = total / n
@@ -117,6 +129,98 @@ def _calibrate_pixels(raw, ty, tx, levels, bias, dark, dark_scale, flat, bad, po
         mask[f, y, x] = flags
 
 
+@cuda.jit
+def _set_flags(mask, index, values):
+    """mask.flat[index[k]] = values[k]; one thread per listed pixel."""
+    k = cuda.grid(1)
+    if k < index.shape[0]:
+        pixel = index[k]
+        plane = mask.shape[1] * mask.shape[2]
+        f = pixel // plane
+        rest = pixel - f * plane
+        mask[f, rest // mask.shape[2], rest % mask.shape[2]] = values[k]
+
+
+def _blocks(count: int) -> int:
+    return -(-count // _THREADS_PER_BLOCK)
+
+
+def upload_masters(job, known: dict | None = None, stream=0) -> dict:
+    """The masters of a prepared job (engine.kernels.calibrate_args.prepare) on the device, absent
+    ones as neutral rows: {'bias', 'dark', 'flat', 'bad', 'poly'}. `known`: the masters of an
+    earlier job of the same calibration, whose bias, flat, bad pixels and polynomial are reused
+    (only the dark is uploaded)."""
+    dark = cuda.to_device(job.neutral(job.dark, 0), stream=stream)
+    if known is not None:
+        return dict(known, dark=dark)
+    return {"bias": cuda.to_device(job.neutral(job.bias, 0), stream=stream), "dark": dark,
+            "flat": cuda.to_device(job.neutral(job.flat, 1), stream=stream),
+            "bad": cuda.to_device(job.neutral(job.bad, 0, job.mask_dtype), stream=stream),
+            "poly": cuda.to_device(job.poly, stream=stream)}
+
+
+def calibrate_on_device(job, raw, masters: dict, out, mask, error=None, stream=0) -> None:
+    """Calibrate the raw frames `raw` (a device array of job.raw's shape) with the job's settings
+    and the device `masters` (upload_masters) into the device arrays `out` and `mask` (and
+    `error` when given), all on `stream`; nothing comes back to the host. The job was prepared
+    for these frames (its raw cube is their host copy); without a mask in it, `mask` is a
+    placeholder never written."""
+    x0, x1 = job.overscan
+    if job.overscan_median and x1 - x0 > _MAX_MEDIAN_OVERSCAN:
+        raise EngineValueError(f"a median overscan on the GPU takes at most "
+                               f"{_MAX_MEDIAN_OVERSCAN} columns, got {x1 - x0}; use 'mean'")
+    nframes, raw_ny, _ = job.raw.shape
+    levels = cuda.device_array((nframes, raw_ny), np.float64, stream=stream)
+    _overscan_levels[_blocks(nframes * raw_ny), _THREADS_PER_BLOCK, stream](
+        raw, x0, x1, job.overscan_median, levels)
+    want_error = error is not None
+    if error is None:
+        error = cuda.device_array((1, 1, 1), out.dtype, stream=stream)
+    _calibrate_pixels[_blocks(out.size), _THREADS_PER_BLOCK, stream](
+        raw, job.trim[0], job.trim[2], levels, masters["bias"], masters["dark"],
+        cuda.to_device(job.dark_scale, stream=stream), masters["flat"], masters["bad"],
+        masters["poly"], job.saturation, job.check_saturation, job.gain, job.read_noise,
+        out, mask, job.mask is not None, error, want_error)
+
+
+@functools.lru_cache(maxsize=2)
+def _raw_lanes(shape: tuple, dtype: str):
+    """Two streams, each with a pinned host buffer and a device buffer of one transfer's raw
+    frames: allocating pinned memory is slow, so a run's blocks reuse them."""
+    return [(cuda.stream(), cuda.pinned_array(shape, dtype), cuda.device_array(shape, dtype))
+            for _ in range(2)]
+
+
+def calibrate_streamed(job, masters: dict, out, mask, error=None) -> None:
+    """`calibrate_on_device` for a job whose raw frames are on the host: they go to the device a
+    few frames at a time on two streams from pinned memory, each chunk calibrated on its stream
+    as soon as it is there. Returns when the device arrays out, mask (and error) are filled."""
+    nframes = job.raw.shape[0]
+    chunk = min(_FRAMES_PER_TRANSFER, nframes)
+    lanes = _raw_lanes((chunk,) + job.raw.shape[1:], job.raw.dtype.str)
+    for number, start in enumerate(range(0, nframes, chunk)):
+        stop = min(nframes, start + chunk)
+        stream, host, device = lanes[number % 2]
+        stream.synchronize()  # this lane's previous copy has left its pinned buffer
+        host[:stop - start] = job.raw[start:stop]
+        device[:stop - start].copy_to_device(host[:stop - start], stream=stream)
+        part = job._replace(raw=job.raw[start:stop], dark_scale=job.dark_scale[start:stop])
+        calibrate_on_device(part, device[:stop - start], masters, out[start:stop],
+                            mask if job.mask is None else mask[start:stop],
+                            None if error is None else error[start:stop], stream)
+    cuda.synchronize()
+
+
+def set_pixel_flags(mask, index: np.ndarray, values: np.ndarray, stream=0) -> None:
+    """Set the device mask's pixels at flat indices `index` (int64) to `values` (the mask's
+    dtype): the flags the host adds to a block calibrated on the device, sent as a list because
+    they are few (cosmic-ray hits, the frames' own bad pixels)."""
+    if index.size:
+        _set_flags[_blocks(index.size), _THREADS_PER_BLOCK, stream](
+            mask, cuda.to_device(np.ascontiguousarray(index, dtype=np.int64), stream=stream),
+            cuda.to_device(np.ascontiguousarray(values, dtype=mask.dtype), stream=stream))
+
+
 def calibrate_frames_cuda(raw, *, bias=None, dark=None, dark_scale=None, flat=None,
                           bad_pixels=None, saturation=None, overscan=None,
                           overscan_method: str = "median", trim=None, nonlinearity=None,
@@ -130,31 +234,11 @@ def calibrate_frames_cuda(raw, *, bias=None, dark=None, dark_scale=None, flat=No
                   overscan_method=overscan_method, trim=trim, nonlinearity=nonlinearity,
                   gain=gain, read_noise=read_noise, out=out, mask=mask,
                   uncertainty=uncertainty, dtype=dtype)
-    x0, x1 = job.overscan
-    if job.overscan_median and x1 - x0 > _MAX_MEDIAN_OVERSCAN:
-        raise EngineValueError(f"a median overscan on the GPU takes at most "
-                               f"{_MAX_MEDIAN_OVERSCAN} columns, got {x1 - x0}; use 'mean'")
-    nframes, raw_ny, _ = job.raw.shape
-    d_raw = cuda.to_device(job.raw)
-    d_levels = cuda.device_array((nframes, raw_ny), np.float64)
-    if x1 > x0:
-        rows = nframes * raw_ny
-        _overscan_levels[-(-rows // _THREADS_PER_BLOCK), _THREADS_PER_BLOCK](
-            d_raw, x0, x1, job.overscan_median, d_levels)
-    else:
-        d_levels = cuda.to_device(np.zeros((nframes, raw_ny)))
     d_out = cuda.device_array(job.out.shape, job.out.dtype)
     d_mask = cuda.device_array(job.placeholder(job.mask, job.mask_dtype).shape, job.mask_dtype)
-    d_error = cuda.device_array(job.placeholder(job.uncertainty, job.out.dtype).shape,
-                                job.out.dtype)
-    pixels = job.out.size
-    _calibrate_pixels[-(-pixels // _THREADS_PER_BLOCK), _THREADS_PER_BLOCK](
-        d_raw, job.trim[0], job.trim[2], d_levels,
-        cuda.to_device(job.neutral(job.bias, 0)), cuda.to_device(job.neutral(job.dark, 0)),
-        cuda.to_device(job.dark_scale), cuda.to_device(job.neutral(job.flat, 1)),
-        cuda.to_device(job.neutral(job.bad, 0, job.mask_dtype)), cuda.to_device(job.poly),
-        job.saturation, job.check_saturation, job.gain, job.read_noise,
-        d_out, d_mask, job.mask is not None, d_error, job.uncertainty is not None)
+    d_error = (None if job.uncertainty is None
+               else cuda.device_array(job.uncertainty.shape, job.out.dtype))
+    calibrate_streamed(job, upload_masters(job), d_out, d_mask, d_error)
     d_out.copy_to_host(job.out)
     if job.mask is not None:
         d_mask.copy_to_host(job.mask)

@@ -22,7 +22,8 @@ annulus into shared memory, where one thread clips it with the CPU's clipping co
 (engine.kernels.sigma_clip.clipped_median_std, compiled for the device), so that nothing goes back
 to the host until the block's table is done. Frames go to the device in chunks on two streams from
 pinned host memory, so that one chunk's copy overlaps the previous chunk's measurement; only the
-photometry arrays come back.
+photometry arrays come back. Frames (and flags) already on the device (a block calibrated there,
+engine.kernels.calibrate_cuda) are measured where they are: nothing but the centres goes up.
 
 Limits: at most 8 radii; an annulus of at most 4096 pixels (outer radius up to ~35 px).
 
@@ -368,29 +369,41 @@ def _staging(shape: tuple, dtype: str, with_flags: bool):
     return lanes
 
 
-def aperture_sums_cuda(frames, x, y, radii, *, annulus=None, pixel_flags=None,
-                       clip_sigma: float = 3.0, clip_iterations: int = 5,
-                       mask_radius: float = 0.0, blend_radius: float = 0.0,
-                       min_background_pixels: int = 5, threads=None) -> dict[str, np.ndarray]:
-    """`engine.cext.aperture_sums` on the GPU: same arguments (`threads` is ignored), same
-    result to rounding. Raises EngineValueError as the CPU does, and beyond MAX_RADII radii or
-    an annulus that may hold more than MAX_ANNULUS_PIXELS pixels."""
-    job = aperture_job(frames, x, y, radii, annulus=annulus, pixel_flags=pixel_flags,
-                       clip_sigma=clip_sigma, clip_iterations=clip_iterations,
-                       mask_radius=mask_radius, blend_radius=blend_radius,
-                       min_background_pixels=min_background_pixels)
-    if job.radii.size > MAX_RADII:
-        raise EngineValueError(f"the GPU measures at most {MAX_RADII} radii, got {job.radii.size}")
-    # Pixel centres within `outer` lie in a disk of radius outer + sqrt(2) / 2 of unit squares.
-    if math.pi * (job.outer + 0.7072) ** 2 > MAX_ANNULUS_PIXELS:
-        raise EngineValueError(f"the GPU annulus holds at most {MAX_ANNULUS_PIXELS} pixels: an "
-                               f"outer radius of {job.outer:.1f} px is too large (at most 35)")
-    n_frames, ny, nx = job.frames.shape
+def _device_inputs(frames, pixel_flags):
+    """(frames, pixel flags or None) already on the device, checked as aperture_job checks host
+    arrays; None when `frames` is a host array."""
+    if not cuda.devicearray.is_cuda_ndarray(frames):
+        return None
+    if frames.ndim != 3 or frames.dtype not in (np.float32, np.float64):
+        raise EngineValueError(f"frames on the device must be 3-d (frame, y, x) float32 or "
+                               f"float64, got shape {frames.shape} of {frames.dtype}")
+    if pixel_flags is not None and not (cuda.devicearray.is_cuda_ndarray(pixel_flags)
+                                        and pixel_flags.shape == frames.shape
+                                        and pixel_flags.dtype == np.uint8):
+        raise EngineValueError(f"with frames on the device, pixel_flags must be a uint8 device "
+                               f"array of their shape {frames.shape}")
+    return frames, pixel_flags
+
+
+def _launch(job, frames, pixel_flags, start, stop, device_out, stream):
+    """Measure frames start..stop of the job (`frames` and `pixel_flags` hold just those, on the
+    device; pixel_flags may be a placeholder) into device_out's rows start..stop."""
+    part = {name: array[start:stop] for name, array in device_out.items()}
     n_stars = job.x.shape[1]
-    out = job.out
-    if n_frames == 0 or n_stars == 0:
-        return out
-    device_out = {name: cuda.device_array(array.shape, array.dtype) for name, array in out.items()}
+    _measure_stars[(stop - start) * n_stars, _THREADS_PER_BLOCK, stream](
+        frames, pixel_flags, job.pixel_flags is not None,
+        cuda.to_device(job.x[start:stop], stream=stream),
+        cuda.to_device(job.y[start:stop], stream=stream),
+        cuda.to_device(job.radii, stream=stream), job.inner, job.outer, job.clip_sigma,
+        job.clip_iterations, job.mask_radius, job.blend_radius, job.min_background_pixels,
+        part["sum"], part["area"], part["flags"], part["background"],
+        part["background_std"], part["background_pixels"])
+
+
+def _stream_from_host(job, device_out):
+    """The host frames to the device chunk by chunk on two streams (pinned staging), each chunk
+    measured on its stream as soon as it is there."""
+    n_frames, ny, nx = job.frames.shape
     chunk = min(_FRAMES_PER_TRANSFER, n_frames)
     has_flags = job.pixel_flags is not None
     lanes = _staging((chunk, ny, nx), job.frames.dtype.str, has_flags)
@@ -403,15 +416,43 @@ def aperture_sums_cuda(frames, x, y, radii, *, annulus=None, pixel_flags=None,
         if has_flags:
             host_flags[:stop - start] = job.pixel_flags[start:stop]
             device_flags[:stop - start].copy_to_device(host_flags[:stop - start], stream=stream)
-        part = {name: array[start:stop] for name, array in device_out.items()}
-        _measure_stars[(stop - start) * n_stars, _THREADS_PER_BLOCK, stream](
-            device[:stop - start], device_flags, has_flags,
-            cuda.to_device(job.x[start:stop], stream=stream),
-            cuda.to_device(job.y[start:stop], stream=stream),
-            cuda.to_device(job.radii, stream=stream), job.inner, job.outer, job.clip_sigma,
-            job.clip_iterations, job.mask_radius, job.blend_radius, job.min_background_pixels,
-            part["sum"], part["area"], part["flags"], part["background"],
-            part["background_std"], part["background_pixels"])
+        _launch(job, device[:stop - start], device_flags, start, stop, device_out, stream)
+
+
+def aperture_sums_cuda(frames, x, y, radii, *, annulus=None, pixel_flags=None,
+                       clip_sigma: float = 3.0, clip_iterations: int = 5,
+                       mask_radius: float = 0.0, blend_radius: float = 0.0,
+                       min_background_pixels: int = 5, threads=None) -> dict[str, np.ndarray]:
+    """`engine.cext.aperture_sums` on the GPU: same arguments (`threads` is ignored), same
+    result to rounding. `frames` and `pixel_flags` may be device arrays (numba.cuda), measured
+    in place. Raises EngineValueError as the CPU does, and beyond MAX_RADII radii or an
+    annulus that may hold more than MAX_ANNULUS_PIXELS pixels."""
+    on_device = _device_inputs(frames, pixel_flags)
+    if on_device is not None:
+        # aperture_job checks everything but the pixels, here a (frames, 1, 1) stand-in.
+        frames = np.empty((on_device[0].shape[0], 1, 1), on_device[0].dtype)
+        pixel_flags = None if on_device[1] is None else np.empty(frames.shape, np.uint8)
+    job = aperture_job(frames, x, y, radii, annulus=annulus, pixel_flags=pixel_flags,
+                       clip_sigma=clip_sigma, clip_iterations=clip_iterations,
+                       mask_radius=mask_radius, blend_radius=blend_radius,
+                       min_background_pixels=min_background_pixels)
+    if job.radii.size > MAX_RADII:
+        raise EngineValueError(f"the GPU measures at most {MAX_RADII} radii, got {job.radii.size}")
+    # Pixel centres within `outer` lie in a disk of radius outer + sqrt(2) / 2 of unit squares.
+    if math.pi * (job.outer + 0.7072) ** 2 > MAX_ANNULUS_PIXELS:
+        raise EngineValueError(f"the GPU annulus holds at most {MAX_ANNULUS_PIXELS} pixels: an "
+                               f"outer radius of {job.outer:.1f} px is too large (at most 35)")
+    n_frames = job.frames.shape[0]
+    out = job.out
+    if n_frames == 0 or job.x.shape[1] == 0:
+        return out
+    device_out = {name: cuda.device_array(array.shape, array.dtype) for name, array in out.items()}
+    if on_device is None:
+        _stream_from_host(job, device_out)
+    else:
+        flags = on_device[1] if on_device[1] is not None else cuda.device_array((1, 1, 1),
+                                                                                np.uint8)
+        _launch(job, on_device[0], flags, 0, n_frames, device_out, 0)
     cuda.synchronize()
     for name, array in device_out.items():
         array.copy_to_host(out[name])
