@@ -14,7 +14,7 @@ constexpr std::uint8_t kLeftOut = kUnusable | flags::kPixelSaturated;
 // The columns [*lo, *hi] of a row dy2 = (row - yc)^2 whose pixel centre has
 // (i - xc)^2 + dy2 < radius2, decided by that very expression so that the span agrees with a
 // per-pixel test; empty when *lo > *hi. The square root only estimates the ends.
-void centre_span(double xc, double dy2, double radius2, std::int64_t* lo,
+inline void centre_span(double xc, double dy2, double radius2, std::int64_t* lo,
                  std::int64_t* hi) noexcept {
     if (!(dy2 < radius2)) return;  // (i - xc)^2 + dy2 >= dy2: no column qualifies
     auto inside = [xc, dy2, radius2](std::int64_t i) {
@@ -65,7 +65,7 @@ bool masked_by_neighbour(double px, double py, std::int64_t n_neighbours, double
 // (skipping those within the mask of the row's n_masking neighbours); returns the new count.
 // Out of the neighbours' reach every pixel is stored, and counted only if usable: no branch.
 template <typename T>
-std::int64_t take_row(const Plane<T>& plane, std::int64_t j, std::int64_t from, std::int64_t to,
+inline std::int64_t take_row(const Plane<T>& plane, std::int64_t j, std::int64_t from, std::int64_t to,
                       std::int64_t n_masking, double mask2, const Scratch& scratch,
                       double* values, std::int64_t n) noexcept {
     from = std::max<std::int64_t>(from, 0);

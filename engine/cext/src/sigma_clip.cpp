@@ -48,6 +48,13 @@ void shifted_sums(const double* values, std::int64_t n, double shift, double* su
     *sum2 = (q[0] + q[1]) + (q[2] + q[3]);
 }
 
+// The bucket of a value: (value / 2 - half_low) * scale, clamped into [0, top]. Monotone in the
+// value; halving keeps every difference finite.
+inline std::int32_t bucket_index(double value, double half_low, double scale, double top) noexcept {
+    const double t = (0.5 * value - half_low) * scale;
+    return static_cast<std::int32_t>(std::min(t > 0.0 ? t : 0.0, top));
+}
+
 }  // namespace
 
 void SigmaClipper::reserve(std::int64_t capacity) {
@@ -75,11 +82,6 @@ double SigmaClipper::median_of(std::int64_t first, std::int64_t last) noexcept {
     const double lower = select(first + (n - 1) / 2, first, last);
     if (n % 2 == 1) return lower;
     return 0.5 * (lower + select(first + n / 2, first, last));
-}
-
-std::int32_t SigmaClipper::bucket_of(double value) const noexcept {
-    const double t = (0.5 * value - bucket_half_low_) * bucket_scale_;
-    return static_cast<std::int32_t>(std::min(t > 0.0 ? t : 0.0, bucket_top_));
 }
 
 bool SigmaClipper::sort_into_buckets(std::int64_t n, double* constant) noexcept {
@@ -111,12 +113,15 @@ bool SigmaClipper::sort_into_buckets(std::int64_t n, double* constant) noexcept 
         hi = std::min(hi + margin, kMax);
     }
     n_buckets_ = static_cast<int>(std::min<std::int64_t>(std::max<std::int64_t>(n / 2, 1), kMaxBuckets));
-    // Halving keeps every difference finite; the cap keeps the scale finite for a tiny range.
-    bucket_top_ = static_cast<double>(n_buckets_ - 1);
-    bucket_half_low_ = 0.5 * lo;
-    bucket_scale_ = std::min(bucket_top_ / (0.5 * hi - bucket_half_low_), 1e300);
+    // The cap keeps the scale finite for a tiny range.
+    const double top = static_cast<double>(n_buckets_ - 1);
+    const double half_lo = 0.5 * lo;
+    const double scale = std::min(top / (0.5 * hi - half_lo), 1e300);
+    bucket_top_ = top;
+    bucket_half_low_ = half_lo;
+    bucket_scale_ = scale;
     std::int32_t* bucket = bucket_.data();
-    for (std::int64_t k = 0; k < n; ++k) bucket[k] = bucket_of(values[k]);
+    for (std::int64_t k = 0; k < n; ++k) bucket[k] = bucket_index(values[k], half_lo, scale, top);
     std::int64_t* edge = edge_.data();
     std::fill(edge, edge + n_buckets_ + 2, std::int64_t{0});
     for (std::int64_t k = 0; k < n; ++k) ++edge[bucket[k] + 2];
@@ -140,6 +145,8 @@ std::int64_t SigmaClipper::run(std::int64_t n, double sigma, int iterations, dou
     }
     double* sorted = sorted_.data();
     const std::int64_t* edge = edge_.data();
+    auto bucket_of = [half_lo = bucket_half_low_, scale = bucket_scale_,
+                      top = bucket_top_](double v) { return bucket_index(v, half_lo, scale, top); };
     std::int64_t first = 0;  // the values kept are sorted[first, last)
     std::int64_t last = n;
     double centre = median_of(first, last);
