@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from engine.errors import EngineValueError
-from engine.flags import MeasurementFlag
+from engine.flags import MeasurementFlag, PixelFlag
 from engine.kernels.psf import add_stars
 from engine.psf import choose_psf_model, fit_psf_model, psf_photometry
-from engine.psf.empirical import EmpiricalPSF
+from engine.psf.empirical import EmpiricalPSF, fit_stars
 
 SKY, READ_NOISE, FWHM = 100.0, 5.0, 3.0
 # The second Gaussian's offset and share of the light; the light's centroid is at
@@ -151,6 +151,28 @@ def test_edges_and_failures_are_flagged(coma):
                             read_noise=READ_NOISE).to_pydict()
     assert all(f & MeasurementFlag.FIT_FAILED for f in failed["flags"])
     assert all(math.isnan(f) for f in failed["flux"])
+
+
+@pytest.mark.parametrize("spoil, expected", [
+    ("saturated", MeasurementFlag.SATURATED), ("bad", MeasurementFlag.BAD_PIXEL),
+    ("nan", MeasurementFlag.BAD_PIXEL)])
+def test_a_spoilt_pixel_in_a_box_is_left_out_and_flagged(coma, spoil, expected):
+    """One pixel of a star's box flagged (SATURATED, BAD) or not finite: the fit leaves it out
+    (one pixel fewer, the flux within its error of the clean fit's) and flags the star."""
+    image, x, y, _, psf, _ = coma
+    clean = fit_stars(image, x[:1], y[:1], psf, box=4, read_noise=READ_NOISE)
+    image = image.copy()
+    pixel_flags = np.zeros(image.shape, dtype=np.uint8)
+    row, column = math.ceil(y[0] - 0.5) + 2, math.ceil(x[0] - 0.5) - 1
+    if spoil == "nan":
+        image[row, column] = np.nan
+    else:
+        pixel_flags[row, column] = PixelFlag.SATURATED if spoil == "saturated" else PixelFlag.BAD
+    spoilt = fit_stars(image, x[:1], y[:1], psf, box=4, read_noise=READ_NOISE,
+                       pixel_flags=pixel_flags)
+    assert clean["flags"][0] == 0 and spoilt["flags"][0] == expected
+    assert spoilt["pixels"][0] == clean["pixels"][0] - 1 == 80
+    assert abs(spoilt["flux"][0] - clean["flux"][0]) < spoilt["flux_err"][0]
 
 
 def test_bad_inputs_are_clear_errors():

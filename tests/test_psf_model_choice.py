@@ -85,6 +85,8 @@ def test_a_configured_profile_is_the_only_candidate():
 def test_no_stars_to_fit_is_a_clear_error():
     with pytest.raises(EngineValueError, match="no PSF model could be fitted"):
         choose_psf_model(np.zeros((50, 50)), [25.0], [25.0])
+    with pytest.raises(EngineValueError, match="no candidate profiles"):
+        choose_psf_model(np.zeros((50, 50)), [25.0], [25.0], profiles=())
 
 
 @pytest.mark.parametrize("profile", ["gaussian", "moffat"])

@@ -36,33 +36,17 @@ def choose_psf_model(image, x, y, *, profiles=("gaussian", "moffat", "empirical"
     """
     kwargs = {"gain": gain, "read_noise": read_noise, "pixel_flags": pixel_flags,
               "threads": threads}
-    fitted = {}
-    for name in profiles:
-        try:
-            fitted[name] = fit_psf_model(image, x, y, model=name, **kwargs)
-        except EngineValueError as exc:
-            why = str(exc)
-    if not fitted:
-        raise EngineValueError(f"no PSF model could be fitted: {why}")
+    fitted = _fit_candidates(image, x, y, profiles, kwargs)
     chi2 = {name: m.chi2_reduced for name, m in fitted.items()}
-    chosen = fitted.get("gaussian") or fitted.get("moffat") or fitted["empirical"]
-    if "moffat" in fitted and fitted["moffat"].chi2_reduced < (1 - _BETTER) * chosen.chi2_reduced:
-        chosen = fitted["moffat"]
+    chosen = _profile_of_choice(fitted)
     if chosen.model != "empirical" and chosen.stars_used >= 20:
-        try:
-            varying = fit_psf_model(image, x, y, model=chosen.model, varying=True, **kwargs)
-        except EngineValueError:
-            varying = None
-        if varying is not None:
-            chi2[f"{chosen.model} varying"] = varying.chi2_reduced
-            if varying.chi2_reduced < (1 - _BETTER) * chosen.chi2_reduced:
-                chosen = varying
+        chosen = _varying_if_better(image, x, y, chosen, chi2, kwargs)
     empirical = fitted.get("empirical")
     if empirical is not None:
         chi2["empirical"] = held_out_chi2(
             np.asarray(image, dtype=np.float64) * gain, x, y, empirical.stars, fwhm=empirical.fwhm,
             read_noise=read_noise, pixel_flags=pixel_flags)
-        if chosen is empirical or chi2["empirical"] < (1 - _BETTER) * chosen.chi2_reduced:
+        if chosen is empirical or _better(chi2["empirical"], chosen):
             chosen = empirical
     parameters = chosen.parameters()
     report = {"model": chosen.model, "varying": chosen.varying,
@@ -74,3 +58,41 @@ def choose_psf_model(image, x, y, *, profiles=("gaussian", "moffat", "empirical"
               "stars_used": chosen.stars_used}
     return chosen, report
 
+
+def _profile_of_choice(fitted: dict):
+    """Of the fitted candidates, the Gaussian unless the Moffat beats it (either when it is the
+    only one); the empirical grid when it is the only candidate."""
+    chosen = fitted.get("gaussian") or fitted.get("moffat") or fitted["empirical"]
+    if "moffat" in fitted and _better(fitted["moffat"].chi2_reduced, chosen):
+        chosen = fitted["moffat"]
+    return chosen
+
+
+def _better(chi2_reduced: float, current) -> bool:
+    """Whether a candidate's reduced chi^2 beats the current model's by the margin _BETTER."""
+    return chi2_reduced < (1 - _BETTER) * current.chi2_reduced
+
+
+def _fit_candidates(image, x, y, profiles, kwargs) -> dict:
+    """Each profile that can be fitted, by name; EngineValueError (the last fit's reason) when
+    none can."""
+    fitted, why = {}, "no candidate profiles"
+    for name in profiles:
+        try:
+            fitted[name] = fit_psf_model(image, x, y, model=name, **kwargs)
+        except EngineValueError as exc:
+            why = str(exc)
+    if not fitted:
+        raise EngineValueError(f"no PSF model could be fitted: {why}")
+    return fitted
+
+
+def _varying_if_better(image, x, y, chosen, chi2: dict, kwargs):
+    """The chosen profile refitted with a linear x, y shape (its reduced chi^2 added to chi2 as
+    '<profile> varying'), when that fits and beats it; otherwise chosen."""
+    try:
+        varying = fit_psf_model(image, x, y, model=chosen.model, varying=True, **kwargs)
+    except EngineValueError:
+        return chosen
+    chi2[f"{chosen.model} varying"] = varying.chi2_reduced
+    return varying if _better(varying.chi2_reduced, chosen) else chosen

@@ -187,9 +187,25 @@ def _background_columns(background: str, px, py, x0, y0):
     return np.vstack([np.ones(px.size), px - x0, py - y0])
 
 
-def _fit_group(image, flags, psf, x, y, box, *, background, fit_positions, max_shift,
-               position_snr, read_noise, model_variance, max_iterations=20):
-    """One group's joint fit; a dict of per-star arrays, or None when no solution."""
+@dataclass(frozen=True)
+class _GroupPixels:
+    """A group's fitting pixels: the window [y0:y1, x0:x1] round the stars' boxes (each star's
+    box centre cx, cy), which window pixels lie in each star's box (own), and the usable ones
+    (finite, unflagged, in some box) at (px, py) with values d; pixels: each star's usable
+    count."""
+
+    cx: np.ndarray
+    cy: np.ndarray
+    window: tuple[slice, slice]
+    own: np.ndarray
+    data: np.ndarray
+    pixels: np.ndarray
+    px: np.ndarray
+    py: np.ndarray
+    d: np.ndarray
+
+
+def _group_pixels(image, flags, x, y, box) -> _GroupPixels:
     ny, nx = image.shape
     cx, cy = np.ceil(x - 0.5).astype(np.int64), np.ceil(y - 0.5).astype(np.int64)
     x0, x1 = max(cx.min() - box, 0), min(cx.max() + box + 1, nx)
@@ -201,19 +217,55 @@ def _fit_group(image, flags, psf, x, y, box, *, background, fit_positions, max_s
     usable = own.any(axis=0) & np.isfinite(data)
     if flags is not None:
         usable &= (flags[y0:y1, x0:x1] & (_BAD | _SATURATED)) == 0
-    pixels = (own & usable[None]).sum(axis=(1, 2))
-    px, py, d = columns[usable].astype(np.float64), rows[usable].astype(np.float64), data[usable]
+    return _GroupPixels(cx, cy, (slice(y0, y1), slice(x0, x1)), own, data,
+                        (own & usable[None]).sum(axis=(1, 2)), columns[usable].astype(np.float64),
+                        rows[usable].astype(np.float64), data[usable])
+
+
+def _fit_group(image, flags, psf, x, y, box, *, background, fit_positions, max_shift,
+               position_snr, read_noise, model_variance, max_iterations=20):
+    """One group's joint fit; a dict of per-star arrays, or None when no solution."""
+    g = _group_pixels(image, flags, x, y, box)
     n_bkg = {"none": 0, "constant": 1, "plane": 3}[background]
-    if px.size <= x.size + n_bkg or np.any(pixels < 3):
+    if g.px.size <= x.size + n_bkg or np.any(g.pixels < 3):
         return None
-    weight = 1.0 / np.maximum(read_noise ** 2 + np.maximum(d, 0.0), 1.0)
-    sky = _background_columns(background, px, py, float(x.mean()), float(y.mean()))
+    sky = _background_columns(background, g.px, g.py, float(x.mean()), float(y.mean()))
+    solved = _solve_group(psf, g, sky, x, y, fit_positions=fit_positions, max_shift=max_shift,
+                          position_snr=position_snr, read_noise=read_noise,
+                          model_variance=model_variance, max_iterations=max_iterations)
+    if solved is None:
+        return None
+    x_fit, y_fit, p, covariance, weight, free, iterations = solved
+    model = np.vstack([_design(psf, g.px, g.py, x_fit, y_fit, False), sky]).T @ p
+    chi2 = float(np.sum(weight * (g.d - model) ** 2))
+    dof = max(g.px.size - p.size - 2 * int(free.sum()), 1)
+    at_star = np.zeros(x.size) if not n_bkg else (
+        p[x.size] + (0 if n_bkg == 1 else p[x.size + 1] * (x_fit - x.mean())
+                     + p[x.size + 2] * (y_fit - y.mean())))
+    flag = _group_flags(g, flags, image.shape, box)
+    at_bound = free & (np.hypot(x_fit - x, y_fit - y) >= max_shift * (1 - 1e-9))
+    flag |= np.where(at_bound, int(MeasurementFlag.CENTROID_FAILED), 0)
+    if iterations >= max_iterations:
+        flag |= int(MeasurementFlag.FIT_NOT_CONVERGED)
+    return {"x": x_fit, "y": y_fit, "flux": p[:x.size],
+            "flux_err": np.sqrt(np.diag(covariance)[:x.size]), "background": at_star,
+            "chi2_reduced": np.full(x.size, chi2 / dof), "iterations": np.full(x.size, iterations),
+            "pixels": g.pixels, "group_pixels": np.full(x.size, g.px.size), "flags": flag}
+
+
+def _solve_group(psf, g, sky, x, y, *, fit_positions, max_shift, position_snr, read_noise,
+                 model_variance, max_iterations):
+    """The linear fit of fluxes and background at the input positions; then, when fitting
+    positions, Gauss-Newton on the stars bright enough to place (flux above position_snr
+    sigma); with model_variance, all of it again with weights from the model rather than the
+    data. (x_fit, y_fit, parameters, covariance, weight, free, iterations), or None."""
+    weight = 1.0 / np.maximum(read_noise ** 2 + np.maximum(g.d, 0.0), 1.0)
     x_fit, y_fit = x.copy(), y.copy()
     free = np.zeros(x.size, dtype=bool)
     iterations = 1
     for attempt in range(2 if model_variance else 1):
-        stars = _design(psf, px, py, x_fit, y_fit, False)
-        solved = _solve(np.vstack([stars, sky]), d, weight)
+        stars = _design(psf, g.px, g.py, x_fit, y_fit, False)
+        solved = _solve(np.vstack([stars, sky]), g.d, weight)
         if solved is None:
             return None
         p, covariance = solved
@@ -222,35 +274,29 @@ def _fit_group(image, flags, psf, x, y, box, *, background, fit_positions, max_s
             free = p[:x.size] > position_snr * err
             if free.any():
                 x_fit, y_fit, p, covariance, iterations = _fit_positions(
-                    psf, px, py, d, weight, sky, x, y, p, free, max_shift, max_iterations)
+                    psf, g.px, g.py, g.d, weight, sky, x, y, p, free, max_shift, max_iterations)
                 if p is None:
                     return None
         if model_variance:
-            model = np.vstack([_design(psf, px, py, x_fit, y_fit, False), sky]).T @ p
+            model = np.vstack([_design(psf, g.px, g.py, x_fit, y_fit, False), sky]).T @ p
             weight = 1.0 / np.maximum(read_noise ** 2 + np.maximum(model, 0.0), 1.0)
-    model = np.vstack([_design(psf, px, py, x_fit, y_fit, False), sky]).T @ p
-    chi2 = float(np.sum(weight * (d - model) ** 2))
-    dof = max(px.size - p.size - 2 * int(free.sum()), 1)
-    at_star = np.zeros(x.size) if not n_bkg else (
-        p[x.size] + (0 if n_bkg == 1 else p[x.size + 1] * (x_fit - x.mean())
-                     + p[x.size + 2] * (y_fit - y.mean())))
-    edge = (cx - box < 0) | (cy - box < 0) | (cx + box >= nx) | (cy + box >= ny)
+    return x_fit, y_fit, p, covariance, weight, free, iterations
+
+
+def _group_flags(g, flags, shape, box) -> np.ndarray:
+    """Each star's NEAR_EDGE (box off the image), SATURATED and BAD_PIXEL (in its box) bits."""
+    ny, nx = shape
+    n = g.cx.size
+    edge = (g.cx - box < 0) | (g.cy - box < 0) | (g.cx + box >= nx) | (g.cy + box >= ny)
     flag = np.where(edge, int(MeasurementFlag.NEAR_EDGE), 0)
     if flags is not None:
-        box_flags = [np.bitwise_or.reduce(flags[y0:y1, x0:x1][own[k]]) for k in range(x.size)]
+        box_flags = [np.bitwise_or.reduce(flags[g.window][g.own[k]]) for k in range(n)]
         box_flags = np.array(box_flags, dtype=np.int64)
         flag |= np.where(box_flags & _SATURATED, int(MeasurementFlag.SATURATED), 0)
         flag |= np.where(box_flags & _BAD, int(MeasurementFlag.BAD_PIXEL), 0)
-    flag |= np.where((own & ~np.isfinite(data)[None]).any(axis=(1, 2)),
+    flag |= np.where((g.own & ~np.isfinite(g.data)[None]).any(axis=(1, 2)),
                      int(MeasurementFlag.BAD_PIXEL), 0)
-    at_bound = free & (np.hypot(x_fit - x, y_fit - y) >= max_shift * (1 - 1e-9))
-    flag |= np.where(at_bound, int(MeasurementFlag.CENTROID_FAILED), 0)
-    if iterations >= max_iterations:
-        flag |= int(MeasurementFlag.FIT_NOT_CONVERGED)
-    return {"x": x_fit, "y": y_fit, "flux": p[:x.size],
-            "flux_err": np.sqrt(np.diag(covariance)[:x.size]), "background": at_star,
-            "chi2_reduced": np.full(x.size, chi2 / dof), "iterations": np.full(x.size, iterations),
-            "pixels": pixels, "group_pixels": np.full(x.size, px.size), "flags": flag}
+    return flag
 
 
 def _fit_positions(psf, px, py, d, weight, sky, x, y, p, free, max_shift, max_iterations):

@@ -343,6 +343,68 @@ class ShapeFitter {
         return true;
     }
 
+    static double total_chi2(const ShapeScratch& s, bool trial) {
+        double sum = 0.0;
+        for (const ShapeStar& star : s.stars)
+            if (star.used) sum += trial ? star.chi2_trial : star.chi2;
+        return sum;
+    }
+
+    // The damped step from the current point, given the factored Schur system (schur_system,
+    // then cholesky of s.reduced): the shape step into shape_step and *trial_theta, then each
+    // used star's own step by back-substitution into its trial parameters, its position held
+    // within max_shift_ of its input. Returns the decrement the step predicts (step . gradient);
+    // *finite is false when a trial parameter is not finite.
+    double propose_step(ShapeScratch& s, std::vector<double>& shape_step,
+                        std::array<double, kPsfCoefficients>* trial_theta, bool* finite) const {
+        std::copy(s.work.begin(), s.work.end(), shape_step.begin());
+        cholesky_solve(s.reduced.data(), m_, shape_step.data());
+        double decrement = 0.0;
+        *finite = true;
+        const double* h = s.shared.data() + m_ * m_;
+        for (std::int64_t a = 0; a < m_; ++a) {
+            (*trial_theta)[at(active_[at(a)])] += shape_step[at(a)];
+            decrement += shape_step[at(a)] * h[a];
+        }
+        for (std::size_t k = 0; k < s.stars.size(); ++k) {
+            ShapeStar& star = s.stars[k];
+            if (!star.used) continue;
+            const double* D = s.blocks.data() + k * at(block_);
+            const double* C = D + kLocal * kLocal;
+            const double* g = C + kLocal * m_;
+            const double* L = s.factors.data() + k * at(kLocal * kLocal);
+            std::array<double, kLocal> local{};
+            for (std::int64_t a = 0; a < kLocal; ++a) {
+                double sum = g[a];
+                for (std::int64_t b = 0; b < m_; ++b) sum -= C[a * m_ + b] * shape_step[at(b)];
+                local[at(a)] = sum;
+            }
+            cholesky_solve(L, kLocal, local.data());
+            for (std::int64_t a = 0; a < kLocal; ++a) {
+                star.trial[at(a)] = star.params[at(a)] + local[at(a)];
+                decrement += local[at(a)] * g[a];
+            }
+            star.trial[1] = std::clamp(star.trial[1], star.x0 - max_shift_, star.x0 + max_shift_);
+            star.trial[2] = std::clamp(star.trial[2], star.y0 - max_shift_, star.y0 + max_shift_);
+            for (double v : star.trial) *finite = *finite && std::isfinite(v);
+        }
+        return decrement;
+    }
+
+    // Makes the trial point (evaluated into the trial blocks) the current one.
+    static void accept_trial(ShapeScratch& s,
+                             const std::array<double, kPsfCoefficients>& trial_theta,
+                             std::array<double, kPsfCoefficients>& theta) {
+        theta = trial_theta;
+        for (ShapeStar& star : s.stars) {
+            if (!star.used) continue;
+            star.params = star.trial;
+            star.chi2 = star.chi2_trial;
+        }
+        s.blocks.swap(s.blocks_trial);
+        s.shared.swap(s.shared_trial);
+    }
+
     int levenberg_marquardt(ShapeScratch& s, std::array<double, kPsfCoefficients>& theta,
                             bool* converged, bool* ok) const {
         *converged = false;
@@ -350,13 +412,7 @@ class ShapeFitter {
             *ok = false;
             return 0;
         }
-        auto total = [&](bool trial) {
-            double sum = 0.0;
-            for (const ShapeStar& star : s.stars)
-                if (star.used) sum += trial ? star.chi2_trial : star.chi2;
-            return sum;
-        };
-        double chi2 = total(false);
+        double chi2 = total_chi2(s, false);
         double lambda = kInitialDamping;
         int steps = 0;
         std::vector<double> shape_step(at(m_));
@@ -367,53 +423,18 @@ class ShapeFitter {
                 if (lambda > 1e16) break;
                 continue;
             }
-            std::copy(s.work.begin(), s.work.end(), shape_step.begin());
-            cholesky_solve(s.reduced.data(), m_, shape_step.data());
             std::array<double, kPsfCoefficients> trial_theta = theta;
-            double decrement = 0.0;
             bool finite = true;
-            const double* h = s.shared.data() + m_ * m_;
-            for (std::int64_t a = 0; a < m_; ++a) {
-                trial_theta[at(active_[at(a)])] += shape_step[at(a)];
-                decrement += shape_step[at(a)] * h[a];
-            }
-            for (std::size_t k = 0; k < s.stars.size(); ++k) {
-                ShapeStar& star = s.stars[k];
-                if (!star.used) continue;
-                const double* D = s.blocks.data() + k * at(block_);
-                const double* C = D + kLocal * kLocal;
-                const double* g = C + kLocal * m_;
-                const double* L = s.factors.data() + k * at(kLocal * kLocal);
-                std::array<double, kLocal> local{};
-                for (std::int64_t a = 0; a < kLocal; ++a) {
-                    double sum = g[a];
-                    for (std::int64_t b = 0; b < m_; ++b) sum -= C[a * m_ + b] * shape_step[at(b)];
-                    local[at(a)] = sum;
-                }
-                cholesky_solve(L, kLocal, local.data());
-                for (std::int64_t a = 0; a < kLocal; ++a) {
-                    star.trial[at(a)] = star.params[at(a)] + local[at(a)];
-                    decrement += local[at(a)] * g[a];
-                }
-                star.trial[1] = std::clamp(star.trial[1], star.x0 - max_shift_, star.x0 + max_shift_);
-                star.trial[2] = std::clamp(star.trial[2], star.y0 - max_shift_, star.y0 + max_shift_);
-                for (double v : star.trial) finite = finite && std::isfinite(v);
-            }
+            const double decrement = propose_step(s, shape_step, &trial_theta, &finite);
             if (finite && lambda <= kLightDamping && decrement <= config_.tolerance) {
                 *converged = true;  // as in the photometry fit: the current point is the minimum
                 break;
             }
             const bool valid = finite && evaluate(trial_theta, true, s, s.blocks_trial, s.shared_trial);
-            const double trial_chi2 = valid ? total(true) : std::numeric_limits<double>::infinity();
+            const double trial_chi2 =
+                valid ? total_chi2(s, true) : std::numeric_limits<double>::infinity();
             if (valid && std::isfinite(trial_chi2) && trial_chi2 <= chi2) {
-                theta = trial_theta;
-                for (ShapeStar& star : s.stars) {
-                    if (!star.used) continue;
-                    star.params = star.trial;
-                    star.chi2 = star.chi2_trial;
-                }
-                s.blocks.swap(s.blocks_trial);
-                s.shared.swap(s.shared_trial);
+                accept_trial(s, trial_theta, theta);
                 const double drop = chi2 - trial_chi2;
                 chi2 = trial_chi2;
                 lambda = std::max(lambda * 0.1, 1e-12);

@@ -67,6 +67,9 @@ class SigmaClipper {
                      double* std_dev) noexcept;
 
    private:
+    // Groups values()[0..n), n >= 1, by bucket into sorted_; false, with *constant set, when they
+    // are all one value (then there is nothing to sort and nothing is ever clipped).
+    bool sort_into_buckets(std::int64_t n, double* constant) noexcept;
     double select(std::int64_t index, std::int64_t first, std::int64_t last) noexcept;
     double median_of(std::int64_t first, std::int64_t last) noexcept;
 
@@ -75,6 +78,9 @@ class SigmaClipper {
     std::vector<std::int32_t> bucket_;     // each value's bucket
     std::vector<std::int64_t> edge_;       // bucket b holds sorted_[edge_[b], edge_[b + 1])
     int n_buckets_ = 0;
+    double bucket_half_low_ = 0.0;  // a value v's bucket: (v / 2 - bucket_half_low_) *
+    double bucket_scale_ = 0.0;     // bucket_scale_, clamped into [0, bucket_top_]
+    double bucket_top_ = 0.0;
 };
 
 // One-off sigma_clipped_median of values[0..n) (finite; not modified) through a SigmaClipper.
