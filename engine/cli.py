@@ -366,6 +366,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _remembered_interrupts():
+    """Ctrl-C raises KeyboardInterrupt as usual, and is remembered: a library that swallows the
+    exception (one landing in a finaliser, or caught as BaseException) cannot make an interrupted
+    command end as a success. Yields the list of signals received."""
+    import signal
+    import threading
+
+    received: list[int] = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield received  # a caller's own handler, or no signals here: leave them alone
+        return
+
+    def interrupted(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     from engine.progress import quiet
 
@@ -382,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
                 from engine.io.lock import output_lock
 
                 stack.enter_context(output_lock(args.out))
-            return args.func(args)
+            interrupts = stack.enter_context(_remembered_interrupts())
+            code = args.func(args)
+            if interrupts:  # the KeyboardInterrupt was swallowed on the way: still interrupted
+                raise KeyboardInterrupt
+            return code
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

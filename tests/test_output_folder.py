@@ -295,3 +295,17 @@ def test_reduce_takes_workers_or_a_scheduler_not_both(tmp_path):
     with pytest.raises(ValueError, match="give workers .* or a scheduler, not both"):
         reduce([tmp_path], tmp_path / "out", workers=2, scheduler="tls://cluster:8786")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_ctrl_c_that_a_library_swallows_still_ends_the_command_as_interrupted():
+    from engine.cli import _remembered_interrupts
+
+    with _remembered_interrupts() as received:
+        try:  # as a library catching BaseException, or a finaliser, would
+            signal.raise_signal(signal.SIGINT)
+        except BaseException:
+            pass
+    assert received == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):  # outside a command, Ctrl-C is Python's again
+        signal.raise_signal(signal.SIGINT)
