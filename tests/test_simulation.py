@@ -565,6 +565,27 @@ def test_unknown_preset_and_override_are_refused(tmp_path):
         simulate(tmp_path, "tiny", seed=-1)
 
 
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"filter": "Z"}, "site '{site}'.*unknown filter 'Z'"),                # site
+    ({"window_end_h": -10.0}, "site '{site}'.*window_end_h"),              # site
+    ({"software": "sharpcap"}, "site '{site}'.*software"),                 # camera
+    ({"processed": True}, "site '{site}'.*only lco cameras"),              # camera
+    ({"adc_bits": 10}, "site '{site}'.*adc_bits"),                         # camera
+    ({"n_stars": -1}, "star counts"),                                        # field
+])
+def test_each_section_of_the_configuration_is_validated(tmp_path, overrides, message):
+    first = PRESETS["tiny"].sites[0].name
+    with pytest.raises(EngineValueError, match=message.format(site=re.escape(first))):
+        simulate(tmp_path, "tiny", **overrides)
+    assert not list(tmp_path.iterdir())  # refused before anything is written
+
+
+def test_an_impossible_planet_is_refused(tmp_path):
+    planet = dataclasses.replace(PRESETS["tiny"].planet, a_rs=0.5)
+    with pytest.raises(EngineValueError, match="a_rs > 1"):
+        simulate(tmp_path, dataclasses.replace(PRESETS["tiny"], planet=planet))
+
 def test_presets():
     assert set(PRESETS) == {"tiny", "demo", "variable", "large", "lco", "lco_processed", "jd_mid",
                             "cmos12", "mixed_bitpix", "bayer", "hotpixels"}

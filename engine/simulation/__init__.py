@@ -7,8 +7,9 @@ dataclasses from `engine.simulation.config` that `dataclasses.replace` copies wi
 
 from engine.simulation.config import (FILTERS, Camera, Cirrus, Field, Planet, SimulationConfig,
                                       Site, Variability)
-from engine.simulation.night import SimulationResult, resolve_config, simulate, target_positions
+from engine.simulation.night import SimulationResult, resolve_config, simulate
 from engine.simulation.presets import PRESETS
+from engine.simulation.truth import target_positions
 
 __all__ = [
     "FILTERS",

@@ -367,57 +367,69 @@ def validate(config: SimulationConfig) -> None:
     names = [s.name for s in config.sites]
     if len(set(names)) != len(names):
         raise EngineValueError(f"site names must be unique, got {names}")
-    for s in config.sites:
-        c = s.camera
-        where = f"site {s.name!r}"
-        if s.filter not in FILTERS:
-            raise EngineValueError(
-                f"{where}: unknown filter {s.filter!r}; known: {sorted(FILTERS)}")
-        for band in s.extra_flat_filters:
-            if band not in FILTERS:
-                raise EngineValueError(f"{where}: unknown flat filter {band!r}")
-        if c.software not in ("nina", "maxim", "observatory", "lco"):
-            raise EngineValueError(
-                f"{where}: camera software must be nina, maxim, observatory or lco")
-        if c.processed and c.software != "lco":
-            raise EngineValueError(f"{where}: only lco cameras write processed frames")
-        if c.jd_reference not in ("start", "mid", "end"):
-            raise EngineValueError(f"{where}: jd_reference must be start, mid or end")
-        if c.width < 16 or c.height < 16:
-            raise EngineValueError(f"{where}: camera frames must be at least 16 x 16 pixels")
-        if c.binning not in (1, 2, 3, 4):
-            raise EngineValueError(f"{where}: binning must be 1-4")
-        if c.adc_bits not in (12, 14, 16):
-            raise EngineValueError(f"{where}: adc_bits must be 12, 14 or 16")
-        if c.bayer_pattern is not None and (c.bayer_pattern not in ("RGGB", "BGGR", "GRBG", "GBRG")
-                                            or c.overscan_columns):
-            raise EngineValueError(f"{where}: bayer_pattern must be RGGB, BGGR, GRBG or GBRG "
-                                   "(and a colour camera has no overscan strip)")
-        if c.overscan_side not in ("left", "right"):
-            raise EngineValueError(f"{where}: overscan_side must be 'left' or 'right'")
-        if not 0.0 < c.hot_pixel_e_per_s[0] <= c.hot_pixel_e_per_s[1]:
-            raise EngineValueError(f"{where}: hot_pixel_e_per_s must be (low, high) with "
-                                   f"0 < low <= high")
-        if c.gain_e_per_adu <= 0 or c.read_noise_e < 0 or c.full_well_e <= 0:
-            raise EngineValueError(f"{where}: gain and full well must be > 0, read noise >= 0")
-        if s.n_lights < 1 or s.exptime_s <= 0:
-            raise EngineValueError(f"{where}: needs n_lights >= 1 and exptime_s > 0")
-        if min(s.n_bias, s.n_dark, s.n_flat, s.n_flat_dark) < 0:
-            raise EngineValueError(f"{where}: calibration frame counts must be >= 0")
-        if s.window_end_h <= s.window_start_h:
-            raise EngineValueError(f"{where}: window_end_h must be after window_start_h")
-        if s.moffat_beta <= 1.0:
-            raise EngineValueError(f"{where}: moffat_beta must be > 1")
-        if s.parity not in (1, -1):
-            raise EngineValueError(f"{where}: parity must be 1 or -1")
-        if s.recentre_at is not None and not (0.0 < s.recentre_at < 1.0):
-            raise EngineValueError(f"{where}: recentre_at must be a fraction in (0, 1)")
-        for cloud in s.cirrus:
-            if not (0.0 <= cloud.depth < 1.0) or cloud.fwhm_min <= 0:
-                raise EngineValueError(f"{where}: cirrus depth must be in [0, 1), fwhm_min > 0")
+    for site in config.sites:
+        _validate_site(site)
     if config.field.n_stars < 0 or config.field.n_comparisons < 0:
         raise EngineValueError("star counts must be >= 0")
     if config.planet is not None:
-        p = config.planet
-        if p.period_days <= 0 or p.rp_rs <= 0 or p.a_rs <= 1 or not (0 < p.inc_deg <= 90):
-            raise EngineValueError("planet needs period > 0, rp_rs > 0, a_rs > 1, 0 < inc <= 90")
+        _validate_planet(config.planet)
+
+
+def _validate_site(s: Site) -> None:
+    """A site's filters, camera, frame counts, observing window, optics and sky."""
+    where = f"site {s.name!r}"
+    if s.filter not in FILTERS:
+        raise EngineValueError(
+            f"{where}: unknown filter {s.filter!r}; known: {sorted(FILTERS)}")
+    for band in s.extra_flat_filters:
+        if band not in FILTERS:
+            raise EngineValueError(f"{where}: unknown flat filter {band!r}")
+    _validate_camera(s.camera, where)
+    if s.n_lights < 1 or s.exptime_s <= 0:
+        raise EngineValueError(f"{where}: needs n_lights >= 1 and exptime_s > 0")
+    if min(s.n_bias, s.n_dark, s.n_flat, s.n_flat_dark) < 0:
+        raise EngineValueError(f"{where}: calibration frame counts must be >= 0")
+    if s.window_end_h <= s.window_start_h:
+        raise EngineValueError(f"{where}: window_end_h must be after window_start_h")
+    if s.moffat_beta <= 1.0:
+        raise EngineValueError(f"{where}: moffat_beta must be > 1")
+    if s.parity not in (1, -1):
+        raise EngineValueError(f"{where}: parity must be 1 or -1")
+    if s.recentre_at is not None and not (0.0 < s.recentre_at < 1.0):
+        raise EngineValueError(f"{where}: recentre_at must be a fraction in (0, 1)")
+    for cloud in s.cirrus:
+        if not (0.0 <= cloud.depth < 1.0) or cloud.fwhm_min <= 0:
+            raise EngineValueError(f"{where}: cirrus depth must be in [0, 1), fwhm_min > 0")
+
+
+def _validate_camera(c: Camera, where: str) -> None:
+    """The acquisition program and file conventions, then the sensor's geometry and electronics."""
+    if c.software not in ("nina", "maxim", "observatory", "lco"):
+        raise EngineValueError(
+            f"{where}: camera software must be nina, maxim, observatory or lco")
+    if c.processed and c.software != "lco":
+        raise EngineValueError(f"{where}: only lco cameras write processed frames")
+    if c.jd_reference not in ("start", "mid", "end"):
+        raise EngineValueError(f"{where}: jd_reference must be start, mid or end")
+    if c.width < 16 or c.height < 16:
+        raise EngineValueError(f"{where}: camera frames must be at least 16 x 16 pixels")
+    if c.binning not in (1, 2, 3, 4):
+        raise EngineValueError(f"{where}: binning must be 1-4")
+    if c.adc_bits not in (12, 14, 16):
+        raise EngineValueError(f"{where}: adc_bits must be 12, 14 or 16")
+    if c.bayer_pattern is not None and (c.bayer_pattern not in ("RGGB", "BGGR", "GRBG", "GBRG")
+                                        or c.overscan_columns):
+        raise EngineValueError(f"{where}: bayer_pattern must be RGGB, BGGR, GRBG or GBRG "
+                               "(and a colour camera has no overscan strip)")
+    if c.overscan_side not in ("left", "right"):
+        raise EngineValueError(f"{where}: overscan_side must be 'left' or 'right'")
+    if not 0.0 < c.hot_pixel_e_per_s[0] <= c.hot_pixel_e_per_s[1]:
+        raise EngineValueError(f"{where}: hot_pixel_e_per_s must be (low, high) with "
+                               f"0 < low <= high")
+    if c.gain_e_per_adu <= 0 or c.read_noise_e < 0 or c.full_well_e <= 0:
+        raise EngineValueError(f"{where}: gain and full well must be > 0, read noise >= 0")
+
+
+def _validate_planet(p: Planet) -> None:
+    if p.period_days <= 0 or p.rp_rs <= 0 or p.a_rs <= 1 or not (0 < p.inc_deg <= 90):
+        raise EngineValueError("planet needs period > 0, rp_rs > 0, a_rs > 1, 0 < inc <= 90")

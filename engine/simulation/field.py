@@ -94,36 +94,70 @@ def make_field(config: SimulationConfig, rng: np.random.Generator) -> StarField:
     seeing = max(s.seeing_arcsec for s in config.sites)
     min_sep = max(12.0, 7.0 * seeing)
 
-    xi = [0.0]
-    eta = [0.0]
-    mag = [f.target_mag_g]
-    col = [f.target_bp_rp]
-    kind = ["target"]
+    # The order of the steps is the order of draws from the generator.
+    placed = _Placed(xi=[0.0], eta=[0.0], mag=[f.target_mag_g], col=[f.target_bp_rp],
+                     kind=["target"])
+    _place_comparisons(placed, f, inner, min_sep, rng)
+    _place_saturating(placed, f, inner, max(e[2] for e in extents), min_sep, rng)
+    _place_field_stars(placed, f, radius, min_sep, rng)
 
-    def far_enough(x, y, sep):
-        return all(math.hypot(x - a, y - b) >= sep for a, b in zip(xi, eta))
+    ra, dec = tangent_to_sky(f.ra_deg, f.dec_deg, placed.xi, placed.eta)
+    ra[0], dec[0] = f.ra_deg, f.dec_deg
+    kinds = np.array(placed.kind)
+    mags = np.array(placed.mag)
+    is_comp = kinds == "comparison"
+    is_var, variability = _pick_variables(f, is_comp, mags)
+    return StarField(
+        ra_deg=np.asarray(ra, dtype=np.float64), dec_deg=np.asarray(dec, dtype=np.float64),
+        mag_g=mags.astype(np.float64), bp_rp=np.array(placed.col, dtype=np.float64),
+        is_target=kinds == "target", is_comparison=is_comp, is_variable=is_var,
+        is_saturating=kinds == "saturated", variability=variability,
+        inner_radius_arcsec=float(inner), radius_arcsec=float(radius))
 
-    # Comparison candidates: inside `inner`, away from the target and from each other.
-    placed = 0
+
+@dataclass
+class _Placed:
+    """The stars placed so far: tangent-plane offsets from the target (arcsec), G magnitude,
+    BP-RP colour and kind ('target', 'comparison', 'saturated', 'field')."""
+
+    xi: list
+    eta: list
+    mag: list
+    col: list
+    kind: list
+
+    def add(self, x, y, mag, col, kind) -> None:
+        self.xi.append(x)
+        self.eta.append(y)
+        self.mag.append(mag)
+        self.col.append(col)
+        self.kind.append(kind)
+
+    def far_enough(self, x, y, sep) -> bool:
+        return all(math.hypot(x - a, y - b) >= sep for a, b in zip(self.xi, self.eta))
+
+
+def _place_comparisons(placed: _Placed, f: Field, inner, min_sep, rng) -> None:
+    """Comparison candidates: inside `inner`, away from the target and from each other."""
+    count = 0
     tries = 0
-    while placed < f.n_comparisons and tries < 20000:
+    while count < f.n_comparisons and tries < 20000:
         tries += 1
         r = inner * math.sqrt(rng.uniform(0.05, 1.0))
         a = rng.uniform(0.0, 2.0 * math.pi)
         x, y = r * math.cos(a), r * math.sin(a)
         sep = min_sep if tries < 10000 else 0.6 * min_sep
-        if not far_enough(x, y, sep):
+        if not placed.far_enough(x, y, sep):
             continue
-        xi.append(x)
-        eta.append(y)
-        mag.append(f.target_mag_g + rng.uniform(-f.comparison_range, 0.5 * f.comparison_range))
-        col.append(float(np.clip(rng.normal(0.95, 0.3), 0.3, 2.2)))
-        kind.append("comparison")
-        placed += 1
+        placed.add(x, y, f.target_mag_g + rng.uniform(-f.comparison_range,
+                                                      0.5 * f.comparison_range),
+                   float(np.clip(rng.normal(0.95, 0.3), 0.3, 2.2)), "comparison")
+        count += 1
 
-    # Saturating stars: outside the comparisons' disk, well away from every star placed so far
-    # (their wings and bleed trails would spoil a comparison), inside some fields of view.
-    half_diag = max(e[2] for e in extents)
+
+def _place_saturating(placed: _Placed, f: Field, inner, half_diag, min_sep, rng) -> None:
+    """Saturating stars: outside the comparisons' disk, well away from every star placed so far
+    (their wings and bleed trails would spoil a comparison), inside some fields of view."""
     lo = 1.2 * inner + 5.0
     hi = max(lo + 10.0, 1.3 * inner + 10.0, 0.7 * half_diag)
     for _ in range(f.n_saturated):
@@ -132,15 +166,15 @@ def make_field(config: SimulationConfig, rng: np.random.Generator) -> StarField:
             a = rng.uniform(0.0, 2.0 * math.pi)
             x, y = r * math.cos(a), r * math.sin(a)
             sep = 2.0 * min_sep if attempt < 2000 else 1.5 * min_sep
-            if far_enough(x, y, sep) or attempt == 3999:
+            if placed.far_enough(x, y, sep) or attempt == 3999:
                 break
-        xi.append(x)
-        eta.append(y)
-        mag.append(f.saturated_mag + rng.uniform(-0.3, 0.3))
-        col.append(float(np.clip(rng.normal(1.1, 0.4), 0.2, 2.5)))
-        kind.append("saturated")
+        placed.add(x, y, f.saturated_mag + rng.uniform(-0.3, 0.3),
+                   float(np.clip(rng.normal(1.1, 0.4), 0.2, 2.5)), "saturated")
 
-    # Field stars: luminosity function dN/dm ~ 10^(0.3 m), two colour populations.
+
+def _place_field_stars(placed: _Placed, f: Field, radius, min_sep, rng) -> None:
+    """Field stars: luminosity function dN/dm ~ 10^(0.3 m), two colour populations, kept
+    only where they do not blend with the stars placed before them."""
     n = f.n_stars
     lo, hi = 10.0 ** (0.3 * f.mag_bright), 10.0 ** (0.3 * f.mag_faint)
     field_mag = np.log10(lo + rng.uniform(0.0, 1.0, n) * (hi - lo)) / 0.3
@@ -150,27 +184,26 @@ def make_field(config: SimulationConfig, rng: np.random.Generator) -> StarField:
     fx = rng.uniform(-radius, radius, n)
     fy = rng.uniform(-radius, radius, n)
     keep = np.ones(n, dtype=bool)
-    bright_x = np.array(xi)
-    bright_y = np.array(eta)
-    bright_m = np.array(mag)
+    bright_x = np.array(placed.xi)
+    bright_y = np.array(placed.eta)
+    bright_m = np.array(placed.mag)
     for k in range(n):
         d = np.hypot(fx[k] - bright_x, fy[k] - bright_y)
         # No field star blends with a target or comparison unless it is > 4 mag fainter.
         close = d < max(10.0, 2.0 * min_sep)
         if np.any(close & (field_mag[k] < bright_m + 4.0)) or np.any(d < 0.6 * min_sep):
             keep[k] = False
-    xi.extend(fx[keep].tolist())
-    eta.extend(fy[keep].tolist())
-    mag.extend(field_mag[keep].tolist())
-    col.extend(field_col[keep].tolist())
-    kind.extend(["field"] * int(keep.sum()))
+    placed.xi.extend(fx[keep].tolist())
+    placed.eta.extend(fy[keep].tolist())
+    placed.mag.extend(field_mag[keep].tolist())
+    placed.col.extend(field_col[keep].tolist())
+    placed.kind.extend(["field"] * int(keep.sum()))
 
-    ra, dec = tangent_to_sky(f.ra_deg, f.dec_deg, xi, eta)
-    ra[0], dec[0] = f.ra_deg, f.dec_deg
-    kinds = np.array(kind)
-    mags = np.array(mag)
-    is_comp = kinds == "comparison"
-    is_var = np.zeros(len(kind), dtype=bool)
+
+def _pick_variables(f: Field, is_comp, mags):
+    """Which stars vary (a flag per star, the target excluded) and how (star id ->
+    Variability, the target included)."""
+    is_var = np.zeros(is_comp.shape[0], dtype=bool)
     variability = {}
     if f.target_variability is not None:
         variability[0] = f.target_variability
@@ -180,9 +213,4 @@ def make_field(config: SimulationConfig, rng: np.random.Generator) -> StarField:
         pick = int(candidates[np.argmin(np.abs(mags[candidates] - f.target_mag_g))])
         is_var[pick] = True
         variability[pick] = f.variable
-    return StarField(
-        ra_deg=np.asarray(ra, dtype=np.float64), dec_deg=np.asarray(dec, dtype=np.float64),
-        mag_g=mags.astype(np.float64), bp_rp=np.array(col, dtype=np.float64),
-        is_target=kinds == "target", is_comparison=is_comp, is_variable=is_var,
-        is_saturating=kinds == "saturated", variability=variability,
-        inner_radius_arcsec=float(inner), radius_arcsec=float(radius))
+    return is_var, variability

@@ -14,9 +14,7 @@ by the site's `Detector`. Nothing is held beyond the frame being written.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -35,13 +33,10 @@ from engine.simulation.field import StarField, make_field, variability_flux
 from engine.simulation.headers import build_header, file_name, night_date, write_fits, write_lco
 from engine.simulation.observing import RunPlan, first_frame_wcs, frame_wcs, plan_run
 from engine.simulation.presets import PRESETS
+from engine.simulation.truth import CATALOGUE_NAME, night_truth, write_catalogue, write_truth
 
 __all__ = ["SimulationResult", "resolve_config", "simulate"]
 
-TRUTH_FORMAT = "engine-simulation-truth"
-#: The field's reference catalogue, as a Gaia DR3 extract with Gaia synthetic photometry.
-CATALOGUE_NAME = "catalogue.csv"
-TRUTH_VERSION = 1
 _PROGRAMS = {"nina": "N.I.N.A.", "maxim": "MaxIm DL", "observatory": "observatory",
              "lco": "Las Cumbres Observatory"}
 
@@ -183,7 +178,7 @@ def simulate(out_dir, preset="demo", seed: int = 0, **overrides) -> SimulationRe
 
     stars = make_field(config, _rng(seed, 0))
     reference = _Reference(config.reference_utc)
-    truth = _truth_header(config, stars, seed, reference.jd)
+    truth = night_truth(config, stars, seed, reference.jd)
     files: list[Path] = []
     for index, site in enumerate(config.sites):
         run_truth, frames = _simulate_site(config, stars, site, index, seed, reference, out,
@@ -193,60 +188,15 @@ def simulate(out_dir, preset="demo", seed: int = 0, **overrides) -> SimulationRe
     elapsed = time.perf_counter() - started
     truth["elapsed_s"] = elapsed
     truth["frames_per_second"] = len(files) / elapsed if elapsed > 0 else None
-    _write_json(out / "truth.json", truth)
-    _write_catalogue(out / CATALOGUE_NAME, truth["stars"])
+    write_truth(out / "truth.json", truth)
+    write_catalogue(out / CATALOGUE_NAME, truth["stars"])
     return SimulationResult(out_dir=out, truth=truth, files=files, elapsed_s=elapsed)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".part")
-    # Timing fields differ between runs; keep the file itself reproducible.
-    stable = {k: v for k, v in payload.items() if k not in ("elapsed_s", "frames_per_second")}
-    tmp.write_text(json.dumps(stable, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _header_pointing(ra: float, dec: float, error_arcsec) -> tuple[float, float]:
     """The pointing a mount reports: the true one moved (east, north) by `error_arcsec`."""
     east, north = (float(v) / 3600.0 for v in error_arcsec)
     return ((ra + east / math.cos(math.radians(dec))) % 360.0, dec + north)
-
-
-def _write_catalogue(path: Path, stars: list[dict]) -> None:
-    """The field's stars as a catalogue service would give them: Gaia DR3 columns (source_id,
-    ra, dec, phot_g_mean_mag, bp_rp) and Gaia synthetic photometry in each simulated band."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    bands = sorted({band for star in stars for band in star["mags"]} & set("UBVRI"))
-    columns = {
-        "source_id": pa.array([1_000_000 + star["id"] for star in stars], pa.int64()),
-        "ra": [star["ra_deg"] for star in stars], "dec": [star["dec_deg"] for star in stars],
-        "phot_g_mean_mag": [star["mag_g"] for star in stars],
-        "bp_rp": [star["bp_rp"] for star in stars],
-        **{f"{band.lower()}_jkc_mag": [star["mags"].get(band) for star in stars]
-           for band in bands},
-    }
-    tmp = path.with_name(path.name + ".part")
-    pacsv.write_csv(pa.table(columns), tmp)
-    os.replace(tmp, path)
-
-
-def target_positions(truth: dict, frames) -> dict[str, tuple[float, float]]:
-    """Each ingested run's target position in its first light frame (run_id -> (x, y)), from
-    the truth and the frames table (`reduce`'s `target_xy` for simulated nights)."""
-    first_files = {}
-    for row in frames.to_pylist():
-        if row["frame_type"] == "light" and row["status"] == "ok" and row["cube_index"] == 0:
-            first_files[Path(row["path"]).name] = row["run_id"]
-    target_id = truth["target"]["id"]
-    positions = {}
-    for run in truth["runs"]:
-        run_id = first_files.get(Path(run["light_files"][0]).name)
-        star = next((s for s in run["star_positions"] if s["id"] == target_id), None)
-        if run_id is not None and star is not None:
-            positions[run_id] = (star["x"], star["y"])
-    return positions
 
 
 class _Reference:
@@ -268,78 +218,6 @@ class _Reference:
         return self.jd + float(seconds) / 86400.0
 
 
-def _truth_header(config, stars: StarField, seed, reference_jd) -> dict:
-    from engine.simulation.headers import sexagesimal
-
-    f = config.field
-    bands = sorted({s.filter for s in config.sites})
-    star_list = []
-    for i in range(stars.n):
-        entry = {"id": i, "ra_deg": float(stars.ra_deg[i]), "dec_deg": float(stars.dec_deg[i]),
-                 "mag_g": float(stars.mag_g[i]), "bp_rp": float(stars.bp_rp[i]),
-                 "mags": {b: float(filter_magnitude(b, stars.mag_g[i], stars.bp_rp[i]))
-                          for b in bands},
-                 "is_target": bool(stars.is_target[i]), "is_variable": bool(stars.is_variable[i]),
-                 "is_comparison_candidate": bool(stars.is_comparison[i]),
-                 "is_saturating": bool(stars.is_saturating[i])}
-        if i in stars.variability:
-            entry["variability"] = dataclasses.asdict(stars.variability[i])
-        star_list.append(entry)
-    truth = {
-        "format": TRUTH_FORMAT, "version": TRUTH_VERSION, "preset": config.name, "seed": seed,
-        "description": config.description, "config": dataclasses.asdict(config),
-        "reference_utc": config.reference_utc, "reference_jd_utc": reference_jd,
-        "conventions": {
-            "pixels": "0-based, x = column, y = row, in the stored pixel grid (overscan "
-                      "columns included, binned pixels) of the run's first light frame",
-            "transform": "x_k = cx + cos(r)(x0 - cx) - sin(r)(y0 - cy) + dx; "
-                         "y_k = cy + sin(r)(x0 - cx) + cos(r)(y0 - cy) + dy; r = rotation_deg",
-            "times": "true UTC; header times = true + the site's clock offset; "
-                     "mid_bjd_tdb at mid-exposure",
-            "clock_offset_s": "header time minus true time",
-            "expected_target_noise": "relative 1-sigma of the target's flux in a circular "
-                                     "aperture of radius noise_aperture_fwhm * FWHM with the "
-                                     "background known exactly (engine.noise.aperture_noise)",
-            "transparency": "1 = clear; grey (the same for every star of a frame)",
-        },
-        "target": {"id": 0, "name": f.target_name, "ra_deg": f.ra_deg, "dec_deg": f.dec_deg,
-                   "ra_hms": sexagesimal(f.ra_deg / 15.0, sep=":", decimals=2),
-                   "dec_dms": sexagesimal(f.dec_deg, sep=":", decimals=1, sign=True),
-                   "mag_g": f.target_mag_g, "bp_rp": f.target_bp_rp,
-                   "variability": (dataclasses.asdict(f.target_variability)
-                                   if f.target_variability is not None else None)},
-        "planet": None, "transit": None,
-        "sites": {}, "clock_offsets_s": {s.name: s.clock_offset_s for s in config.sites},
-        "stars": star_list, "runs": [], "frames": [],
-    }
-    if config.planet is not None:
-        p = config.planet
-        truth["planet"] = {
-            "name": p.name, "t0_bjd_tdb": p.t0_bjd_tdb, "period_days": p.period_days,
-            "rp_rs": p.rp_rs, "a_rs": p.a_rs, "inc_deg": p.inc_deg,
-            "impact_parameter": p.impact_parameter,
-            "limb_darkening": {b: list(p.limb_darkening_for(b)) for b in bands}}
-        epoch = round((reference_jd - p.t0_bjd_tdb) / p.period_days)
-        mid = p.t0_bjd_tdb + epoch * p.period_days
-        truth["transit"] = {"epoch": int(epoch), "mid_bjd_tdb": mid,
-                            "duration_h": p.duration_days * 24.0,
-                            "t1_bjd_tdb": mid - 0.5 * p.duration_days,
-                            "t4_bjd_tdb": mid + 0.5 * p.duration_days,
-                            "depth_approx": p.rp_rs ** 2}
-    for s in config.sites:
-        truth["sites"][s.name] = {
-            "longitude_deg": s.longitude_deg, "latitude_deg": s.latitude_deg,
-            "elevation_m": s.elevation_m, "clock_offset_s": s.clock_offset_s,
-            "telescope": s.telescope, "aperture_m": s.aperture_m, "camera": s.camera.model,
-            "software": s.camera.software, "filter": s.filter,
-            "pixel_scale_arcsec": s.pixel_scale_arcsec, "zero_point": s.zero_point,
-            "extinction": s.extinction, "extinction_colour": s.extinction_colour,
-            "colour_term": s.colour_term, "sky_mag": s.sky_mag,
-            "gain_e_per_adu": s.camera.gain_e_per_adu, "read_noise_e": s.camera.read_noise_e,
-            "adc_bits": s.camera.adc_bits, "full_well_e": s.camera.full_well_e}
-    return truth
-
-
 def _render_radius(flux, fwhm, beta, ellipticity, config):
     """Box half-width per star: out to where the profile drops below render_floor_e per pixel
     and where at most max(1e-4 of the flux, 2 e-) falls outside (at most 1e-2); capped."""
@@ -354,21 +232,55 @@ def _render_radius(flux, fwhm, beta, ellipticity, config):
     return np.clip(np.maximum(r_floor, r_lost), 3.0, config.max_render_radius_px)
 
 
+@dataclass
+class _Run:
+    """One site's run while its frames are written: the plan, the detector, the first light
+    frame's WCS and star positions (x0, y0), and the stars' brightness."""
+
+    site: Site
+    index: int
+    run_id: str
+    night: str
+    plan: RunPlan
+    detector: Detector
+    wcs0: object
+    x0: np.ndarray
+    y0: np.ndarray
+    rate0: np.ndarray            # e-/s above the atmosphere, per star
+    relative: np.ndarray         # (frame, star): transit and variability
+    pointing: tuple[float, float]
+
+
+@dataclass
+class _RunFiles:
+    """What a run wrote: each frame's truth entry, the files by kind, the counts, and the
+    target's peak electrons in each light frame."""
+
+    frames: list = field(default_factory=list)
+    light_files: list = field(default_factory=list)
+    calibration_files: dict = field(default_factory=lambda: {"bias": [], "dark": [], "flat": []})
+    frame_counts: dict = field(default_factory=lambda: {"light": 0, "bias": 0, "dark": 0,
+                                                        "flat": 0})
+    target_peaks: list = field(default_factory=list)
+
+
 def _simulate_site(config: SimulationConfig, stars: StarField, site: Site, index: int, seed: int,
                    reference: _Reference, out: Path, files: list):
-    cam = site.camera
-    plan: RunPlan = plan_run(config, site, reference.jd, _rng(seed, 1, index),
-                             reference.fraction_s)
+    """Write one site's run (calibration and light frames in time order); its truth and the
+    truth of its frames."""
+    run = _plan_site(config, stars, site, index, seed, reference)
+    written = _write_frames(config, stars, run, seed, reference, out, files)
+    return _run_truth(config, stars, run, written, reference), written.frames
+
+
+def _plan_site(config, stars: StarField, site: Site, index: int, seed: int,
+               reference: _Reference) -> _Run:
+    """The run's schedule and atmosphere, its detector, where the stars fall in its first
+    frame, and their brightness above the air (e-/s) and relative flux in each frame."""
+    plan = plan_run(config, site, reference.jd, _rng(seed, 1, index), reference.fraction_s)
     detector = Detector(site, _rng(seed, 2, index), threads=config.threads)
     wcs0 = first_frame_wcs(config, site)
     x0, y0 = wcs0.wcs_world2pix(stars.ra_deg, stars.dec_deg, 0)
-    cx, cy = plan.rotation_center
-    ny, nx = cam.height, cam.width
-    scale = site.pixel_scale_arcsec
-    beta = site.moffat_beta
-    exptime = site.exptime_s
-
-    # Brightness above the atmosphere (e-/s) and per-frame factors.
     mag_band = filter_magnitude(site.filter, stars.mag_g, stars.bp_rp)
     rate0 = 10.0 ** (-0.4 * (mag_band + site.colour_term * stars.bp_rp - site.zero_point))
     relative = np.ones((plan.n, stars.n))
@@ -381,103 +293,143 @@ def _simulate_site(config: SimulationConfig, stars: StarField, site: Site, index
         u1, u2 = p.limb_darkening_for(site.filter)
         transit = np.asarray(transit_light_curve(
             plan.mid_bjd_tdb, p.t0_bjd_tdb, p.period_days, p.rp_rs, p.a_rs, p.inc_deg, u1, u2,
-            exptime=exptime / 86400.0), dtype=np.float64)
+            exptime=site.exptime_s / 86400.0), dtype=np.float64)
         relative[:, 0] *= transit
     night = night_date(site, reference.at(plan.header_start_s[0]))
-    run_id = f"{site.name}_{night}_{site.filter}"
+    pointing = _header_pointing(float(wcs0.wcs.crval[0]), float(wcs0.wcs.crval[1]),
+                                site.header_pointing_error_arcsec)
+    return _Run(site=site, index=index, run_id=f"{site.name}_{night}_{site.filter}",
+                night=night, plan=plan, detector=detector, wcs0=wcs0, x0=x0, y0=y0,
+                rate0=rate0, relative=relative, pointing=pointing)
 
-    # The run's frames in time order: calibrations and lights.
+
+def _write_frames(config, stars: StarField, run: _Run, seed: int, reference: _Reference,
+                  out: Path, files: list) -> _RunFiles:
+    """Render and write the run's frames in time order, each from its own random stream."""
+    site, plan = run.site, run.plan
+    cam = site.camera
     records = [("light", k, plan.start_s[k]) for k in range(plan.n)]
     records += [("cal", k, c.start_s) for k, c in enumerate(plan.calibrations)]
     records.sort(key=lambda r: r[2])
-    offset = site.clock_offset_s
-    pointing = _header_pointing(float(wcs0.wcs.crval[0]), float(wcs0.wcs.crval[1]),
-                                site.header_pointing_error_arcsec)
     counters: dict = {}
-    frames_truth = []
-    light_files = []
-    calibration_files = {"bias": [], "dark": [], "flat": []}
-    frame_counts = {"light": 0, "bias": 0, "dark": 0, "flat": 0}
-    target_peaks = []
+    written = _RunFiles()
     for kind, k, start_s in records:
-        frame_rng = _rng(seed, 3, index, 0 if kind == "light" else 1, k)
+        frame_rng = _rng(seed, 3, run.index, 0 if kind == "light" else 1, k)
         ccd_temp = round(cam.set_temp_c + frame_rng.normal(0.0, 0.1), 1)
         if kind == "light":
-            data, info, extra = _render_light(config, stars, site, plan, detector, k, x0, y0,
-                                              rate0, relative[k], frame_rng)
-            extra["mid_utc"] = reference.iso(start_s + 0.5 * exptime)
-            target_peaks.append(extra.pop("_target_peak_e"))
-            meta = {"frame_type": "light", "filter": site.filter, "exptime_s": exptime,
-                    "header_start": reference.at(start_s + offset),
-                    "airmass_start": plan.airmass_start[k], "pointing": pointing,
-                    "pier_side": plan.pier_side[k], "ccd_temp": ccd_temp,
-                    "object": config.field.target_name,
-                    "wcs": frame_wcs(wcs0, plan.rotation_deg[k], plan.dx[k], plan.dy[k],
-                                     (cx, cy)) if cam.wcs else None}
+            data, info, extra, meta = _light_frame(config, stars, run, reference, k, start_s,
+                                                   ccd_temp, frame_rng)
+            written.target_peaks.append(extra.pop("_target_peak_e"))
         else:
-            cal = plan.calibrations[k]
-            data, info = _render_calibration(site, detector, cal, frame_rng)
+            data, info, meta = _calibration_frame(config, run, reference, plan.calibrations[k],
+                                                  start_s, ccd_temp, frame_rng)
             extra = {}
-            meta = {"frame_type": cal.frame_type, "filter": cal.filter or site.filter,
-                    "exptime_s": cal.exptime_s, "header_start": reference.at(start_s + offset),
-                    "airmass_start": float("nan"), "pointing": pointing, "pier_side": "West",
-                    "ccd_temp": ccd_temp, "object": config.field.target_name,
-                    "purpose": cal.purpose, "wcs": None}
-        if kind == "light" and k in cam.float_light_frames:
-            data = data.astype(np.float32)  # as a program that rewrote the frame stores it
         rel = file_name(site, meta, counters)
         path = out / rel
         if cam.software == "lco":
-            data, bad = _lco_product(data, detector, site, info) if cam.processed else (data, None)
+            data, bad = (_lco_product(data, run.detector, site, info) if cam.processed
+                         else (data, None))
             write_lco(path, data, build_header(site, meta), bad_pixels=bad)
         else:
             write_fits(path, data, build_header(site, meta), compress=cam.compress)
         files.append(path)
         ftype = meta["frame_type"]
-        frame_counts[ftype] += 1
-        entry = {"file": rel, "frame_type": ftype, "run_id": run_id, "site": site.name,
+        written.frame_counts[ftype] += 1
+        entry = {"file": rel, "frame_type": ftype, "run_id": run.run_id, "site": site.name,
                  "filter": meta["filter"], "exptime_s": float(meta["exptime_s"]),
                  "start_utc": reference.iso(start_s), "start_jd_utc": reference.jd_of(start_s),
-                 "header_start_utc": reference.iso(start_s + offset),
+                 "header_start_utc": reference.iso(start_s + site.clock_offset_s),
                  "cosmic_rays": len(info["cosmic_rays"]),
                  "bias_level_adu": info["bias_level_adu"]}
         if kind == "light":
-            light_files.append(rel)
+            written.light_files.append(rel)
             entry["index"] = k
             entry["cosmic_ray_positions"] = info["cosmic_rays"]
             entry.update(extra)
         else:
-            calibration_files[ftype].append(rel)
+            written.calibration_files[ftype].append(rel)
             if meta.get("purpose"):
                 entry["purpose"] = meta["purpose"]
             entry["level_e"] = info.get("level_e")
-        frames_truth.append(entry)
+        written.frames.append(entry)
+    return written
 
-    # Star positions in the run's first light frame (stored grid).
-    inside = (x0 >= cam.data_x0 - 0.5) & (x0 <= cam.data_x0 + nx - 0.5) & (y0 >= -0.5) & (
-        y0 <= ny - 0.5)
-    fwhm0 = plan.seeing_arcsec[0] / scale
+
+def _light_frame(config, stars: StarField, run: _Run, reference: _Reference, k: int, start_s,
+                 ccd_temp, rng):
+    """Light frame k: its pixels, the detector's record, its truth and its header values."""
+    site, plan = run.site, run.plan
+    cam = site.camera
+    exptime = site.exptime_s
+    data, info, extra = _render_light(config, stars, site, plan, run.detector, k, run.x0,
+                                      run.y0, run.rate0, run.relative[k], rng)
+    extra["mid_utc"] = reference.iso(start_s + 0.5 * exptime)
+    meta = {"frame_type": "light", "filter": site.filter, "exptime_s": exptime,
+            "header_start": reference.at(start_s + site.clock_offset_s),
+            "airmass_start": plan.airmass_start[k], "pointing": run.pointing,
+            "pier_side": plan.pier_side[k], "ccd_temp": ccd_temp,
+            "object": config.field.target_name,
+            "wcs": frame_wcs(run.wcs0, plan.rotation_deg[k], plan.dx[k], plan.dy[k],
+                             plan.rotation_center) if cam.wcs else None}
+    if k in cam.float_light_frames:
+        data = data.astype(np.float32)  # as a program that rewrote the frame stores it
+    return data, info, extra, meta
+
+
+def _calibration_frame(config, run: _Run, reference: _Reference, cal, start_s, ccd_temp, rng):
+    """A bias, dark or flat: its pixels, the detector's record and its header values."""
+    site = run.site
+    data, info = _render_calibration(site, run.detector, cal, rng)
+    meta = {"frame_type": cal.frame_type, "filter": cal.filter or site.filter,
+            "exptime_s": cal.exptime_s,
+            "header_start": reference.at(start_s + site.clock_offset_s),
+            "airmass_start": float("nan"), "pointing": run.pointing, "pier_side": "West",
+            "ccd_temp": ccd_temp, "object": config.field.target_name,
+            "purpose": cal.purpose, "wcs": None}
+    return data, info, meta
+
+
+def _star_positions(stars: StarField, run: _Run) -> list[dict]:
+    """The stars inside the run's first light frame (stored grid): position, brightness and
+    whether their peak saturates there."""
+    site, plan = run.site, run.plan
+    cam = site.camera
+    x0, y0, rate0 = run.x0, run.y0, run.rate0
+    beta = site.moffat_beta
+    inside = (x0 >= cam.data_x0 - 0.5) & (x0 <= cam.data_x0 + cam.width - 0.5) & (
+        y0 >= -0.5) & (y0 <= cam.height - 0.5)
+    fwhm0 = plan.seeing_arcsec[0] / site.pixel_scale_arcsec
     alpha0 = float(psf.moffat_alpha(fwhm0, beta))
     peak_fraction = (beta - 1.0) / (math.pi * alpha0 * alpha0)
     ext0 = 10.0 ** (-0.4 * (site.extinction + site.extinction_colour * stars.bp_rp)
                     * plan.airmass[0])
     positions = []
     for i in np.flatnonzero(inside):
-        peak = rate0[i] * exptime * ext0[i] * peak_fraction
+        peak = rate0[i] * site.exptime_s * ext0[i] * peak_fraction
         positions.append({"id": int(i), "x": float(x0[i]), "y": float(y0[i]),
                           "flux_e_per_s": float(rate0[i]),
                           "mag_instrumental": float(-2.5 * math.log10(rate0[i])),
                           "peak_e_first_frame": float(peak),
                           "saturated": bool(peak + plan.sky_e_per_px[0]
                                             > 0.9 * _saturation_e(cam))})
+    return positions
+
+
+def _run_truth(config, stars: StarField, run: _Run, written: _RunFiles,
+               reference: _Reference) -> dict:
+    """The run's entry in truth.json: camera and site constants, files, events, ranges of
+    time, airmass and sun altitude, and the stars' positions in its first frame."""
+    site, plan, cam = run.site, run.plan, run.site.camera
+    exptime = site.exptime_s
     events = []
     if plan.flip_index is not None:
         events.append({"kind": "meridian_flip", "frame": int(plan.flip_index),
                        "rotation_deg": 180.0})
     if plan.recentre_index is not None:
         events.append({"kind": "recentre", "frame": int(plan.recentre_index)})
-    run_truth = {
-        "run_id": run_id, "site": site.name, "night": night, "filter": site.filter,
+    cx, cy = plan.rotation_center
+    return {
+        "run_id": run.run_id, "site": site.name, "night": run.night, "filter": site.filter,
         "software": cam.software, "camera": cam.name, "camera_model": cam.model,
         "processed": cam.processed, "jd_reference": cam.jd_reference,
         "telescope": site.telescope, "binning": cam.binning,
@@ -486,23 +438,24 @@ def _simulate_site(config: SimulationConfig, stars: StarField, site: Site, index
         "gain_e_per_adu": cam.gain_e_per_adu, "read_noise_e": cam.read_noise_e,
         "adc_bits": cam.adc_bits, "adc_scale": cam.adc_scale,
         "saturation_e": _saturation_e(cam), "full_well_e": cam.full_well_e,
-        "pixel_scale_arcsec": scale, "exptime_s": exptime, "clock_offset_s": site.clock_offset_s,
+        "pixel_scale_arcsec": site.pixel_scale_arcsec, "exptime_s": exptime,
+        "clock_offset_s": site.clock_offset_s,
         "zero_point": site.zero_point, "rotation_center": [cx, cy],
         "noise_aperture_fwhm": config.noise_aperture_fwhm,
-        "light_files": light_files, "calibration_files": calibration_files,
-        "frame_counts": frame_counts, "events": events,
+        "light_files": written.light_files, "calibration_files": written.calibration_files,
+        "frame_counts": written.frame_counts, "events": events,
         "first_light_utc": reference.iso(plan.start_s[0]),
         "last_light_utc": reference.iso(plan.start_s[-1] + exptime),
         "bjd_range": [float(plan.mid_bjd_tdb[0]), float(plan.mid_bjd_tdb[-1])],
         "airmass_range": [float(np.min(plan.airmass)), float(np.max(plan.airmass))],
         "sun_altitude_max_deg": float(np.max(plan.sun_altitude_deg)),
-        "target_peak_e_max": float(max(target_peaks)) if target_peaks else None,
-        "hot_pixels": len(detector.hot_pixels), "hot_columns": detector.hot_columns,
+        "target_peak_e_max": (float(max(written.target_peaks)) if written.target_peaks
+                              else None),
+        "hot_pixels": len(run.detector.hot_pixels), "hot_columns": run.detector.hot_columns,
         "wcs_first_frame": {k: (float(v) if isinstance(v, (float, np.floating)) else v)
-                            for k, v in wcs0.to_header().items()} if cam.wcs else None,
-        "star_positions": positions,
+                            for k, v in run.wcs0.to_header().items()} if cam.wcs else None,
+        "star_positions": _star_positions(stars, run),
     }
-    return run_truth, frames_truth
 
 
 def _lco_product(data, detector: Detector, site: Site, info: dict):

@@ -105,44 +105,21 @@ def plan_run(config: SimulationConfig, site: Site, reference_jd_utc: float,
 
     reference_fraction_s: the fractional second of the reference time, so that start times
     can be put on each program's header time grid.
+
+    The generator is drawn from in a fixed order (start jitter, conditions, pointing), which
+    keeps a seed's files unchanged.
     """
     cam = site.camera
     ra, dec = config.field.ra_deg, config.field.dec_deg
     location = timing.site_location(site.longitude_deg, site.latitude_deg, site.elevation_m)
-    n = site.n_lights
     exptime = site.exptime_s
-    window_s = (site.window_end_h - site.window_start_h) * 3600.0
-    cadence = max(window_s / n, exptime + cam.readout_s)
     start0 = reference_jd_utc + site.window_start_h / 24.0
     resolution = _TIME_RESOLUTION[cam.software]
 
     # Hour angle advances at the sidereal rate: one astropy call, then linear.
     lst0 = float(_local_sidereal_hours(start0, site.longitude_deg)[0])
     ha0 = (lst0 - ra / 15.0 + 12.0) % 24.0 - 12.0
-
-    def hour_angle(t_jd):
-        return ha0 + (t_jd - start0) * 24.0 * _SIDEREAL_RATE
-
-    recentre_index = None
-    if site.recentre_at is not None and n >= 3:
-        recentre_index = min(n - 1, max(1, int(round(site.recentre_at * n))))
-    flip_index = None
-    flip_ha = site.flip_after_min / 60.0
-    # A German mount flips once the target has crossed the meridian; a run that starts past
-    # it began on the other side of the pier and never flips.
-    may_flip = site.meridian_flip and hour_angle(start0) < flip_ha
-    starts = np.empty(n)
-    t = 0.0  # seconds from start0
-    for k in range(n):
-        if (may_flip and flip_index is None and k > 0
-                and hour_angle(start0 + t / _SECONDS_PER_DAY) >= flip_ha):
-            flip_index = k
-            t += site.flip_pause_s
-        if k == recentre_index:
-            t += 60.0
-        jitter = rng.uniform(-0.4, 0.4) if k > 0 else 0.0
-        starts[k] = t + jitter
-        t += cadence
+    starts, flip_index, recentre_index = _exposure_starts(site, ha0, start0, rng)
     # True start times (seconds after the reference) such that header = true + offset lands
     # on the program's time grid.
     offset = site.clock_offset_s
@@ -156,11 +133,69 @@ def plan_run(config: SimulationConfig, site: Site, reference_jd_utc: float,
     if not np.all(np.isfinite(airmass)):
         raise EngineValueError(
             f"site {site.name!r}: the target is below the horizon during its window")
-    ha = hour_angle(start_jd)
+    ha = _hour_angle(start_jd, ha0, start0)
     times = Time(mid_jd, format="jd", scale="utc")
     sun_alt = get_sun(times).transform_to(AltAz(obstime=times, location=location)).alt.deg
     hours = (mid_jd - reference_jd_utc) * 24.0
 
+    conditions = _conditions(config, site, hours, airmass, rng)
+    # A run that starts past the meridian began on the other side of the pier.
+    past_meridian = ha0 >= site.flip_after_min / 60.0
+    rotation, dx, dy, pier = _pointing(site, hours, flip_index, recentre_index, past_meridian,
+                                       rng)
+    cx = cam.data_x0 + 0.5 * (cam.width - 1)
+    cy = 0.5 * (cam.height - 1)
+    plan = RunPlan(
+        site=site, location=location, start_s=start_s, header_start_s=start_s + offset,
+        start_jd_utc=start_jd, mid_jd_utc=mid_jd, mid_bjd_tdb=np.asarray(bjd),
+        airmass=np.asarray(airmass),
+        airmass_start=np.asarray(airmass_start), hour_angle_h=np.asarray(ha),
+        sun_altitude_deg=np.asarray(sun_alt, dtype=np.float64), **conditions,
+        rotation_deg=rotation, dx=dx, dy=dy,
+        pier_side=pier, flip_index=flip_index, recentre_index=recentre_index,
+        rotation_center=(cx, cy))
+    plan.calibrations = _calibration_schedule(site, start_s[0], start_s[-1] + exptime,
+                                              resolution, offset, reference_fraction_s)
+    return plan
+
+
+def _hour_angle(t_jd, ha0: float, start0: float):
+    """The target's hour angle (hours) at t_jd, from ha0 at start0 at the sidereal rate."""
+    return ha0 + (t_jd - start0) * 24.0 * _SIDEREAL_RATE
+
+
+def _exposure_starts(site: Site, ha0: float, start0: float, rng):
+    """Light-frame starts (seconds after the window opens, before the header-time grid) at the
+    run's cadence, with the pauses of a meridian flip and a re-centring; and their frames."""
+    n = site.n_lights
+    window_s = (site.window_end_h - site.window_start_h) * 3600.0
+    cadence = max(window_s / n, site.exptime_s + site.camera.readout_s)
+    recentre_index = None
+    if site.recentre_at is not None and n >= 3:
+        recentre_index = min(n - 1, max(1, int(round(site.recentre_at * n))))
+    flip_index = None
+    flip_ha = site.flip_after_min / 60.0
+    # A German mount flips once the target has crossed the meridian; a run that starts past
+    # it began on the other side of the pier and never flips.
+    may_flip = site.meridian_flip and ha0 < flip_ha
+    starts = np.empty(n)
+    t = 0.0  # seconds from the window's start
+    for k in range(n):
+        if (may_flip and flip_index is None and k > 0
+                and _hour_angle(start0 + t / _SECONDS_PER_DAY, ha0, start0) >= flip_ha):
+            flip_index = k
+            t += site.flip_pause_s
+        if k == recentre_index:
+            t += 60.0
+        jitter = rng.uniform(-0.4, 0.4) if k > 0 else 0.0
+        starts[k] = t + jitter
+        t += cadence
+    return starts, flip_index, recentre_index
+
+
+def _conditions(config: SimulationConfig, site: Site, hours, airmass, rng) -> dict:
+    """Seeing, PSF shape, transparency, sky and scintillation per light frame (RunPlan fields)."""
+    exptime = site.exptime_s
     # Seeing: lognormal around seeing * X^0.6, correlated over ~25 minutes.
     seeing = site.seeing_arcsec * airmass ** 0.6 * np.exp(
         _ou(rng, hours, 0.4, site.seeing_variation))
@@ -169,7 +204,7 @@ def plan_run(config: SimulationConfig, site: Site, reference_jd_utc: float,
     ellipticity_angle = base_angle + _ou(rng, hours, 0.5, 0.2)
 
     # Transparency: grey cirrus dips (patchy inside), plus a faint haze flicker.
-    transparency = np.ones(n)
+    transparency = np.ones(hours.shape[0])
     for cloud in site.cirrus:
         sigma_h = cloud.fwhm_min / 60.0 / 2.3548
         profile = np.exp(-0.5 * ((hours - cloud.centre_h) / sigma_h) ** 2)
@@ -184,10 +219,15 @@ def plan_run(config: SimulationConfig, site: Site, reference_jd_utc: float,
 
     scint = np.asarray(scintillation_sigma(site.aperture_m, np.maximum(airmass, 1.0),
                                            site.elevation_m, exptime, config.c_y))
+    return {"seeing_arcsec": seeing, "ellipticity": ellipticity,
+            "ellipticity_angle": ellipticity_angle, "transparency": transparency,
+            "sky_e_per_px": sky, "scintillation": scint}
 
-    # Pointing: drift, re-centring, flip.
-    cx = cam.data_x0 + 0.5 * (cam.width - 1)
-    cy = 0.5 * (cam.height - 1)
+
+def _pointing(site: Site, hours, flip_index, recentre_index, past_meridian: bool, rng):
+    """Each light frame's rotation and offset from the first (drift, re-centring, flip) and the
+    pier side the mount reports."""
+    n = hours.shape[0]
     rotation = np.zeros(n)
     dx = np.zeros(n)
     dy = np.zeros(n)
@@ -217,22 +257,9 @@ def plan_run(config: SimulationConfig, site: Site, reference_jd_utc: float,
         dy[k] = seg_offset[1] + drift[1] + jit[1]
         # The pier side a German mount reports: 'West' while the target is east of the
         # meridian, 'East' once it has been flipped (or when the run began past the meridian).
-        pier.append("East" if (seg_rot or hour_angle(start0) >= flip_ha) else "West")
+        pier.append("East" if (seg_rot or past_meridian) else "West")
     dx[0] = dy[0] = 0.0
-
-    plan = RunPlan(
-        site=site, location=location, start_s=start_s, header_start_s=start_s + offset,
-        start_jd_utc=start_jd, mid_jd_utc=mid_jd, mid_bjd_tdb=np.asarray(bjd),
-        airmass=np.asarray(airmass),
-        airmass_start=np.asarray(airmass_start), hour_angle_h=np.asarray(ha),
-        sun_altitude_deg=np.asarray(sun_alt, dtype=np.float64), seeing_arcsec=seeing,
-        ellipticity=ellipticity, ellipticity_angle=ellipticity_angle, transparency=transparency,
-        sky_e_per_px=sky, scintillation=scint, rotation_deg=rotation, dx=dx, dy=dy,
-        pier_side=pier, flip_index=flip_index, recentre_index=recentre_index,
-        rotation_center=(cx, cy))
-    plan.calibrations = _calibration_schedule(site, start_s[0], start_s[-1] + exptime,
-                                              resolution, offset, reference_fraction_s)
-    return plan
+    return rotation, dx, dy, pier
 
 
 def _on_grid(seconds, offset, resolution, fraction):
