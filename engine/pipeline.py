@@ -314,16 +314,19 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     if not runs:
         raise EngineValueError("no light frames to reduce (only calibration frames were found)")
 
-    # The plots are drawn on their own thread: matplotlib is loaded there while the photometry
-    # runs (its kernels let go of the GIL), and the figures are drawn while this thread writes
-    # the combined tables.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-plots") as plotter:
-        plotter.submit(load_matplotlib)
+    # Work that does not feed the next stage runs on a worker thread beside the main line:
+    # matplotlib is loaded during the photometry (its kernels let go of the GIL), the runs'
+    # photometry is combined into photometry.parquet (Arrow's own threads) during the sky and
+    # ensemble stages, and the plots are drawn as soon as the light curves exist.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-reduce") as worker:
+        worker.submit(load_matplotlib)
         start = time.perf_counter()
         _measure_runs(out, runs, frames, ingested.cubes, calibrated.recipes, manifest, config,
                       workers, threads)
         timings["photometry"] = time.perf_counter() - start
         log.info("photometry done in %.1f s", timings["photometry"])
+        combined = worker.submit(concat_parquet, [run_photometry(out, run_id) for run_id in runs],
+                                 out / PHOTOMETRY_TABLE, schema=PHOTOMETRY_SCHEMA)
 
         start = time.perf_counter()
         skies, stars = _locate(out, runs, frames, _target_radec(target, frames), target_xy,
@@ -331,8 +334,17 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
         timings["sky"] = time.perf_counter() - start
         log.info("sky done in %.1f s", timings["sky"])
 
-        lightcurves, report = _ensemble_and_views(out, runs, frames, skies, stars, catalogue,
-                                                  config.ensemble, threads, plotter, timings)
+        start = time.perf_counter()
+        lightcurves, report, target_photometry = _ensemble(out, runs, frames, skies, stars,
+                                                           catalogue, config.ensemble, threads)
+        timings["ensemble"] = time.perf_counter() - start
+        log.info("ensemble done in %.1f s", timings["ensemble"])
+        views = worker.submit(_timed, _write_views, out, lightcurves, report, target_photometry)
+        start = time.perf_counter()
+        combined.result()
+        report["products"], timings["plots"] = views.result()
+        log.info("plots done in %.1f s (%.1f s after the ensemble)", timings["plots"],
+                 time.perf_counter() - start)
     report["timings_s"] = timings
     report["rebuilt"] = manifest.rebuilt
     for run_id in runs:
@@ -358,26 +370,6 @@ def _measure_runs(out: Path, runs: list[str], frames: pa.Table, cubes: dict, rec
                      str(out), threads))
     _run_jobs(jobs, workers, config.cluster, done=lambda run_id: manifest.record(
         _photometry_products(out, run_id), inputs[run_id]))
-
-
-def _ensemble_and_views(out: Path, runs: list[str], frames: pa.Table, skies, stars: dict,
-                        catalogue, config: EnsembleConfig, threads, plotter, timings: dict):
-    """The light curves (written), then the CSV and plots drawn on `plotter` while the combined
-    photometry and star tables are written here; returns the light curves and the report,
-    with the views' files as its `products`."""
-    start = time.perf_counter()
-    lightcurves, report, target_photometry = _ensemble(out, runs, frames, skies, stars,
-                                                       catalogue, config, threads)
-    views = plotter.submit(_timed, _write_views, out, lightcurves, report, target_photometry)
-    _write_combined_tables(out, runs, stars)
-    timings["ensemble"] = time.perf_counter() - start
-    log.info("ensemble done in %.1f s", timings["ensemble"])
-    start = time.perf_counter()
-    report["products"], drawing = views.result()
-    timings["plots"] = drawing
-    log.info("plots done in %.1f s (%.1f s after the ensemble)", drawing,
-             time.perf_counter() - start)
-    return lightcurves, report
 
 
 def _timed(function, *args):
@@ -500,12 +492,14 @@ def _run_stars(out: Path, run_id: str, frames: pa.Table) -> RunStars:
 def _locate(out: Path, runs: list[str], frames: pa.Table, target_radec, target_xy, catalogue,
             config: PipelineConfig):
     """Sky solutions, targets and network star ids of every run (engine.sky); each solved run's
-    WCS is written as sky/RUN.wcs.fits."""
+    WCS is written as sky/RUN.wcs.fits, and every run's stars with their ids as stars.parquet."""
     measured = [_run_stars(out, run_id, frames) for run_id in runs]
     skies = locate_runs(measured, catalogue=catalogue, target_radec=target_radec,
                         target_xy=target_xy, config=config.sky)
     stars = sky_star_columns(measured, skies, catalogue,
                              match_radius_arcsec=config.ensemble.match_radius_arcsec)
+    write_parquet(pa.concat_tables([stars[run_id] for run_id in runs], promote_options="default"),
+                  out / STARS_TABLE, schema=STARS_SCHEMA)
     for run_id, sky in skies.items():
         if sky.solution is not None:
             with atomic_path(run_sky_header(out, run_id), ".fits") as temporary:
@@ -574,7 +568,7 @@ def _run_jobs(jobs, workers, cluster_config, done) -> None:
 def _ensemble(out: Path, runs: list[str], frames: pa.Table, skies, stars: dict, catalogue,
               config: EnsembleConfig, threads):
     """Each run's light curve, merged and written: (light curves, report, the targets'
-    aperture rows). When no run gives one, the combined tables are written before the error."""
+    aperture rows)."""
     results, targets = [], []
     report: dict = {"runs": {}}
     for run_id in runs:
@@ -591,7 +585,6 @@ def _ensemble(out: Path, runs: list[str], frames: pa.Table, skies, stars: dict, 
             results.append(result)
             targets.append(target_rows)
     if not results:
-        _write_combined_tables(out, runs, stars)
         reasons = "; ".join(f"{run_id}: {report['runs'][run_id].get('skipped', '?')}"
                             for run_id in runs)
         raise EngineValueError(f"no run gave a light curve ({reasons})")
@@ -604,11 +597,3 @@ def _ensemble(out: Path, runs: list[str], frames: pa.Table, skies, stars: dict, 
         report["merge"] = {"skipped": str(exc)}
     write_lightcurves(lightcurves, out / LIGHTCURVES_TABLE)
     return lightcurves, report, pa.concat_tables(targets, promote_options="default")
-
-
-def _write_combined_tables(out: Path, runs: list[str], stars: dict) -> None:
-    """photometry.parquet and stars.parquet: every run's rows, in run order."""
-    concat_parquet([run_photometry(out, run_id) for run_id in runs], out / PHOTOMETRY_TABLE,
-                   schema=PHOTOMETRY_SCHEMA)
-    write_parquet(pa.concat_tables([stars[run_id] for run_id in runs], promote_options="default"),
-                  out / STARS_TABLE, schema=STARS_SCHEMA)

@@ -22,7 +22,7 @@ DPI = 110
 def load_matplotlib() -> None:
     """Import what `new_figure` needs (about a second on a busy machine) now: on a worker
     thread ahead of the first plot, while the caller works on."""
-    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.backends.backend_agg
     import matplotlib.figure  # noqa: F401
 
 
