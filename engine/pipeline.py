@@ -314,11 +314,11 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     if not runs:
         raise EngineValueError("no light frames to reduce (only calibration frames were found)")
 
-    # Work that does not feed the next stage runs on a worker thread beside the main line:
+    # Work that does not feed the next stage runs on worker threads beside the main line:
     # matplotlib is loaded during the photometry (its kernels let go of the GIL), the runs'
     # photometry is combined into photometry.parquet (Arrow's own threads) during the sky and
     # ensemble stages, and the plots are drawn as soon as the light curves exist.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-reduce") as worker:
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="engine-reduce") as worker:
         worker.submit(load_matplotlib)
         start = time.perf_counter()
         _measure_runs(out, runs, frames, ingested.cubes, calibrated.recipes, manifest, config,
