@@ -315,16 +315,16 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
         raise EngineValueError("no light frames to reduce (only calibration frames were found)")
 
     # Work that does not feed the next stage runs on worker threads beside the main line:
-    # matplotlib is loaded during the photometry (its kernels let go of the GIL), the runs'
-    # photometry is combined into photometry.parquet (Arrow's own threads) during the sky and
-    # ensemble stages, and the plots are drawn as soon as the light curves exist.
+    # during the sky and ensemble stages matplotlib is loaded and the runs' photometry is
+    # combined into photometry.parquet (Arrow's own threads), and the plots are drawn as soon as
+    # the light curves exist. (Loaded during the photometry, matplotlib slowed it as much.)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="engine-reduce") as worker:
-        worker.submit(load_matplotlib)
         start = time.perf_counter()
         _measure_runs(out, runs, frames, ingested.cubes, calibrated.recipes, manifest, config,
                       workers, threads)
         timings["photometry"] = time.perf_counter() - start
         log.info("photometry done in %.1f s", timings["photometry"])
+        worker.submit(load_matplotlib)
         combined = worker.submit(concat_parquet, [run_photometry(out, run_id) for run_id in runs],
                                  out / PHOTOMETRY_TABLE, schema=PHOTOMETRY_SCHEMA)
 
