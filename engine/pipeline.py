@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,6 +60,7 @@ from engine.io.schemas import (FRAMES_SCHEMA, PHOTOMETRY_SCHEMA, REGISTRATION_SC
                                STARS_SCHEMA)
 from engine.io.tables import concat_parquet, read_parquet, write_parquet
 from engine.photometry_stage import measure_run
+from engine.plots.canvas import load_matplotlib
 from engine.progress import progress, quiet
 from engine.registration import Transform
 from engine.settings import EnsembleConfig, PhotometryConfig, PipelineConfig
@@ -312,37 +314,37 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     if not runs:
         raise EngineValueError("no light frames to reduce (only calibration frames were found)")
 
-    start = time.perf_counter()
-    jobs, inputs = [], {}
-    for run_id in runs:
-        run_frames = _run_frames(frames, run_id)
-        raw_cube, recipe = ingested.cubes[run_id], calibrated.recipes[run_id]
-        inputs[run_id] = _photometry_inputs(manifest, Path(raw_cube), recipe, run_frames,
-                                            config.photometry)
-        if manifest.is_current(_photometry_products(out, run_id), inputs[run_id]):
-            continue
-        jobs.append((run_id, str(raw_cube), str(recipe), run_frames, config.photometry,
-                     str(out), threads))
-    _run_jobs(jobs, workers, config.cluster, done=lambda run_id: manifest.record(
-        _photometry_products(out, run_id), inputs[run_id]))
-    timings["photometry"] = time.perf_counter() - start
-    log.info("photometry done in %.1f s", timings["photometry"])
+    # Work that does not feed the next stage runs on worker threads beside the main line:
+    # during the sky and ensemble stages matplotlib is loaded and the runs' photometry is
+    # combined into photometry.parquet (Arrow's own threads), and the plots are drawn as soon as
+    # the light curves exist. (Loaded during the photometry, matplotlib slowed it as much.)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="engine-reduce") as worker:
+        start = time.perf_counter()
+        _measure_runs(out, runs, frames, ingested.cubes, calibrated.recipes, manifest, config,
+                      workers, threads)
+        timings["photometry"] = time.perf_counter() - start
+        log.info("photometry done in %.1f s", timings["photometry"])
+        worker.submit(load_matplotlib)
+        combined = worker.submit(concat_parquet, [run_photometry(out, run_id) for run_id in runs],
+                                 out / PHOTOMETRY_TABLE, schema=PHOTOMETRY_SCHEMA)
 
-    start = time.perf_counter()
-    skies, stars = _locate(out, runs, frames, _target_radec(target, frames), target_xy,
-                           catalogue, config)
-    timings["sky"] = time.perf_counter() - start
-    log.info("sky done in %.1f s", timings["sky"])
+        start = time.perf_counter()
+        skies, stars = _locate(out, runs, frames, _target_radec(target, frames), target_xy,
+                               catalogue, config)
+        timings["sky"] = time.perf_counter() - start
+        log.info("sky done in %.1f s", timings["sky"])
 
-    start = time.perf_counter()
-    lightcurves, report = _ensemble(out, runs, frames, skies, stars, catalogue, config.ensemble,
-                                    threads)
-    timings["ensemble"] = time.perf_counter() - start
-    log.info("ensemble done in %.1f s", timings["ensemble"])
-    start = time.perf_counter()
-    report["products"] = _write_views(out, lightcurves, report)
-    timings["plots"] = time.perf_counter() - start
-    log.info("plots done in %.1f s", timings["plots"])
+        start = time.perf_counter()
+        lightcurves, report, target_photometry = _ensemble(out, runs, frames, skies, stars,
+                                                           catalogue, config.ensemble, threads)
+        timings["ensemble"] = time.perf_counter() - start
+        log.info("ensemble done in %.1f s", timings["ensemble"])
+        views = worker.submit(_timed, _write_views, out, lightcurves, report, target_photometry)
+        start = time.perf_counter()
+        combined.result()
+        report["products"], timings["plots"] = views.result()
+        log.info("plots done in %.1f s (%.1f s after the ensemble)", timings["plots"],
+                 time.perf_counter() - start)
     report["timings_s"] = timings
     report["rebuilt"] = manifest.rebuilt
     for run_id in runs:
@@ -351,6 +353,29 @@ def _reduce(paths, out: Path, target, target_xy, catalogue, config: PipelineConf
     write_report(report, out / REPORT)
     return ReduceResult(out_dir=out, runs=runs, lightcurves=lightcurves, report=report,
                         timings_s=timings)
+
+
+def _measure_runs(out: Path, runs: list[str], frames: pa.Table, cubes: dict, recipes: dict,
+                  manifest: Manifest, config: PipelineConfig, workers, threads) -> None:
+    """The photometry of every run whose products are missing or were made from other inputs."""
+    jobs, inputs = [], {}
+    for run_id in runs:
+        run_frames = _run_frames(frames, run_id)
+        raw_cube, recipe = cubes[run_id], recipes[run_id]
+        inputs[run_id] = _photometry_inputs(manifest, Path(raw_cube), recipe, run_frames,
+                                            config.photometry)
+        if manifest.is_current(_photometry_products(out, run_id), inputs[run_id]):
+            continue
+        jobs.append((run_id, str(raw_cube), str(recipe), run_frames, config.photometry,
+                     str(out), threads))
+    _run_jobs(jobs, workers, config.cluster, done=lambda run_id: manifest.record(
+        _photometry_products(out, run_id), inputs[run_id]))
+
+
+def _timed(function, *args):
+    """function(*args) and the seconds it took."""
+    start = time.perf_counter()
+    return function(*args), time.perf_counter() - start
 
 
 _CAMERA_COLUMNS = ("gain", "gain_source", "read_noise", "read_noise_source")
@@ -395,8 +420,9 @@ def _camera_report(run_frames: pa.Table) -> dict:
 
 def _run_lightcurve(source: Path, run_id: str, stars: pa.Table, target: int,
                     run_frames: pa.Table, config: EnsembleConfig, threads):
-    """One run's light curve from its photometry file: (RunLightCurve, its diagnostics), or
-    (None, why not). The run's photometry is read here and released on return."""
+    """One run's light curve from its photometry file: (RunLightCurve, its diagnostics, the
+    target's aperture rows for the noise budget), or (None, why not, None). The run's
+    photometry is read here and released on return."""
     schema = pq.read_schema(source)
     meta = json.loads((schema.metadata or {}).get(b"engine", b"{}"))
     # Only what the ensemble reads: a long run's photometry is millions of rows.
@@ -423,9 +449,13 @@ def _run_lightcurve(source: Path, run_id: str, stars: pa.Table, target: int,
                                       run_id=run_id, threads=threads)
     except EngineValueError as exc:  # one run that cannot be normalised stops no other
         log.warning("run %s: no light curve: %s", run_id, exc)
-        return None, {"skipped": str(exc), "photometry": meta}
+        return None, {"skipped": str(exc), "photometry": meta}, None
     result.diagnostics["photometry"] = meta
-    return result, result.diagnostics
+    # Kept now rather than read back from photometry.parquet for the plot.
+    target_rows = apertures.filter(pc.equal(apertures.column("star"), int(target)))
+    target_rows = target_rows.append_column(
+        "run_id", pa.array([run_id] * target_rows.num_rows, pa.string()))
+    return result, result.diagnostics, target_rows
 
 
 def _target_radec(target, frames: pa.Table):
@@ -459,15 +489,27 @@ def _run_stars(out: Path, run_id: str, frames: pa.Table) -> RunStars:
                     fwhm=float(meta.get("fwhm", math.nan)), first_transform=transform)
 
 
+def _with_target(stars: pa.Table, target: int | None) -> pa.Table:
+    """The run's star table with `is_target` where the sky stage found the target (by RA/Dec or
+    from the other runs: the photometry stage knows it only from a target pixel)."""
+    if target is None:
+        return stars
+    column = stars.column_names.index("is_target")
+    return stars.set_column(column, stars.field(column), pa.array(np.arange(stars.num_rows) == target))
+
+
 def _locate(out: Path, runs: list[str], frames: pa.Table, target_radec, target_xy, catalogue,
             config: PipelineConfig):
     """Sky solutions, targets and network star ids of every run (engine.sky); each solved run's
-    WCS is written as sky/RUN.wcs.fits."""
+    WCS is written as sky/RUN.wcs.fits, and every run's stars with their ids as stars.parquet."""
     measured = [_run_stars(out, run_id, frames) for run_id in runs]
     skies = locate_runs(measured, catalogue=catalogue, target_radec=target_radec,
                         target_xy=target_xy, config=config.sky)
     stars = sky_star_columns(measured, skies, catalogue,
                              match_radius_arcsec=config.ensemble.match_radius_arcsec)
+    stars = {run_id: _with_target(table, skies[run_id].target) for run_id, table in stars.items()}
+    write_parquet(pa.concat_tables([stars[run_id] for run_id in runs], promote_options="default"),
+                  out / STARS_TABLE, schema=STARS_SCHEMA)
     for run_id, sky in skies.items():
         if sky.solution is not None:
             with atomic_path(run_sky_header(out, run_id), ".fits") as temporary:
@@ -477,22 +519,20 @@ def _locate(out: Path, runs: list[str], frames: pa.Table, target_radec, target_x
     return skies, stars
 
 
-def _write_views(out: Path, lightcurves: pa.Table, report: dict) -> list[str]:
-    """The light curves as CSV and the diagnostic plots; returns the files written. A plot the
+def _write_views(out: Path, lightcurves: pa.Table, report: dict,
+                 target_photometry: pa.Table) -> list[str]:
+    """The light curves as CSV and the diagnostic plots; returns the files written. The noise
+    budget is drawn from `target_photometry`, each run's target's aperture rows. A plot the
     data cannot support (e.g. no comparison star in any run) is logged and left out."""
     from engine.io.exports import write_csv
     from engine.plots import plot_comparison_weights, plot_noise_budget, plot_transparency
 
     written = [write_csv(lightcurves, out / "lightcurves.csv")]
-    # The noise budget is drawn for each run's target: read only those stars' rows.
-    roles = np.asarray(lightcurves.column("role").to_pylist())
-    targets = sorted(set(lightcurves.column("star").to_numpy()[roles == "target"].tolist()))
     plots = {
         "weights.png": lambda path: plot_comparison_weights(report, path),
         "transparency.png": lambda path: plot_transparency(lightcurves, path),
-        "noise_budget.png": lambda path: plot_noise_budget(
-            pq.read_table(out / PHOTOMETRY_TABLE, filters=[("star", "in", targets)]), path,
-            lightcurves=lightcurves),
+        "noise_budget.png": lambda path: plot_noise_budget(target_photometry, path,
+                                                           lightcurves=lightcurves),
     }
     for name, draw in plots.items():
         try:
@@ -535,36 +575,25 @@ def _run_jobs(jobs, workers, cluster_config, done) -> None:
             cluster.close()
 
 
-def _with_target(stars: pa.Table, target: int | None) -> pa.Table:
-    """The run's star table with `is_target` where the sky stage found the target (by RA/Dec or
-    from the other runs: the photometry stage knows it only from a target pixel)."""
-    if target is None:
-        return stars
-    column = stars.column_names.index("is_target")
-    return stars.set_column(column, stars.field(column), pa.array(np.arange(stars.num_rows) == target))
-
-
 def _ensemble(out: Path, runs: list[str], frames: pa.Table, skies, stars: dict, catalogue,
               config: EnsembleConfig, threads):
-    results = []
+    """Each run's light curve, merged and written: (light curves, report, the targets'
+    aperture rows)."""
+    results, targets = [], []
     report: dict = {"runs": {}}
     for run_id in runs:
         sky = skies[run_id]
         if sky.skipped:
             report["runs"][run_id] = {"skipped": sky.skipped, "sky": sky.report()}
             continue
-        result, diagnostics = _run_lightcurve(run_photometry(out, run_id), run_id,
-                                              stars[run_id], sky.target,
-                                              _run_frames(frames, run_id), config, threads)
+        result, diagnostics, target_rows = _run_lightcurve(
+            run_photometry(out, run_id), run_id, stars[run_id], sky.target,
+            _run_frames(frames, run_id), config, threads)
         diagnostics["sky"] = sky.report()
         report["runs"][run_id] = diagnostics
         if result is not None:
             results.append(result)
-    concat_parquet([run_photometry(out, run_id) for run_id in runs], out / PHOTOMETRY_TABLE,
-                   schema=PHOTOMETRY_SCHEMA)
-    write_parquet(pa.concat_tables([_with_target(stars[run_id], skies[run_id].target)
-                                    for run_id in runs], promote_options="default"),
-                  out / STARS_TABLE, schema=STARS_SCHEMA)
+            targets.append(target_rows)
     if not results:
         reasons = "; ".join(f"{run_id}: {report['runs'][run_id].get('skipped', '?')}"
                             for run_id in runs)
@@ -577,4 +606,4 @@ def _ensemble(out: Path, runs: list[str], frames: pa.Table, skies, stars: dict, 
         lightcurves = pa.concat_tables([r.table for r in results], promote_options="default")
         report["merge"] = {"skipped": str(exc)}
     write_lightcurves(lightcurves, out / LIGHTCURVES_TABLE)
-    return lightcurves, report
+    return lightcurves, report, pa.concat_tables(targets, promote_options="default")

@@ -2,6 +2,7 @@
 
 import json
 import math
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -65,6 +66,26 @@ def test_products_are_written(reduced):
     assert set(lightcurves.column("role").to_pylist()) >= {"target", "comparison"}
     report = json.loads((out / "report.json").read_text())
     assert set(report["runs"]) == set(result.runs) and len(result.runs) == 3
+
+
+def test_noise_budget_is_the_one_drawn_from_the_photometry_table(reduced, tmp_path):
+    """reduce draws the noise budget from each target's rows kept by the ensemble, on a worker
+    thread: the same picture as one drawn from photometry.parquet, and no thread outlives it."""
+    from PIL import Image
+
+    from engine.plots import plot_noise_budget
+
+    out, result, _, _ = reduced
+    lightcurves = pq.read_table(out / "lightcurves.parquet")
+    role = np.asarray(lightcurves.column("role").to_pylist())
+    targets = sorted(set(lightcurves.column("star").to_numpy()[role == "target"].tolist()))
+    photometry = pq.read_table(out / "photometry.parquet", filters=[("star", "in", targets)])
+    expected = plot_noise_budget(photometry, tmp_path / "expected.png", lightcurves=lightcurves)
+    drawn = np.asarray(Image.open(out / "noise_budget.png"))
+    assert drawn.shape == np.asarray(Image.open(expected)).shape
+    assert (drawn == np.asarray(Image.open(expected))).all()
+    assert "noise_budget.png" in result.report["products"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("engine-reduce")]
 
 
 def test_every_frame_registered_and_target_follows_truth(reduced, night):

@@ -173,6 +173,11 @@ def test_a_run_that_cannot_be_solved_is_skipped_and_the_others_go_on(tmp_path):
                catalogue=tmp_path / "far.csv", config=network_config(truth))
     report = tmp_path / "out" / "reduce.log"
     assert "target not found" in report.read_text()
+    # What was measured is kept for a look at the field: every run's stars and photometry.
+    stars = pq.read_table(tmp_path / "out" / "stars.parquet")
+    photometry = pq.read_table(tmp_path / "out" / "photometry.parquet")
+    assert set(stars.column("run_id").to_pylist()) == set(photometry.column("run_id").to_pylist())
+    assert len(set(stars.column("run_id").to_pylist())) == len(truth["runs"])
 
 
 def test_catalogue_gaia_on_the_command_line_reads_each_runs_field_from_the_cache(

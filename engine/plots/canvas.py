@@ -11,11 +11,19 @@ import pyarrow as pa
 from engine.errors import EngineValueError
 from engine.io.atomic import atomic_path
 
-__all__ = ["DPI", "layout", "new_figure", "numbers", "require", "save", "strings"]
+__all__ = ["DPI", "layout", "load_matplotlib", "new_figure", "numbers", "require", "save",
+           "strings"]
 
 
 #: Resolution of the PNGs (dots per inch).
 DPI = 110
+
+
+def load_matplotlib() -> None:
+    """Import what `new_figure` needs (about a second on a busy machine) now: on a worker
+    thread ahead of the first plot, while the caller works on."""
+    import matplotlib.backends.backend_agg
+    import matplotlib.figure  # noqa: F401
 
 
 def new_figure(rows: int, columns: int, figsize, **subplots):
