@@ -22,7 +22,8 @@ from engine.errors import EngineFileError, EngineValueError, InputNotFoundError,
 
 __all__ = ["ImageInput", "existing_paths", "gain_value", "image_input", "integer", "non_negative",
            "non_negative_array", "number", "one_of", "output_file", "output_folder",
-           "pixel_lengths", "positions", "positive", "positive_array", "require_dask"]
+           "pixel_lengths", "positions", "positive", "positive_array", "require_dask",
+           "table_columns"]
 
 
 def number(name: str, value, *, low: float | None = None, high: float | None = None,
@@ -149,6 +150,20 @@ def output_file(name: str, path) -> Path:
         raise EngineFileError(f"{name}: {str(path)!r} is not writable")
     _writable_parent(name, path)
     return path
+
+
+def table_columns(what: str, table, columns, *, non_empty: bool = False) -> None:
+    """A table argument: a pyarrow.Table holding `columns` (and rows, when `non_empty`)."""
+    import pyarrow as pa
+
+    if not isinstance(table, pa.Table):
+        raise EngineValueError(f"{what}: expected a pyarrow.Table, got {type(table).__name__}")
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise EngineValueError(f"{what}: the table lacks column(s) {missing}; it has "
+                               f"{table.column_names}")
+    if non_empty and table.num_rows == 0:
+        raise EngineValueError(f"{what}: the table is empty")
 
 
 def require_dask() -> None:

@@ -71,3 +71,19 @@ def test_the_configuration_file_names_the_bad_setting():
         parse_config('[sky.target_xy]\nflorida = ["a", 2]\n')
     config = parse_config('[sky]\ncatalogue = "gaia.csv"\n[sky.target_xy]\nflorida = [10.5, 3]\n')
     assert config.sky == SkyConfig(catalogue="gaia.csv", target_xy=(("florida", (10.5, 3.0)),))
+
+
+def test_a_table_argument_names_what_it_lacks():
+    import pyarrow as pa
+
+    from engine.checks import table_columns
+
+    table = pa.table({"frame": [1, 2], "flux": [3.0, 4.0]})
+    table_columns("measure", table, ("frame", "flux"))  # holds them: nothing raised
+    with pytest.raises(EngineValueError, match=r"measure: the table lacks column\(s\) \['star'\]"):
+        table_columns("measure", table, ("frame", "star"))
+    with pytest.raises(EngineValueError, match="expected a pyarrow.Table, got dict"):
+        table_columns("measure", {"frame": [1]}, ("frame",))
+    table_columns("measure", table.slice(0, 0), ("frame",))
+    with pytest.raises(EngineValueError, match="the table is empty"):
+        table_columns("measure", table.slice(0, 0), ("frame",), non_empty=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from engine.checks import table_columns
 from engine.errors import EngineValueError
 from engine.flags import MeasurementFlag
 
@@ -146,14 +147,6 @@ def _column(table: pa.Table, name: str, dtype=np.float64):
     if col.null_count and np.issubdtype(np.dtype(dtype), np.integer):
         raise EngineValueError(f"column {name!r} has nulls")
     return np.asarray(col.to_numpy(zero_copy_only=False), dtype=dtype)
-
-
-def _require(table: pa.Table, what: str, names) -> None:
-    if not isinstance(table, pa.Table):
-        raise EngineValueError(f"{what} must be a pyarrow.Table, got {type(table).__name__}")
-    missing = [n for n in names if n not in table.column_names]
-    if missing:
-        raise EngineValueError(f"{what} lacks column(s) {missing}; has {table.column_names}")
 
 
 def _one_value(values, name, notes, default=""):
@@ -310,11 +303,11 @@ def prepare_run(photometry: pa.Table, frames: pa.Table, stars: pa.Table, target=
     target: the target's star number; None reads the star table's `is_target` column, which
     must mark exactly one star.
     """
-    _require(photometry, "photometry", ("frame", "star", "radius", "flux", "flux_err"))
-    _require(frames, "frames table", ("frame", "time_bjd_tdb", "airmass", "exptime"))
-    _require(stars, "star table", ())
+    table_columns("photometry", photometry, ("frame", "star", "radius", "flux", "flux_err"))
+    table_columns("frames table", frames, ("frame", "time_bjd_tdb", "airmass", "exptime"))
+    table_columns("star table", stars, ())
     if psf is not None:
-        _require(psf, "psf photometry", ("frame", "star", "flux", "flux_err"))
+        table_columns("psf photometry", psf, ("frame", "star", "flux", "flux_err"))
     notes: list = []
     order, frame = _measured_frames(frames, photometry, psf, notes)
 

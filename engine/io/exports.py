@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from engine.checks import table_columns
 from engine.errors import EngineValueError
 from engine.flags import describe
 from engine.io.atomic import atomic_path, write_text
@@ -136,14 +137,6 @@ def _number(value, decimals: int, limit: int) -> str:
     return "na"
 
 
-def _require(table, columns, what: str) -> None:
-    if not isinstance(table, pa.Table):
-        raise EngineValueError(f"{what}: expected a pyarrow.Table, got {type(table).__name__}")
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise EngineValueError(f"{what}: the light-curve table lacks column(s) {missing}")
-
-
 def _column(table: pa.Table, name: str, fill=np.nan) -> np.ndarray:
     """A column as NumPy: floats as float64 (null -> NaN), integers as int64 (null -> fill),
     strings as objects; `fill` everywhere when the table lacks it."""
@@ -230,7 +223,7 @@ def write_aavso_extended(lightcurves: pa.Table, path, *, observer_code: str, tar
     check_names
         star_id -> label (AUID or chart label) for KNAME; default the star_id.
     """
-    _require(lightcurves, AAVSO_COLUMNS, "write_aavso_extended")
+    table_columns("write_aavso_extended", lightcurves, AAVSO_COLUMNS)
     code, date = _aavso_arguments(observer_code, date, delimiter)
     ra, dec = _target_coordinates(target)
     star = _star_field(lightcurves, star_name, delimiter)
@@ -385,7 +378,7 @@ def write_csv(lightcurves: pa.Table, path, columns=None) -> Path:
                                f"{type(lightcurves).__name__}")
     if columns is not None:
         columns = [columns] if isinstance(columns, str) else list(columns)
-        _require(lightcurves, columns, "write_csv")
+        table_columns("write_csv", lightcurves, columns)
         if not columns:
             raise EngineValueError("write_csv: columns is empty")
         lightcurves = lightcurves.select(columns)

@@ -8,11 +8,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from engine.errors import EngineValueError
 from engine.io.atomic import atomic_path
 
-__all__ = ["DPI", "layout", "load_matplotlib", "new_figure", "numbers", "require", "save",
-           "strings"]
+__all__ = ["DPI", "layout", "load_matplotlib", "new_figure", "numbers", "save", "strings"]
 
 
 #: Resolution of the PNGs (dots per inch).
@@ -61,16 +59,6 @@ def save(figure, path) -> Path:
     with atomic_path(path, suffix=".png") as temporary:
         figure.savefig(temporary, dpi=DPI)
     return Path(path)
-
-
-def require(table, columns, what: str) -> None:
-    if not isinstance(table, pa.Table):
-        raise EngineValueError(f"{what}: expected a pyarrow.Table, got {type(table).__name__}")
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise EngineValueError(f"{what}: the table lacks column(s) {missing}")
-    if table.num_rows == 0:
-        raise EngineValueError(f"{what}: the table is empty")
 
 
 def numbers(table: pa.Table, name: str) -> np.ndarray:

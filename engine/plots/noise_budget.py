@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 
 from engine.errors import EngineValueError
-from engine.plots.canvas import layout, new_figure, numbers, require, save, strings
+from engine.checks import table_columns
+from engine.plots.canvas import layout, new_figure, numbers, save, strings
 
 __all__ = ["NOISE_TERMS", "plot_noise_budget"]
 
@@ -122,8 +123,8 @@ def plot_noise_budget(photometry: pa.Table, path, *, lightcurves: pa.Table | Non
 
 def _checked_terms(photometry: pa.Table, lightcurves, versus: str) -> list:
     """The noise terms (column, label) the photometry has, after checking the inputs."""
-    require(photometry, ("run_id", "frame", "star", "radius", "flux", "flux_err"),
-            "plot_noise_budget")
+    table_columns("plot_noise_budget", photometry,
+                  ("run_id", "frame", "star", "radius", "flux", "flux_err"), non_empty=True)
     terms = [(name, label) for name, label in NOISE_TERMS if name in photometry.column_names]
     if not terms:
         raise EngineValueError("plot_noise_budget: the photometry table has no noise term "
@@ -132,8 +133,9 @@ def _checked_terms(photometry: pa.Table, lightcurves, versus: str) -> list:
         raise EngineValueError(f"plot_noise_budget: versus must be 'time' or 'magnitude', got "
                                f"{versus!r}")
     if lightcurves is not None:
-        require(lightcurves, ("run_id", "star", "role", "time_bjd_tdb", "frame", "rel_flux",
-                              "flags"), "plot_noise_budget (lightcurves)")
+        table_columns("plot_noise_budget (lightcurves)", lightcurves,
+                      ("run_id", "star", "role", "time_bjd_tdb", "frame", "rel_flux", "flags"),
+                      non_empty=True)
     return terms
 
 
@@ -177,7 +179,8 @@ def _star_and_radius(run, in_run, columns, curves, stars, star, radius):
             if chosen_radius is None and chosen_star == int(curves["star"][first]):
                 chosen_radius = _radius_of(curves["aperture"][first])
     if chosen_star is None and stars is not None:
-        require(stars, ("run_id", "star", "is_target"), "plot_noise_budget (stars)")
+        table_columns("plot_noise_budget (stars)", stars, ("run_id", "star", "is_target"),
+                      non_empty=True)
         is_target = np.asarray(stars.column("is_target").fill_null(False).to_pylist(), bool)
         mine = is_target & (strings(stars, "run_id") == run)
         if mine.any():

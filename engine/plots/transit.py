@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from engine.plots.canvas import layout, new_figure, numbers, require, save, strings
+from engine.checks import table_columns
+from engine.plots.canvas import layout, new_figure, numbers, save, strings
 
 __all__ = ["plot_transit_fit"]
 
@@ -22,8 +23,8 @@ def plot_transit_fit(lightcurves: pa.Table, fit, path, limb_darkening: dict | No
     from engine.kernels.transit import transit_light_curve  # numba: only this plot needs it
     from engine.transit_fit import limb_darkening_for
 
-    require(lightcurves, ("run_id", "time_bjd_tdb", "rel_flux", "rel_flux_err"),
-            "plot_transit_fit")
+    table_columns("plot_transit_fit", lightcurves,
+                  ("run_id", "time_bjd_tdb", "rel_flux", "rel_flux_err"), non_empty=True)
     table = lightcurves
     if "role" in table.column_names:
         table = table.filter(pa.array(strings(table, "role") == "target"))

@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 
 from engine.flags import MeasurementFlag
-from engine.plots.canvas import layout, new_figure, numbers, require, save, strings
+from engine.checks import table_columns
+from engine.plots.canvas import layout, new_figure, numbers, save, strings
 
 __all__ = ["FRAME_FLAGS", "plot_transparency"]
 
@@ -52,8 +53,8 @@ def plot_transparency(lightcurves: pa.Table, path) -> Path:
         the light-curve table: run_id, time_bjd_tdb, flags, transparency, and
         optionally zero_point and frame (one value per frame, repeated on its rows).
     """
-    require(lightcurves, ("run_id", "time_bjd_tdb", "flags", "transparency"),
-            "plot_transparency")
+    table_columns("plot_transparency", lightcurves,
+                  ("run_id", "time_bjd_tdb", "flags", "transparency"), non_empty=True)
     columns = ["transparency"] + (["zero_point"] if "zero_point" in lightcurves.column_names
                                   else [])
     by_run = _frames_of(lightcurves, columns)

@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow as pa
 
 from engine.errors import EngineValueError
-from engine.plots.canvas import layout, new_figure, numbers, require, save, strings
+from engine.checks import table_columns
+from engine.plots.canvas import layout, new_figure, numbers, save, strings
 
 __all__ = ["plot_comparison_weights"]
 
@@ -38,7 +39,8 @@ def _comparisons_by_run(source) -> dict[str, list[dict]]:
 
 
 def _from_star_summary(source: pa.Table) -> dict[str, list[dict]]:
-    require(source, ("run_id", "star_id", "weight_share"), "plot_comparison_weights")
+    table_columns("plot_comparison_weights", source, ("run_id", "star_id", "weight_share"),
+                  non_empty=True)
     share = numbers(source, "weight_share")
     members = share > 0
     if "role" in source.column_names:
