@@ -32,6 +32,7 @@ struct Scratch {
     std::vector<double> weight;         // 1 / variance
     std::vector<double> model;
     std::vector<double> u, v;           // background plane coordinates
+    double plane_x0 = 0.0, plane_y0 = 0.0;  // their origin: the members' mean box centre
     std::vector<std::int64_t> row_start;  // CSR of the Jacobian: entries of pixel k
     std::vector<std::int32_t> entry_index;
     std::vector<std::uint8_t> entry_linear;

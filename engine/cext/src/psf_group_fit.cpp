@@ -181,15 +181,8 @@ double GroupSolver::background_at(const Scratch& s, double xs, double ys) const 
     if (n_background_ == 0) return 0.0;
     const double b0 = s.params[0];
     if (n_background_ == 1) return b0;
-    double gx = 0.0, gy = 0.0;
-    for (const GroupStar& star : s.stars) {
-        gx += static_cast<double>(star.cx);
-        gy += static_cast<double>(star.cy);
-    }
-    gx /= static_cast<double>(s.stars.size());
-    gy /= static_cast<double>(s.stars.size());
     const double scale = static_cast<double>(box_);
-    return b0 + s.params[1] * (xs - gx) / scale + s.params[2] * (ys - gy) / scale;
+    return b0 + s.params[1] * (xs - s.plane_x0) / scale + s.params[2] * (ys - s.plane_y0) / scale;
 }
 
 

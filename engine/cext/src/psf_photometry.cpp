@@ -183,6 +183,8 @@ class GroupFitter {
         }
         gx /= static_cast<double>(s.stars.size());
         gy /= static_cast<double>(s.stars.size());
+        s.plane_x0 = gx;
+        s.plane_y0 = gy;
         for (std::size_t n = 0; n < kept; ++n) {
             s.u[n] = (static_cast<double>(s.column[n]) - gx) / static_cast<double>(box_);
             s.v[n] = (static_cast<double>(s.row[n]) - gy) / static_cast<double>(box_);
